@@ -1,0 +1,1 @@
+"""MDT evaluation record-linkage pipeline."""

@@ -1,0 +1,373 @@
+"""Data contracts: one YAML file per dataset in `schemas/`, declared once.
+
+From a contract this module derives the PyArrow schema, checks a Parquet file against it (every
+violation reported together, naming file, column and rule, never a value) and renders the data
+dictionary. The structural Great Expectations suite and the synthetic generator's shape are derived
+from the same objects elsewhere.
+
+    >>> apc = load_contract("hospital_apc")
+    >>> apc.arrow_schema().field("admission_date").type
+    DataType(date32[day])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from pipeline.errors import ContractError, Violation
+
+SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+
+ColumnClass = Literal["direct_identifier", "quasi_identifier", "token", "key", "payload"]
+COLUMN_CLASSES: tuple[str, ...] = ("direct_identifier", "quasi_identifier", "token", "key", "payload")
+
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "string": pa.string(),
+    "int8": pa.int8(),
+    "int16": pa.int16(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "float64": pa.float64(),
+    "bool": pa.bool_(),
+    "date": pa.date32(),
+}
+POLARS_TYPES: dict[str, pl.DataType] = {
+    "string": pl.String(),
+    "int8": pl.Int8(),
+    "int16": pl.Int16(),
+    "int32": pl.Int32(),
+    "int64": pl.Int64(),
+    "float64": pl.Float64(),
+    "bool": pl.Boolean(),
+    "date": pl.Date(),
+}
+# Arrow types a delivered file may use for a contract type; they are cast on read without loss.
+_COMPATIBLE: dict[str, tuple[pa.DataType, ...]] = {
+    "string": (pa.string(), pa.large_string(), pa.string_view()),
+    "int8": (pa.int8(),),
+    "int16": (pa.int8(), pa.int16()),
+    "int32": (pa.int8(), pa.int16(), pa.int32()),
+    "int64": (pa.int8(), pa.int16(), pa.int32(), pa.int64()),
+    "float64": (pa.float32(), pa.float64(), pa.int8(), pa.int16(), pa.int32()),
+    "bool": (pa.bool_(),),
+    "date": (pa.date32(), pa.date64()),
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    nullable: bool
+    column_class: ColumnClass
+    description: str
+    allowed: tuple[Any, ...] | None = None
+    pattern: str | None = None
+    min: Any = None
+    max: Any = None
+    unique: bool = False
+
+    @property
+    def arrow_type(self) -> pa.DataType:
+        return ARROW_TYPES[self.type]
+
+    @property
+    def polars_type(self) -> pl.DataType:
+        return POLARS_TYPES[self.type]
+
+    def rules(self) -> list[str]:
+        """The rules of this column, in words, for the data dictionary."""
+        out = [] if self.nullable else ["not null"]
+        if self.allowed is not None:
+            out.append("one of " + ", ".join(str(v) for v in self.allowed))
+        if self.pattern is not None:
+            out.append(f"matches `{self.pattern}`")
+        if self.min is not None:
+            out.append(f">= {self.min}")
+        if self.max is not None:
+            out.append(f"<= {self.max}")
+        if self.unique:
+            out.append("unique")
+        return out
+
+
+@dataclass(frozen=True)
+class Contract:
+    name: str
+    zone: str
+    description: str
+    primary_key: tuple[str, ...]
+    columns: tuple[Column, ...] = field(default_factory=tuple)
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(f"{self.name} has no column {name!r}")
+
+    def columns_of_class(self, *classes: str) -> list[Column]:
+        return [c for c in self.columns if c.column_class in classes]
+
+    def arrow_schema(self) -> pa.Schema:
+        """The PyArrow schema, with each column's description as field metadata."""
+        return pa.schema(
+            [
+                pa.field(
+                    c.name,
+                    c.arrow_type,
+                    nullable=c.nullable,
+                    metadata={"description": c.description, "class": c.column_class},
+                )
+                for c in self.columns
+            ],
+            metadata={"contract": self.name, "description": self.description.strip()},
+        )
+
+    def polars_schema(self) -> dict[str, pl.DataType]:
+        return {c.name: c.polars_type for c in self.columns}
+
+    def restricted_to(self, classes: tuple[str, ...], name: str, zone: str) -> Contract:
+        """A derived contract keeping only columns of the given classes (plus the primary key)."""
+        keep = tuple(c for c in self.columns if c.column_class in classes or c.name in self.primary_key)
+        return Contract(name=name, zone=zone, description=self.description, primary_key=self.primary_key, columns=keep)
+
+
+def _parse_columns(spec: dict[str, Any], source: str) -> list[Column]:
+    cols = []
+    for name, c in spec.items():
+        cls = c.get("class")
+        if cls not in COLUMN_CLASSES:
+            raise ValueError(f"{source}: column {name!r} has class {cls!r}; use one of {COLUMN_CLASSES}")
+        if c.get("type") not in ARROW_TYPES:
+            raise ValueError(f"{source}: column {name!r} has type {c.get('type')!r}; use one of {list(ARROW_TYPES)}")
+        if not c.get("description"):
+            raise ValueError(f"{source}: column {name!r} needs a description for the data dictionary")
+        cols.append(
+            Column(
+                name=name,
+                type=c["type"],
+                nullable=bool(c.get("nullable", False)),
+                column_class=cls,
+                description=" ".join(str(c["description"]).split()),
+                allowed=tuple(c["allowed"]) if "allowed" in c else None,
+                pattern=c.get("pattern"),
+                min=c.get("min"),
+                max=c.get("max"),
+                unique=bool(c.get("unique", False)),
+            )
+        )
+    return cols
+
+
+@cache
+def load_contract(name: str, schemas_dir: Path = SCHEMAS_DIR) -> Contract:
+    """Load `schemas/<name>.yaml`, with its `include`d column blocks after its own key columns."""
+    path = schemas_dir / f"{name}.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"no contract {name!r}: expected {path}")
+    spec = yaml.safe_load(path.read_text())
+    own = _parse_columns(spec.get("columns", {}), path.name)
+    included: list[Column] = []
+    for inc in spec.get("include", []):
+        inc_spec = yaml.safe_load((schemas_dir / f"{inc}.yaml").read_text())
+        included += _parse_columns(inc_spec["columns"], f"{inc}.yaml")
+    # Primary-key columns first, then the included block, then the rest, so files read naturally.
+    pk = tuple(spec.get("primary_key", []))
+    ordered = [c for c in own if c.name in pk] + included + [c for c in own if c.name not in pk]
+    names = [c.name for c in ordered]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise ValueError(f"{path.name}: columns declared twice: {sorted(dupes)}")
+    return Contract(
+        name=spec["name"],
+        zone=spec["zone"],
+        description=" ".join(str(spec.get("description", "")).split()),
+        primary_key=pk,
+        columns=tuple(ordered),
+    )
+
+
+def all_contract_names(schemas_dir: Path = SCHEMAS_DIR) -> list[str]:
+    return sorted(p.stem for p in schemas_dir.glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def load_mapping(path: Path) -> tuple[str, dict[str, str]]:
+    """A provider's column mapping: `dataset` and `columns` (provider name -> contract name)."""
+    spec = yaml.safe_load(Path(path).read_text())
+    if not isinstance(spec, dict) or "dataset" not in spec or not isinstance(spec.get("columns"), dict):
+        raise ContractError(
+            [Violation(str(path), None, "mapping format", "a mapping needs `dataset:` and a `columns:` dictionary")],
+        )
+    return spec["dataset"], {str(k): str(v) for k, v in spec["columns"].items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checking a file against its contract
+
+
+def _schema_violations(path: Path, contract: Contract, schema: pa.Schema, allow_extra: bool) -> list[Violation]:
+    out = []
+    present = {f.name: f.type for f in schema}
+    for c in contract.columns:
+        if c.name not in present:
+            out.append(Violation(str(path), c.name, "column present", "the column is missing; add it or map the provider's name in a mapping YAML"))
+        elif present[c.name] not in _COMPATIBLE[c.type] and not pa.types.is_null(present[c.name]):
+            out.append(
+                Violation(str(path), c.name, f"type {c.type}", f"found Arrow type {present[c.name]}; deliver it as {c.arrow_type}")
+            )
+    if not allow_extra:
+        for name in present:
+            if name not in contract.column_names:
+                out.append(
+                    Violation(str(path), name, "declared column", "the contract does not declare this column; remove it or add it to the contract")
+                )
+    return out
+
+
+def _value_rule_exprs(contract: Contract, columns: set[str]) -> list[tuple[Column, str, pl.Expr]]:
+    """(column, rule, expression counting rows that break the rule) for every value rule."""
+    rules: list[tuple[Column, str, pl.Expr]] = []
+    for c in contract.columns:
+        if c.name not in columns:
+            continue
+        col = pl.col(c.name).cast(c.polars_type)
+        if not c.nullable:
+            rules.append((c, "not null", col.is_null().sum()))
+        if c.allowed is not None:
+            allowed = pl.Series(list(c.allowed), dtype=c.polars_type)
+            rules.append((c, "allowed values", (col.is_not_null() & ~col.is_in(allowed.implode())).sum()))
+        if c.pattern is not None:
+            rules.append((c, f"pattern {c.pattern}", (col.is_not_null() & ~col.str.contains(f"^(?:{c.pattern})$")).sum()))
+        for bound, op in ((c.min, "ge"), (c.max, "le")):
+            if bound is None:
+                continue
+            lit = pl.lit(bound).str.to_date() if c.type == "date" else pl.lit(bound)
+            broken = col < lit if op == "ge" else col > lit
+            rules.append((c, f"{'minimum' if op == 'ge' else 'maximum'} {bound}", (col.is_not_null() & broken).sum()))
+        if c.unique:
+            rules.append((c, "unique", col.drop_nulls().len() - col.drop_nulls().n_unique()))
+    return rules
+
+
+def check_frame(lf: pl.LazyFrame, contract: Contract, path: str) -> list[Violation]:
+    """Count rows breaking each value rule in one pass over `lf`; one Violation per broken rule."""
+    columns = set(lf.collect_schema().names())
+    rules = _value_rule_exprs(contract, columns)
+    if not rules:
+        return []
+    counts = lf.select([expr.alias(f"r{i}") for i, (_, _, expr) in enumerate(rules)]).collect().row(0)
+    out = []
+    for (c, rule, _), n in zip(rules, counts, strict=True):
+        if n:
+            out.append(Violation(path, c.name, rule, f"{n} row(s) break the rule"))
+    return out
+
+
+def read_parquet_schema(path: Path) -> pa.Schema:
+    """The file's Arrow schema, or a ContractError saying the file is not readable Parquet."""
+    path = Path(path)
+    if not path.exists():
+        raise ContractError([Violation(str(path), None, "file present", "the file does not exist; check the input folder")])
+    try:
+        return pq.read_schema(path)
+    except Exception as exc:  # pyarrow raises several types for truncated or non-Parquet files
+        raise ContractError(
+            [Violation(str(path), None, "readable Parquet", f"the file is not valid Parquet ({type(exc).__name__}); re-export it as Parquet")]
+        ) from None
+
+
+def scan_checked(
+    path: Path,
+    contract: Contract,
+    mapping: dict[str, str] | None = None,
+    allow_extra: bool = False,
+) -> pl.LazyFrame:
+    """Check `path` against `contract` and return it as a lazy frame with the contract's columns and types.
+
+    Raises ContractError listing every violation (file, column, rule, what to do) when the file
+    breaks its contract. Values never appear in the message.
+    """
+    path = Path(path)
+    schema = read_parquet_schema(path)
+    if mapping:
+        schema = pa.schema([f.with_name(mapping.get(f.name, f.name)) for f in schema])
+    violations = _schema_violations(path, contract, schema, allow_extra)
+    if violations:
+        raise ContractError(violations)
+    lf = pl.scan_parquet(path)
+    if mapping:
+        lf = lf.rename({k: v for k, v in mapping.items() if k in lf.collect_schema().names()})
+    lf = lf.select([pl.col(c.name).cast(c.polars_type) for c in contract.columns])
+    violations = check_frame(lf, contract, str(path))
+    if violations:
+        raise ContractError(violations)
+    return lf
+
+
+def check_file(path: Path, contract: Contract | str, mapping_file: Path | None = None) -> int:
+    """Check one file; return its row count or raise ContractError with every violation."""
+    if isinstance(contract, str):
+        contract = load_contract(contract)
+    mapping = None
+    if mapping_file is not None:
+        dataset, mapping = load_mapping(mapping_file)
+        if dataset != contract.name:
+            raise ContractError([Violation(str(mapping_file), None, "mapping dataset", f"the mapping is for {dataset!r}, not {contract.name!r}")])
+    lf = scan_checked(path, contract, mapping)
+    return lf.select(pl.len()).collect().item()
+
+
+def to_arrow(df: pl.DataFrame, contract: Contract) -> pa.Table:
+    """Cast a frame to the contract's Arrow schema (columns in contract order, descriptions as metadata)."""
+    table = df.select(contract.column_names).to_arrow()
+    return table.cast(contract.arrow_schema())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data dictionary
+
+
+def render_dictionary_markdown(contracts: list[Contract], title: str = "Data dictionary") -> str:
+    lines = [f"# {title}", ""]
+    for ct in contracts:
+        lines += [f"## `{ct.name}`", "", ct.description, ""]
+        if ct.primary_key:
+            lines += [f"One row per {', '.join(ct.primary_key)}.", ""]
+        lines += ["| column | type | nullable | class | description | rules |", "| --- | --- | --- | --- | --- | --- |"]
+        for c in ct.columns:
+            rules = "; ".join(r for r in c.rules() if r != "not null")
+            lines.append(
+                f"| `{c.name}` | {c.type} | {'yes' if c.nullable else 'no'} | {c.column_class} | {c.description} | {rules} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def dictionary_records(contracts: list[Contract]) -> list[dict[str, Any]]:
+    """The machine-readable data dictionary: one record per dataset and column."""
+    return [
+        {
+            "dataset": ct.name,
+            "column": c.name,
+            "type": c.type,
+            "nullable": c.nullable,
+            "class": c.column_class,
+            "description": c.description,
+            "rules": c.rules(),
+        }
+        for ct in contracts
+        for c in ct.columns
+    ]
+

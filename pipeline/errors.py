@@ -1,0 +1,52 @@
+"""Errors a user can act on, kept apart from internal errors.
+
+Every user-facing message names the file, the column and the rule that was broken and says what to
+do. None ever carries a value from a patient's record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One broken rule: where (file, column), which rule, and what to do or how many rows."""
+
+    file: str
+    column: str | None
+    rule: str
+    detail: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}, column {self.column}" if self.column else self.file
+        return f"{where}: rule '{self.rule}' broken: {self.detail}"
+
+
+class PipelineError(Exception):
+    """Base of the errors that tell a user what went wrong with their input and what to do."""
+
+
+class ContractError(PipelineError):
+    """A file breaks its data contract. Carries every violation found, not just the first."""
+
+    def __init__(self, violations: list[Violation]):
+        self.violations = list(violations)
+        lines = [f"{len(self.violations)} contract violation(s):"] + [f"  - {v}" for v in self.violations]
+        super().__init__("\n".join(lines))
+
+
+class KeyFileError(PipelineError):
+    """The linkage key is missing, malformed or too widely readable."""
+
+
+class KeyMismatchError(PipelineError):
+    """Tokens made under different key ids were about to be linked."""
+
+
+class ValidationFailed(PipelineError):
+    """A critical Great Expectations expectation failed; publication is blocked."""
+
+
+class ReleaseExistsError(PipelineError):
+    """A release with this label already exists and replacing it was not asked for."""

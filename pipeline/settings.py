@@ -1,0 +1,141 @@
+"""Run settings: one frozen dataclass, validated once, carried as a plain dict through Airflow conf
+and XCom, and written into the release manifest.
+
+    >>> cfg = RunConfig.from_conf({"raw_dir": "/data/raw", "work_dir": "/data/work", "release_label": "r1"})
+    >>> cfg.matching.caliper_sd
+    0.2
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from pipeline.errors import PipelineError
+
+SOURCES: tuple[str, ...] = ("hospital_apc", "hospital_ae", "hospital_op", "gp_events", "social_care")
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+REPO_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_UNIT_COSTS = REPO_DIR / "reference" / "unit_costs.csv"
+
+
+@dataclass(frozen=True)
+class MatchingOptions:
+    """Propensity-score matching options, named as economists know them from MatchIt."""
+
+    ratio: int = 1
+    caliper_sd: float = 0.2
+    replace: bool = False
+    exact: tuple[str, ...] = ("site", "sex")
+    method: Literal["nearest"] = "nearest"
+
+    def __post_init__(self) -> None:
+        if self.ratio < 1:
+            raise PipelineError(f"matching ratio must be 1 or more (got {self.ratio})")
+        if self.caliper_sd <= 0:
+            raise PipelineError(f"matching caliper must be positive, in SDs of the logit (got {self.caliper_sd})")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs to know. Paths are absolute strings so the config crosses XCom."""
+
+    raw_dir: str
+    work_dir: str
+    release_label: str
+    study_start: str = "2021-04-01"
+    study_end: str = "2026-03-31"
+    extract_date: str = "2026-03-31"
+    unit_costs: str = str(DEFAULT_UNIT_COSTS)
+    replace_release: bool = False
+    # Path of a 0600 key file. Only the pseudonymise tasks read it; production sets PPRL_KEY or the
+    # Airflow variable `pprl_key` instead (see pipeline.crypto.keys.load_key).
+    key_file: str | None = None
+    matching: MatchingOptions = field(default_factory=MatchingOptions)
+
+    def __post_init__(self) -> None:
+        if not _LABEL.match(self.release_label):
+            raise PipelineError(
+                "release_label must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a letter or digit"
+            )
+        for name in ("study_start", "study_end", "extract_date"):
+            try:
+                dt.date.fromisoformat(getattr(self, name))
+            except ValueError:
+                raise PipelineError(f"{name} must be a date written YYYY-MM-DD") from None
+        if self.study_start >= self.study_end:
+            raise PipelineError("study_start must be before study_end")
+
+    @classmethod
+    def from_conf(cls, conf: dict[str, Any]) -> RunConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(conf) - known
+        if unknown:
+            raise PipelineError(f"unknown run settings {sorted(unknown)}; known ones are {sorted(known)}")
+        conf = dict(conf)
+        m = conf.pop("matching", None) or {}
+        if not isinstance(m, MatchingOptions):
+            m = dict(m)
+            if "exact" in m:
+                m["exact"] = tuple(m["exact"])
+            m = MatchingOptions(**m)
+        for p in ("raw_dir", "work_dir", "unit_costs", "key_file"):
+            if conf.get(p) is None:
+                continue
+            conf[p] = str(Path(conf[p]).expanduser().resolve())
+        return cls(matching=m, **conf)
+
+    def to_conf(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["matching"]["exact"] = list(self.matching.exact)
+        return d
+
+    # Zone layout. Each zone is a top-level folder so access can be granted per zone; inside it every
+    # run has its own folder named by release label, so concurrent runs never share a file.
+    @property
+    def raw(self) -> Path:
+        return Path(self.raw_dir)
+
+    @property
+    def work(self) -> Path:
+        return Path(self.work_dir)
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.work / "raw" / "quarantine" / self.release_label
+
+    @property
+    def pseudonymised_dir(self) -> Path:
+        return self.work / "pseudonymised" / self.release_label
+
+    @property
+    def linked_dir(self) -> Path:
+        return self.work / "linked" / self.release_label
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where the release is built and checked before it is renamed into `releases/`."""
+        return self.work / "releases" / f".staging-{self.release_label}"
+
+    @property
+    def release_dir(self) -> Path:
+        return self.work / "releases" / self.release_label
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.work / "reports" / self.release_label
+
+    @property
+    def start(self) -> dt.date:
+        return dt.date.fromisoformat(self.study_start)
+
+    @property
+    def end(self) -> dt.date:
+        return dt.date.fromisoformat(self.study_end)
+
+    @property
+    def extract(self) -> dt.date:
+        return dt.date.fromisoformat(self.extract_date)
