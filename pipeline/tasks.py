@@ -1,11 +1,13 @@
 """The functions Airflow tasks call, one per task. Each takes the run's conf (a plain dict, see
 pipeline.settings.RunConfig), does its work idempotently, and returns the path it wrote.
 
-DAG files in dags/ only wire these together; nothing here imports Airflow.
+DAG files in dags/ only wire these together; nothing here imports Airflow. Only the pseudonymise
+tasks load the key.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pipeline.settings import SOURCES, RunConfig
@@ -13,48 +15,90 @@ from pipeline.settings import SOURCES, RunConfig
 Conf = dict[str, Any]
 
 
+def _cfg(conf: Conf) -> RunConfig:
+    return RunConfig.from_conf(conf)
+
+
 def check_inputs(conf: Conf) -> str:
     """Check every input file against its contract; write and return the input manifest (hashes, rows)."""
-    raise NotImplementedError
+    from pipeline.pseudonymise import check_inputs as run
+
+    return str(run(_cfg(conf)))
 
 
 def consent_gate(conf: Conf) -> str:
     """Keep consented, not-withdrawn participants; tokenise them. Returns pseudonymised persons path."""
-    raise NotImplementedError
+    from pipeline.crypto.keys import load_key
+    from pipeline.pseudonymise import run_consent_gate
+
+    cfg = _cfg(conf)
+    return str(run_consent_gate(cfg, load_key(cfg.key_file)))
 
 
 def pseudonymise_source(conf: Conf, source: str) -> str:
     """Tokenise one service-use source. Returns the source's pseudonymised folder."""
-    raise NotImplementedError
+    from pipeline.crypto.keys import load_key
+    from pipeline.pseudonymise import pseudonymise_source as run
+
+    cfg = _cfg(conf)
+    return str(run(cfg, load_key(cfg.key_file), source))
 
 
 def validate_pseudonymised(conf: Conf) -> str:
-    raise NotImplementedError
+    from pipeline.pseudonymise import payload_contract
+    from pipeline.validate import validate_files
+
+    cfg = _cfg(conf)
+    d = cfg.pseudonymised_dir
+    files: dict[str, list[Path]] = {"pseudo_persons": [d / "persons.parquet"], "survey": [d / "survey.parquet"]}
+    files["record_tokens"] = [d / "tokens" / f"{s}.parquet" for s in SOURCES]
+    for s in SOURCES:
+        files[payload_contract(s).name] = [d / "payload" / f"{s}.parquet"]
+    return str(validate_files("pseudonymised", files, cfg.reports_dir, cfg.release_label))
 
 
 def link(conf: Conf) -> str:
     """Deterministic ranks 1-5 over every source. Returns the link map path."""
-    raise NotImplementedError
+    from pipeline.link import run_link
+
+    return str(run_link(_cfg(conf)))
 
 
 def validate_linked(conf: Conf) -> str:
-    raise NotImplementedError
+    from pipeline.validate import validate_files
+
+    cfg = _cfg(conf)
+    return str(validate_files("linked", {"link_map": [cfg.linked_dir / "link_map.parquet"]}, cfg.reports_dir, cfg.release_label))
 
 
 def build_cohort(conf: Conf) -> str:
-    raise NotImplementedError
+    from pipeline.cohort import build_cohort as run
+
+    return str(run(_cfg(conf)))
 
 
 def stage_release(conf: Conf) -> str:
-    raise NotImplementedError
+    from pipeline.publish import stage_release as run
+
+    return str(run(_cfg(conf)))
 
 
 def validate_release(conf: Conf) -> str:
-    raise NotImplementedError
+    from pipeline.publish import validate_release as run
+
+    return str(run(_cfg(conf)))
 
 
 def publish_release(conf: Conf) -> str:
-    raise NotImplementedError
+    from pipeline.publish import publish_release as run
+
+    return str(run(_cfg(conf)))
 
 
-__all__ = ["SOURCES", "RunConfig"]
+# The order the embedded runner and tests run the stages in, without Airflow.
+STAGES: tuple[str, ...] = (
+    "check_inputs", "consent_gate", "pseudonymise_source", "validate_pseudonymised",
+    "link", "validate_linked", "build_cohort", "stage_release", "validate_release", "publish_release",
+)  # fmt: skip
+
+__all__ = ["SOURCES", "STAGES"]

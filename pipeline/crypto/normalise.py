@@ -40,7 +40,7 @@ def canonical_nhs_number(raw: str | None) -> str | None:
     """Ten digits that pass Modulus 11, spaces and dashes removed; otherwise None."""
     if raw is None:
         return None
-    digits = raw.replace(" ", "").replace("-", "").strip()
+    digits = re.sub(r"[\s\-]", "", raw)
     if len(digits) != 10 or not digits.isascii() or not digits.isdigit():
         return None
     return digits if nhs_check_digit(digits[:9]) == int(digits[9]) else None

@@ -1,0 +1,154 @@
+"""`pipeline` command line: synth, keys, check, run, describe.
+
+User errors (bad input, missing key, existing release) print one clear message and exit 2; anything
+else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from pipeline.synth import generate
+
+    out = generate(Path(args.out), persons=args.persons, seed=args.seed, profile=args.profile, mdt_effect=args.mdt_effect)
+    print(f"synthetic extracts in {out / 'raw'}; ground truth (never read by the pipeline) in {out / 'truth'}")
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from pipeline.crypto.keys import new_key_file, read_key_file
+
+    if args.keys_command == "new":
+        key = new_key_file(Path(args.out))
+        print(f"new key written to {args.out} (mode 0600), kid {key.kid}")
+    else:
+        print(read_key_file(Path(args.file)).kid)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from pipeline.contracts import check_file
+
+    rows = check_file(Path(args.file), args.dataset, Path(args.mapping) if args.mapping else None)
+    print(f"{args.file}: follows the {args.dataset} contract ({rows} rows)")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipeline.orchestration.embedded import run_embedded
+    from pipeline.settings import RunConfig
+
+    conf = {"raw_dir": args.raw, "work_dir": args.work, "release_label": args.release, "key_file": args.key}
+    for name in ("study_start", "study_end", "extract_date", "unit_costs"):
+        if getattr(args, name):
+            conf[name] = getattr(args, name)
+    if args.replace:
+        conf["replace_release"] = True
+    cfg = RunConfig.from_conf(conf)
+    airflow_home = Path(args.airflow_home) if args.airflow_home else cfg.work / ".airflow"
+    result = run_embedded(cfg.to_conf(), airflow_home)
+    print()
+    print(summary_text(cfg.release_dir))
+    return 0 if result else 1
+
+
+def summary_text(release_dir: Path) -> str:
+    """The short end-of-run summary: people, consent, linkage by rank, matching, balance, where."""
+    m = json.loads((release_dir / "manifest.json").read_text())
+    c, k = m["consent"], m["cohort"]
+    ranks: dict[str, int] = {}
+    for s in m["linkage"]["sources"].values():
+        for r, n in s["linked_by_rank"].items():
+            ranks[r] = ranks.get(r, 0) + n
+    unlinked = sum(s["unlinked"] for s in m["linkage"]["sources"].values())
+    conflicts = sum(s["conflicts"] for s in m["linkage"]["sources"].values())
+    lines = [
+        f"release {m['release_label']} (kid {m['kid']}, code {m['code_version']})",
+        f"  people in consent register: {c['in_register']}; consented {c['consented']}, declined {c['declined']}, "
+        f"withdrawn {c['withdrawn']}; linked as participants: {c['persons_pseudonymised']}",
+        "  records linked by rank: " + ", ".join(f"{r}: {n}" for r, n in sorted(ranks.items())) + f"; unlinked {unlinked}, conflicts {conflicts}",
+        f"  eligible: {k['eligible']} ({k['eligible_mdt']} MDT, {k['eligible_comparator']} comparators); "
+        f"matched: {k['matched_mdt']} MDT with {k['matched_comparators']} comparators",
+        f"  largest |standardised mean difference| after matching: {k['max_abs_smd_after']:.3f}",
+        f"  release: {release_dir}",
+    ]
+    return "\n".join(lines)
+
+
+def _describe(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    release = Path(args.release_dir)
+    print(summary_text(release))
+    for p in sorted(release.glob("*.parquet")):
+        schema = pl.read_parquet_schema(p)
+        rows = pl.scan_parquet(p).select(pl.len()).collect().item()
+        print(f"\n{p.name}: {rows} rows")
+        for name, dtype in schema.items():
+            print(f"  {name}: {dtype}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pipeline", description="Consented, privacy-preserving record linkage for the MDT evaluation.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write synthetic extracts with ground truth")
+    s.add_argument("--out", required=True, help="folder to write raw/ and truth/ into")
+    s.add_argument("--persons", type=int, default=5000)
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--profile", choices=["clean", "realistic", "hard"], default="realistic")
+    s.add_argument("--mdt-effect", type=float, default=0.8, help="rate ratio of emergency admissions after MDT enrolment")
+    s.set_defaults(func=_synth)
+
+    k = sub.add_parser("keys", help="create a linkage key or print its kid")
+    ksub = k.add_subparsers(dest="keys_command", required=True)
+    kn = ksub.add_parser("new", help="write a new 0600 key file")
+    kn.add_argument("--out", required=True)
+    kk = ksub.add_parser("kid", help="print the key id of a key file")
+    kk.add_argument("file")
+    k.set_defaults(func=_keys)
+
+    c = sub.add_parser("check", help="check one file against its data contract")
+    c.add_argument("dataset", help="contract name, e.g. hospital_apc")
+    c.add_argument("file")
+    c.add_argument("--mapping", help="YAML mapping the provider's column names to the contract's")
+    c.set_defaults(func=_check)
+
+    r = sub.add_parser("run", help="run the three DAGs on the embedded default (dag.test on SQLite)")
+    r.add_argument("--raw", required=True, help="folder of input Parquet files following schemas/")
+    r.add_argument("--work", required=True, help="folder holding the zones (pseudonymised/, linked/, releases/, reports/)")
+    r.add_argument("--key", help="0600 key file (or set PPRL_KEY / PPRL_KEY_FILE)")
+    r.add_argument("--release", required=True, help="release label")
+    r.add_argument("--study-start")
+    r.add_argument("--study-end")
+    r.add_argument("--extract-date")
+    r.add_argument("--unit-costs", help="CSV following schemas/unit_costs.yaml (default: reference/unit_costs.csv)")
+    r.add_argument("--replace", action="store_true", help="replace an existing release of the same label")
+    r.add_argument("--airflow-home", help="private AIRFLOW_HOME (default WORK/.airflow)")
+    r.set_defaults(func=_run)
+
+    d = sub.add_parser("describe", help="print what is in a release")
+    d.add_argument("release_dir")
+    d.set_defaults(func=_describe)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The linkage key: creating it, loading it from a secret store or a 0600 file, and its key id.
+
+Key file (token spec v1): JSON `{"kid": ..., "key": <base64 of 32 random bytes>, "created": ...}`,
+mode 0600. `kid` is the first 8 bytes, in hex, of HMAC-SHA256(key, b"pprl key id").
+
+Where the key comes from, first match wins:
+1. the environment variable `PPRL_KEY` holding the key file's JSON (a secret injected by the platform);
+2. an explicit key file path (the run's `key_file` setting);
+3. the environment variable `PPRL_KEY_FILE` naming a key file;
+4. the Airflow variable `pprl_key` holding the key file's JSON (Airflow's secrets backend).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import KeyFileError
+
+KEY_BYTES = 32
+_KID_MESSAGE = b"pprl key id"
+
+
+@dataclass(frozen=True)
+class LinkageKey:
+    """The secret key and its public id. `repr` never shows the key."""
+
+    key: bytes
+    kid: str
+
+    def __repr__(self) -> str:
+        return f"LinkageKey(kid={self.kid!r})"
+
+
+def key_id(key: bytes) -> str:
+    return hmac.new(key, _KID_MESSAGE, hashlib.sha256).digest()[:8].hex()
+
+
+def _parse(text: str, where: str) -> LinkageKey:
+    try:
+        spec = json.loads(text)
+        key = base64.b64decode(spec["key"], validate=True)
+    except (ValueError, KeyError, TypeError):
+        raise KeyFileError(
+            f"{where}: not a v1 key (JSON with a base64 'key'); make one with `pipeline keys new --out FILE`"
+        ) from None
+    if len(key) != KEY_BYTES:
+        raise KeyFileError(f"{where}: the key must be {KEY_BYTES} bytes; make one with `pipeline keys new --out FILE`")
+    kid = key_id(key)
+    if spec.get("kid") not in (None, kid):
+        raise KeyFileError(f"{where}: the recorded kid does not match the key; the file is damaged or edited")
+    return LinkageKey(key=key, kid=kid)
+
+
+def new_key_file(path: Path, now: dt.datetime | None = None, random_bytes: bytes | None = None) -> LinkageKey:
+    """Write a new key file readable by its owner only. Refuses to overwrite an existing file.
+
+    `now` and `random_bytes` are seams for tests with fixed vectors; production leaves them unset.
+    """
+    path = Path(path)
+    key = random_bytes if random_bytes is not None else secrets.token_bytes(KEY_BYTES)
+    if len(key) != KEY_BYTES:
+        raise ValueError(f"a key is {KEY_BYTES} bytes")
+    created = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0).isoformat()
+    body = json.dumps({"kid": key_id(key), "key": base64.b64encode(key).decode(), "created": created}, indent=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # O_EXCL: never replace a key (tokens made under it would become unlinkable); 0600 from creation.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyFileError(f"{path}: a key file already exists there; choose another path") from None
+    with os.fdopen(fd, "w") as fh:
+        fh.write(body + "\n")
+    return LinkageKey(key=key, kid=key_id(key))
+
+
+def read_key_file(path: Path) -> LinkageKey:
+    """Read a key file, refusing one that group or others can read or write."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise KeyFileError(
+            f"{path}: no key file there; give the right path, or make a key with `pipeline keys new --out FILE`"
+        ) from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(
+            f"{path}: the key file is readable or writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"run `chmod 600 {path}` and check who may have copied it"
+        )
+    return _parse(path.read_text(), str(path))
+
+
+def _airflow_variable() -> str | None:
+    try:
+        from airflow.sdk import Variable  # only present inside Airflow
+    except ImportError:
+        return None
+    try:
+        return Variable.get("pprl_key", default=None)
+    except Exception:  # outside a task context the SDK has no API client to ask
+        return None
+
+
+def load_key(key_file: str | Path | None = None) -> LinkageKey:
+    """Load the linkage key from the first source that has one (see module docstring)."""
+    if os.environ.get("PPRL_KEY"):
+        return _parse(os.environ["PPRL_KEY"], "environment variable PPRL_KEY")
+    if key_file:
+        return read_key_file(Path(key_file))
+    if os.environ.get("PPRL_KEY_FILE"):
+        return read_key_file(Path(os.environ["PPRL_KEY_FILE"]))
+    value = _airflow_variable()
+    if value:
+        return _parse(value, "Airflow variable pprl_key")
+    raise KeyFileError(
+        "no linkage key: set the run's key_file, PPRL_KEY_FILE or PPRL_KEY, or the Airflow variable pprl_key"
+    )

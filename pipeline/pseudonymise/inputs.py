@@ -1,0 +1,78 @@
+"""Checking a run's input folder against the contracts before anything is read for real.
+
+Every file is checked and every violation reported together, so a data engineer can fix a delivery
+in one go. The input manifest (file hashes and row counts) goes into the release manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from pipeline import io
+from pipeline.contracts import ContractError, check_frame, load_contract, scan_checked
+from pipeline.errors import Violation
+from pipeline.settings import SOURCES, RunConfig
+
+log = logging.getLogger(__name__)
+
+# Files every run needs in its raw folder, by contract name.
+REQUIRED_INPUTS: tuple[str, ...] = ("consent_register", "survey", *SOURCES, "postcode_imd")
+
+
+def input_path(cfg: RunConfig, dataset: str) -> Path:
+    return cfg.raw / f"{dataset}.parquet"
+
+
+def scan_input(cfg: RunConfig, dataset: str) -> pl.LazyFrame:
+    return scan_checked(input_path(cfg, dataset), load_contract(dataset))
+
+
+def scan_unit_costs(path: Path) -> pl.LazyFrame:
+    """The unit-cost table: a CSV (the shipped one, or the user's own) checked against its contract."""
+    contract = load_contract("unit_costs")
+    path = Path(path)
+    if not path.exists():
+        raise ContractError([Violation(str(path), None, "file present", "no unit-cost table there; give the path of one that follows schemas/unit_costs.yaml")])
+    try:
+        df = pl.read_csv(path, schema_overrides=contract.polars_schema())
+    except Exception as exc:
+        raise ContractError([Violation(str(path), None, "readable CSV", f"could not read it as CSV ({type(exc).__name__}); check the header and types")]) from None
+    missing = [c for c in contract.column_names if c not in df.columns]
+    if missing:
+        raise ContractError([Violation(str(path), c, "column present", "add the column") for c in missing])
+    violations = check_frame(df.lazy().select(contract.column_names), contract, str(path))
+    if violations:
+        raise ContractError(violations)
+    return df.lazy().select(contract.column_names)
+
+
+def check_inputs(cfg: RunConfig) -> Path:
+    """Check every input against its contract; write `inputs.json` (hash and rows per file)."""
+    violations: list[Violation] = []
+    files: dict[str, Any] = {}
+    for dataset in REQUIRED_INPUTS:
+        path = input_path(cfg, dataset)
+        try:
+            rows = scan_input(cfg, dataset).select(pl.len()).collect().item()
+        except ContractError as exc:
+            violations += exc.violations
+            continue
+        files[dataset] = {"file": path.name, "sha256": io.sha256_file(path), "rows": int(rows)}
+        log.info("checked %s: %d rows", dataset, rows)
+    try:
+        costs = scan_unit_costs(Path(cfg.unit_costs)).collect()
+        files["unit_costs"] = {
+            "file": Path(cfg.unit_costs).name,
+            "sha256": io.sha256_file(Path(cfg.unit_costs)),
+            "rows": costs.height,
+            "version": costs.get_column("version").unique().sort().to_list(),
+        }
+    except ContractError as exc:
+        violations += exc.violations
+    if violations:
+        raise ContractError(violations)
+    return io.write_json({"release_label": cfg.release_label, "files": files}, cfg.pseudonymised_dir / "inputs.json")

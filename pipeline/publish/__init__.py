@@ -1,0 +1,5 @@
+"""Stage 3b: write-audit-publish of a versioned, immutable release."""
+
+from pipeline.publish.release import publish_release, stage_release, validate_release
+
+__all__ = ["publish_release", "stage_release", "validate_release"]
