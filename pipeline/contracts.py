@@ -50,7 +50,7 @@ POLARS_TYPES: dict[str, pl.DataType] = {
     "date": pl.Date(),
 }
 # Arrow types a delivered file may use for a contract type; they are cast on read without loss.
-_COMPATIBLE: dict[str, tuple[pa.DataType, ...]] = {
+COMPATIBLE_ARROW_TYPES: dict[str, tuple[pa.DataType, ...]] = {
     "string": (pa.string(), pa.large_string(), pa.string_view()),
     "int8": (pa.int8(),),
     "int16": (pa.int8(), pa.int16()),
@@ -223,7 +223,7 @@ def _schema_violations(path: Path, contract: Contract, schema: pa.Schema, allow_
     for c in contract.columns:
         if c.name not in present:
             out.append(Violation(str(path), c.name, "column present", "the column is missing; add it or map the provider's name in a mapping YAML"))
-        elif present[c.name] not in _COMPATIBLE[c.type] and not pa.types.is_null(present[c.name]):
+        elif present[c.name] not in COMPATIBLE_ARROW_TYPES[c.type] and not pa.types.is_null(present[c.name]):
             out.append(
                 Violation(str(path), c.name, f"type {c.type}", f"found Arrow type {present[c.name]}; deliver it as {c.arrow_type}")
             )

@@ -31,6 +31,8 @@ def atomic_path(final: Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
+    # mkstemp makes the file 0600; outputs are shared with their zone's readers through folder permissions.
+    os.chmod(tmp, 0o644)
     try:
         yield Path(tmp)
         os.replace(tmp, final)

@@ -124,10 +124,10 @@ def build_cohort(cfg: RunConfig) -> Path:
     cohort = cohort.with_columns(
         propensity_score=pl.Series(1.0 / (1.0 + np.exp(-logit))),
         matched=pl.Series(result.weight > 0),
-        matched_set=pl.Series(np.where(matched_set > 0, matched_set, None), dtype=pl.Int32),
+        matched_set=pl.Series(matched_set).cast(pl.Int32),
         match_weight=pl.Series(result.weight),
         age_band=age_band(pl.col("age_at_index")),
-    )
+    ).with_columns(matched_set=pl.when(pl.col("matched_set") > 0).then(pl.col("matched_set")))
     balance = balance_table(covariates, treated, result.weight, sample="all")
     n_treated_matched = int((result.treated_set > 0).sum())
     counts.update(

@@ -24,6 +24,19 @@ _POSTCODE_ANYWHERE = r"(?i)\b[A-Z]{1,2}[0-9][0-9A-Z]?\s?[0-9][A-Z]{2}\b"
 _TEN_DIGITS_ANYWHERE = r"(?:^|[^0-9])([0-9]{3}[ -]?[0-9]{3}[ -]?[0-9]{4})(?:[^0-9]|$)"
 
 
+def _identifier_like_counts(lf: pl.LazyFrame, name: str) -> dict[str, int]:
+    """Rows of a string column holding a postcode, or ten digits that pass Modulus 11, anywhere in the value."""
+    col = pl.col(name)
+    embedded = col.str.extract(_TEN_DIGITS_ANYWHERE, 1).str.replace_all(r"[ -]", "").alias("_digits")
+    row = (
+        lf.select(col.str.contains(_POSTCODE_ANYWHERE).alias("_pc"), embedded)
+        .select(pl.col("_pc").sum().alias("postcode"), nhs_number_expr("_digits").is_not_null().sum().alias("nhs_number"))
+        .collect()
+        .row(0, named=True)
+    )
+    return {k: int(v) for k, v in row.items()}
+
+
 def check_release_privacy(release_dir: Path) -> list[Violation]:
     out: list[Violation] = []
     for table in RELEASE_TABLES:
@@ -38,17 +51,15 @@ def check_release_privacy(release_dir: Path) -> list[Violation]:
                 out.append(Violation(path.name, name, "declared release column", "columns not in the release contract may not be published"))
             elif contract.column(name).column_class in FORBIDDEN_CLASSES:
                 out.append(Violation(path.name, name, "no identifier or token column", f"class {contract.column(name).column_class} may not be released"))
-            if dtype == pl.String:
-                col = pl.col(name)
-                found = lf.select(
-                    col.str.contains(_POSTCODE_ANYWHERE).sum().alias("postcode"),
-                    nhs_number_expr(name).is_not_null().sum().alias("nhs_whole"),
-                    col.str.extract(_TEN_DIGITS_ANYWHERE, 1).str.replace_all(r"[ -]", "").is_not_null().sum().alias("ten_digits"),
-                ).collect().row(0, named=True)
+            # Study IDs (class key) are random hex under a strict format check below; scanning them for
+            # digit runs would only find chance matches.
+            is_key = name in contract.column_names and contract.column(name).column_class == "key"
+            if dtype == pl.String and not is_key:
+                found = _identifier_like_counts(lf, name)
                 if found["postcode"]:
                     out.append(Violation(path.name, name, "no postcode-like value", f"{found['postcode']} value(s) look like a UK postcode"))
-                if found["nhs_whole"] or found["ten_digits"]:
-                    out.append(Violation(path.name, name, "no NHS-number-like value", f"{max(found['nhs_whole'], found['ten_digits'])} value(s) look like an NHS number"))
+                if found["nhs_number"]:
+                    out.append(Violation(path.name, name, "no NHS-number-like value", f"{found['nhs_number']} value(s) hold a valid NHS number"))
         if table == "cohort" and "study_id" in lf.collect_schema().names():
             ids = lf.select(
                 (pl.col("study_id").len() - pl.col("study_id").n_unique()).alias("dupes"),

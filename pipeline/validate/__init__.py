@@ -1,0 +1,31 @@
+"""Validation of every zone with Great Expectations; publication is blocked on a critical failure.
+
+    from pipeline.validate import validate_files
+    summary = validate_files("pseudonymised", {"pseudo_persons": [path]}, reports_dir, run_name="r1")
+
+The names below are imported on first use: importing Great Expectations takes several seconds, and
+DAG files and the CLI import this package without necessarily validating anything.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "validate_files": "pipeline.validate.runner",
+    "structural_suite": "pipeline.validate.suites",
+    "business_suite": "pipeline.validate.suites",
+    "validation_suite": "pipeline.validate.suites",
+    "validated_contract": "pipeline.validate.suites",
+    "write_structural_suites": "pipeline.validate.suites",
+    "structural_suite_drift": "pipeline.validate.suites",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pipeline.validate' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

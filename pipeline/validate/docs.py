@@ -1,0 +1,213 @@
+"""The GX context of one validation run and the Data Docs site it builds.
+
+Why an ephemeral context: its stores live in memory, so a run leaves no `gx/` project folder or
+great_expectations.yml anywhere, never sees results of another run (two runs in one process or on
+one machine cannot mix), and its Data Docs show exactly this run; the only files it writes are the
+site, into a folder we choose. A file context inside reports_dir would also persist suites and raw
+results there, which a rerun would have to clean, for no use: the JSON summary is the record.
+
+GX's index page draws its table with JavaScript from public CDNs, which a secure research
+environment cannot reach, so a script-free table of the same results is added to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import html
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pipeline import io
+from pipeline.validate._gx import (
+    DataContextConfig,
+    ExpectationSuiteIdentifier,
+    InMemoryStoreBackendDefaults,
+    ProgressBarsConfig,
+    RunIdentifier,
+    ValidationResultIdentifier,
+    gx,
+)
+from pipeline.validate.outcomes import FileOutcome
+
+SITE_NAME = "pipeline_validation"
+STATIC_INDEX_ID = "pipeline-static-results"
+
+
+def ephemeral_context(site_dir: Path) -> Any:
+    """An in-memory GX context whose one Data Docs site is written to `site_dir`."""
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+        analytics_enabled=False,
+        # Progress bars would print to the task log on every validation.
+        progress_bars=ProgressBarsConfig(globally=False),
+        data_docs_sites={
+            SITE_NAME: {
+                "class_name": "SiteBuilder",
+                "show_how_to_buttons": False,
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(site_dir)},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            }
+        },
+    )
+    return gx.get_context(mode="ephemeral", project_config=config)
+
+
+def store_result(context: Any, suite_result: Any, run_id: RunIdentifier, batch_identifier: str, description: str) -> str:
+    """Put a (scrubbed) result in the context's store for the site; return its page, relative to the site.
+
+    `description` (dataset, file and batch) is shown as the page's data asset.
+    """
+    suite_id = ExpectationSuiteIdentifier(name=suite_result.suite_name)
+    key = ValidationResultIdentifier(expectation_suite_identifier=suite_id, run_id=run_id, batch_identifier=batch_identifier)
+    # The validation pages read the run from the result's meta, as ValidationDefinition.run sets it,
+    # and the data asset from its batch spec.
+    suite_result.meta["run_id"] = run_id
+    suite_result.meta["validation_time"] = run_id.run_time
+    suite_result.meta["batch_spec"] = {**suite_result.meta.get("batch_spec", {}), "data_asset_name": description}
+    context.validation_results_store.store_validation_results(suite_result, key, suite_id)
+    return "validations/" + "/".join(str(part) for part in key.to_tuple()) + ".html"
+
+
+def build_site(context: Any) -> None:
+    context.build_data_docs(site_names=[SITE_NAME])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Script-free pages
+
+
+_STYLE = """
+<style>
+  #pipeline-static-results, .pipeline-landing { font-family: system-ui, sans-serif; margin: 1rem 0 2rem 0; }
+  #pipeline-static-results table, .pipeline-landing table { border-collapse: collapse; margin: .5rem 0 1rem 0; }
+  #pipeline-static-results th, #pipeline-static-results td,
+  .pipeline-landing th, .pipeline-landing td { border: 1px solid #bbb; padding: 4px 10px; text-align: left; }
+  #pipeline-static-results th, .pipeline-landing th { background: #eee; }
+  .pipeline-failed { color: #b00020; font-weight: bold; }
+  .pipeline-warning { color: #8a5a00; font-weight: bold; }
+  .pipeline-passed { color: #1b5e20; font-weight: bold; }
+</style>
+"""
+
+
+# Font Awesome, which draws GX's pass and fail icons, comes from a CDN; these glyphs stand in for it.
+_ICON_STYLE = """
+<style>
+  i.fas.fa-check-circle.text-success::before { content: "\\2714"; color: #1b5e20; font-family: system-ui, sans-serif; font-style: normal; }
+  i.fas.fa-times.text-danger::before { content: "\\2718"; color: #b00020; font-family: system-ui, sans-serif; font-style: normal; }
+  i.fas.fa-exclamation-triangle.text-warning::before { content: "\\26A0"; color: #8a5a00; font-family: system-ui, sans-serif; font-style: normal; }
+</style>
+"""
+
+
+def _status(critical: int, warnings: int) -> str:
+    if critical:
+        return f'<span class="pipeline-failed">FAILED ({critical} critical)</span>'
+    if warnings:
+        return f'<span class="pipeline-warning">passed with {warnings} warning(s)</span>'
+    return '<span class="pipeline-passed">passed</span>'
+
+
+def _cell(value: Any) -> str:
+    return f"<td>{html.escape('' if value is None else str(value))}</td>"
+
+
+def _results_section(zone: str, run_name: str, outcomes: list[FileOutcome], pages: dict[tuple[str, str], list[tuple[str, str]]]) -> str:
+    e = html.escape
+    rows = []
+    for o in outcomes:
+        links = " ".join(f'<a href="{e(p)}">{e(label)}</a>' for label, p in pages.get((o.dataset, o.file), []))
+        rows.append(
+            f"<tr>{_cell(o.dataset)}{_cell(o.file)}{_cell(o.rows)}<td>{_status(len(o.critical), len(o.warnings))}</td>"
+            f"{_cell(o.evaluated)}{_cell(len(o.critical))}{_cell(len(o.warnings))}<td>{links}</td></tr>"
+        )
+    failures = [f for o in outcomes for f in o.failures]
+    failure_rows = [
+        f"<tr>{_cell(f.dataset)}{_cell(f.file)}{_cell(f.column or '(table)')}{_cell(f.expectation)}"
+        f"{_cell(f.severity)}{_cell(f.rule)}{_cell('could not evaluate' if f.could_not_evaluate else f.unexpected_count)}</tr>"
+        for f in failures
+    ]
+    failure_table = (
+        "<table><tr><th>dataset</th><th>file</th><th>column</th><th>expectation</th><th>severity</th>"
+        "<th>rule</th><th>rows breaking it</th></tr>" + "".join(failure_rows) + "</table>"
+        if failures
+        else "<p>No expectation failed.</p>"
+    )
+    return (
+        f'<section id="{STATIC_INDEX_ID}">{_STYLE}'
+        f"<h2>Zone {e(zone)}: validation results of run {e(run_name)}</h2>"
+        "<p>Counts and rules only: no data value is ever shown. A critical failure blocks publication; "
+        "a warning is for review.</p>"
+        "<table><tr><th>dataset</th><th>file</th><th>rows</th><th>result</th><th>expectations</th>"
+        "<th>failed critical</th><th>failed warning</th><th>GX result pages</th></tr>" + "".join(rows) + "</table>"
+        f"<h3>Failed expectations</h3>{failure_table}</section>"
+    )
+
+
+def add_static_results(site_dir: Path, zone: str, run_name: str, outcomes: list[FileOutcome], pages: dict[tuple[str, str], list[tuple[str, str]]]) -> None:
+    """Put a script-free table of the run's results at the top of the GX index page."""
+    index = Path(site_dir) / "index.html"
+    page = index.read_text()
+    section = _results_section(zone, run_name, outcomes, pages)
+    anchor = '<div id="section-1"'
+    if anchor in page:
+        page = page.replace(anchor, section + anchor, 1)
+    else:  # a GX upgrade changed the page; the section still goes first in the body
+        page = page.replace("<body>", "<body>" + section, 1)
+    index.write_text(page)
+
+
+def add_offline_icons(site_dir: Path) -> None:
+    """Make every page's pass and fail icons visible without Font Awesome."""
+    for page in Path(site_dir).rglob("*.html"):
+        text = page.read_text()
+        if "</head>" in text:
+            page.write_text(text.replace("</head>", _ICON_STYLE + "</head>", 1))
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """An exclusive lock on a folder (a lock on the folder itself leaves no lock file behind)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def write_landing_page(reports_dir: Path) -> Path:
+    """`data_docs/index.html`: one line per zone validated into this reports folder, linking its site.
+
+    Zones of one run may be validated at the same time; the lock keeps the last writer from
+    dropping a zone another writer just added.
+    """
+    docs_root = Path(reports_dir) / "data_docs"
+    with _locked(docs_root):
+        rows = []
+        for summary_path in sorted((Path(reports_dir) / "validation").glob("*.json")):
+            s = json.loads(summary_path.read_text())
+            zone = s["zone"]
+            if not (docs_root / zone / "index.html").exists():
+                continue
+            rows.append(
+                f'<tr><td><a href="{html.escape(zone)}/index.html">{html.escape(zone)}</a></td>{_cell(s["run_name"])}'
+                f'{_cell(s["validated_at"])}<td>{_status(s["statistics"]["failed_critical"], s["statistics"]["failed_warning"])}</td></tr>'
+            )
+        page = (
+            '<!doctype html><html><head><meta charset="utf-8"><title>Validation reports</title>'
+            f'{_STYLE}</head><body><div class="pipeline-landing"><h1>Validation reports</h1>'
+            "<p>One Great Expectations Data Docs site per zone. Counts and rules only: no data value is shown.</p>"
+            "<table><tr><th>zone</th><th>run</th><th>validated at (UTC)</th><th>result</th></tr>"
+            + "".join(rows)
+            + "</table></div></body></html>\n"
+        )
+        with io.atomic_path(docs_root / "index.html") as tmp:
+            tmp.write_text(page)
+    return docs_root / "index.html"

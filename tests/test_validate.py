@@ -1,0 +1,383 @@
+"""Validation with Great Expectations: suites from contracts, blocking on critical failures, and no
+patient value in any message, summary, Data Docs page or log line."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import io
+from pipeline.contracts import load_contract, to_arrow
+from pipeline.errors import ValidationFailed
+from pipeline.validate import structural_suite, structural_suite_drift, validate_files, validated_contract, write_structural_suites
+from pipeline.validate.privacy import scrub_result
+from pipeline.validate.suites import REGENERATE_COMMAND, validated_dataset_names, validation_suite
+
+# ---------------------------------------------------------------------------------------------------
+# Test data
+
+
+def apc_rows(**changes: list[Any]) -> pl.DataFrame:
+    """Three clean hospital admissions; keyword arguments replace whole columns."""
+    data: dict[str, list[Any]] = {
+        "record_id": ["APC000000001", "APC000000002", "APC000000003"],
+        "nhs_number": ["9990000018", None, "9990000026"],
+        "given_name": ["ANN", "BOB", None],
+        "family_name": ["SMITH", "JONES", "BROWN"],
+        "date_of_birth": [dt.date(1950, 1, 1), dt.date(1940, 2, 2), None],
+        "sex": ["F", "M", "U"],
+        "postcode": ["LS1 1AA", None, "M1 1AA"],
+        "admission_date": [dt.date(2022, 1, 1), dt.date(2022, 2, 1), dt.date(2022, 3, 1)],
+        "discharge_date": [dt.date(2022, 1, 5), dt.date(2022, 2, 1), None],
+        "admission_method": ["11", "21", "99"],
+    }
+    data.update(changes)
+    return pl.DataFrame(data, schema=load_contract("hospital_apc").polars_schema())
+
+
+def write(df: pl.DataFrame, dataset: str, path: Path, **parquet_options: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    contract = validated_contract(dataset)
+    if df.null_count().select(pl.sum_horizontal(pl.col(c.name) for c in contract.columns if not c.nullable)).item():
+        # to_arrow refuses a null in a non-nullable field; a broken extract can still carry one.
+        schema = contract.arrow_schema()
+        table = df.select(contract.column_names).to_arrow().cast(pa.schema([f.with_nullable(True) for f in schema]))
+    else:
+        table = to_arrow(df, contract)
+    pq.write_table(table, path, **parquet_options)
+    return path
+
+
+# Values made for one dataset column, by the column's pattern, unique per row i.
+PATTERN_EXAMPLES = {
+    "APC[0-9]{9}": lambda i: f"APC{i:09d}",
+    "AE[0-9]{9}": lambda i: f"AE{i:09d}",
+    "OP[0-9]{9}": lambda i: f"OP{i:09d}",
+    "GP[0-9]{9}": lambda i: f"GP{i:09d}",
+    "SC[0-9]{9}": lambda i: f"SC{i:09d}",
+    "P[0-9]{7}": lambda i: f"P{i:07d}",
+    "S[0-9a-f]{16}": lambda i: f"S{i:016x}",
+    "[0-9a-f]{64}": lambda i: f"{i:064x}",
+    "MDT[0-9]{2}": lambda i: f"MDT{i:02d}",
+    "R[0-9]{8}": lambda i: f"R{i:08d}",
+    "E01[0-9]{6}": lambda i: f"E01{i:06d}",
+    "[A-Z]{1,2}[0-9][0-9A-Z]? ?[0-9][A-Z]{2}": lambda i: f"LS1{i} 1AA",
+    "20[0-9]{2}/[0-9]{2}": lambda i: "2024/25",
+}
+# Where a dataset's business rules need more than the contract's bounds.
+OVERRIDES: dict[str, dict[str, Any]] = {
+    "pseudo_persons": {"age_at_index": 70},
+    "social_care": {"service_type": "home_care"},
+    "social_care_payload": {"service_type": "home_care"},
+}
+
+
+def clean_frame(dataset: str, rows: int = 3) -> pl.DataFrame:
+    """A frame that meets every rule of `dataset`, built from its contract alone."""
+    contract = validated_contract(dataset)
+    data: dict[str, list[Any]] = {}
+    for c in contract.columns:
+        if c.name in OVERRIDES.get(dataset, {}):
+            values = [OVERRIDES[dataset][c.name]] * rows
+        elif c.allowed is not None:
+            values = [c.allowed[i % len(c.allowed)] for i in range(rows)]
+        elif c.pattern is not None:
+            values = [PATTERN_EXAMPLES[c.pattern](i + 1) for i in range(rows)]
+        elif c.type == "date":
+            values = [dt.date(2022, 1, 1)] * rows
+        elif c.type == "bool":
+            values = [True] * rows
+        elif c.type == "string":
+            values = [f"{c.name}-{i}" for i in range(rows)]
+        else:
+            low = c.min if c.min is not None else 1
+            value = (low + c.max) / 2 if c.max is not None else low
+            values = [value if c.type == "float64" else int(value)] * rows
+        data[c.name] = values
+    return pl.DataFrame(data, schema=contract.polars_schema())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Where a leak would show
+
+
+def all_report_text(reports_dir: Path) -> str:
+    """Every file under the reports folder (summary and every Data Docs file), as text."""
+    return "\n".join(p.read_bytes().decode("utf-8", errors="ignore") for p in sorted(reports_dir.rglob("*")) if p.is_file())
+
+
+def assert_absent(secrets: list[str], *texts: str) -> None:
+    for secret in secrets:
+        for text in texts:
+            assert secret not in text, f"{secret!r} leaked"
+
+
+@pytest.fixture
+def capture_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG, logger="pipeline")
+    caplog.set_level(logging.DEBUG, logger="great_expectations")
+    return caplog
+
+
+# ---------------------------------------------------------------------------------------------------
+# Suites
+
+
+def test_structural_suite_follows_the_contract() -> None:
+    suite = structural_suite(load_contract("hospital_apc"))
+    types = [e.expectation_type for e in suite.expectations]
+    assert types[0] == "expect_table_columns_to_match_ordered_list"
+    assert suite.expectations[0].column_list == load_contract("hospital_apc").column_names
+    for e in suite.expectations:
+        assert e.meta["severity"] == "critical" and e.meta["source"] == "contract" and e.meta["rule"]
+    by_column = {(e.expectation_type, getattr(e, "column", None)): e for e in suite.expectations}
+    assert by_column[("expect_column_values_to_match_regex", "record_id")].regex == "^(?:APC[0-9]{9})$"
+    assert ("expect_column_values_to_not_be_null", "admission_date") in by_column
+    assert ("expect_column_values_to_not_be_null", "discharge_date") not in by_column
+    assert by_column[("expect_column_values_to_be_in_set", "sex")].value_set == ["F", "M", "U"]
+    assert by_column[("expect_column_values_to_be_between", "date_of_birth")].min_value == dt.date(1900, 1, 1)
+    assert ("expect_column_values_to_be_unique", "record_id") in by_column
+    assert by_column[("expect_column_type_to_be", "admission_date")].type_ == "date32[day][pyarrow]"
+
+
+def test_business_suites_load_with_severity_and_rule() -> None:
+    for dataset in validated_dataset_names():
+        for e in validation_suite(dataset).expectations:
+            assert e.meta["severity"] in ("critical", "warning"), (dataset, e.expectation_type)
+            assert e.meta["rule"] and "\n" not in e.meta["rule"]
+    payload_types = {e.expectation_type for e in validation_suite("hospital_apc_payload").expectations}
+    assert "expect_column_pair_values_a_to_be_greater_than_b" in payload_types
+
+
+def test_checked_in_structural_suites_match_the_contracts() -> None:
+    drift = structural_suite_drift()
+    assert not drift, (
+        "The structural suites in expectations/structural/ no longer match schemas/:\n  "
+        + "\n  ".join(drift)
+        + f"\nRegenerate them with: {REGENERATE_COMMAND}, review the diff and commit it."
+    )
+
+
+def test_drift_is_detected(tmp_path: Path) -> None:
+    write_structural_suites(tmp_path)
+    assert structural_suite_drift(tmp_path) == []
+    edited = tmp_path / "hospital_apc.json"
+    edited.write_text(edited.read_text().replace("APC[0-9]{9}", "APC[0-9]{8}"))
+    (tmp_path / "retired_dataset.json").write_text("{}")
+    drift = structural_suite_drift(tmp_path)
+    assert any("hospital_apc.json" in d for d in drift) and any("retired_dataset.json" in d for d in drift)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Running validation
+
+
+def test_clean_frame_passes(tmp_path: Path) -> None:
+    apc = write(apc_rows(), "hospital_apc", tmp_path / "in" / "hospital_apc.parquet")
+    summary_path = validate_files("raw", {"hospital_apc": [apc]}, tmp_path / "reports", "run-1")
+    summary = io.read_json(summary_path)
+    assert summary_path == tmp_path / "reports" / "validation" / "raw.json"
+    assert summary["success"] is True and summary["warnings"] == [] and summary["critical"] == []
+    (file_summary,) = summary["datasets"]["hospital_apc"]["files"]
+    assert file_summary["success"] and file_summary["failures"] == [] and file_summary["evaluated_expectations"] > 15
+    assert (tmp_path / "reports" / "data_docs" / "raw" / "index.html").exists()
+    assert (tmp_path / "reports" / "data_docs" / "index.html").exists()
+
+
+def test_every_dataset_accepts_a_clean_file(tmp_path: Path) -> None:
+    files = {}
+    for dataset in validated_dataset_names():
+        path = tmp_path / "in" / f"{dataset}.parquet"
+        if dataset.endswith("_payload") or dataset == "record_tokens":
+            # As pipeline.pseudonymise writes them: streamed by Polars, strings as large_string.
+            io.sink_frame(clean_frame(dataset).lazy(), validated_contract(dataset), path)
+        else:
+            write(clean_frame(dataset), dataset, path)
+        files[dataset] = [path]
+    summary = io.read_json(validate_files("all", files, tmp_path / "reports", "run-1"))
+    failures = [f for d in summary["datasets"].values() for fs in d["files"] for f in fs["failures"]]
+    assert failures == []
+
+
+INJECTIONS = {
+    # name: (column changes, dataset column named, expectation named, secrets that must not leak)
+    "null in a non-null column": (
+        {"record_id": ["APC000000001", None, "APC000000003"], "family_name": ["SMITH", "QXNULLROWQX", "BROWN"]},
+        "record_id",
+        "expect_column_values_to_not_be_null",
+        ["QXNULLROWQX"],
+    ),
+    "value outside the allowed set": (
+        {"admission_method": ["11", "ZQ7SECRETCODE", "99"]},
+        "admission_method",
+        "expect_column_values_to_be_in_set",
+        ["ZQ7SECRETCODE"],
+    ),
+    "discharge before admission": (
+        {
+            "admission_date": [dt.date(2022, 1, 1), dt.date(2011, 3, 17), dt.date(2022, 3, 1)],
+            "discharge_date": [dt.date(2022, 1, 5), dt.date(2011, 3, 9), None],
+        },
+        "discharge_date, admission_date",
+        "expect_column_pair_values_a_to_be_greater_than_b",
+        ["2011-03-09", "2011-03-17", "20110309", "20110317", "2011, 3, 9"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(INJECTIONS))
+def test_critical_failure_blocks_without_revealing_values(tmp_path: Path, case: str, capture_logs: pytest.LogCaptureFixture) -> None:
+    changes, column, expectation, secrets = INJECTIONS[case]
+    apc = write(apc_rows(**changes), "hospital_apc", tmp_path / "in" / "hospital_apc.parquet")
+    reports = tmp_path / "reports"
+    with pytest.raises(ValidationFailed) as failed:
+        validate_files("raw", {"hospital_apc": [apc]}, reports, "run-1")
+    message = str(failed.value)
+    for words in ("'raw'", "dataset hospital_apc", "file hospital_apc.parquet", f"column {column}", expectation, "rerun"):
+        assert words in message
+    summary = io.read_json(reports / "validation" / "raw.json")
+    assert summary["success"] is False and summary["statistics"]["failed_critical"] == 1
+    (failure,) = summary["datasets"]["hospital_apc"]["files"][0]["failures"]
+    assert (failure["column"], failure["expectation"], failure["severity"], failure["unexpected_count"]) == (column, expectation, "critical", 1)
+    assert_absent(secrets, message, all_report_text(reports), capture_logs.text)
+
+
+def test_warning_does_not_raise_but_is_listed(tmp_path: Path) -> None:
+    df = clean_frame("social_care").with_columns(
+        service_type=pl.Series(["home_care", "residential", "nursing"]), hours_per_week=pl.Series([10.0, 131.8125, None])
+    )
+    path = write(df, "social_care", tmp_path / "in" / "social_care.parquet")
+    summary = io.read_json(validate_files("raw", {"social_care": [path]}, tmp_path / "reports", "run-1"))
+    assert summary["success"] is True and summary["statistics"]["failed_warning"] == 1
+    (failure,) = summary["datasets"]["social_care"]["files"][0]["failures"]
+    assert (failure["column"], failure["severity"], failure["unexpected_count"]) == ("hours_per_week", "warning", 1)
+    (warning,) = summary["warnings"]
+    assert "column hours_per_week" in warning and "expect_column_values_to_be_null" in warning
+    assert_absent(["131.8125"], all_report_text(tmp_path / "reports"))
+
+
+@pytest.mark.parametrize("missing", [2, 3])
+def test_mostly_is_judged_over_the_whole_file(tmp_path: Path, missing: int) -> None:
+    # 40 baseline rows read in 4 batches of 10. The missing EQ VAS scores all fall in the first
+    # batch, where they are 20-30% of rows; over the file they are 5% (allowed) or 7.5% (a warning).
+    df = clean_frame("survey", rows=40).with_columns(
+        wave=pl.lit("baseline"), eq_vas=pl.Series([None] * missing + [50] * (40 - missing), dtype=pl.Int16)
+    )
+    path = write(df, "survey", tmp_path / "in" / "survey.parquet", row_group_size=10)
+    summary = io.read_json(validate_files("raw", {"survey": [path]}, tmp_path / "reports", "run-1", max_batch_rows=10))
+    file_summary = summary["datasets"]["survey"]["files"][0]
+    assert len(file_summary["batches"]) == 4
+    if missing == 2:
+        assert file_summary["failures"] == []
+    else:
+        (failure,) = file_summary["failures"]
+        assert (failure["column"], failure["severity"], failure["unexpected_count"]) == ("eq_vas", "warning", 3)
+
+
+def test_missing_column_and_wrong_type_are_reported(tmp_path: Path, capture_logs: pytest.LogCaptureFixture) -> None:
+    table = to_arrow(apc_rows(), load_contract("hospital_apc"))
+    table = table.drop_columns(["postcode"])
+    table = table.set_column(table.column_names.index("admission_method"), "admission_method", pa.array([11, 21, 99], pa.int16()))
+    path = tmp_path / "in" / "apc.parquet"
+    path.parent.mkdir()
+    pq.write_table(table, path)
+    with pytest.raises(ValidationFailed) as failed:
+        validate_files("raw", {"hospital_apc": [path]}, tmp_path / "reports", "run-1")
+    message = str(failed.value)
+    assert "expect_table_columns_to_match_ordered_list" in message
+    assert "column postcode: expect_column_type_to_be failed [critical]" in message and "could not be evaluated" in message
+    assert "column admission_method: expect_column_type_to_be failed" in message
+    # GX logs an error when it cannot render a result; every page must render.
+    assert not [r for r in capture_logs.records if r.levelno >= logging.ERROR]
+
+
+def test_large_file_is_read_in_row_groups_and_uniqueness_checked_across_them(tmp_path: Path) -> None:
+    df = clean_frame("hospital_apc", rows=6).with_columns(
+        record_id=pl.Series([f"APC00000000{i}" for i in (1, 2, 3, 4, 5, 1)]),  # rows 0 and 5: two batches apart
+        sex=pl.Series(["F", "M", "U", "F", "M", "F"]),
+    )
+    path = write(df, "hospital_apc", tmp_path / "in" / "apc.parquet", row_group_size=2)
+    reports = tmp_path / "reports"
+    with pytest.raises(ValidationFailed, match="expect_column_values_to_be_unique"):
+        validate_files("raw", {"hospital_apc": [path]}, reports, "run-1", max_batch_rows=3)
+    file_summary = io.read_json(reports / "validation" / "raw.json")["datasets"]["hospital_apc"]["files"][0]
+    assert file_summary["batches"] == ["row groups 0-0", "row groups 1-1", "row groups 2-2"]
+    (failure,) = file_summary["failures"]
+    assert (failure["column"], failure["unexpected_count"]) == ("record_id", 2)
+    pages = list((reports / "data_docs" / "raw" / "validations").rglob("*.html"))
+    assert len(pages) == 4  # three batches and the whole-file uniqueness check
+
+
+def test_rerun_overwrites_and_leaves_no_gx_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    apc = write(apc_rows(), "hospital_apc", tmp_path / "in" / "hospital_apc.parquet")
+    for run in ("run-1", "run-2"):
+        validate_files("raw", {"hospital_apc": [apc]}, tmp_path / "reports", run)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "reports"]
+    docs = tmp_path / "reports" / "data_docs"
+    assert sorted(p.name for p in docs.iterdir()) == ["index.html", "raw"]
+    pages = list((docs / "raw" / "validations").rglob("*.html"))
+    assert len(pages) == 1 and "run-2" in str(pages[0])
+    assert sorted(p.name for p in (tmp_path / "reports").rglob("*.json")) == ["raw.json"]
+
+
+def test_zones_share_a_reports_folder(tmp_path: Path) -> None:
+    apc = write(apc_rows(), "hospital_apc", tmp_path / "in" / "hospital_apc.parquet")
+    persons = write(clean_frame("pseudo_persons"), "pseudo_persons", tmp_path / "in" / "persons.parquet")
+    validate_files("raw", {"hospital_apc": [apc]}, tmp_path / "reports", "r1")
+    validate_files("pseudonymised", {"pseudo_persons": [persons]}, tmp_path / "reports", "r1")
+    landing = (tmp_path / "reports" / "data_docs" / "index.html").read_text()
+    assert 'href="raw/index.html"' in landing and 'href="pseudonymised/index.html"' in landing
+
+
+def test_concurrent_runs_do_not_interfere(tmp_path: Path) -> None:
+    clean = write(apc_rows(), "hospital_apc", tmp_path / "in" / "clean.parquet")
+    dirty = write(apc_rows(sex=["F", "M", "QQ9SECRET"]), "hospital_apc", tmp_path / "in" / "dirty.parquet")
+    outcomes: dict[str, Any] = {}
+
+    def run(name: str, path: Path) -> None:
+        try:
+            outcomes[name] = validate_files("raw", {"hospital_apc": [path]}, tmp_path / name, name)
+        except ValidationFailed as exc:
+            outcomes[name] = exc
+
+    threads = [threading.Thread(target=run, args=(n, p)) for n, p in (("clean-run", clean), ("dirty-run", dirty))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert isinstance(outcomes["clean-run"], Path) and isinstance(outcomes["dirty-run"], ValidationFailed)
+    for name, file in (("clean-run", "clean.parquet"), ("dirty-run", "dirty.parquet")):
+        summary = io.read_json(tmp_path / name / "validation" / "raw.json")
+        assert summary["run_name"] == name
+        assert [f["file"] for f in summary["datasets"]["hospital_apc"]["files"]] == [file]
+    assert "dirty" not in all_report_text(tmp_path / "clean-run")
+
+
+def test_unknown_dataset_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no contract for dataset"):
+        validate_files("raw", {"hospital_apcc": [tmp_path / "x.parquet"]}, tmp_path / "reports", "r1")
+
+
+def test_scrub_keeps_counts_only() -> None:
+    from pipeline.validate._gx import ExpectationConfiguration, ExpectationValidationResult
+
+    result = ExpectationValidationResult(
+        success=False,
+        expectation_config=ExpectationConfiguration(type="expect_column_values_to_be_in_set", kwargs={"column": "sex", "value_set": ["F"]}),
+        result={"unexpected_count": 1, "element_count": 3, "partial_unexpected_list": ["SECRET"], "details": {"value": "SECRET"}},
+        exception_info={"m1": {"raised_exception": True, "exception_message": "bad SECRET", "exception_traceback": "SECRET"}},
+    )
+    scrub_result(result)
+    assert "SECRET" not in json.dumps(result.to_json_dict())
+    assert result.result == {"unexpected_count": 1, "element_count": 3}
+    assert result.exception_info["raised_exception"] is True
