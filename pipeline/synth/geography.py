@@ -1,0 +1,114 @@
+"""Synthetic geography: postcodes grouped into LSOAs, each LSOA with an IMD decile.
+
+The postcode areas are invented on purpose: UK postcode areas never start with Q, so "QA" (site_a)
+and "QB" (site_b) give codes in valid UK format ("QA12 3BD") that can never be a real address.
+Districts (QA1, QA2, ...) hold sectors (QA1 3), sectors hold LSOAs, LSOAs hold about 50 postcode
+units; the number of each grows with the population so there are roughly 8 people per postcode,
+whatever `persons` is.
+
+Deprivation is spatially clustered, as it is in reality: each district has its own mean and LSOAs
+scatter around it. site_a is more deprived than site_b, so IMD differs between sites and the
+matching's exact match on site matters.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+# Letters allowed in the inward code's last two characters (Royal Mail never uses C I K M O V there).
+_INWARD_LETTERS = np.array(list("ABDEFGHJLNPQRSTUWXYZ"))
+AREA_OF_SITE: dict[str, str] = {"site_a": "QA", "site_b": "QB"}
+# Mean deprivation score of a site's districts (negative is more deprived) and the spreads.
+_SITE_DEPRIVATION: dict[str, float] = {"site_a": -0.35, "site_b": 0.30}
+_DISTRICT_SD = 0.6
+_LSOA_SD = 0.55
+PERSONS_PER_LSOA = 400
+POSTCODES_PER_LSOA = 50
+LSOAS_PER_SECTOR = 4
+
+
+def _normal_cdf(x: np.ndarray) -> np.ndarray:
+    """Standard normal CDF (a few thousand LSOAs, so the scalar math.erf is fast enough)."""
+    return np.array([0.5 * (1.0 + math.erf(v / math.sqrt(2.0))) for v in x])
+
+
+@dataclass(frozen=True)
+class Geography:
+    """The postcode lookup (one row per postcode unit) and, per site, the row numbers of its postcodes."""
+
+    lookup: pl.DataFrame  # postcode, lsoa_code, imd_decile, site, lsoa_index
+    site_rows: dict[str, np.ndarray]
+
+    @property
+    def postcodes(self) -> pl.Series:
+        return self.lookup.get_column("postcode")
+
+    def imd(self) -> np.ndarray:
+        return self.lookup.get_column("imd_decile").to_numpy()
+
+
+def _site_units(rng: np.random.Generator, site: str, persons_in_site: int, lsoa_offset: int) -> pl.DataFrame:
+    """All postcode units of one site with their LSOA number (counting from `lsoa_offset`) and IMD score."""
+    n_lsoa = max(8, math.ceil(persons_in_site / PERSONS_PER_LSOA))
+    n_sectors = math.ceil(n_lsoa / LSOAS_PER_SECTOR)
+    sectors_per_district = 5 if n_sectors <= 5 * 99 else 10
+    n_districts = math.ceil(n_sectors / sectors_per_district)
+    if n_districts > 99:
+        raise ValueError(f"{persons_in_site} people in {site} exceed the synthetic postcode space (about 1.5 million per site)")
+
+    district_score = rng.normal(_SITE_DEPRIVATION[site], _DISTRICT_SD, size=n_districts)
+    sector_district = np.arange(n_sectors) // sectors_per_district
+    # Sector digits within a district: 0-9 in a random order, so codes do not all end in sector 1.
+    sector_digit = np.concatenate([rng.permutation(10)[:sectors_per_district] for _ in range(n_districts)])[:n_sectors]
+    lsoa_sector = np.arange(n_lsoa) // LSOAS_PER_SECTOR
+    lsoa_score = district_score[sector_district[lsoa_sector]] + rng.normal(0.0, _LSOA_SD, size=n_lsoa)
+
+    # Each sector has 400 possible units (20 x 20 letters); its LSOAs take 50 each, without overlap.
+    units_per_sector = LSOAS_PER_SECTOR * POSTCODES_PER_LSOA
+    combos = np.array([a + b for a in _INWARD_LETTERS for b in _INWARD_LETTERS])
+    rows = []
+    for s in range(n_sectors):
+        lsoas = np.flatnonzero(lsoa_sector == s)
+        picked = np.sort(rng.choice(len(combos), size=units_per_sector, replace=False))[: len(lsoas) * POSTCODES_PER_LSOA]
+        outward = f"{AREA_OF_SITE[site]}{sector_district[s] + 1}"
+        rows.append(
+            pl.DataFrame(
+                {
+                    "postcode": [f"{outward} {sector_digit[s]}{c}" for c in combos[picked]],
+                    "lsoa_index": np.repeat(lsoas + lsoa_offset, POSTCODES_PER_LSOA),
+                    "score": np.repeat(lsoa_score[lsoas], POSTCODES_PER_LSOA),
+                }
+            )
+        )
+    return pl.concat(rows).with_columns(site=pl.lit(site))
+
+
+def build_geography(rng: np.random.Generator, persons_per_site: dict[str, int]) -> Geography:
+    """Postcode units, LSOAs and IMD deciles for every site, sized for its number of people."""
+    parts, offset = [], 0
+    for site in AREA_OF_SITE:
+        df = _site_units(rng, site, persons_per_site.get(site, 0), offset)
+        offset = int(df.get_column("lsoa_index").max()) + 1
+        parts.append(df)
+    units = pl.concat(parts)
+    n_lsoa = offset
+    # LSOA codes: distinct random numbers, sorted so E01 codes rise with the LSOA number.
+    lsoa_numbers = np.sort(rng.choice(np.arange(1, 1_000_000), size=n_lsoa, replace=False))
+    # Deciles against a national reference: the score is roughly standard normal across England, so
+    # its normal CDF is the national rank. Decile 1 is the most deprived tenth.
+    total_sd = math.sqrt(_DISTRICT_SD**2 + _LSOA_SD**2)
+    lsoa_score = units.group_by("lsoa_index").agg(pl.col("score").first()).sort("lsoa_index").get_column("score").to_numpy()
+    decile = np.clip(np.floor(_normal_cdf(lsoa_score / total_sd) * 10).astype(np.int64) + 1, 1, 10)
+    lsoa_codes = pl.Series([f"E01{k:06d}" for k in lsoa_numbers], dtype=pl.String)
+    idx = units.get_column("lsoa_index").to_numpy()
+    lookup = (
+        units.with_columns(lsoa_code=lsoa_codes.gather(idx), imd_decile=pl.Series(decile[idx], dtype=pl.Int8))
+        .select("postcode", "lsoa_code", "imd_decile", "site", "lsoa_index")
+        .sort("postcode")
+    )
+    site_col = lookup.get_column("site").to_numpy()
+    return Geography(lookup=lookup, site_rows={s: np.flatnonzero(site_col == s) for s in AREA_OF_SITE})
