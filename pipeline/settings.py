@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pipeline.errors import PipelineError
 
 SOURCES: tuple[str, ...] = ("hospital_apc", "hospital_ae", "hospital_op", "gp_events", "social_care")
-_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 REPO_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_UNIT_COSTS = REPO_DIR / "reference" / "unit_costs.csv"
 
@@ -57,7 +57,7 @@ class RunConfig:
     matching: MatchingOptions = field(default_factory=MatchingOptions)
 
     def __post_init__(self) -> None:
-        if not _LABEL.match(self.release_label):
+        if not LABEL_PATTERN.match(self.release_label):
             raise PipelineError(
                 "release_label must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a letter or digit"
             )

@@ -1,0 +1,127 @@
+"""What every pipeline DAG shares: default task arguments and the run Params of the trigger form.
+
+The Params mirror `pipeline.settings.RunConfig` field by field and take their defaults from it, so
+the form and the pipeline cannot disagree about a default.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import fields
+from typing import Any
+
+from airflow.sdk import ExceptionRetryPolicy, Param, RetryAction, RetryRule
+
+from pipeline.settings import LABEL_PATTERN, MatchingOptions, RunConfig
+
+OWNER = "pprl"
+RETRIES = 2
+RETRY_DELAY = dt.timedelta(seconds=30)
+
+# Retrying only helps with transient trouble (a full disk, a flaky network share). A PipelineError
+# means the input or the settings are wrong and a stub raising NotImplementedError will not change,
+# so those fail at once instead of after two pointless retries.
+RETRY_POLICY = ExceptionRetryPolicy(
+    rules=[
+        RetryRule(
+            exception="pipeline.errors.PipelineError",
+            action=RetryAction.FAIL,
+            reason="PipelineError: the input or the run settings must be fixed first",
+        ),
+        RetryRule(exception="builtins.NotImplementedError", action=RetryAction.FAIL, reason="not implemented"),
+    ]
+)
+
+
+def default_args() -> dict[str, Any]:
+    """Task defaults for every pipeline DAG: owner, retries with a short delay, the retry policy."""
+    return {"owner": OWNER, "retries": RETRIES, "retry_delay": RETRY_DELAY, "retry_policy": RETRY_POLICY}
+
+
+def _default(cls: type, name: str) -> Any:
+    return next(f.default for f in fields(cls) if f.name == name)
+
+
+def run_params(*, filled_by_upstream: bool) -> dict[str, Param]:
+    """The trigger form: one Param per RunConfig setting, matching options flat.
+
+    With `filled_by_upstream` (the link and publish DAGs) the three required settings may be left
+    empty, because an asset-triggered run takes the whole conf from its upstream event; they must be
+    set only to rerun the DAG by hand.
+    """
+    if filled_by_upstream:
+        required: dict[str, Any] = {"default": None, "type": ["null", "string"]}
+        how = " Leave empty when the upstream DAG triggers this one; set it to rerun this DAG by hand."
+    else:
+        required = {"type": "string", "minLength": 1}
+        how = ""
+    date = {"type": "string", "format": "date"}
+    return {
+        "raw_dir": Param(
+            **required,
+            title="Raw input folder",
+            description="Folder of the identifiable Parquet extracts (consent register, survey, service use)." + how,
+            section="Inputs",
+        ),
+        "work_dir": Param(
+            **required,
+            title="Work folder",
+            description="Folder under which the zones (pseudonymised/, linked/, releases/, reports/) are written."
+            + how,
+            section="Inputs",
+        ),
+        "release_label": Param(
+            **required,
+            pattern=LABEL_PATTERN.pattern,
+            title="Release label",
+            description="Name of this run and its release: 1-64 letters, digits, '.', '_' or '-'. "
+            "Every zone keeps one folder per label, so runs of different labels never share a file." + how,
+            section="Inputs",
+        ),
+        "study_start": Param(
+            _default(RunConfig, "study_start"), **date, title="Study start",
+            description="First day of the study window (YYYY-MM-DD).", section="Study window",
+        ),
+        "study_end": Param(
+            _default(RunConfig, "study_end"), **date, title="Study end",
+            description="Last day of the study window (YYYY-MM-DD); must be after the start.", section="Study window",
+        ),
+        "extract_date": Param(
+            _default(RunConfig, "extract_date"), **date, title="Extract date",
+            description="Date the extracts were taken (YYYY-MM-DD).", section="Study window",
+        ),
+        "key_file": Param(
+            None, type=["null", "string"], title="Key file",
+            description="Path of the 0600 linkage key file. Leave empty in production, where the key comes "
+            "from the PPRL_KEY environment variable or the Airflow variable pprl_key.",
+            section="Inputs",
+        ),
+        "unit_costs": Param(
+            None, type=["null", "string"], title="Unit-cost table",
+            description="CSV of unit costs to use instead of the bundled, cited reference/unit_costs.csv.",
+            section="Release",
+        ),
+        "replace_release": Param(
+            _default(RunConfig, "replace_release"), type="boolean", title="Replace an existing release",
+            description="Publish over an existing release with this label. Off: the run stops before "
+            "touching a release that already exists.",
+            section="Release",
+        ),
+        "ratio": Param(
+            _default(MatchingOptions, "ratio"), type="integer", minimum=1, title="Matching ratio (1:k)",
+            description="Comparators matched to each MDT participant.", section="Matching",
+        ),
+        "caliper_sd": Param(
+            _default(MatchingOptions, "caliper_sd"), type="number", exclusiveMinimum=0, title="Caliper",
+            description="Caliper width in standard deviations of the propensity-score logit.", section="Matching",
+        ),
+        "replace": Param(
+            _default(MatchingOptions, "replace"), type="boolean", title="Match with replacement",
+            description="Allow one comparator to be matched to several participants.", section="Matching",
+        ),
+        "exact": Param(
+            list(_default(MatchingOptions, "exact")), type="array", items={"type": "string"},
+            title="Exact-match variables",
+            description="Variables a comparator must share exactly with its participant.", section="Matching",
+        ),
+    }

@@ -1,0 +1,162 @@
+"""End to end: synthetic extracts (clean profile) through the three real DAGs on the embedded default,
+then the release checked against the generator's ground truth."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pipeline import io
+from pipeline.cohort.service_use import service_use
+from pipeline.contracts import check_file, load_contract
+from pipeline.crypto.keys import new_key_file
+from pipeline.crypto.tokens import study_ids
+from pipeline.publish.privacy import RELEASE_TABLES, check_release_privacy
+from pipeline.pseudonymise.inputs import scan_unit_costs
+from pipeline.settings import SOURCES, RunConfig
+
+pytestmark = pytest.mark.e2e
+LABEL = "e2e-clean"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from pipeline.orchestration.embedded import run_embedded
+    from pipeline.synth import generate
+
+    base = tmp_path_factory.mktemp("e2e")
+    generate(base / "input", persons=1500, seed=11, profile="clean")
+    key = new_key_file(base / "secrets" / "key.json")
+    cfg = RunConfig.from_conf(
+        {"raw_dir": str(base / "input" / "raw"), "work_dir": str(base / "work"), "release_label": LABEL, "key_file": str(base / "secrets" / "key.json")}
+    )
+    lines: list[str] = []
+    result = run_embedded(cfg.to_conf(), base / "airflow", progress=lines.append)
+    return {"cfg": cfg, "key": key, "truth": base / "input" / "truth", "raw": base / "input" / "raw", "result": result, "progress": lines, "base": base}
+
+
+def kept_participants(run) -> pl.DataFrame:
+    """Consented and not withdrawn as of the extract date, from the raw register (the test may read raw/)."""
+    extract = run["cfg"].extract
+    reg = pl.read_parquet(run["raw"] / "consent_register.parquet")
+    return reg.filter(
+        (pl.col("consent_status") == "consented") & (pl.col("withdrawal_date").is_null() | (pl.col("withdrawal_date") > extract))
+    )
+
+
+def test_the_release_is_published_with_every_file_following_its_contract(run):
+    release = run["cfg"].release_dir
+    assert release.is_dir() and not run["cfg"].staging_dir.exists()
+    for table in RELEASE_TABLES:
+        check_file(release / f"{table}.parquet", load_contract(table))
+    manifest = io.read_json(release / "manifest.json")
+    assert manifest["kid"] == run["key"].kid
+    for name, entry in manifest["files"].items():
+        assert io.sha256_file(release / name) == entry["sha256"]
+    assert (release / "data_dictionary.md").read_text().count("| `") >= sum(len(load_contract(t).columns) for t in RELEASE_TABLES)
+
+
+def test_progress_was_reported_stage_by_stage(run):
+    text = "\n".join(run["progress"])
+    for task in ("check_inputs", "consent_gate", "link", "build_cohort", "publish_release"):
+        assert task in text
+
+
+def test_release_holds_no_identifier_and_no_token(run):
+    release = run["cfg"].release_dir
+    assert check_release_privacy(release) == []
+    raw_values: set[str] = set()
+    for dataset in ("consent_register", *SOURCES):
+        df = pl.read_parquet(run["raw"] / f"{dataset}.parquet", columns=["nhs_number", "given_name", "family_name", "postcode"])
+        for col in df.columns:
+            raw_values |= set(df.get_column(col).drop_nulls().unique().to_list())
+    tokens = set(pl.read_parquet(run["cfg"].pseudonymised_dir / "persons.parquet").get_column("tok_nhs").drop_nulls().to_list())
+    for table in RELEASE_TABLES:
+        df = pl.read_parquet(release / f"{table}.parquet")
+        for col in df.select(pl.col(pl.String)).columns:
+            values = set(df.get_column(col).drop_nulls().unique().to_list())
+            assert not values & raw_values, f"{table}.{col} holds a raw identifier value"
+            assert not values & tokens, f"{table}.{col} holds a linkage token"
+
+
+def test_link_map_matches_ground_truth_exactly_on_the_clean_profile(run):
+    kept = kept_participants(run).get_column("participant_id")
+    truth = pl.read_parquet(run["truth"] / "record_links.parquet").select(
+        "source", "record_id", pl.when(pl.col("participant_id").is_in(kept.implode())).then(pl.col("participant_id")).alias("expected")
+    )
+    link_map = pl.read_parquet(run["cfg"].linked_dir / "link_map.parquet")
+    compared = truth.join(link_map, on=["source", "record_id"], how="full", coalesce=True)
+    assert compared.height == truth.height == link_map.height
+    wrong = compared.filter(pl.col("expected").ne_missing(pl.col("participant_id")))
+    assert wrong.height == 0, f"{wrong.height} records linked differently from the truth"
+    assert set(link_map.get_column("rank").drop_nulls().unique()) == {"1"}
+
+
+def test_withdrawn_and_declined_people_are_absent_from_the_release(run):
+    reg = pl.read_parquet(run["raw"] / "consent_register.parquet")
+    excluded = reg.join(kept_participants(run).select("participant_id"), on="participant_id", how="anti")
+    assert excluded.height > 0
+    ids = set(study_ids(run["key"], LABEL, excluded.get_column("participant_id").to_list()))
+    released = set(pl.read_parquet(run["cfg"].release_dir / "cohort.parquet").get_column("study_id"))
+    assert not ids & released
+
+
+def test_released_service_use_equals_service_use_of_the_true_links(run):
+    """Recompute service use from the raw payloads joined by the truth (not by our linkage) and compare."""
+    cfg = run["cfg"]
+    truth = pl.read_parquet(run["truth"] / "record_links.parquet").filter(pl.col("participant_id").is_not_null())
+    events = {
+        s: pl.scan_parquet(run["raw"] / f"{s}.parquet").join(
+            truth.lazy().filter(pl.col("source") == s).select("record_id", "participant_id"), on="record_id"
+        )
+        for s in SOURCES
+    }
+    cohort_ids = pl.read_parquet(cfg.release_dir / "cohort.parquet").get_column("study_id")
+    persons = pl.read_parquet(cfg.pseudonymised_dir / "persons.parquet").filter(pl.col("study_id").is_in(cohort_ids.implode()))
+    expected = (
+        service_use(events, persons.lazy(), scan_unit_costs(Path(cfg.unit_costs)), cfg.extract)
+        .collect()
+        .join(persons.select("participant_id", "study_id"), on="participant_id")
+        .drop("participant_id")
+        .select("study_id", "period", "service_type", "units", "cost_gbp")
+        .sort("study_id", "period", "service_type")
+    )
+    released = pl.read_parquet(cfg.release_dir / "service_use.parquet").sort("study_id", "period", "service_type")
+    assert released.equals(expected)
+    assert released.get_column("units").sum() > 0
+
+
+def test_emergency_admissions_counted_independently_agree(run):
+    """A second, plain count of emergency admissions after index per participant, from raw + truth."""
+    cfg = run["cfg"]
+    persons = pl.read_parquet(cfg.pseudonymised_dir / "persons.parquet")
+    truth = pl.read_parquet(run["truth"] / "record_links.parquet").filter(pl.col("source") == "hospital_apc")
+    apc = pl.read_parquet(run["raw"] / "hospital_apc.parquet").join(truth.select("record_id", "participant_id"), on="record_id")
+    index = dict(zip(persons.get_column("participant_id"), persons.get_column("index_date"), strict=True))
+    counts: dict[str, int] = {}
+    for pid, method, day in apc.select("participant_id", "admission_method", "admission_date").iter_rows():
+        if pid in index and method.startswith("2") and index[pid] <= day < index[pid] + dt.timedelta(days=365):
+            counts[pid] = counts.get(pid, 0) + 1
+    sid = dict(zip(persons.get_column("participant_id"), persons.get_column("study_id"), strict=True))
+    released = pl.read_parquet(cfg.release_dir / "service_use.parquet").filter(
+        (pl.col("period") == "post_12m") & (pl.col("service_type") == "emergency_admission")
+    )
+    got = dict(zip(released.get_column("study_id"), released.get_column("units"), strict=True))
+    for pid, n in counts.items():
+        if sid[pid] in got:
+            assert got[sid[pid]] == n
+
+
+def test_rerun_with_the_same_label_is_refused_and_leaves_the_release_untouched(run):
+    from pipeline.errors import PipelineError
+    from pipeline.orchestration.embedded import run_embedded
+
+    release = run["cfg"].release_dir
+    before = {p.name: io.sha256_file(p) for p in release.iterdir()}
+    with pytest.raises(PipelineError, match="already exists"):
+        run_embedded(run["cfg"].to_conf(), run["base"] / "airflow", progress=lambda _: None)
+    assert {p.name: io.sha256_file(p) for p in release.iterdir()} == before
+    assert not run["cfg"].staging_dir.exists()
