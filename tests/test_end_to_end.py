@@ -14,7 +14,8 @@ from pipeline.cohort.service_use import service_use
 from pipeline.contracts import check_file, load_contract
 from pipeline.crypto.keys import new_key_file
 from pipeline.crypto.tokens import study_ids
-from pipeline.publish.privacy import RELEASE_TABLES, check_release_privacy
+from pipeline.cohort.outputs import RELEASE_TABLES
+from pipeline.publish.privacy import check_release_privacy
 from pipeline.pseudonymise.inputs import scan_unit_costs
 from pipeline.settings import SOURCES, RunConfig
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import polars as pl
 
+from pipeline.cohort.outputs import RELEASE_TABLES
 from pipeline.contracts import load_contract
 from pipeline.crypto.normalise import nhs_number_expr
 from pipeline.errors import Violation
 
 FORBIDDEN_CLASSES = ("direct_identifier", "token")
-RELEASE_TABLES = ("cohort", "service_use", "balance")
 # Whole-value and embedded forms: a postcode or NHS number hidden inside a longer string counts too.
 _POSTCODE_ANYWHERE = r"(?i)\b[A-Z]{1,2}[0-9][0-9A-Z]?\s?[0-9][A-Z]{2}\b"
 _TEN_DIGITS_ANYWHERE = r"(?:^|[^0-9])([0-9]{3}[ -]?[0-9]{3}[ -]?[0-9]{4})(?:[^0-9]|$)"

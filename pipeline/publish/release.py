@@ -21,7 +21,8 @@ import polars as pl
 from pipeline import __version__, io
 from pipeline.contracts import dictionary_records, load_contract, render_dictionary_markdown
 from pipeline.errors import ContractError, ReleaseExistsError, ValidationFailed
-from pipeline.publish.privacy import RELEASE_TABLES, check_release_privacy
+from pipeline.cohort.outputs import ARTEFACTS_DIR, RELEASE_TABLES
+from pipeline.publish.privacy import check_release_privacy
 from pipeline.settings import REPO_DIR, SOURCES, RunConfig
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,17 @@ def stage_release(cfg: RunConfig) -> Path:
     staging.mkdir(parents=True)
     ids = pl.read_parquet(cfg.pseudonymised_dir / "persons.parquet", columns=["participant_id", "study_id"])
     built = cfg.linked_dir / "cohort"
-    cohort = _with_study_ids(pl.read_parquet(built / "cohort.parquet"), ids).sort("study_id")
-    use = _with_study_ids(pl.read_parquet(built / "service_use.parquet"), ids).sort("study_id", "period", "service_type")
-    balance = pl.read_parquet(built / "balance.parquet").sort("sample", "covariate")
-    for name, df in (("cohort", cohort), ("service_use", use), ("balance", balance)):
-        io.write_frame(df, load_contract(name), staging / f"{name}.parquet")
+    for name in RELEASE_TABLES:
+        contract = load_contract(name)
+        df = pl.read_parquet(built / f"{name}.parquet")
+        if "participant_id" in df.columns:
+            df = _with_study_ids(df, ids)
+        # Sorted by the contract's primary key so the same inputs always give the same bytes.
+        io.write_frame(df.sort(list(contract.primary_key)), contract, staging / f"{name}.parquet")
+    artefacts = built / ARTEFACTS_DIR
+    if artefacts.is_dir():
+        for f in sorted(artefacts.iterdir()):
+            shutil.copyfile(f, staging / f.name)
     contracts = [load_contract(t) for t in RELEASE_TABLES]
     (staging / "data_dictionary.md").write_text(render_dictionary_markdown(contracts, f"Data dictionary: release {cfg.release_label}"))
     io.write_json(dictionary_records(contracts), staging / "data_dictionary.json")
