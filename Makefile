@@ -13,6 +13,7 @@ PERSONS ?= 3000
 PROFILE ?= realistic
 SEED ?= 7
 LABEL ?= demo-$(PROFILE)
+SIZE ?= small
 
 .PHONY: setup demo test bench clean-demo help
 
@@ -43,7 +44,7 @@ test: setup
 	$(RUN) pytest
 
 bench: setup
-	$(RUN) python bench/run.py
+	$(RUN) python bench/run.py --size $(SIZE)
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -1,0 +1,211 @@
+"""Benchmark harness: `make bench SIZE=small|medium|large`.
+
+Generates (and caches) synthetic inputs of 10 thousand, 100 thousand or 1 million people, then:
+1. runs every stage of the pipeline, each in its own process so its peak memory is its own, and
+   prints wall time, peak resident memory and service-use rows per second per stage;
+2. measures two floors in the same run: the time Polars needs just to read every input Parquet
+   file once, and OpenSSL's HMAC-SHA256 rate on one core;
+3. runs the whole pipeline again through the real DAGs on the embedded default, end to end;
+4. writes everything as JSON to bench/results/<size>.json, and when results of two or more sizes
+   exist, prints how each stage's time grows with the number of people (the exponent b in t ~ n^b).
+
+    uv run python bench/run.py --size small
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+SIZES = {"small": 10_000, "medium": 100_000, "large": 1_000_000}
+SEED = 2026
+PROFILE = "realistic"
+
+
+def cached_inputs(size: str) -> Path:
+    """Synthetic inputs for a size, generated once and reused (same seed, same bytes)."""
+    from pipeline.synth import generate
+
+    out = HERE / ".cache" / size
+    marker = out / ".complete"
+    if not marker.exists():
+        shutil.rmtree(out, ignore_errors=True)
+        t = time.perf_counter()
+        generate(out, persons=SIZES[size], seed=SEED, profile=PROFILE)
+        marker.write_text(f"generated in {time.perf_counter() - t:.1f}s\n")
+    return out
+
+
+def service_use_rows(raw: Path) -> int:
+    import polars as pl
+
+    from pipeline.settings import SOURCES
+
+    return sum(pl.scan_parquet(raw / f"{s}.parquet").select(pl.len()).collect().item() for s in SOURCES)
+
+
+def read_floor(raw: Path) -> float:
+    """Seconds to read every input Parquet file once with Polars (in a fresh process, cold caches aside)."""
+    code = (
+        "import polars as pl, sys, glob, time; t=time.perf_counter();"
+        "[pl.read_parquet(f) for f in sorted(glob.glob(sys.argv[1] + '/*.parquet'))];"
+        "print(time.perf_counter()-t)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(raw)], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def openssl_hmac_rate() -> float | None:
+    """HMAC-SHA256 operations per second for 16-byte messages on one core, from `openssl speed`."""
+    # Plain `openssl speed hmac` measures HMAC-MD5; `-hmac sha256` selects the digest we use.
+    for cmd in (["openssl", "speed", "-seconds", "2", "-bytes", "16", "-mr", "-hmac", "sha256"],):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        # Machine-readable output: "+R:<count>:<alg>:<seconds>" per block size.
+        for line in (out.stdout + out.stderr).splitlines():
+            m = re.match(r"\+R:(\d+):([^:]+):([\d.]+)", line)
+            if m and "sha256" in m.group(2):
+                return int(m.group(1)) / float(m.group(3))
+    return None
+
+
+STAGE_CODE = """
+import json, sys, time
+from pipeline import tasks
+from pipeline.settings import SOURCES
+conf = json.loads(sys.argv[1]); name = sys.argv[2]
+t = time.perf_counter()
+if name == "pseudonymise_source":
+    for s in SOURCES:
+        tasks.pseudonymise_source(conf, s)
+else:
+    getattr(tasks, name)(conf)
+print(time.perf_counter() - t)
+"""
+
+
+def run_stage(conf: dict, name: str) -> dict:
+    """Run one stage in a child process; its own wall time and peak RSS (from wait4)."""
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", STAGE_CODE, json.dumps(conf), name], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    stdout, stderr = proc.stdout.read().decode(), proc.stderr.read().decode()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"stage {name} failed:\n{stderr[-3000:]}")
+    inner = float(stdout.strip().splitlines()[-1])
+    return {"stage": name, "seconds": round(inner, 3), "process_seconds": round(wall, 3), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+
+
+def run_dags(conf: dict, airflow_home: Path) -> dict:
+    """The whole pipeline through the three DAGs on the embedded default; wall time and peak RSS."""
+    code = "import json,sys; from pipeline.orchestration.embedded import run_embedded; run_embedded(json.loads(sys.argv[1]), sys.argv[2], progress=lambda s: None)"
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(conf), str(airflow_home)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"DAG run failed:\n{proc.stderr.read().decode()[-3000:]}")
+    # ru_maxrss of a child covers its own descendants that it waited for (the Airflow child process).
+    return {"seconds": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+
+
+def scaling_exponents(results_dir: Path) -> dict[str, float]:
+    """Least-squares slope of log(seconds) on log(persons) per stage, over every size measured."""
+    runs = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
+    runs = [r for r in runs if r.get("persons")]
+    if len({r["persons"] for r in runs}) < 2:
+        return {}
+    out = {}
+    for stage in [s["stage"] for s in runs[0]["stages"]] + ["dags_end_to_end"]:
+        pts = []
+        for r in runs:
+            secs = r["dags"]["seconds"] if stage == "dags_end_to_end" else next((s["seconds"] for s in r["stages"] if s["stage"] == stage), None)
+            if secs and secs > 0:
+                pts.append((math.log(r["persons"]), math.log(secs)))
+        if len(pts) >= 2:
+            mx, my = sum(p[0] for p in pts) / len(pts), sum(p[1] for p in pts) / len(pts)
+            sxx = sum((x - mx) ** 2 for x, _ in pts)
+            out[stage] = round(sum((x - mx) * (y - my) for x, y in pts) / sxx, 2) if sxx else float("nan")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", choices=list(SIZES), default="small")
+    ap.add_argument("--no-dags", action="store_true", help="skip the end-to-end run through the DAGs")
+    args = ap.parse_args()
+
+    from pipeline.crypto.keys import new_key_file
+    from pipeline.tasks import STAGES
+
+    persons = SIZES[args.size]
+    t = time.perf_counter()
+    base = cached_inputs(args.size)
+    raw = base / "raw"
+    print(f"inputs: {persons:,} people, profile {PROFILE}, seed {SEED} ({time.perf_counter() - t:.1f}s incl. cache check)")
+    rows = service_use_rows(raw)
+    print(f"service-use rows: {rows:,}")
+    floor_read = read_floor(raw)
+    hmac_rate = openssl_hmac_rate()
+    print(f"floor: Polars reads every input file once in {floor_read:.2f}s")
+    print(f"floor: OpenSSL HMAC-SHA256, 16-byte messages, one core: {hmac_rate:,.0f}/s" if hmac_rate else "floor: openssl speed unavailable")
+
+    with tempfile.TemporaryDirectory(prefix="pprl-bench-") as tmp:
+        tmp = Path(tmp)
+        new_key_file(tmp / "key.json")
+        conf = {"raw_dir": str(raw), "work_dir": str(tmp / "work"), "release_label": f"bench-{args.size}", "key_file": str(tmp / "key.json")}
+        stages = []
+        print(f"\n{'stage':<26}{'seconds':>9}{'peak MB':>10}{'rows/s':>14}")
+        for name in STAGES:
+            r = run_stage(conf, name)
+            r["rows_per_second"] = round(rows / r["seconds"]) if r["seconds"] > 0 else None
+            stages.append(r)
+            print(f"{name:<26}{r['seconds']:>9.2f}{r['peak_rss_mb']:>10.0f}{r['rows_per_second'] or 0:>14,}")
+        total = sum(s["seconds"] for s in stages)
+        print(f"{'all stages':<26}{total:>9.2f}{max(s['peak_rss_mb'] for s in stages):>10.0f}{round(rows / total):>14,}")
+        dags = {}
+        if not args.no_dags:
+            conf["release_label"] = f"bench-{args.size}-dags"
+            dags = run_dags(conf, tmp / "airflow")
+            print(f"\nend to end through the DAGs (embedded default): {dags['seconds']:.1f}s, peak {dags['peak_rss_mb']:.0f} MB")
+
+    result = {
+        "size": args.size,
+        "persons": persons,
+        "service_use_rows": rows,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "floors": {"polars_read_all_inputs_seconds": round(floor_read, 3), "openssl_hmac_sha256_per_second_one_core": hmac_rate},
+        "stages": stages,
+        "dags": dags,
+    }
+    results_dir = HERE / "results"
+    results_dir.mkdir(exist_ok=True)
+    (results_dir / f"{args.size}.json").write_text(json.dumps(result, indent=2) + "\n")
+    exps = scaling_exponents(results_dir)
+    if exps:
+        print("\nscaling exponent b (time ~ persons^b) over the sizes in bench/results/:")
+        for stage, b in exps.items():
+            print(f"  {stage:<26}{b:>6.2f}")
+    print(f"\nresults written to {results_dir / (args.size + '.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
