@@ -15,7 +15,7 @@ SEED ?= 7
 LABEL ?= demo-$(PROFILE)
 SIZE ?= small
 
-.PHONY: setup demo test bench clean-demo help
+.PHONY: setup system-deps demo test bench clean-demo help
 
 help:
 	@echo "make demo   synthetic extracts -> pseudonymise -> link -> publish, through the Airflow DAGs"
@@ -29,6 +29,19 @@ $(CURDIR)/.tools/bin/uv:
 	$(UV) sync --frozen
 	@touch $@
 
+# Server binaries the tests start themselves (Postgres, Redis) and the browser that renders the audit
+# page. This machine kind has Postgres and Redis; elsewhere they come from Debian's packages.
+system-deps:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing:$$missing"; apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; \
+	  else echo "missing system packages:$$missing (install them with your package manager)"; fi; \
+	fi
+
 setup: .venv/.synced
 
 demo: setup
@@ -40,7 +53,7 @@ demo: setup
 	@echo "== 3/3 the three DAGs on the embedded default (dag.test on SQLite)"
 	$(RUN) pipeline run --raw $(DEMO_DIR)/input/raw --work $(DEMO_DIR)/work --key $(DEMO_DIR)/secrets/demo.key.json --release $(LABEL) --replace
 
-test: setup
+test: setup system-deps
 	$(RUN) pytest
 
 bench: setup
