@@ -8,8 +8,8 @@ the settings carried on that asset event (the Params below are then ignored).
 | --- | --- | --- |
 | `build_cohort` | `pipeline.tasks.build_cohort` | matched MDT / comparator cohorts, balance diagnostics, service use and costs |
 | `stage_release` | `pipeline.tasks.stage_release` | the release in `releases/.staging-<release_label>/`, with manifest and data dictionary |
-| `validate_release` | `pipeline.tasks.validate_release` | validation of the staged release (Great Expectations, disclosure control) |
-| `publish_release` | `pipeline.tasks.publish_release` | renames the staged folder to `releases/<release_label>/`; emits asset `pprl_release` |
+| `validate_release` | `pipeline.tasks.validate_release` | privacy checks and Great Expectations on the staged release; a failure removes it and stops the run |
+| `publish_release` | `pipeline.tasks.publish_release` | hashes every file into the manifest, writes the audit page `reports/<release_label>/audit.html`, renames the staged folder to `releases/<release_label>/`; emits asset `pprl_release` |
 
 Write-audit-publish: nothing appears under `releases/<release_label>/` until every check has passed,
 so a failed run leaves earlier releases untouched. An existing release is only replaced when the run

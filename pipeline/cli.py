@@ -78,6 +78,7 @@ def summary_text(release_dir: Path) -> str:
         f"matched: {k['matched_mdt']} MDT with {k['matched_comparators']} comparators",
         f"  largest |standardised mean difference| after matching: {k['max_abs_smd_after']:.3f}",
         f"  release: {release_dir}",
+        f"  audit page for sign-off: {release_dir.parent.parent / 'reports' / m['release_label'] / 'audit.html'}",
     ]
     return "\n".join(lines)
 
@@ -94,6 +95,12 @@ def _describe(args: argparse.Namespace) -> int:
         for name, dtype in schema.items():
             print(f"  {name}: {dtype}")
     return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from pipeline.publish.audit import main_audit
+
+    return main_audit(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--replace", action="store_true", help="replace an existing release of the same label")
     r.add_argument("--airflow-home", help="private AIRFLOW_HOME (default WORK/.airflow)")
     r.set_defaults(func=_run)
+
+    a = sub.add_parser("audit", help="check a release against its manifest (tamper evidence) and rerun its privacy checks")
+    a.add_argument("release_dir", help="a release folder, releases/<label>/")
+    a.set_defaults(func=_audit)
 
     d = sub.add_parser("describe", help="print what is in a release")
     d.add_argument("release_dir")

@@ -45,16 +45,31 @@ def pseudonymise_source(conf: Conf, source: str) -> str:
 
 
 def validate_pseudonymised(conf: Conf) -> str:
+    """Validate the raw zone's consent register and quarantine files, then the pseudonymised zone.
+
+    Both run here, in the key holder's DAG, because only its tasks may read raw/. The service-use
+    extracts themselves were checked against their contracts by check_inputs; their business rules
+    run on their pseudonymised payloads (the same rows, less the quarantined ones checked here).
+    """
     from pipeline.pseudonymise import payload_contract
-    from pipeline.validate import validate_files
+    from pipeline.validate import run_parameters, validate_files
+    from pipeline.validate.suites import QUARANTINE_SUFFIX, QUARANTINED_DATASETS
 
     cfg = _cfg(conf)
+    parameters = run_parameters(cfg)
+    raw: dict[str, list[Path]] = {"consent_register": [cfg.raw / "consent_register.parquet"]}
+    for dataset in QUARANTINED_DATASETS:
+        quarantined = cfg.quarantine_dir / f"{dataset}.parquet"
+        if quarantined.exists():
+            raw[f"{dataset}{QUARANTINE_SUFFIX}"] = [quarantined]
+    validate_files("raw", raw, cfg.reports_dir, cfg.release_label, parameters=parameters)
+
     d = cfg.pseudonymised_dir
     files: dict[str, list[Path]] = {"pseudo_persons": [d / "persons.parquet"], "survey": [d / "survey.parquet"]}
     files["record_tokens"] = [d / "tokens" / f"{s}.parquet" for s in SOURCES]
     for s in SOURCES:
         files[payload_contract(s).name] = [d / "payload" / f"{s}.parquet"]
-    return str(validate_files("pseudonymised", files, cfg.reports_dir, cfg.release_label))
+    return str(validate_files("pseudonymised", files, cfg.reports_dir, cfg.release_label, parameters=parameters))
 
 
 def link(conf: Conf) -> str:
@@ -65,10 +80,11 @@ def link(conf: Conf) -> str:
 
 
 def validate_linked(conf: Conf) -> str:
-    from pipeline.validate import validate_files
+    from pipeline.validate import run_parameters, validate_files
 
     cfg = _cfg(conf)
-    return str(validate_files("linked", {"link_map": [cfg.linked_dir / "link_map.parquet"]}, cfg.reports_dir, cfg.release_label))
+    files = {"link_map": [cfg.linked_dir / "link_map.parquet"]}
+    return str(validate_files("linked", files, cfg.reports_dir, cfg.release_label, parameters=run_parameters(cfg)))
 
 
 def build_cohort(conf: Conf) -> str:

@@ -161,3 +161,16 @@ def test_rerun_with_the_same_label_is_refused_and_leaves_the_release_untouched(r
         run_embedded(run["cfg"].to_conf(), run["base"] / "airflow", progress=lambda _: None)
     assert {p.name: io.sha256_file(p) for p in release.iterdir()} == before
     assert not run["cfg"].staging_dir.exists()
+
+
+def test_rebuilding_the_cohort_gives_identical_bytes(run):
+    """Same inputs, same bytes: floating-point sums must not depend on the engine's summation order."""
+    from pipeline import tasks
+
+    conf = run["cfg"].to_conf()
+    built = run["cfg"].linked_dir / "cohort"
+    hashes = set()
+    for _ in range(5):
+        tasks.build_cohort(conf)
+        hashes.add(tuple(io.sha256_file(built / f"{t}.parquet") for t in RELEASE_TABLES))
+    assert len(hashes) == 1

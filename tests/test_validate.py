@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,12 @@ from pipeline import io
 from pipeline.contracts import load_contract, to_arrow
 from pipeline.errors import ValidationFailed
 from pipeline.validate import structural_suite, structural_suite_drift, validate_files, validated_contract, write_structural_suites
+from pipeline.validate.parameters import RUN_PARAMETERS
 from pipeline.validate.privacy import scrub_result
-from pipeline.validate.suites import REGENERATE_COMMAND, validated_dataset_names, validation_suite
+from pipeline.validate.suites import REGENERATE_COMMAND, business_suite, validated_dataset_names, validation_suite
+
+# The run parameters rules may name (the default study window of pipeline.settings.RunConfig).
+WINDOW = {"study_start": dt.date(2021, 4, 1), "study_end": dt.date(2026, 3, 31), "extract_date": dt.date(2026, 3, 31)}
 
 # ---------------------------------------------------------------------------------------------------
 # Test data
@@ -73,9 +78,23 @@ PATTERN_EXAMPLES = {
     "[A-Z]{1,2}[0-9][0-9A-Z]? ?[0-9][A-Z]{2}": lambda i: f"LS1{i} 1AA",
     "20[0-9]{2}/[0-9]{2}": lambda i: "2024/25",
 }
+
+
+def pattern_example(pattern: str, i: int) -> str:
+    """A value matching `pattern` in full, unique per i: a known example, else the first simple candidate that fits."""
+    if pattern in PATTERN_EXAMPLES:
+        return PATTERN_EXAMPLES[pattern](i)
+    for candidate in (f"value_{i}", f"v{i}", f"{i}", f"V{i}", f"X{i:02d}"):
+        if re.fullmatch(pattern, candidate):
+            return candidate
+    raise KeyError(f"no example value for pattern {pattern!r}: add one to PATTERN_EXAMPLES")
+
+
 # Where a dataset's business rules need more than the contract's bounds.
 OVERRIDES: dict[str, dict[str, Any]] = {
     "pseudo_persons": {"age_at_index": 70},
+    "consent_register": {"mdt_id": None},  # comparators are on no MDT caseload
+    "link_map": {"conflict": False},  # a record in conflict has no participant
     "social_care": {"service_type": "home_care"},
     "social_care_payload": {"service_type": "home_care"},
 }
@@ -91,7 +110,7 @@ def clean_frame(dataset: str, rows: int = 3) -> pl.DataFrame:
         elif c.allowed is not None:
             values = [c.allowed[i % len(c.allowed)] for i in range(rows)]
         elif c.pattern is not None:
-            values = [PATTERN_EXAMPLES[c.pattern](i + 1) for i in range(rows)]
+            values = [pattern_example(c.pattern, i + 1) for i in range(rows)]
         elif c.type == "date":
             values = [dt.date(2022, 1, 1)] * rows
         elif c.type == "bool":
@@ -183,7 +202,7 @@ def test_drift_is_detected(tmp_path: Path) -> None:
 
 def test_clean_frame_passes(tmp_path: Path) -> None:
     apc = write(apc_rows(), "hospital_apc", tmp_path / "in" / "hospital_apc.parquet")
-    summary_path = validate_files("raw", {"hospital_apc": [apc]}, tmp_path / "reports", "run-1")
+    summary_path = validate_files("raw", {"hospital_apc": [apc]}, tmp_path / "reports", "run-1", parameters=WINDOW)
     summary = io.read_json(summary_path)
     assert summary_path == tmp_path / "reports" / "validation" / "raw.json"
     assert summary["success"] is True and summary["warnings"] == [] and summary["critical"] == []
@@ -203,9 +222,10 @@ def test_every_dataset_accepts_a_clean_file(tmp_path: Path) -> None:
         else:
             write(clean_frame(dataset), dataset, path)
         files[dataset] = [path]
-    summary = io.read_json(validate_files("all", files, tmp_path / "reports", "run-1"))
+    summary = io.read_json(validate_files("all", files, tmp_path / "reports", "run-1", parameters=WINDOW))
     failures = [f for d in summary["datasets"].values() for fs in d["files"] for f in fs["failures"]]
     assert failures == []
+    assert summary["parameters"] == {k: v.isoformat() for k, v in WINDOW.items()}
 
 
 INJECTIONS = {
@@ -224,12 +244,13 @@ INJECTIONS = {
     ),
     "discharge before admission": (
         {
-            "admission_date": [dt.date(2022, 1, 1), dt.date(2011, 3, 17), dt.date(2022, 3, 1)],
-            "discharge_date": [dt.date(2022, 1, 5), dt.date(2011, 3, 9), None],
+            # Inside the study window, so the admission-date window rule (a warning) holds.
+            "admission_date": [dt.date(2022, 1, 1), dt.date(2023, 3, 17), dt.date(2022, 3, 1)],
+            "discharge_date": [dt.date(2022, 1, 5), dt.date(2023, 3, 9), None],
         },
         "discharge_date, admission_date",
         "expect_column_pair_values_a_to_be_greater_than_b",
-        ["2011-03-09", "2011-03-17", "20110309", "20110317", "2011, 3, 9"],
+        ["2023-03-09", "2023-03-17", "20230309", "20230317", "2023, 3, 9"],
     ),
 }
 
@@ -240,7 +261,7 @@ def test_critical_failure_blocks_without_revealing_values(tmp_path: Path, case: 
     apc = write(apc_rows(**changes), "hospital_apc", tmp_path / "in" / "hospital_apc.parquet")
     reports = tmp_path / "reports"
     with pytest.raises(ValidationFailed) as failed:
-        validate_files("raw", {"hospital_apc": [apc]}, reports, "run-1")
+        validate_files("raw", {"hospital_apc": [apc]}, reports, "run-1", parameters=WINDOW)
     message = str(failed.value)
     for words in ("'raw'", "dataset hospital_apc", "file hospital_apc.parquet", f"column {column}", expectation, "rerun"):
         assert words in message
@@ -256,7 +277,7 @@ def test_warning_does_not_raise_but_is_listed(tmp_path: Path) -> None:
         service_type=pl.Series(["home_care", "residential", "nursing"]), hours_per_week=pl.Series([10.0, 131.8125, None])
     )
     path = write(df, "social_care", tmp_path / "in" / "social_care.parquet")
-    summary = io.read_json(validate_files("raw", {"social_care": [path]}, tmp_path / "reports", "run-1"))
+    summary = io.read_json(validate_files("raw", {"social_care": [path]}, tmp_path / "reports", "run-1", parameters=WINDOW))
     assert summary["success"] is True and summary["statistics"]["failed_warning"] == 1
     (failure,) = summary["datasets"]["social_care"]["files"][0]["failures"]
     assert (failure["column"], failure["severity"], failure["unexpected_count"]) == ("hours_per_week", "warning", 1)
@@ -273,7 +294,7 @@ def test_mostly_is_judged_over_the_whole_file(tmp_path: Path, missing: int) -> N
         wave=pl.lit("baseline"), eq_vas=pl.Series([None] * missing + [50] * (40 - missing), dtype=pl.Int16)
     )
     path = write(df, "survey", tmp_path / "in" / "survey.parquet", row_group_size=10)
-    summary = io.read_json(validate_files("raw", {"survey": [path]}, tmp_path / "reports", "run-1", max_batch_rows=10))
+    summary = io.read_json(validate_files("raw", {"survey": [path]}, tmp_path / "reports", "run-1", max_batch_rows=10, parameters=WINDOW))
     file_summary = summary["datasets"]["survey"]["files"][0]
     assert len(file_summary["batches"]) == 4
     if missing == 2:
@@ -291,7 +312,7 @@ def test_missing_column_and_wrong_type_are_reported(tmp_path: Path, capture_logs
     path.parent.mkdir()
     pq.write_table(table, path)
     with pytest.raises(ValidationFailed) as failed:
-        validate_files("raw", {"hospital_apc": [path]}, tmp_path / "reports", "run-1")
+        validate_files("raw", {"hospital_apc": [path]}, tmp_path / "reports", "run-1", parameters=WINDOW)
     message = str(failed.value)
     assert "expect_table_columns_to_match_ordered_list" in message
     assert "column postcode: expect_column_type_to_be failed [critical]" in message and "could not be evaluated" in message
@@ -308,7 +329,7 @@ def test_large_file_is_read_in_row_groups_and_uniqueness_checked_across_them(tmp
     path = write(df, "hospital_apc", tmp_path / "in" / "apc.parquet", row_group_size=2)
     reports = tmp_path / "reports"
     with pytest.raises(ValidationFailed, match="expect_column_values_to_be_unique"):
-        validate_files("raw", {"hospital_apc": [path]}, reports, "run-1", max_batch_rows=3)
+        validate_files("raw", {"hospital_apc": [path]}, reports, "run-1", max_batch_rows=3, parameters=WINDOW)
     file_summary = io.read_json(reports / "validation" / "raw.json")["datasets"]["hospital_apc"]["files"][0]
     assert file_summary["batches"] == ["row groups 0-0", "row groups 1-1", "row groups 2-2"]
     (failure,) = file_summary["failures"]
@@ -321,7 +342,7 @@ def test_rerun_overwrites_and_leaves_no_gx_project(tmp_path: Path, monkeypatch: 
     monkeypatch.chdir(tmp_path)
     apc = write(apc_rows(), "hospital_apc", tmp_path / "in" / "hospital_apc.parquet")
     for run in ("run-1", "run-2"):
-        validate_files("raw", {"hospital_apc": [apc]}, tmp_path / "reports", run)
+        validate_files("raw", {"hospital_apc": [apc]}, tmp_path / "reports", run, parameters=WINDOW)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "reports"]
     docs = tmp_path / "reports" / "data_docs"
     assert sorted(p.name for p in docs.iterdir()) == ["index.html", "raw"]
@@ -333,8 +354,8 @@ def test_rerun_overwrites_and_leaves_no_gx_project(tmp_path: Path, monkeypatch: 
 def test_zones_share_a_reports_folder(tmp_path: Path) -> None:
     apc = write(apc_rows(), "hospital_apc", tmp_path / "in" / "hospital_apc.parquet")
     persons = write(clean_frame("pseudo_persons"), "pseudo_persons", tmp_path / "in" / "persons.parquet")
-    validate_files("raw", {"hospital_apc": [apc]}, tmp_path / "reports", "r1")
-    validate_files("pseudonymised", {"pseudo_persons": [persons]}, tmp_path / "reports", "r1")
+    validate_files("raw", {"hospital_apc": [apc]}, tmp_path / "reports", "r1", parameters=WINDOW)
+    validate_files("pseudonymised", {"pseudo_persons": [persons]}, tmp_path / "reports", "r1", parameters=WINDOW)
     landing = (tmp_path / "reports" / "data_docs" / "index.html").read_text()
     assert 'href="raw/index.html"' in landing and 'href="pseudonymised/index.html"' in landing
 
@@ -346,7 +367,7 @@ def test_concurrent_runs_do_not_interfere(tmp_path: Path) -> None:
 
     def run(name: str, path: Path) -> None:
         try:
-            outcomes[name] = validate_files("raw", {"hospital_apc": [path]}, tmp_path / name, name)
+            outcomes[name] = validate_files("raw", {"hospital_apc": [path]}, tmp_path / name, name, parameters=WINDOW)
         except ValidationFailed as exc:
             outcomes[name] = exc
 
@@ -381,3 +402,75 @@ def test_scrub_keeps_counts_only() -> None:
     assert "SECRET" not in json.dumps(result.to_json_dict())
     assert result.result == {"unexpected_count": 1, "element_count": 3}
     assert result.exception_info["raised_exception"] is True
+
+
+# ---------------------------------------------------------------------------------------------------
+# Run parameters (the study window) and quarantine files
+
+
+def test_a_rule_with_run_parameters_checks_this_runs_window(tmp_path: Path) -> None:
+    df = clean_frame("pseudo_persons").with_columns(
+        index_date=pl.Series([dt.date(2022, 1, 1), dt.date(2019, 7, 14), dt.date(2026, 3, 31)])
+    )
+    path = write(df, "pseudo_persons", tmp_path / "in" / "persons.parquet")
+    reports = tmp_path / "reports"
+    with pytest.raises(ValidationFailed) as failed:
+        validate_files("pseudonymised", {"pseudo_persons": [path]}, reports, "r1", parameters=WINDOW)
+    assert "dataset pseudo_persons" in str(failed.value) and "column index_date" in str(failed.value)
+    assert "study window" in str(failed.value)
+    assert_absent(["2019-07-14", "2019, 7, 14"], str(failed.value), all_report_text(reports))
+    # A later window moves the boundary: the same file passes when the window starts before 2019.
+    earlier = {**WINDOW, "study_start": dt.date(2019, 1, 1)}
+    summary = io.read_json(validate_files("pseudonymised", {"pseudo_persons": [path]}, reports, "r2", parameters=earlier))
+    assert summary["success"] and summary["parameters"]["study_start"] == "2019-01-01"
+
+
+def test_a_missing_run_parameter_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    path = write(clean_frame("pseudo_persons"), "pseudo_persons", tmp_path / "in" / "persons.parquet")
+    with pytest.raises(ValueError, match=r"need run parameter\(s\) \['study_end', 'study_start'\]"):
+        validate_files("pseudonymised", {"pseudo_persons": [path]}, tmp_path / "reports", "r1")
+    assert not (tmp_path / "reports").exists()
+
+
+def test_an_unknown_run_parameter_in_a_business_rule_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "survey.json").write_text(json.dumps({"name": "survey.business", "expectations": [{
+        "type": "expect_column_values_to_be_between",
+        "kwargs": {"column": "survey_date", "min_value": {"$PARAMETER": "study_begin"}},
+        "meta": {"severity": "critical", "rule": "in the window"},
+    }]}))  # fmt: skip
+    with pytest.raises(ValueError, match=r"unknown run parameter\(s\) \['study_begin'\]"):
+        business_suite("survey", tmp_path)
+    assert set(RUN_PARAMETERS) >= {"study_start", "study_end"}
+
+
+def test_every_zone_has_the_window_rules_it_needs() -> None:
+    """Dates in the study window: critical for index and survey dates, a warning for service use."""
+    def window_rules(dataset: str) -> dict[str, str]:
+        return {
+            e.column: e.meta["severity"]
+            for e in validation_suite(dataset).expectations
+            if e.expectation_type == "expect_column_values_to_be_between" and isinstance(e.configuration.kwargs.get("min_value"), dict)
+        }
+
+    assert window_rules("pseudo_persons") == {"index_date": "critical"}
+    assert window_rules("survey") == {"survey_date": "critical"}
+    assert window_rules("hospital_apc_payload") == {"admission_date": "warning"}
+    assert window_rules("gp_events_payload") == {"event_date": "warning"}
+    assert window_rules("consent_register") == {"enrolment_date": "warning"}
+
+
+def test_quarantine_files_are_validated_against_their_source_contract_plus_a_reason(tmp_path: Path) -> None:
+    contract = validated_contract("hospital_apc_quarantine")
+    assert contract.column_names == load_contract("hospital_apc").column_names + ["quarantine_reason"]
+    # Quarantined rows broke a rule on purpose, so only the structure is checked, not business rules.
+    assert {e.meta["source"] for e in validation_suite("hospital_apc_quarantine").expectations} == {"contract"}
+    rows = apc_rows().with_columns(quarantine_reason=pl.lit("no usable identifier"))
+    path = tmp_path / "q" / "hospital_apc.parquet"
+    path.parent.mkdir()
+    rows.write_parquet(path)  # as the pseudonymise stage sinks it: Polars types, large strings
+    summary = io.read_json(validate_files("raw", {"hospital_apc_quarantine": [path]}, tmp_path / "reports", "r1"))
+    assert summary["success"] and summary["statistics"]["failed_warning"] == 0
+    missing_reason = rows.with_columns(quarantine_reason=pl.Series(["a", None, "b"], dtype=pl.String))
+    missing_reason.write_parquet(path)
+    with pytest.raises(ValidationFailed, match="column quarantine_reason: expect_column_values_to_not_be_null"):
+        validate_files("raw", {"hospital_apc_quarantine": [path]}, tmp_path / "reports", "r1")

@@ -20,6 +20,15 @@ SERVICE_TYPES: tuple[str, ...] = (
     "nurse_consultation", "home_care_hour", "residential_week", "nursing_week", "reablement_hour",
 )  # fmt: skip
 ELECTIVE_METHODS = ("11", "12", "13")
+# Units are summed as integers of this many parts per unit. A float sum's result depends on the order
+# it adds in, and Polars' streaming group-by does not fix that order, so float sums made reruns differ
+# in the last bits; integer sums are exact in any order, which keeps releases byte-identical.
+FIXED_POINT = 1_000_000
+
+
+def fixed_point_sum(col: str) -> pl.Expr:
+    """Sum of a float column, order-independent: each value rounded to 1e-6, summed as integers."""
+    return ((pl.col(col) * FIXED_POINT).round(0).cast(pl.Int64).sum() / FIXED_POINT).alias(col)
 
 
 def _period_of(date: pl.Expr, index: pl.Expr) -> pl.Expr:
@@ -117,7 +126,7 @@ def service_use(
         .select("participant_id", "period", "service_type", "units")
     )
     used = pl.concat([dated, social_care_units(events["social_care"], persons, extract_date)])
-    totals = used.group_by("participant_id", "period", "service_type").agg(pl.col("units").sum())
+    totals = used.group_by("participant_id", "period", "service_type").agg(fixed_point_sum("units"))
     grid = (
         persons.select("participant_id")
         .join(pl.LazyFrame({"period": list(PERIODS)}), how="cross")

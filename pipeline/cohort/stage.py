@@ -16,7 +16,7 @@ import polars as pl
 from pipeline import io
 from pipeline.cohort.balance import balance_table
 from pipeline.cohort.matching import match_nearest, propensity_logit
-from pipeline.cohort.service_use import service_use
+from pipeline.cohort.service_use import fixed_point_sum, service_use
 from pipeline.pseudonymise.inputs import scan_unit_costs
 from pipeline.settings import SOURCES, RunConfig
 
@@ -98,7 +98,7 @@ def build_cohort(cfg: RunConfig) -> Path:
         .group_by("participant_id")
         .agg(
             pl.col("units").filter(pl.col("service_type") == "emergency_admission").sum().cast(pl.Int32).alias("baseline_emergency_admissions"),
-            pl.col("cost_gbp").sum().alias("baseline_cost_gbp"),
+            fixed_point_sum("cost_gbp").alias("baseline_cost_gbp"),
         )
     )
     cohort = eligible.join(baseline, on="participant_id", how="left").with_columns(

@@ -1,11 +1,14 @@
 """Stage 3b: write-audit-publish of a release.
 
 1. `stage_release` writes every file into `releases/.staging-<label>/`, swapping participant IDs for
-   the release's study IDs and dropping everything the release contracts do not declare.
-2. `validate_release` runs Great Expectations and the privacy checks on the staged files; on failure
-   the staging folder is removed and nothing is published.
-3. `publish_release` records each file's hash in the manifest and renames the folder into place
-   in one step. An existing release is never overwritten unless replacing it was asked for.
+   the release's study IDs, dropping everything the release contracts do not declare, and applying
+   disclosure control to every count column the contracts declare (`pipeline.publish.disclosure`).
+2. `validate_release` runs the privacy checks (`pipeline.publish.privacy`) and Great Expectations on
+   the staged files; if either fails, the staging folder is removed, nothing is published, and the
+   error names every broken rule by file, column and expectation.
+3. `publish_release` records each file's hash in the manifest, renders the audit page
+   (`reports/<label>/audit.html`) and renames the folder into place in one step. An existing release
+   is never overwritten unless replacing it was asked for.
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ from typing import Any
 import polars as pl
 
 from pipeline import __version__, io
+from pipeline.cohort.outputs import ARTEFACTS_DIR, RELEASE_TABLES
 from pipeline.contracts import dictionary_records, load_contract, render_dictionary_markdown
 from pipeline.errors import ContractError, ReleaseExistsError, ValidationFailed
-from pipeline.cohort.outputs import ARTEFACTS_DIR, RELEASE_TABLES
-from pipeline.publish.privacy import check_release_privacy
+from pipeline.publish import disclosure
+from pipeline.publish.privacy import assess_release_privacy
 from pipeline.settings import REPO_DIR, SOURCES, RunConfig
 
 log = logging.getLogger(__name__)
+# Zones whose validation summaries the manifest keeps, in pipeline order.
+VALIDATED_ZONES: tuple[str, ...] = ("raw", "pseudonymised", "linked", "release")
 
 
 def code_version() -> str:
@@ -50,11 +56,16 @@ def stage_release(cfg: RunConfig) -> Path:
     staging.mkdir(parents=True)
     ids = pl.read_parquet(cfg.pseudonymised_dir / "persons.parquet", columns=["participant_id", "study_id"])
     built = cfg.linked_dir / "cohort"
+    controlled: dict[str, Any] = {}
     for name in RELEASE_TABLES:
         contract = load_contract(name)
         df = pl.read_parquet(built / f"{name}.parquet")
         if "participant_id" in df.columns:
             df = _with_study_ids(df, ids)
+        counts = [c for c in disclosure.count_columns(name) if c in df.columns]
+        if counts:
+            df, cells = disclosure.apply_control(df, counts)
+            controlled[name] = {"columns": counts, **cells}
         # Sorted by the contract's primary key so the same inputs always give the same bytes.
         io.write_frame(df.sort(list(contract.primary_key)), contract, staging / f"{name}.parquet")
     artefacts = built / ARTEFACTS_DIR
@@ -64,11 +75,11 @@ def stage_release(cfg: RunConfig) -> Path:
     contracts = [load_contract(t) for t in RELEASE_TABLES]
     (staging / "data_dictionary.md").write_text(render_dictionary_markdown(contracts, f"Data dictionary: release {cfg.release_label}"))
     io.write_json(dictionary_records(contracts), staging / "data_dictionary.json")
-    io.write_json(_manifest(cfg), staging / "manifest.json")
+    io.write_json(_manifest(cfg, controlled), staging / "manifest.json")
     return staging
 
 
-def _manifest(cfg: RunConfig) -> dict[str, Any]:
+def _manifest(cfg: RunConfig, controlled: dict[str, Any]) -> dict[str, Any]:
     """Everything a governance officer needs to trace the release; no timestamps, so reruns are byte-identical."""
     pdir, ldir = cfg.pseudonymised_dir, cfg.linked_dir
     consent = io.read_json(pdir / "consent.json")
@@ -83,44 +94,85 @@ def _manifest(cfg: RunConfig) -> dict[str, Any]:
         "linkage": io.read_json(ldir / "linkage_summary.json"),
         "cohort": io.read_json(ldir / "cohort" / "cohort.json")["counts"],
         "validation": {},
-        "suppression": {
-            "applied": False,
-            "reason": "the release holds person-level analysis files only; aggregate tables with suppression come with the audit report",
+        "privacy": {},
+        "disclosure_control": {
+            "rule": disclosure.RULE_TEXT,
+            "suppression_threshold": disclosure.SUPPRESSION_THRESHOLD,
+            "rounding_base": disclosure.ROUNDING_BASE,
+            # Count columns of release tables, as their contracts declare them (`disclosure: count`).
+            "tables": controlled,
+            "audit_page": f"every count on reports/{cfg.release_label}/audit.html is controlled; the figures here are exact",
         },
         "files": {},
     }
 
 
 def validate_release(cfg: RunConfig) -> Path:
-    """GX suites and privacy checks on the staged release; removes the staging folder on failure."""
-    from pipeline.validate import validate_files
+    """Privacy checks and GX suites on the staged release; on any failure remove it and raise.
+
+    Both run before either failure is raised, so one message lists everything to fix. The privacy
+    outcome is written to `reports/<label>/privacy.json` either way.
+    """
+    from pipeline.validate import run_parameters, validate_files
 
     staging = cfg.staging_dir
+    if not staging.is_dir():
+        raise ValidationFailed(f"{staging}: nothing staged; run stage_release for this label first")
+    problems: list[str] = []
+    summary_path = cfg.reports_dir / "validation" / "release.json"
     try:
-        violations = check_release_privacy(staging)
-        if violations:
-            raise ContractError(violations)
-        summary_path = validate_files(
-            "release", {t: [staging / f"{t}.parquet"] for t in RELEASE_TABLES}, cfg.reports_dir, cfg.release_label
-        )
-    except (ContractError, ValidationFailed):
+        privacy = assess_release_privacy(staging, _token_files(cfg))
+        io.write_json({"release_label": cfg.release_label, **privacy.to_json()}, cfg.reports_dir / "privacy.json")
+        if privacy.blocking:
+            problems.append(
+                f"{len(privacy.blocking)} privacy rule(s) broken, so the release may not be published:\n"
+                + "\n".join(f"  - {v}" for v in privacy.blocking)
+            )
+        try:
+            summary_path = validate_files(
+                "release",
+                {t: [staging / f"{t}.parquet"] for t in RELEASE_TABLES if (staging / f"{t}.parquet").exists()},
+                cfg.reports_dir,
+                cfg.release_label,
+                parameters=run_parameters(cfg),
+            )
+        except (ContractError, ValidationFailed) as exc:
+            problems.append(str(exc))
+        if problems:
+            raise ValidationFailed(
+                f"Release {cfg.release_label!r} refused; nothing was published and earlier releases are untouched.\n"
+                + "\n".join(problems)
+            )
+        manifest = io.read_json(staging / "manifest.json")
+        for zone in VALIDATED_ZONES:
+            path = cfg.reports_dir / "validation" / f"{zone}.json"
+            if path.exists():
+                manifest["validation"][zone] = _validation_digest(io.read_json(path))
+        manifest["privacy"] = privacy.to_json()
+        io.write_json(manifest, staging / "manifest.json")
+    except BaseException:
+        # Write-audit-publish: a staged release that failed its checks is never left to be published.
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    manifest = io.read_json(staging / "manifest.json")
-    for zone in ("pseudonymised", "linked", "release"):
-        path = cfg.reports_dir / "validation" / f"{zone}.json"
-        if path.exists():
-            manifest["validation"][zone] = _validation_digest(io.read_json(path))
-    io.write_json(manifest, staging / "manifest.json")
     return summary_path
+
+
+def _token_files(cfg: RunConfig) -> list[tuple[str, Path]]:
+    """Files of linkage tokens and participant keys that study IDs must differ from (pseudonymised zone)."""
+    files = [("pseudo_persons", cfg.pseudonymised_dir / "persons.parquet")]
+    files += [("record_tokens", cfg.pseudonymised_dir / "tokens" / f"{s}.parquet") for s in SOURCES]
+    return [(name, path) for name, path in files if path.exists()]
 
 
 def _validation_digest(summary: dict[str, Any]) -> dict[str, Any]:
     """The part of a GX summary the manifest keeps: success and counts, without run-specific paths."""
-    return {k: v for k, v in summary.items() if k in ("success", "statistics", "datasets", "warnings")}
+    return {k: v for k, v in summary.items() if k in ("success", "parameters", "statistics", "datasets", "warnings")}
 
 
 def publish_release(cfg: RunConfig) -> Path:
+    """Hash every file into the manifest, render the audit page, and rename the release into place."""
+    from pipeline.publish.report import page_for
+
     staging, final = cfg.staging_dir, cfg.release_dir
     if not staging.exists():
         raise ValidationFailed(f"{staging}: nothing staged; the release must be built and validated first")
@@ -130,12 +182,19 @@ def publish_release(cfg: RunConfig) -> Path:
             f"release {cfg.release_label!r} already exists at {final}; choose a new label, or set replace_release to replace it"
         )
     manifest = io.read_json(staging / "manifest.json")
+    if not manifest.get("privacy"):
+        raise ValidationFailed(f"{staging}: the staged release has not passed validate_release; run it first")
     manifest["files"] = {
         p.name: {"sha256": io.sha256_file(p), **({"rows": pl.scan_parquet(p).select(pl.len()).collect().item()} if p.suffix == ".parquet" else {})}
         for p in sorted(staging.iterdir())
         if p.name != "manifest.json"
     }
     io.write_json(manifest, staging / "manifest.json")
+    # Rendered before the rename, so a page that cannot be built stops publication; written after it,
+    # so the page on disk always describes the release that is in place.
+    page = page_for(staging / "manifest.json", cfg.reports_dir, final)
     io.replace_dir(staging, final)
-    log.info("published release %s", cfg.release_label)
+    with io.atomic_path(cfg.reports_dir / "audit.html") as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    log.info("published release %s; audit page %s", cfg.release_label, cfg.reports_dir / "audit.html")
     return final

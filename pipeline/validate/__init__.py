@@ -1,7 +1,8 @@
 """Validation of every zone with Great Expectations; publication is blocked on a critical failure.
 
-    from pipeline.validate import validate_files
-    summary = validate_files("pseudonymised", {"pseudo_persons": [path]}, reports_dir, run_name="r1")
+    from pipeline.validate import run_parameters, validate_files
+    summary = validate_files("pseudonymised", {"pseudo_persons": [path]}, reports_dir, run_name="r1",
+                             parameters=run_parameters(cfg))
 
 The names below are imported on first use: importing Great Expectations takes several seconds, and
 DAG files and the CLI import this package without necessarily validating anything.
@@ -14,6 +15,7 @@ from typing import Any
 
 _EXPORTS = {
     "validate_files": "pipeline.validate.runner",
+    "run_parameters": "pipeline.validate.parameters",
     "structural_suite": "pipeline.validate.suites",
     "business_suite": "pipeline.validate.suites",
     "validation_suite": "pipeline.validate.suites",

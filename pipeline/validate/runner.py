@@ -4,7 +4,7 @@
         "pseudonymised",
         {"pseudo_persons": [p / "persons.parquet"], "record_tokens": [p / "tokens/hospital_apc.parquet"],
          "hospital_apc_payload": [p / "payload/hospital_apc.parquet"]},
-        reports_dir, run_name="r1",
+        reports_dir, run_name="r1", parameters=run_parameters(cfg),  # the study window, for rules that name it
     )
 
 Writes `reports_dir/validation/<zone>.json` and the site `reports_dir/data_docs/<zone>/`, both
@@ -30,8 +30,9 @@ from pipeline.validate import docs
 from pipeline.validate._gx import RunIdentifier, Validator, gx
 from pipeline.validate.batches import DEFAULT_MAX_BATCH_ROWS, iter_batches, plan_batches
 from pipeline.validate.outcomes import FileOutcome, add_results, raise_if_blocking
+from pipeline.validate.parameters import as_json, check_supplied
 from pipeline.validate.privacy import RESULT_FORMAT, scrub_suite_result
-from pipeline.validate.suites import validated_contract, validated_dataset_names, validation_suite
+from pipeline.validate.suites import suite_parameter_names, validated_contract, validated_dataset_names, validation_suite
 from pipeline.validate.whole_file import split_cross_row, whole_file_result
 
 log = logging.getLogger(__name__)
@@ -65,9 +66,12 @@ class _Session:
     run_id: RunIdentifier
     zone: str
     max_batch_rows: int
+    parameters: dict[str, Any]
 
 
-def _open_session(staging: Path, datasets: list[str], run_id: RunIdentifier, zone: str, max_batch_rows: int) -> _Session:
+def _open_session(
+    staging: Path, datasets: list[str], run_id: RunIdentifier, zone: str, max_batch_rows: int, parameters: dict[str, Any]
+) -> _Session:
     context = docs.ephemeral_context(staging)
     source = context.data_sources.add_pandas("pipeline")
     batch_definitions = {}
@@ -75,7 +79,7 @@ def _open_session(staging: Path, datasets: list[str], run_id: RunIdentifier, zon
         # Added to the context only so Data Docs render the suite's own page.
         context.suites.add(validation_suite(dataset))
         batch_definitions[dataset] = source.add_dataframe_asset(dataset).add_batch_definition_whole_dataframe(dataset)
-    return _Session(context, batch_definitions, run_id, zone, max_batch_rows)
+    return _Session(context, batch_definitions, run_id, zone, max_batch_rows, parameters)
 
 
 def _validate_file(session: _Session, dataset: str, path: Path, label: str) -> tuple[FileOutcome, list[tuple[str, str]]]:
@@ -95,7 +99,8 @@ def _validate_file(session: _Session, dataset: str, path: Path, label: str) -> t
             # GX adds keys to the dict it is given, so each run gets its own copy.
             result_format=dict(RESULT_FORMAT),
         )
-        result = scrub_suite_result(validator.validate_expectation_suite(batch_suite))
+        # Run parameters (the study window) fill the rules' {"$PARAMETER": ...} placeholders.
+        result = scrub_suite_result(validator.validate_expectation_suite(batch_suite, expectation_parameters=session.parameters or None))
         del validator, frame  # keep only one batch in memory at a time
         batch_id = batch_id_stem if span.whole_file else f"{batch_id_stem}.rowgroups-{span.first}-{span.stop - 1}"
         description = f"{dataset} / {label} / {span.label}"
@@ -118,7 +123,7 @@ def _validate_file(session: _Session, dataset: str, path: Path, label: str) -> t
     return outcome, pages
 
 
-def _summary(zone: str, run_name: str, validated_at: str, outcomes: list[FileOutcome]) -> dict[str, Any]:
+def _summary(zone: str, run_name: str, validated_at: str, outcomes: list[FileOutcome], parameters: dict[str, Any]) -> dict[str, Any]:
     """The zone's summary. `success` means no critical failure (warnings do not count against it)."""
     datasets: dict[str, Any] = {}
     for o in outcomes:
@@ -132,6 +137,7 @@ def _summary(zone: str, run_name: str, validated_at: str, outcomes: list[FileOut
         "run_name": run_name,
         "validated_at": validated_at,
         "success": not critical,
+        "parameters": as_json(parameters),
         "statistics": {
             "files": len(outcomes),
             "rows": sum(o.rows for o in outcomes),
@@ -159,10 +165,13 @@ def validate_files(
     run_name: str,
     *,
     max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
+    parameters: dict[str, Any] | None = None,
 ) -> Path:
     """Validate each file against its dataset's structural and business suite; return the summary path.
 
-    `files` maps a dataset (a contract name, or `<source>_payload`) to its Parquet files. Raises
+    `files` maps a dataset (a contract name, `<source>_payload` or `<dataset>_quarantine`) to its
+    Parquet files. `parameters` gives the run parameters the rules name (see
+    pipeline.validate.parameters); a missing one is refused before anything runs. Raises
     ValidationFailed, naming every critical failure, after the summary and Data Docs are written.
     """
     if not zone or _SAFE.search(zone):
@@ -171,6 +180,8 @@ def validate_files(
     unknown = sorted(set(files) - known)
     if unknown:
         raise ValueError(f"no contract for dataset(s) {unknown}; known datasets are {sorted(known)}")
+    parameters = dict(parameters or {})
+    check_supplied(set().union(*(suite_parameter_names(d) for d in files)), parameters, files)
     reports_dir = Path(reports_dir)
     docs_root = reports_dir / "data_docs"
     staging = docs_root / f".building-{zone}-{uuid.uuid4().hex}"
@@ -181,7 +192,7 @@ def validate_files(
     try:
         with _GX_LOCK:
             started = time.perf_counter()
-            session = _open_session(staging, sorted(files), run_id, zone, max_batch_rows)
+            session = _open_session(staging, sorted(files), run_id, zone, max_batch_rows, parameters)
             log.info("GX context for zone %s ready in %.2fs", zone, time.perf_counter() - started)
             for dataset in sorted(files):
                 paths = [Path(p) for p in files[dataset]]
@@ -198,7 +209,7 @@ def validate_files(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     summary_path = io.write_json(
-        _summary(zone, run_name, now.strftime("%Y-%m-%dT%H:%M:%SZ"), outcomes), reports_dir / "validation" / f"{zone}.json"
+        _summary(zone, run_name, now.strftime("%Y-%m-%dT%H:%M:%SZ"), outcomes, parameters), reports_dir / "validation" / f"{zone}.json"
     )
     docs.write_landing_page(reports_dir)
     raise_if_blocking(zone, run_name, outcomes, str(summary_path), str(docs_root / zone / "index.html"))

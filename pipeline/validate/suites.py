@@ -22,12 +22,23 @@ from typing import Any
 from pipeline.contracts import Column, Contract, all_contract_names, load_contract
 from pipeline.settings import SOURCES
 from pipeline.validate._gx import ExpectationConfiguration, gx
+from pipeline.validate.parameters import check_known, parameter_names
 
 EXPECTATIONS_DIR = Path(__file__).resolve().parents[2] / "expectations"
 STRUCTURAL_DIR = EXPECTATIONS_DIR / "structural"
 REGENERATE_COMMAND = "python -m pipeline.validate.suites  (pipeline.validate.suites.write_structural_suites)"
 SEVERITIES = ("critical", "warning")
 PAYLOAD_SUFFIX = "_payload"
+QUARANTINE_SUFFIX = "_quarantine"
+# Datasets whose rows the pseudonymise stage can set aside in raw/quarantine/<label>/.
+QUARANTINED_DATASETS: tuple[str, ...] = ("consent_register", *SOURCES)
+QUARANTINE_REASON = Column(
+    name="quarantine_reason",
+    type="string",
+    nullable=False,
+    column_class="payload",
+    description="Why the pseudonymise stage set the row aside instead of using it.",
+)
 
 E = gx.expectations
 
@@ -37,21 +48,43 @@ E = gx.expectations
 
 
 def validated_contract(dataset: str) -> Contract:
-    """The contract a dataset is validated against; `<source>_payload` is the pseudonymised payload."""
+    """The contract a dataset is validated against.
+
+    `<source>_payload` is the pseudonymised payload; `<dataset>_quarantine` is the rows of an
+    extract set aside in raw/quarantine/, as delivered plus the reason they were set aside.
+    """
     if dataset.endswith(PAYLOAD_SUFFIX) and dataset.removesuffix(PAYLOAD_SUFFIX) in SOURCES:
         source = dataset.removesuffix(PAYLOAD_SUFFIX)
         # The same derivation pipeline.pseudonymise uses to write the payload files.
         return load_contract(source).restricted_to(("payload",), name=dataset, zone="pseudonymised")
+    if dataset.endswith(QUARANTINE_SUFFIX) and dataset.removesuffix(QUARANTINE_SUFFIX) in QUARANTINED_DATASETS:
+        base = load_contract(dataset.removesuffix(QUARANTINE_SUFFIX))
+        return Contract(
+            name=dataset,
+            zone="raw",
+            description=f"Rows of {base.name} set aside by the pseudonymise stage, with the reason. {base.description}",
+            primary_key=base.primary_key,
+            columns=(*base.columns, QUARANTINE_REASON),
+        )
     return load_contract(dataset)
 
 
 def validated_dataset_names() -> list[str]:
-    """Every dataset name `validate_files` accepts: each contract, plus each source's payload."""
-    return all_contract_names() + [f"{s}{PAYLOAD_SUFFIX}" for s in SOURCES]
+    """Every dataset name `validate_files` accepts: each contract, each source's payload, each quarantine."""
+    return (
+        all_contract_names()
+        + [f"{s}{PAYLOAD_SUFFIX}" for s in SOURCES]
+        + [f"{d}{QUARANTINE_SUFFIX}" for d in QUARANTINED_DATASETS]
+    )
 
 
-def _business_file_dataset(dataset: str) -> str:
-    """Payload files share the business rules of their source (those whose columns they keep)."""
+def _business_file_dataset(dataset: str) -> str | None:
+    """Payload files share the business rules of their source (those whose columns they keep).
+
+    Quarantine files get none: their rows are not used, and a rule they break is why they are there.
+    """
+    if dataset.endswith(QUARANTINE_SUFFIX) and dataset.removesuffix(QUARANTINE_SUFFIX) in QUARANTINED_DATASETS:
+        return None
     return dataset.removesuffix(PAYLOAD_SUFFIX) if dataset.endswith(PAYLOAD_SUFFIX) else dataset
 
 
@@ -157,6 +190,7 @@ def _business_expectation(spec: dict[str, Any], where: str) -> Any:
         raise ValueError(f"{where}: meta.rule must explain the expectation in one line of words")
     if spec.get("severity", severity) != severity:
         raise ValueError(f"{where}: top-level severity disagrees with meta.severity")
+    check_known(spec.get("kwargs", {}), where)
     config = ExpectationConfiguration(
         type=spec["type"], kwargs=spec.get("kwargs", {}), meta={**meta, "source": "business"}, severity=severity
     )
@@ -173,7 +207,7 @@ def business_suite(dataset: str, expectations_dir: Path = EXPECTATIONS_DIR) -> g
     source = _business_file_dataset(dataset)
     path = Path(expectations_dir) / f"{source}.json"
     expectations: list[Any] = []
-    if path.exists():
+    if source is not None and path.exists():
         spec = json.loads(path.read_text())
         for i, item in enumerate(spec.get("expectations", [])):
             where = f"{path.name}, expectation {i + 1} ({item.get('type')})"
@@ -199,6 +233,14 @@ def validation_suite(dataset: str, expectations_dir: Path = EXPECTATIONS_DIR) ->
                 seen.add(key)
                 merged.append(exp)
     return gx.ExpectationSuite(name=dataset, expectations=merged, meta={"dataset": dataset})
+
+
+def suite_parameter_names(dataset: str, expectations_dir: Path = EXPECTATIONS_DIR) -> set[str]:
+    """The run parameters (such as study_start) the rules of a dataset need."""
+    names: set[str] = set()
+    for exp in validation_suite(dataset, expectations_dir).expectations:
+        names |= parameter_names(exp.configuration.to_json_dict()["kwargs"])
+    return names
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,454 @@
+"""The release audit page, `reports/<label>/audit.html`: what a governance officer reads and signs.
+
+It is rendered from the release manifest alone, so it shows exactly what was published, and it can be
+rebuilt from a release at any time (`write_audit_page`). It is one static file with no script and no
+external resource, so it opens offline in any browser, prints cleanly, and can be filed with the
+sign-off. Every count of people or records on it goes through `pipeline.publish.disclosure`, because
+the page is meant to travel (attached to sign-off records) while the manifest stays with the data.
+Counts of rules, files and columns describe the pipeline, not people, and are shown as they are.
+
+Each figure carries `data-figure`, the JSON list of manifest paths it is the (controlled) sum of, so
+a test, or a sceptical reader with the manifest beside them, can check every number on the page.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pipeline import io
+from pipeline.cohort import outputs
+from pipeline.publish import disclosure
+from pipeline.publish.page_style import (
+    CHECKLIST,
+    COHORT_LABELS,
+    PAGE_STYLE,
+    RANK_MEANINGS,
+    SOURCE_LABELS,
+    ZONE_LABELS,
+)
+
+e = html.escape
+STAGE_COLUMNS = ["Extract", "Rows delivered", "Set aside", "Pseudonymised", "Linked", "Not linked", "Conflicts", "Every row accounted for"]
+# The one reason the pseudonymise stage sets a service-use record aside (its counts carry no reason text).
+SOURCE_QUARANTINE_REASON = "no usable identifier (no valid NHS number, date of birth or postcode)"
+# The love plot (covariate balance before and after matching), shown when the release holds one.
+# The cohort stage names the file; the default covers a cohort stage that does not make one yet.
+LOVE_PLOT: str = getattr(outputs, "LOVE_PLOT", "love_plot.png")
+
+
+def _named(name: str, labels: dict[str, str]) -> str:
+    """A plain name with the code's name after it, e.g. "Hospital admissions (hospital_apc)"."""
+    plain = labels.get(name)
+    return f"{e(plain)} <span class=\"small mono\">({e(name)})</span>" if plain else f"<span class=\"mono\">{e(name)}</span>"
+
+
+def _with_code(text: str) -> str:
+    """Escape text, showing `quoted` parts as code."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", e(text))
+
+
+def _get(manifest: dict[str, Any], path: list[Any]) -> Any:
+    """The manifest value at a path of keys (and list positions); None where the path leads nowhere."""
+    value: Any = manifest
+    for key in path:
+        if isinstance(value, dict):
+            value = value.get(key)
+        elif isinstance(value, list) and isinstance(key, int) and 0 <= key < len(value):
+            value = value[key]
+        else:
+            return None
+    return value
+
+
+def figure_value(manifest: dict[str, Any], paths: list[list[Any]]) -> int | None:
+    """The exact figure behind a `data-figure`: the sum of the values at `paths` (None if all missing)."""
+    values = [_get(manifest, p) for p in paths]
+    present = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+    return sum(present) if present else None
+
+
+class _Page:
+    """Collects the page's sections; `num` renders one controlled figure with its provenance."""
+
+    def __init__(self, manifest: dict[str, Any], release_href: str | None = None):
+        self.m = manifest
+        self.release_href = release_href
+        self.parts: list[str] = []
+
+    def num(self, *paths: list[Any]) -> str:
+        paths_list = [list(p) for p in paths]
+        raw = figure_value(self.m, paths_list)
+        shown = disclosure.shown(raw)
+        css = "num suppressed" if raw is not None and disclosure.control_count(raw) is None else "num"
+        return f"<td class=\"{css}\" data-figure='{e(json.dumps(paths_list))}'>{e(shown)}</td>"
+
+    def add(self, text: str) -> None:
+        self.parts.append(text)
+
+
+def _table(header: list[str], rows: list[str], cls: str = "") -> str:
+    head = "".join(f"<th>{e(h)}</th>" for h in header)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _badge(result: str) -> str:
+    """A status in words and a symbol, never colour alone (the page is also printed in black and white)."""
+    kind = {"passed": "ok", "failed": "bad", "not checked here": "info"}.get(result, "warn")
+    symbol = {"ok": "\u2714", "bad": "\u2718", "warn": "\u26a0", "info": "\u2139"}[kind]
+    return f'<span class="badge {kind}">{symbol} {e(result)}</span>'
+
+
+def _zone_result(digest: dict[str, Any]) -> str:
+    stats = digest.get("statistics", {})
+    if not digest.get("success", False):
+        return "failed"
+    return "passed with warnings" if stats.get("failed_warning") else "passed"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sections
+
+
+def _identity(p: _Page, manifest_sha256: str, release_location: str) -> None:
+    m, s = p.m, p.m.get("settings", {})
+    matching = s.get("matching", {})
+    rows = [
+        ("Release label", m.get("release_label")),
+        ("Release folder", release_location),
+        ("Code version", m.get("code_version")),
+        ("Key id (kid) of the linkage key", m.get("kid")),
+        ("Study window", f"{s.get('study_start')} to {s.get('study_end')}"),
+        ("Extract date", s.get("extract_date")),
+        (
+            "Matching",
+            f"1:{matching.get('ratio')} nearest neighbour, caliper {matching.get('caliper_sd')} SD of the logit, "
+            f"exact on {', '.join(matching.get('exact', [])) or 'nothing'}, "
+            f"{'with' if matching.get('replace') else 'without'} replacement",
+        ),
+        ("Manifest SHA-256", manifest_sha256),
+    ]
+    body = "".join(f"<tr><th scope=\"row\">{e(k)}</th><td class=\"mono\">{e(str(v))}</td></tr>" for k, v in rows)
+    p.add(f'<section id="identity"><h2>1. Which release this is</h2><table class="facts">{body}</table>'
+          "<p class=\"note\">Run <code>pipeline audit &lt;release folder&gt;</code> on the copy you hand over: it must "
+          "report no problem and print the same manifest SHA-256 as above.</p></section>")
+
+
+def _consent(p: _Page) -> None:
+    rows = [
+        ("People in the consent register (invited to the survey)", ["consent", "in_register"]),
+        ("Consented to linkage", ["consent", "consented"]),
+        ("Declined", ["consent", "declined"]),
+        ("Withdrew consent by the extract date", ["consent", "withdrawn"]),
+        ("Eligible for linkage (consented and not withdrawn)", ["consent", "eligible_for_linkage"]),
+        ("Set aside by the pseudonymise stage (reasons in section 4)", ["consent", "quarantined"]),
+        ("Pseudonymised and linked as participants", ["consent", "persons_pseudonymised"]),
+    ]
+    body = [f"<tr><th scope=\"row\">{e(label)}</th>{p.num(path)}</tr>" for label, path in rows]
+    p.add('<section id="consent"><h2>2. Consent</h2>'
+          "<p>Declined and withdrawn people are dropped before any identifier is turned into a token; they are only counted.</p>"
+          + _table(["", "People"], body, "figures") + "</section>")
+
+
+def _in_order(names: Any) -> list[str]:
+    """Extracts in the order the pipeline lists them, unknown ones last."""
+    known = list(SOURCE_LABELS)
+    return sorted(names, key=lambda n: (known.index(n) if n in known else len(known), n))
+
+
+def _stages(p: _Page) -> None:
+    sources = _in_order(p.m.get("pseudonymisation", {}))
+    rows = []
+    for s in sources:
+        ranks = [["linkage", "sources", s, "linked_by_rank", r] for r in sorted(_get(p.m, ["linkage", "sources", s, "linked_by_rank"]) or {})]
+        exact_in = _get(p.m, ["inputs", s, "rows"])
+        exact_out = sum(_get(p.m, ["pseudonymisation", s, k]) or 0 for k in ("pseudonymised", "quarantined"))
+        linked = sum(_get(p.m, path) or 0 for path in ranks) + sum(_get(p.m, ["linkage", "sources", s, k]) or 0 for k in ("unlinked", "conflicts"))
+        balanced = exact_in == exact_out and _get(p.m, ["pseudonymisation", s, "pseudonymised"]) == linked
+        rows.append(
+            f"<tr><th scope=\"row\">{_named(s, SOURCE_LABELS)}</th>{p.num(['inputs', s, 'rows'])}{p.num(['pseudonymisation', s, 'quarantined'])}"
+            f"{p.num(['pseudonymisation', s, 'pseudonymised'])}{p.num(*ranks)}{p.num(['linkage', 'sources', s, 'unlinked'])}"
+            f"{p.num(['linkage', 'sources', s, 'conflicts'])}<td>{_badge('passed' if balanced else 'failed')}</td></tr>"
+        )
+    p.add('<section id="stages"><h2>3. Rows in and out of every stage</h2>'
+          "<p>Each service-use extract: the rows delivered, the rows set aside because no identifier could be used, "
+          "the rows pseudonymised, and what linkage made of them. <em>Every row accounted for</em> is checked on the "
+          "exact figures: delivered = set aside + pseudonymised = linked + not linked + conflicts.</p>"
+          + _table(STAGE_COLUMNS, rows, "figures")
+          + _cohort(p) + "</section>")
+
+
+def _label(key: str) -> str:
+    return COHORT_LABELS.get(key) or SOURCE_LABELS.get(key) or key.replace("_", " ").capitalize()
+
+
+def _value_cell(p: _Page, path: list[Any], value: Any) -> str:
+    """A count (controlled), a statistic such as a standardised mean difference (as it is), or a word."""
+    if isinstance(value, bool):
+        return f"<td>{'yes' if value else 'no'}</td>"
+    if isinstance(value, float):
+        return f'<td class="num">{value:.3f}</td>'
+    if isinstance(value, int) or value is None:
+        return p.num(path)
+    return f"<td>{e(str(value))}</td>"
+
+
+def _cohort(p: _Page) -> str:
+    """The cohort stage's counts, whatever the stage reports: scalars, per-source counts, per-sample tables."""
+    cohort = p.m.get("cohort", {})
+    order = list(COHORT_LABELS)
+    keys = sorted(cohort, key=lambda k: (order.index(k) if k in order else len(order), k))
+    rows, tables = [], []
+    for key in keys:
+        value = cohort[key]
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, (int, float)):
+            rows.append(f'<tr><th scope="row">{e(_label(key))}</th>{_value_cell(p, ["cohort", key], value)}</tr>')
+        elif isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()) and value:
+            columns = sorted({c for v in value.values() for c in v}, key=lambda c: (order.index(c) if c in order else len(order), c))
+            body = [
+                f'<tr><th scope="row">{e(sub)}</th>'
+                + "".join(_value_cell(p, ["cohort", key, sub, c], v.get(c)) if c in v else "<td></td>" for c in columns)
+                + "</tr>"
+                for sub, v in value.items()
+            ]
+            tables.append(f"<h3>{e(_label(key))}</h3>" + _table([""] + [_label(c) for c in columns], body, "figures"))
+        elif isinstance(value, dict):
+            rows += [
+                f'<tr><th scope="row">{e(_label(key))}: {e(_label(sub))}</th>{_value_cell(p, ["cohort", key, sub], v)}</tr>'
+                for sub, v in value.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            ]
+    rows += [
+        f'<tr><th scope="row">Rows in {e(name)}</th>{p.num(["files", name, "rows"])}</tr>'
+        for name in sorted(p.m.get("files", {}))
+        if "rows" in p.m["files"][name]
+    ]
+    plot = ""
+    if LOVE_PLOT in p.m.get("files", {}) and p.release_href:
+        src = e(f"{p.release_href}/{LOVE_PLOT}")
+        plot = (f'<figure><img src="{src}" alt="Love plot: standardised mean difference of each covariate before and after matching" '
+                f'style="max-width:100%"><figcaption>Covariate balance before and after matching (<a href="{src}">love plot</a>). '
+                "A standardised mean difference of 0.1 or less is the usual mark of good balance.</figcaption></figure>")
+    return ("<h3>From participants to the released cohort</h3>"
+            + _table(["", "Count"], rows, "figures") + "".join(tables) + plot)
+
+
+def _quarantine(p: _Page) -> None:
+    rows = [
+        f"<tr><td>{_named('consent_register', SOURCE_LABELS)}</td><td>{e(reason)}</td>{p.num(['consent', 'quarantine_reasons', reason])}</tr>"
+        for reason in sorted(_get(p.m, ["consent", "quarantine_reasons"]) or {})
+    ]
+    rows += [
+        f"<tr><td>{_named(s, SOURCE_LABELS)}</td><td>{e(SOURCE_QUARANTINE_REASON)}</td>{p.num(['pseudonymisation', s, 'quarantined'])}</tr>"
+        for s in _in_order(p.m.get("pseudonymisation", {}))
+    ]
+    p.add('<section id="quarantine"><h2>4. Rows set aside (quarantine) and why</h2>'
+          "<p>Set-aside rows stay in the key holder's <code>raw/quarantine/</code> folder; they are not linked or released.</p>"
+          + _table(["Dataset", "Reason", "Rows"], rows, "figures") + "</section>")
+
+
+def _linkage(p: _Page) -> None:
+    sources = _get(p.m, ["linkage", "sources"]) or {}
+    ranks = sorted({r for s in sources.values() for r in s.get("linked_by_rank", {})})
+    rows = [
+        f"<tr><th scope=\"row\">{_named(s, SOURCE_LABELS)}</th>"
+        + "".join(p.num(["linkage", "sources", s, "linked_by_rank", r]) for r in ranks)
+        + p.num(["linkage", "sources", s, "unlinked"]) + p.num(["linkage", "sources", s, "conflicts"])
+        + p.num(["linkage", "sources", s, "participants_found"]) + "</tr>"
+        for s in _in_order(sources)
+    ]
+    legend = "".join(f"<li><strong>Rank {e(r)}</strong>: {e(RANK_MEANINGS.get(r, 'see DESIGN.md'))}</li>" for r in ranks)
+    p.add('<section id="linkage"><h2>5. Linkage by rank</h2>'
+          "<p>Records linked to a participant, by the rule (rank) that linked them; all comparisons are made on tokens, never on names or numbers. "
+          "A conflict is a record that matched two participants equally well: it is left unlinked, never resolved silently.</p>"
+          + _table(["Extract"] + [f"Rank {r}" for r in ranks] + ["Not linked", "Conflicts", "Participants found"], rows, "figures")
+          + f"<ul class=\"legend\">{legend}</ul></section>")
+
+
+def _validation(p: _Page, data_docs_href: str) -> None:
+    digests = p.m.get("validation", {})
+    rows, warnings = [], []
+    order = list(ZONE_LABELS) + sorted(set(digests) - set(ZONE_LABELS))
+    for zone in [z for z in order if z in digests]:
+        d = digests[zone]
+        stats = d.get("statistics", {})
+        rows.append(
+            f"<tr><th scope=\"row\">{_named(zone, ZONE_LABELS)}</th><td>{_badge(_zone_result(d))}</td>"
+            f"<td class=\"num\">{e(str(stats.get('files', '')))}</td>"
+            f"{p.num(['validation', zone, 'statistics', 'rows'])}<td class=\"num\">{e(str(stats.get('evaluated_expectations', '')))}</td>"
+            f"<td class=\"num\">{e(str(stats.get('failed_critical', '')))}</td><td class=\"num\">{e(str(stats.get('failed_warning', '')))}</td></tr>"
+        )
+        for dataset, entry in sorted(d.get("datasets", {}).items()):
+            for i, f in enumerate(entry.get("files", [])):
+                for j, fail in enumerate(f.get("failures", [])):
+                    path = ["validation", zone, "datasets", dataset, "files", i, "failures", j, "unexpected_count"]
+                    count = p.num(path) if fail.get("unexpected_count") is not None else "<td>could not be checked</td>"
+                    warnings.append(
+                        f"<tr><td>{e(zone)}</td><td>{e(dataset)}</td><td>{e(f.get('file', ''))}</td><td>{e(fail.get('column') or '(whole file)')}</td>"
+                        f"<td>{e(fail.get('rule', ''))}<br><span class=\"small mono\">{e(fail.get('expectation', ''))} "
+                        f"[{e(fail.get('severity', ''))}]</span></td>{count}</tr>"
+                    )
+    warning_table = (_table(["Zone", "Dataset", "File", "Column", "Rule (expectation)", "Rows breaking it"], warnings, "figures")
+                     if warnings else "<p>No expectation failed, not even a warning.</p>")
+    p.add('<section id="validation"><h2>6. Validation (Great Expectations)</h2>'
+          "<p>Every file of every zone is checked against its data contract and business rules. A <em>critical</em> failure stops the run "
+          "before publication, so a published release has none; <em>warnings</em> are listed here for review. "
+          f'Full results, rule by rule: <a href="{e(data_docs_href)}">Great Expectations Data Docs</a> (counts and rules only, no data values).</p>'
+          + _table(["Zone", "Result", "Files", "Rows", "Expectations checked", "Critical failures", "Warnings"], rows, "figures")
+          + "<h3>Warnings to review</h3>" + warning_table + "</section>")
+
+
+def _privacy(p: _Page) -> None:
+    privacy = p.m.get("privacy", {})
+    rows = [
+        f"<tr><td>{e(r['rule'][:1].upper() + r['rule'][1:])}</td><td>{e(r['checks'])}</td><td>{_badge(r['result'])}</td></tr>"
+        for r in privacy.get("rules", [])
+    ]
+    warnings = "".join(f"<li>{e(w)}</li>" for w in privacy.get("warnings", []))
+    qi_rows = [
+        f"<tr><th scope=\"row\">{e(table)}</th><td>{e(', '.join(q.get('columns', [])))}</td>"
+        f"{p.num(['privacy', 'quasi_identifiers', table, 'groups'])}{p.num(['privacy', 'quasi_identifiers', table, 'smallest_group'])}"
+        f"{p.num(['privacy', 'quasi_identifiers', table, 'groups_at_or_below_threshold'])}</tr>"
+        for table, q in sorted(privacy.get("quasi_identifiers", {}).items())
+    ]
+    threshold = privacy.get("suppression_threshold", disclosure.SUPPRESSION_THRESHOLD)
+    p.add('<section id="privacy"><h2>7. Privacy checks</h2>'
+          "<p>Run on every release before it is published, and again by <code>pipeline audit</code>. Any failure stops publication.</p>"
+          + _table(["Rule", "What is checked", "Result"], rows)
+          + (f"<h3>Warnings</h3><ul>{warnings}</ul>" if warnings else "")
+          + "<h3>Quasi-identifiers: how small is the smallest group?</h3>"
+          "<p>People who share every quasi-identifier value (for example age band, sex and deprivation quintile) form a group; "
+          "the smaller the smallest group, the easier it is to single someone out by combining the release with other knowledge. "
+          f"Economists must not publish breakdowns of groups of {threshold} people or fewer.</p>"
+          + (_table(["Table", "Quasi-identifiers", "Groups", "People in the smallest group", f"Groups of {threshold} people or fewer"],
+                    qi_rows, "figures")
+             if qi_rows else "<p>No release table holds quasi-identifiers.</p>")
+          + "</section>")
+
+
+def _disclosure(p: _Page) -> None:
+    d = p.m.get("disclosure_control", {})
+    tables = d.get("tables", {})
+    rows = [
+        f"<tr><th scope=\"row\">{e(t)}</th><td>{e(', '.join(v.get('columns', [])))}</td>"
+        f"<td class=\"num\">{e(str(v.get('suppressed_cells', 0)))}</td><td class=\"num\">{e(str(v.get('changed_cells', 0)))}</td></tr>"
+        for t, v in sorted(tables.items())
+    ]
+    applied = (_table(["Aggregate table", "Count columns", "Cells suppressed", "Cells changed"], rows, "figures") if rows
+               else "<p>This release holds no aggregate table with count columns "
+               "(its tables are one row per participant, used inside the secure environment).</p>")
+    p.add('<section id="disclosure"><h2>8. Disclosure control</h2>'
+          f"<p>Rule: {e(d.get('rule', disclosure.RULE_TEXT))}. It is applied to every count column of the release's aggregate tables "
+          "and to every count of people or records on this page. A hidden count is shown as "
+          f"<q>{e(disclosure.SUPPRESSED_TEXT)}</q>. Totals are rounded on their own, so parts may not add up to their total exactly.</p>"
+          + applied + "</section>")
+
+
+def _files(p: _Page) -> None:
+    inputs = [
+        f"<tr><th scope=\"row\">{_named(name, SOURCE_LABELS)}</th><td class=\"mono\">{e(str(v.get('file', '')))}</td>{p.num(['inputs', name, 'rows'])}"
+        f"<td class=\"mono hash\">{e(str(v.get('sha256', '')))}</td></tr>"
+        for name, v in ((n, p.m["inputs"][n]) for n in _in_order(p.m.get("inputs", {})))
+    ]
+    released = [
+        f"<tr><th scope=\"row\" class=\"mono\">{e(name)}</th>"
+        + (p.num(["files", name, "rows"]) if "rows" in v else "<td class=\"num\">\u2013</td>")
+        + f"<td class=\"mono hash\">{e(str(v.get('sha256', '')))}</td></tr>"
+        for name, v in sorted(p.m.get("files", {}).items())
+    ]
+    p.add('<section id="files"><h2>9. Files and their fingerprints (SHA-256)</h2>'
+          "<p>A SHA-256 fingerprint changes if a single byte of the file changes. Compare the inputs' fingerprints with the "
+          "providers' delivery notes; <code>pipeline audit</code> recomputes the release's.</p>"
+          "<h3>Input files</h3>" + _table(["Dataset", "File", "Rows", "SHA-256"], inputs, "figures")
+          + "<h3>Release files</h3>" + _table(["File", "Rows", "SHA-256"], released, "figures") + "</section>")
+
+
+def _checklist(p: _Page) -> None:
+    items = "".join(
+        f'<li><label><input type="checkbox"> <strong>{e(title)}</strong> {_with_code(text)}</label></li>' for title, text in CHECKLIST
+    )
+    p.add('<section id="sign-off"><h2>10. Sign-off</h2><p>Tick each item once you have checked it, then sign.</p>'
+          f'<ol class="checklist">{items}</ol>'
+          '<table class="signature"><tr><th>Name</th><td></td></tr><tr><th>Role</th><td></td></tr>'
+          "<tr><th>Decision</th><td>approved / approved with conditions / refused</td></tr>"
+          "<tr><th>Date</th><td></td></tr><tr><th>Signature</th><td></td></tr></table></section>")
+
+
+def _summary(p: _Page) -> str:
+    privacy = p.m.get("privacy", {})
+    failed = [r for r in privacy.get("rules", []) if r.get("result") == "failed"]
+    critical = sum(d.get("statistics", {}).get("failed_critical", 0) for d in p.m.get("validation", {}).values())
+    warnings = sum(d.get("statistics", {}).get("failed_warning", 0) for d in p.m.get("validation", {}).values())
+    warnings += len(privacy.get("warnings", []))
+    if failed or critical:
+        return '<p class="banner bad">\u2718 This release failed a check and must not be used.</p>'
+    if warnings:
+        return (f'<p class="banner warn">\u26a0 Every blocking check passed. {warnings} warning(s) need review before sign-off '
+                "(sections 6 and 7).</p>")
+    return '<p class="banner ok">\u2714 Every check passed, with no warning.</p>'
+
+
+def render_audit_page(
+    manifest: dict[str, Any],
+    manifest_sha256: str,
+    release_location: str,
+    *,
+    release_href: str | None = None,
+    data_docs_href: str = "data_docs/index.html",
+) -> str:
+    """The whole page as one HTML string (no script; images only from the release, by relative link).
+
+    `release_href` is the release folder relative to the page, for the love plot's link.
+    """
+    p = _Page(manifest, release_href)
+    _identity(p, manifest_sha256, release_location)
+    _consent(p)
+    _stages(p)
+    _quarantine(p)
+    _linkage(p)
+    _validation(p, data_docs_href)
+    _privacy(p)
+    _disclosure(p)
+    _files(p)
+    _checklist(p)
+    label = e(str(manifest.get("release_label", "")))
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Release audit: {label}</title>'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">{PAGE_STYLE}</head><body><main>'
+        f"<h1>Release audit: {label}</h1>"
+        f"<p class=\"lede\">For the governance officer: is this release complete, valid and safe to hand to economists? "
+        f"Every count of people or records on this page is rounded to the nearest {disclosure.ROUNDING_BASE}, and counts from 1 to "
+        f"{disclosure.SUPPRESSION_THRESHOLD} are hidden (<q>{e(disclosure.SUPPRESSED_TEXT)}</q>); "
+        "the exact figures are in the release's manifest.json.</p>"
+        + _summary(p)
+        + '<nav><a href="#consent">Consent</a> <a href="#stages">Stages</a> <a href="#quarantine">Quarantine</a> '
+        '<a href="#linkage">Linkage</a> <a href="#validation">Validation</a> <a href="#privacy">Privacy</a> '
+        f'<a href="#files">Files</a> <a href="#sign-off">Sign-off</a> <a href="{e(data_docs_href)}">Data Docs</a></nav>'
+        + "".join(p.parts)
+        + f'<footer>Made by the pipeline ({e(str(manifest.get("code_version", "")))}) from the release manifest; '
+        "no patient\u2019s value appears on this page.</footer>"
+        + "</main></body></html>\n"
+    )
+
+
+def page_for(manifest_path: Path, reports_dir: Path, release_dir: Path) -> str:
+    """The page of a release whose manifest is at `manifest_path` and which is (or will be) at `release_dir`."""
+    release_href = os.path.relpath(Path(release_dir).resolve(), Path(reports_dir).resolve())
+    return render_audit_page(
+        io.read_json(manifest_path), io.sha256_file(manifest_path), str(release_dir), release_href=Path(release_href).as_posix()
+    )
+
+
+def write_audit_page(release_dir: Path, reports_dir: Path) -> Path:
+    """Re-render the page of a published release into `reports_dir/audit.html` (atomically)."""
+    page = page_for(Path(release_dir) / "manifest.json", reports_dir, release_dir)
+    target = Path(reports_dir) / "audit.html"
+    with io.atomic_path(target) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return target

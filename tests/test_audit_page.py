@@ -1,0 +1,200 @@
+"""The release audit page and the Data Docs open in headless Chromium and show the run's real figures.
+
+One realistic synthetic run goes through every pipeline task (without Airflow). Chromium renders the
+pages as a governance officer's browser would (`--dump-dom` gives the DOM after rendering), and every
+figure on the audit page is checked against the manifest after disclosure control.
+
+Chromium is the Debian package `chromium` (/usr/bin/chromium). Without it these tests are skipped on
+a workstation and fail in CI (CI=true), so a CI image cannot silently stop checking the pages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from pipeline import io, tasks
+from pipeline.publish import disclosure
+from pipeline.publish.report import figure_value, render_audit_page
+from pipeline.settings import SOURCES, RunConfig
+
+LABEL = "audit-1"
+CHROMIUM_PATHS = ("chromium", "chromium-browser", "/usr/bin/chromium")
+
+
+def chromium() -> str:
+    for candidate in CHROMIUM_PATHS:
+        found = shutil.which(candidate)
+        if found:
+            return found
+    if os.environ.get("CI") == "true":
+        pytest.fail("headless Chromium is required in CI to check the audit page: apt-get install chromium")
+    pytest.skip("headless Chromium not installed (apt-get install chromium)")
+
+
+def render(page: Path, tmp_path: Path) -> str:
+    """The page's DOM after Chromium has loaded and rendered it."""
+    result = subprocess.run(
+        [
+            chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}", "--dump-dom", page.resolve().as_uri(),
+        ],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0 and "<body" in result.stdout, f"Chromium could not render {page}: {result.stderr[-2000:]}"
+    return result.stdout
+
+
+class Figures(HTMLParser):
+    """Every element with a data-figure attribute: (its manifest paths, its text); plus all text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.figures: list[tuple[list[list[Any]], str]] = []
+        self.links: list[str] = []
+        self.text: list[str] = []
+        self._open: list[list[Any]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if "href" in a:
+            self.links.append(a["href"] or "")
+        if "src" in a:
+            self.links.append(a["src"] or "")
+        if "data-figure" in a:
+            self._open.append([json.loads(a["data-figure"] or "[]"), ""])
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+        if self._open:
+            self._open[-1][1] += data
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self._open:
+            paths, text = self._open.pop()
+            self.figures.append((paths, text.strip()))
+
+
+def parse(dom: str) -> Figures:
+    parser = Figures()
+    parser.feed(dom)
+    return parser
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory) -> RunConfig:
+    from pipeline.crypto.keys import new_key_file
+    from pipeline.synth import generate
+
+    base = tmp_path_factory.mktemp("audit-page")
+    generate(base / "input", persons=400, seed=31, profile="realistic")
+    new_key_file(base / "secrets" / "key.json")
+    conf = RunConfig.from_conf(
+        {"raw_dir": str(base / "input" / "raw"), "work_dir": str(base / "work"), "release_label": LABEL,
+         "key_file": str(base / "secrets" / "key.json")}
+    ).to_conf()
+    for stage in tasks.STAGES:
+        if stage == "pseudonymise_source":
+            for source in SOURCES:
+                tasks.pseudonymise_source(conf, source)
+        else:
+            getattr(tasks, stage)(conf)
+    return RunConfig.from_conf(conf)
+
+
+@pytest.fixture(scope="module")
+def manifest(cfg) -> dict[str, Any]:
+    return io.read_json(cfg.release_dir / "manifest.json")
+
+
+def test_every_figure_on_the_audit_page_is_the_manifests_after_disclosure_control(cfg, manifest, tmp_path) -> None:
+    page = parse(render(cfg.reports_dir / "audit.html", tmp_path))
+    assert len(page.figures) > 50
+    for paths, text in page.figures:
+        assert text == disclosure.shown(figure_value(manifest, paths)), (paths, text)
+    shown_paths = {json.dumps(p) for paths, _ in page.figures for p in paths}
+    expected = [
+        ["consent", k] for k in ("in_register", "consented", "declined", "withdrawn", "eligible_for_linkage", "quarantined")
+    ] + [["inputs", s, "rows"] for s in SOURCES] + [["pseudonymisation", s, "quarantined"] for s in SOURCES] + [
+        ["linkage", "sources", s, "linked_by_rank", "1"] for s in SOURCES
+    ] + [["validation", z, "statistics", "rows"] for z in ("raw", "pseudonymised", "linked", "release")] + [
+        ["privacy", "quasi_identifiers", "cohort", "smallest_group"], ["files", "cohort.parquet", "rows"], ["cohort", "eligible"],
+    ]  # fmt: skip
+    missing = [p for p in expected if json.dumps(p) not in shown_paths]
+    assert not missing, f"figures missing from the audit page: {missing}"
+
+
+def test_the_audit_page_identifies_the_release_and_links_its_evidence(cfg, manifest, tmp_path) -> None:
+    page = parse(render(cfg.reports_dir / "audit.html", tmp_path))
+    text = " ".join(page.text)
+    for value in (LABEL, manifest["kid"], manifest["code_version"], io.sha256_file(cfg.release_dir / "manifest.json")):
+        assert value in text
+    for entry in list(manifest["inputs"].values()) + list(manifest["files"].values()):
+        assert entry["sha256"] in text
+    for heading in ("Consent", "Rows in and out of every stage", "quarantine", "Linkage by rank", "Validation", "Privacy checks", "Sign-off"):
+        assert heading in text
+    assert "data_docs/index.html" in page.links and (cfg.reports_dir / "data_docs" / "index.html").is_file()
+    for link in page.links:
+        if not link.startswith("#"):
+            assert (cfg.reports_dir / link).resolve().exists(), f"broken link on the audit page: {link}"
+
+
+def test_the_audit_page_holds_no_study_id_or_token(cfg) -> None:
+    text = (cfg.reports_dir / "audit.html").read_text()
+    ids = pl.read_parquet(cfg.release_dir / "cohort.parquet", columns=["study_id"]).get_column("study_id")
+    tokens = pl.read_parquet(cfg.pseudonymised_dir / "persons.parquet", columns=["tok_nhs", "participant_id"])
+    for value in ids.to_list() + tokens.get_column("tok_nhs").drop_nulls().to_list() + tokens.get_column("participant_id").to_list():
+        assert value not in text
+
+
+def test_the_data_docs_open_and_show_this_runs_results(cfg, tmp_path) -> None:
+    docs = cfg.reports_dir / "data_docs"
+    landing = parse(render(docs / "index.html", tmp_path))
+    zones = ("raw", "pseudonymised", "linked", "release")
+    assert all(f"{z}/index.html" in landing.links for z in zones)
+    summary = io.read_json(cfg.reports_dir / "validation" / "release.json")
+    release = " ".join(parse(render(docs / "release" / "index.html", tmp_path)).text)
+    assert f"Zone release: validation results of run {LABEL}" in release
+    for dataset, entry in summary["datasets"].items():
+        for f in entry["files"]:
+            # The script-free results table lists each file with its exact row count.
+            assert f"{dataset} {f['file']} {f['rows']}" in " ".join(release.split()), (dataset, f["file"])
+
+
+def test_warnings_and_failures_are_shown_with_controlled_counts() -> None:
+    """The page from a hand-made manifest: a warning with a small count, and a failed privacy rule."""
+    warning = {"column": "hours_per_week", "expectation": "expect_column_values_to_be_null", "severity": "warning",
+               "rule": "residential placements have no planned hours", "unexpected_count": 3, "file": "social_care.parquet"}  # fmt: skip
+    manifest = {
+        "release_label": "r-test", "consent": {"in_register": 1234, "declined": 6, "withdrawn": 0},
+        "validation": {"pseudonymised": {"success": True, "statistics": {"files": 1, "rows": 40, "failed_critical": 0, "failed_warning": 1},
+                                         "datasets": {"social_care_payload": {"files": [{"file": "social_care.parquet", "failures": [warning]}]}}}},
+        "privacy": {"rules": [{"rule": "no postcode-like value", "checks": "no postcode", "result": "failed"}]},
+    }  # fmt: skip
+    page = render_audit_page(manifest, "0" * 64, "/releases/r-test")
+    assert "must not be used" in page  # the failed rule turns the banner red
+    assert "residential placements have no planned hours" in page
+    parsed = parse(page)
+    by_path = {json.dumps(paths): text for paths, text in parsed.figures}
+    assert by_path[json.dumps([["consent", "in_register"]])] == "1,235"
+    assert by_path[json.dumps([["consent", "declined"]])] == disclosure.SUPPRESSED_TEXT
+    assert by_path[json.dumps([["consent", "withdrawn"]])] == "0"
+    count_path = [["validation", "pseudonymised", "datasets", "social_care_payload", "files", 0, "failures", 0, "unexpected_count"]]
+    assert by_path[json.dumps(count_path)] == disclosure.SUPPRESSED_TEXT
+
+
+def test_a_sparse_or_unexpected_manifest_still_renders() -> None:
+    """The page is rendered inside publish_release: a cohort stage reporting new kinds of figures must not break it."""
+    odd = {"cohort": {"method": "nearest", "flag": True, "share": 0.5, "nested": {"a": {"n": 3, "label": "x", "ok": False}}}}
+    for manifest in ({}, odd):
+        page = render_audit_page(manifest, "0" * 64, "/releases/x")
+        assert page.startswith("<!doctype html>") and "Sign-off" in page

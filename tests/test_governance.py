@@ -1,0 +1,331 @@
+"""Governance: a release with an identifier column, an NHS number, a name, a study ID that is a
+token or a failed critical expectation is refused with a message naming file, column and rule, and
+leaves nothing behind; `pipeline audit` flags a published release that was altered afterwards.
+
+One realistic synthetic run (the pipeline's tasks called in order, without Airflow) is built once;
+each test stages the release again, tampers with the staged files, and validates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pipeline import io, tasks
+from pipeline.cohort.outputs import RELEASE_TABLES
+from pipeline.contracts import load_contract
+from pipeline.errors import ValidationFailed
+from pipeline.publish import disclosure, privacy
+from pipeline.publish.audit import audit_release, main_audit
+from pipeline.publish.privacy import (
+    AWAITING_CONTRACT_CONSTRAINT,
+    RULES,
+    assess_release_privacy,
+    is_strict_pattern,
+)
+from pipeline.publish.release import publish_release, stage_release, validate_release
+from pipeline.settings import SOURCES, RunConfig
+
+LABEL = "gov-1"
+NHS_NUMBER = "9990000018"  # test range, passes Modulus 11: must never appear in a message
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory) -> RunConfig:
+    """A run built up to the cohort stage; nothing staged or published yet."""
+    from pipeline.crypto.keys import new_key_file
+    from pipeline.synth import generate
+
+    base = tmp_path_factory.mktemp("governance")
+    generate(base / "input", persons=400, seed=23, profile="realistic")
+    new_key_file(base / "secrets" / "key.json")
+    conf = RunConfig.from_conf(
+        {"raw_dir": str(base / "input" / "raw"), "work_dir": str(base / "work"), "release_label": LABEL,
+         "key_file": str(base / "secrets" / "key.json")}
+    ).to_conf()
+    for stage in tasks.STAGES[: tasks.STAGES.index("stage_release")]:
+        if stage == "pseudonymise_source":
+            for source in SOURCES:
+                tasks.pseudonymise_source(conf, source)
+        else:
+            getattr(tasks, stage)(conf)
+    return RunConfig.from_conf(conf)
+
+
+@pytest.fixture(scope="module")
+def published(cfg: RunConfig) -> dict[str, str]:
+    """Publish the untampered release once; return each file's hash, to prove later refusals leave it alone."""
+    stage_release(cfg)
+    validate_release(cfg)
+    publish_release(cfg)
+    return {p.name: io.sha256_file(p) for p in cfg.release_dir.iterdir()}
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    return {p.name: io.sha256_file(p) for p in folder.iterdir()}
+
+
+def tamper(cfg: RunConfig, table: str, change) -> None:
+    """Rewrite one staged table through `change(frame) -> frame`, as a buggy or malicious step would."""
+    path = cfg.staging_dir / f"{table}.parquet"
+    change(pl.read_parquet(path)).write_parquet(path)
+
+
+def refused(cfg: RunConfig, published: dict[str, str]) -> str:
+    """Validate the staged release, expect refusal, check nothing is left behind; return the message."""
+    with pytest.raises(ValidationFailed) as failed:
+        validate_release(cfg)
+    assert not cfg.staging_dir.exists(), "a refused release must not stay staged"
+    assert hashes(cfg.release_dir) == published, "a refused run must leave the published release untouched"
+    assert not list(cfg.release_dir.parent.glob(".staging-*"))
+    message = str(failed.value)
+    assert f"Release {LABEL!r} refused" in message and NHS_NUMBER not in message
+    return message
+
+
+# ---------------------------------------------------------------------------------------------------
+# Publication refuses
+
+
+def test_the_clean_release_is_published_with_its_privacy_record(cfg, published) -> None:
+    manifest = io.read_json(cfg.release_dir / "manifest.json")
+    results = {r["rule"]: r["result"] for r in manifest["privacy"]["rules"]}
+    assert set(results) == set(RULES) and "failed" not in results.values()
+    assert results["study IDs are not tokens"] == "passed"  # checked against the pseudonymised tokens
+    assert manifest["privacy"]["quasi_identifiers"]["cohort"]["columns"] == ["age_band", "sex", "imd_quintile"]
+    assert manifest["disclosure_control"]["suppression_threshold"] == disclosure.SUPPRESSION_THRESHOLD
+    assert set(manifest["validation"]) == {"raw", "pseudonymised", "linked", "release"}
+    assert (cfg.reports_dir / "audit.html").is_file() and (cfg.reports_dir / "privacy.json").is_file()
+    assert audit_release(cfg.release_dir) == []
+
+
+def test_an_identifier_column_is_refused(cfg, published) -> None:
+    stage_release(cfg)
+    tamper(cfg, "cohort", lambda df: df.with_columns(nhs_number=pl.lit(NHS_NUMBER)))
+    message = refused(cfg, published)
+    assert "cohort.parquet, column nhs_number: rule 'no identifier or token column' broken" in message
+    assert "cohort.parquet, column nhs_number: rule 'no NHS-number-like value' broken" in message
+    # Great Expectations reports it too, naming dataset, column list and expectation.
+    assert "dataset cohort" in message and "expect_table_columns_to_match_ordered_list" in message
+
+
+FIRST_ROW = pl.int_range(pl.len()) == 0
+NHS_INJECTIONS = {
+    # column: (new column expression, what the privacy message says)
+    "site": (
+        pl.when(FIRST_ROW).then(pl.lit(f"ref {NHS_NUMBER[:3]} {NHS_NUMBER[3:6]} {NHS_NUMBER[6:]}")).otherwise(pl.col("site")),
+        "1 value(s) hold a valid NHS number",
+    ),
+    "baseline_cost_gbp": (
+        pl.when(FIRST_ROW).then(pl.lit(float(NHS_NUMBER))).otherwise(pl.col("baseline_cost_gbp")),
+        "1 value(s) are a valid NHS number stored as a number",
+    ),
+}
+
+
+@pytest.mark.parametrize("column", list(NHS_INJECTIONS))
+def test_an_nhs_number_value_is_refused(cfg, published, column) -> None:
+    expr, detail = NHS_INJECTIONS[column]
+    stage_release(cfg)
+    tamper(cfg, "cohort", lambda df: df.with_columns(expr.alias(column)))
+    message = refused(cfg, published)
+    assert f"cohort.parquet, column {column}: rule 'no NHS-number-like value' broken: {detail}" in message
+    assert NHS_NUMBER[6:] not in message
+
+
+def test_a_name_in_a_string_column_is_refused(cfg, published) -> None:
+    stage_release(cfg)
+    name = pl.when(pl.int_range(pl.len()) < 2).then(pl.lit("QUENTINA")).otherwise(pl.col("sex"))
+    tamper(cfg, "cohort", lambda df: df.with_columns(name.alias("sex")))
+    message = refused(cfg, published)
+    rule = "cohort.parquet, column sex: rule 'string values as the contract allows' broken"
+    assert f"{rule}: 2 value(s) are not among the contract's allowed values" in message
+    assert "expect_column_values_to_be_in_set" in message and "QUENTINA" not in message
+
+
+def test_a_study_id_that_is_a_token_is_refused(cfg, published) -> None:
+    token = pl.read_parquet(cfg.pseudonymised_dir / "persons.parquet", columns=["tok_nhs"]).get_column("tok_nhs").drop_nulls()[0]
+    stage_release(cfg)
+    tamper(cfg, "cohort", lambda df: df.with_columns(pl.when(FIRST_ROW).then(pl.lit(token)).otherwise(pl.col("study_id")).alias("study_id")))
+    message = refused(cfg, published)
+    assert "persons.parquet, column tok_nhs: rule 'study IDs are not tokens' broken: 1 study ID(s)" in message
+    assert "cohort.parquet, column study_id: rule 'study IDs well-formed and unique' broken" in message
+    assert token not in message
+
+
+def test_a_failed_critical_expectation_is_refused(cfg, published) -> None:
+    stage_release(cfg)
+    tamper(cfg, "cohort", lambda df: df.with_columns(propensity_score=pl.col("propensity_score") + 2.0))
+    message = refused(cfg, published)
+    assert "dataset cohort, file cohort.parquet, column propensity_score: expect_column_values_to_be_between failed [critical]" in message
+    assert "privacy rule" not in message  # only the expectation failed
+
+
+def test_a_refused_replacement_leaves_the_earlier_release_in_place(cfg, published) -> None:
+    replacing = RunConfig.from_conf({**cfg.to_conf(), "replace_release": True})
+    stage_release(replacing)
+    tamper(replacing, "service_use", lambda df: df.with_columns(cost_gbp=-pl.col("cost_gbp") - 1))
+    message = refused(replacing, published)
+    assert "column cost_gbp: expect_column_values_to_be_between failed [critical]" in message
+
+
+def test_publishing_what_was_not_validated_is_refused(cfg, published) -> None:
+    stage_release(cfg)
+    with pytest.raises(ValidationFailed, match="has not passed validate_release"):
+        publish_release(RunConfig.from_conf({**cfg.to_conf(), "replace_release": True}))
+    shutil.rmtree(cfg.staging_dir)
+    assert hashes(cfg.release_dir) == published
+
+
+def test_a_critical_business_rule_stops_an_earlier_zone(cfg, tmp_path) -> None:
+    """The link map's rules: a linked record without a rank stops the run at the linked zone."""
+    from pipeline.validate import run_parameters, validate_files
+
+    broken = tmp_path / "link_map.parquet"
+    df = pl.read_parquet(cfg.linked_dir / "link_map.parquet")
+    every_other_linked = pl.col("participant_id").is_not_null() & (pl.int_range(pl.len()) % 2 == 0)
+    df.with_columns(rank=pl.when(every_other_linked).then(None).otherwise(pl.col("rank"))).write_parquet(broken)
+    with pytest.raises(ValidationFailed) as failed:
+        validate_files("linked", {"link_map": [broken]}, tmp_path / "reports", LABEL, parameters=run_parameters(cfg))
+    assert "dataset link_map, file link_map.parquet, column rank: expect_column_values_to_not_be_null failed [critical]" in str(failed.value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# `pipeline audit`
+
+
+@pytest.fixture
+def copy(cfg, published, tmp_path) -> Path:
+    """A copy of the published release, as handed to economists, to tamper with."""
+    return Path(shutil.copytree(cfg.release_dir, tmp_path / LABEL))
+
+
+def test_an_untouched_release_passes_its_audit(copy, capsys) -> None:
+    assert audit_release(copy) == []
+    assert main_audit(argparse.Namespace(release_dir=str(copy))) == 0
+    out = capsys.readouterr().out
+    assert "passed its audit" in out and io.sha256_file(copy / "manifest.json") in out
+
+
+def test_an_altered_file_is_flagged(copy, capsys) -> None:
+    df = pl.read_parquet(copy / "service_use.parquet")
+    df.with_columns(units=pl.col("units") * 2).write_parquet(copy / "service_use.parquet")
+    with open(copy / "data_dictionary.md", "a") as fh:
+        fh.write("\n")
+    problems = audit_release(copy)
+    assert any(p.startswith("service_use.parquet: changed since publication") for p in problems)
+    assert any(p.startswith("data_dictionary.md: changed since publication") for p in problems)
+    assert main_audit(argparse.Namespace(release_dir=str(copy))) == 1
+    assert "FAILED its audit" in capsys.readouterr().err
+
+
+def test_added_and_removed_files_are_flagged(copy) -> None:
+    (copy / "notes.txt").write_text("extra\n")
+    (copy / "balance.parquet").unlink()
+    problems = "\n".join(audit_release(copy))
+    assert "notes.txt: not listed in the manifest" in problems
+    assert "balance.parquet: listed in the manifest but missing" in problems
+    assert "files of type .txt are not released" in problems
+
+
+def test_an_identifier_smuggled_in_with_a_forged_manifest_is_still_flagged(copy) -> None:
+    """Hashes prove only that files match the manifest; the privacy checks run on the files themselves."""
+    df = pl.read_parquet(copy / "cohort.parquet").with_columns(postcode=pl.lit("LS1 4AB"))
+    df.write_parquet(copy / "cohort.parquet")
+    manifest = io.read_json(copy / "manifest.json")
+    manifest["files"]["cohort.parquet"]["sha256"] = io.sha256_file(copy / "cohort.parquet")
+    io.write_json(manifest, copy / "manifest.json")
+    problems = audit_release(copy)
+    assert "privacy rule broken: cohort.parquet, column postcode: rule 'no identifier or token column' broken" in "\n".join(problems)
+    assert any("no postcode-like value" in p for p in problems)
+    assert not any("LS1" in p for p in problems)
+
+
+def test_a_missing_manifest_is_flagged(copy) -> None:
+    (copy / "manifest.json").unlink()
+    (problem,) = audit_release(copy)
+    assert "the manifest is missing" in problem
+
+
+# ---------------------------------------------------------------------------------------------------
+# The rules themselves
+
+
+def test_strict_patterns_refuse_plain_words() -> None:
+    assert is_strict_pattern("S[0-9a-f]{16}") and is_strict_pattern("MDT[0-9]{2}") and is_strict_pattern("R[0-9]{8}")
+    for loose in ("[A-Za-z ]+", "[a-z_]+", "[A-Z]{2,}", ".*", "[a-z0-9_]{1,64}"):
+        assert not is_strict_pattern(loose), loose
+
+
+def test_every_release_contract_constrains_its_strings_and_generalises_quasi_identifiers() -> None:
+    for table in RELEASE_TABLES:
+        contract = load_contract(table)
+        for c in contract.columns:
+            assert c.column_class not in ("direct_identifier", "token"), (table, c.name)
+            if c.type == "string" and (table, c.name) not in AWAITING_CONTRACT_CONSTRAINT:
+                assert c.allowed is not None or (c.pattern and is_strict_pattern(c.pattern)), (table, c.name)
+            if c.column_class == "quasi_identifier":
+                assert c.type != "date" and (c.allowed is not None or (c.min is not None and c.max is not None)), (table, c.name)
+
+
+AGGREGATE = """name: arm_counts
+zone: release
+description: People per arm and site.
+primary_key: [arm, site]
+columns:
+  arm: {type: string, nullable: false, class: payload, allowed: [mdt, comparator], description: Arm.}
+  site: {type: string, nullable: false, class: payload, allowed: [site_a, site_b], description: Site.}
+  people: {type: int64, nullable: true, class: payload, %s description: People.}
+"""
+
+
+@pytest.mark.parametrize(
+    ("declaration", "people", "broken"),
+    [
+        ("disclosure: count,", [0, 10, None, 15], None),
+        ("disclosure: count,", [0, 12, 3, 15], "2 count(s) are not suppressed or rounded"),
+        ("", [0, 10, None, 15], "must declare `disclosure: count` or `disclosure: not_a_count`"),
+    ],
+)
+def test_aggregate_tables_must_declare_and_control_their_counts(tmp_path, monkeypatch, declaration, people, broken) -> None:
+    schemas = tmp_path / "schemas"
+    schemas.mkdir()
+    (schemas / "arm_counts.yaml").write_text(AGGREGATE % declaration)
+    monkeypatch.setattr(privacy, "RELEASE_TABLES", ("arm_counts",))
+    monkeypatch.setattr(privacy, "load_contract", lambda name: load_contract(name, schemas))
+    monkeypatch.setattr(disclosure, "SCHEMAS_DIR", schemas)
+    disclosure.declared_disclosure.cache_clear()
+    release = tmp_path / "release"
+    release.mkdir()
+    table = pl.DataFrame({"arm": ["mdt", "mdt", "comparator", "comparator"], "site": ["site_a", "site_b"] * 2, "people": people})
+    table.write_parquet(release / "arm_counts.parquet")
+    try:
+        report = assess_release_privacy(release)
+    finally:
+        disclosure.declared_disclosure.cache_clear()
+    found = [str(v) for v in report.blocking]
+    if broken is None:
+        assert found == []
+    else:
+        (violation,) = found
+        assert "rule 'aggregate counts disclosure-controlled'" in violation and broken in violation and "people" in violation
+
+
+FORBIDDEN_ATTRIBUTES = {"raw", "raw_dir", "quarantine_dir", "key_file"}
+
+
+def test_publish_code_never_reads_raw_or_the_key() -> None:
+    """DESIGN.md: code that publishes never loads the key and never reads raw/."""
+    for path in sorted((Path(__file__).parents[1] / "pipeline" / "publish").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute):
+                assert node.attr not in FORBIDDEN_ATTRIBUTES, f"{path.name}:{node.lineno} reads {node.attr}"
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [getattr(node, "module", None) or ""] + [a.name for a in node.names]
+                assert not any("crypto.keys" in n or n == "load_key" for n in names), f"{path.name}:{node.lineno} imports the key"
