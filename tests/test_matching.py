@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline.cohort.balance import balance_table
-from pipeline.cohort.matching import fit_logistic, match_nearest
+from pipeline.cohort.matching import fit_logistic, match_nearest, pooled_sd
 from pipeline.settings import MatchingOptions
 
 #                 row:   0     1     2     3     4     5     6
@@ -17,8 +17,13 @@ def pairs(result):
     return sorted(result.pairs)
 
 
+def test_caliper_is_in_pooled_standard_deviations_of_the_logit():
+    # Treated 0, 0.52, 3.00 (sample variance 2.5701); controls 0.10, 0.50, 0.45, 0.11 (0.04607).
+    assert pooled_sd(LOGIT, TREATED) == pytest.approx(np.sqrt((2.5701 + 0.04607) / 2), abs=1e-4)
+
+
 def test_nearest_without_replacement_largest_score_first_and_caliper():
-    # Caliper 0.2 SD of the logit (SD = 1.01): row 2 (0.52) takes row 3 (0.50) first; row 0 then takes
+    # Caliper 0.2 pooled SD of the logit (SD 1.14, caliper 0.23): row 2 (0.52) takes row 3 (0.50) first; row 0 then takes
     # row 1 (0.10); row 5 (3.00) has nothing within the caliper and stays unmatched; row 6, in another
     # stratum, is never used even though it is nearest to row 0.
     result = match_nearest(LOGIT, TREATED, STRATA, MatchingOptions(ratio=1, caliper_sd=0.2))
@@ -29,7 +34,7 @@ def test_nearest_without_replacement_largest_score_first_and_caliper():
 
 def test_one_to_two_matching_takes_two_rounds_and_weights_controls():
     result = match_nearest(LOGIT, TREATED, STRATA, MatchingOptions(ratio=2, caliper_sd=1.0))
-    # Round 1: row 5 (3.00) is nearest to 0.50 but 2.5 > caliper 1.01, so unmatched; row 2 -> 3; row 0 -> 1.
+    # Round 1: row 5 (3.00) is nearest to 0.50 but 2.5 > caliper 1.14, so unmatched; row 2 -> 3; row 0 -> 1.
     # Round 2: row 2 -> 4 (0.45); row 0 finds no free control left in its stratum (row 6 is in another).
     assert pairs(result) == [(1, 3), (1, 4), (2, 1)]
     # Set 1 has two controls (1/2 each), set 2 one control (1); rescaled to sum to 3 matched controls.
@@ -61,3 +66,61 @@ def test_balance_smd_uses_pooled_sd_before_matching():
     row = balance_table({"x": x}, treated, weight, "all").row(0, named=True)
     # Means 2 and 3, both variances 1: SMD = -1; variance ratio 1.
     assert row["smd_before"] == pytest.approx(-1.0) and row["variance_ratio_before"] == pytest.approx(1.0)
+
+
+def test_with_replacement_one_to_two_takes_the_two_nearest_in_rounds():
+    #                  0     1     2     3     4
+    logit = np.array([0.50, 0.30, 0.48, 0.55, 0.20])
+    treated = np.array([True, True, False, False, False])
+    result = match_nearest(logit, treated, np.ones(5, dtype=int), MatchingOptions(ratio=2, replace=True, caliper_sd=10))
+    # Set 1 = row 0 (largest): nearest 2 (0.02), then 3 (0.05). Set 2 = row 1: nearest 4 (0.10), then 2 (0.18).
+    assert pairs(result) == [(1, 2), (1, 3), (2, 2), (2, 4)]
+    # Control weights before rescaling: row 2 1/2 + 1/2 = 1, rows 3 and 4 1/2 each; rescaled to sum to 3.
+    assert result.weight[2:].tolist() == pytest.approx([1.5, 0.75, 0.75])
+
+
+def test_no_controls_in_a_stratum_leaves_its_treated_unmatched():
+    logit = np.array([0.5, 0.5, 0.4, 0.9, 0.1])
+    treated = np.array([True, True, False, False, False])
+    result = match_nearest(logit, treated, np.array([1, 2, 1, 1, 1]), MatchingOptions(caliper_sd=10))
+    assert result.treated_set.tolist() == [1, -1, -1, -1, -1] and pairs(result) == [(1, 2)]
+
+
+def reference_match(logit, treated, strata, options):
+    """Greedy matching written the slow, obvious way: for each treated unit in turn (largest score
+    first), every control of its stratum is a candidate, the nearest wins (the earlier in score order
+    on a tie). Returns the (treated row, control row) pairs."""
+    free = [True] * len(logit)
+    t_rows = sorted(np.flatnonzero(treated), key=lambda r: -logit[r])
+    c_rank = {int(c): k for k, c in enumerate(sorted(np.flatnonzero(~treated), key=lambda r: logit[r]))}
+    pooled = pooled_sd(logit, treated)
+    taken: dict[int, set[int]] = {}
+    out = []
+    for _ in range(options.ratio):
+        for t in t_rows:
+            cands = [
+                c for c in c_rank
+                if strata[c] == strata[t] and (options.replace or free[c]) and c not in taken.get(t, set())
+            ]  # fmt: skip
+            if not cands:
+                continue
+            best = min(cands, key=lambda c: (abs(logit[c] - logit[t]), c_rank[c]))
+            if abs(logit[best] - logit[t]) > options.caliper_sd * pooled:
+                continue
+            free[best] = False
+            taken.setdefault(t, set()).add(best)
+            out.append((int(t), best))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_fast_matching_agrees_with_the_obvious_reference(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 60))
+    logit = rng.normal(size=n).round(6)
+    treated = rng.random(n) < rng.uniform(0.2, 0.7)
+    strata = rng.integers(0, 3, size=n)
+    options = MatchingOptions(ratio=int(rng.integers(1, 4)), replace=bool(rng.random() < 0.5), caliper_sd=float(rng.choice([0.05, 0.2, 1.0])))
+    result = match_nearest(logit, treated, strata, options)
+    head = {int(s): int(r) for r, s in enumerate(result.treated_set) if s > 0}
+    assert sorted((head[s], c) for s, c in result.pairs) == reference_match(logit, treated, strata, options)

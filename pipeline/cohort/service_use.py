@@ -1,45 +1,73 @@
 """Service use per participant x period x service type, and its cost.
 
+Periods are windows of days relative to the index date (day 0): the 365 days before it (pre_12m,
+days -365 to -1) and the 365 days from it (post_12m, days 0 to 364); and for the monthly panel, 24
+months that split those same days (month m holds day d when floor(12 d / 365) = m, so months are
+30 or 31 days long and the twelve months of a year add up exactly to its 12-month period).
+
 Events are attributed to the period their start falls in: an admission (and all its bed days) to the
-period of its admission date. Social-care episodes are split across periods by the days they overlap.
-Periods are the 365 days before the index date (pre_12m) and the 365 days from it (post_12m).
-Each function is LazyFrame -> LazyFrame.
+period of its admission date. Social-care episodes are split across periods by the days they
+overlap. Each source is first cut to distinct events (see pipeline.cohort.events: records delivered
+twice are counted once). Each function is LazyFrame -> LazyFrame.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
+from dataclasses import dataclass
 
 import polars as pl
 
-PERIODS: tuple[str, ...] = ("pre_12m", "post_12m")
+from pipeline.cohort.events import deduplicate
+
 PERIOD_DAYS = 365
 SERVICE_TYPES: tuple[str, ...] = (
     "emergency_admission", "elective_admission", "other_admission", "bed_day", "ae_attendance",
     "outpatient_first", "outpatient_follow_up", "gp_surgery", "gp_telephone", "gp_home_visit", "gp_video",
     "nurse_consultation", "home_care_hour", "residential_week", "nursing_week", "reablement_hour",
 )  # fmt: skip
+# Who pays, for costs by perspective (NHS hospital, NHS primary care, local-authority social care).
+SECTORS: dict[str, tuple[str, ...]] = {
+    "hospital": SERVICE_TYPES[:7],
+    "primary_care": SERVICE_TYPES[7:12],
+    "social_care": SERVICE_TYPES[12:],
+}
 ELECTIVE_METHODS = ("11", "12", "13")
-# Units are summed as integers of this many parts per unit. A float sum's result depends on the order
-# it adds in, and Polars' streaming group-by does not fix that order, so float sums made reruns differ
-# in the last bits; integer sums are exact in any order, which keeps releases byte-identical.
-FIXED_POINT = 1_000_000
 
 
-def fixed_point_sum(col: str) -> pl.Expr:
-    """Sum of a float column, order-independent: each value rounded to 1e-6, summed as integers."""
-    return ((pl.col(col) * FIXED_POINT).round(0).cast(pl.Int64).sum() / FIXED_POINT).alias(col)
+@dataclass(frozen=True)
+class Window:
+    """A period: days `first` to `last` (inclusive) relative to the index date."""
+
+    label: str
+    first: int
+    last: int
 
 
-def _period_of(date: pl.Expr, index: pl.Expr) -> pl.Expr:
-    days = (date - index).dt.total_days()
-    return (
-        pl.when((days >= -PERIOD_DAYS) & (days < 0))
-        .then(pl.lit("pre_12m"))
-        .when((days >= 0) & (days < PERIOD_DAYS))
-        .then(pl.lit("post_12m"))
-        .otherwise(None)
-    )
+TWELVE_MONTHS: tuple[Window, ...] = (Window("pre_12m", -PERIOD_DAYS, -1), Window("post_12m", 0, PERIOD_DAYS - 1))
+PERIODS: tuple[str, ...] = tuple(w.label for w in TWELVE_MONTHS)
+MONTHS: tuple[int, ...] = tuple(range(-12, 12))
+MONTH_WINDOWS: tuple[Window, ...] = tuple(
+    Window(str(m), math.ceil(PERIOD_DAYS * m / 12), math.ceil(PERIOD_DAYS * (m + 1) / 12) - 1) for m in MONTHS
+)
+
+
+def exact_sum(expr: pl.Expr) -> pl.Expr:
+    """Sum of floats that is the same in every run. A parallel group-by adds partial sums in whatever
+    order its threads finish, and float addition is not associative, so a plain sum changes in its
+    last bits between runs (and sorting first does not help: the optimiser drops a sort before a sum).
+    Decimal addition is exact, so the order cannot matter; 9 decimal places is far below any unit."""
+    return expr.cast(pl.Decimal(38, 9)).sum().cast(pl.Float64)
+
+
+def window_of(days: pl.Expr, windows: tuple[Window, ...]) -> pl.Expr:
+    """The label of the window holding `days` (days since index), or null outside them all."""
+    first, *rest = windows
+    expr = pl.when(days.is_between(first.first, first.last)).then(pl.lit(first.label))
+    for w in rest:
+        expr = expr.when(days.is_between(w.first, w.last)).then(pl.lit(w.label))
+    return expr.otherwise(None)
 
 
 def apc_units(apc: pl.LazyFrame, extract_date: dt.date) -> pl.LazyFrame:
@@ -80,53 +108,69 @@ def gp_units(gp: pl.LazyFrame) -> pl.LazyFrame:
     return gp.select("participant_id", pl.col("event_date").alias("date"), kind.alias("service_type"), pl.lit(1.0).alias("units"))
 
 
-def social_care_units(sc: pl.LazyFrame, persons: pl.LazyFrame, extract_date: dt.date) -> pl.LazyFrame:
-    """Hours (home care, reablement) or weeks (residential, nursing) overlapping each period."""
+def dated_units(events: dict[str, pl.LazyFrame], extract_date: dt.date) -> pl.LazyFrame:
+    """participant_id, date, service_type, units of every distinct hospital and GP event."""
+    return pl.concat(
+        [
+            apc_units(deduplicate(events["hospital_apc"], "hospital_apc"), extract_date),
+            ae_units(deduplicate(events["hospital_ae"], "hospital_ae")),
+            op_units(deduplicate(events["hospital_op"], "hospital_op")),
+            gp_units(deduplicate(events["gp_events"], "gp_events")),
+        ]
+    )
+
+
+def social_care_units(
+    sc: pl.LazyFrame, persons: pl.LazyFrame, extract_date: dt.date, windows: tuple[Window, ...] = TWELVE_MONTHS
+) -> pl.LazyFrame:
+    """Hours (home care, reablement) or weeks (residential, nursing) of each episode overlapping each window."""
     end = pl.col("end_date").fill_null(pl.lit(extract_date))
-    joined = sc.join(persons.select("participant_id", "index_date"), on="participant_id", how="inner")
-    parts = []
-    for period, lo, hi in (("pre_12m", -PERIOD_DAYS, -1), ("post_12m", 0, PERIOD_DAYS - 1)):
-        p_start = pl.col("index_date") + pl.duration(days=lo)
-        p_end = pl.col("index_date") + pl.duration(days=hi)
-        overlap = (pl.min_horizontal(end, p_end) - pl.max_horizontal(pl.col("start_date"), p_start)).dt.total_days() + 1
-        days = pl.max_horizontal(overlap, pl.lit(0)).cast(pl.Float64)
-        units = (
-            pl.when(pl.col("service_type").is_in(["home_care", "reablement"]))
-            .then(pl.col("hours_per_week").fill_null(0.0) * days / 7.0)
-            .otherwise(days / 7.0)
-        )
-        kind = pl.col("service_type").replace_strict(
-            {"home_care": "home_care_hour", "reablement": "reablement_hour", "residential": "residential_week", "nursing": "nursing_week"},
-            return_dtype=pl.String,
-        )
-        parts.append(joined.select("participant_id", pl.lit(period).alias("period"), kind.alias("service_type"), units.alias("units")))
-    return pl.concat(parts).filter(pl.col("units") > 0)
+    spells = deduplicate(sc, "social_care").join(persons.select("participant_id", "index_date"), on="participant_id", how="inner")
+    bounds = pl.LazyFrame({"period": [w.label for w in windows], "_lo": [w.first for w in windows], "_hi": [w.last for w in windows]})
+    p_start = pl.col("index_date") + pl.duration(days=pl.col("_lo"))
+    p_end = pl.col("index_date") + pl.duration(days=pl.col("_hi"))
+    overlap = (pl.min_horizontal(end, p_end) - pl.max_horizontal(pl.col("start_date"), p_start)).dt.total_days() + 1
+    days = pl.max_horizontal(overlap, pl.lit(0)).cast(pl.Float64)
+    units = (
+        pl.when(pl.col("service_type").is_in(["home_care", "reablement"]))
+        .then(pl.col("hours_per_week").fill_null(0.0) * days / 7.0)
+        .otherwise(days / 7.0)
+    )
+    kind = pl.col("service_type").replace_strict(
+        {"home_care": "home_care_hour", "reablement": "reablement_hour", "residential": "residential_week", "nursing": "nursing_week"},
+        return_dtype=pl.String,
+    )
+    return (
+        spells.join(bounds, how="cross")
+        .select("participant_id", "period", kind.alias("service_type"), units.alias("units"))
+        .filter(pl.col("units") > 0)
+    )
+
+
+def units_by_window(
+    events: dict[str, pl.LazyFrame], persons: pl.LazyFrame, extract_date: dt.date, windows: tuple[Window, ...]
+) -> pl.LazyFrame:
+    """participant_id, period (window label), service_type, units: only combinations with some use."""
+    dated = (
+        dated_units(events, extract_date)
+        .join(persons.select("participant_id", "index_date"), on="participant_id", how="inner")
+        .with_columns(period=window_of((pl.col("date") - pl.col("index_date")).dt.total_days(), windows))
+        .filter(pl.col("period").is_not_null())
+        .select("participant_id", "period", "service_type", "units")
+    )
+    used = pl.concat([dated, social_care_units(events["social_care"], persons, extract_date, windows)])
+    return used.group_by("participant_id", "period", "service_type").agg(exact_sum(pl.col("units")))
 
 
 def service_use(
     events: dict[str, pl.LazyFrame], persons: pl.LazyFrame, unit_costs: pl.LazyFrame, extract_date: dt.date
 ) -> pl.LazyFrame:
-    """Units and cost per participant x period x service type, zeros included, sorted.
+    """Units and cost per participant x 12-month period x service type, zeros included, sorted.
 
     `events` maps each source to its linked payload (payload columns plus participant_id);
     `persons` has participant_id and index_date for the participants to report.
     """
-    dated = pl.concat(
-        [
-            apc_units(events["hospital_apc"], extract_date),
-            ae_units(events["hospital_ae"]),
-            op_units(events["hospital_op"]),
-            gp_units(events["gp_events"]),
-        ]
-    )
-    dated = (
-        dated.join(persons.select("participant_id", "index_date"), on="participant_id", how="inner")
-        .with_columns(period=_period_of(pl.col("date"), pl.col("index_date")))
-        .filter(pl.col("period").is_not_null())
-        .select("participant_id", "period", "service_type", "units")
-    )
-    used = pl.concat([dated, social_care_units(events["social_care"], persons, extract_date)])
-    totals = used.group_by("participant_id", "period", "service_type").agg(fixed_point_sum("units"))
+    totals = units_by_window(events, persons, extract_date, TWELVE_MONTHS)
     grid = (
         persons.select("participant_id")
         .join(pl.LazyFrame({"period": list(PERIODS)}), how="cross")

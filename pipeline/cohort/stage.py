@@ -1,146 +1,144 @@
-"""Stage 3a: the analysis cohort. Eligibility, baseline covariates, service use, propensity matching
-and balance. Reads `pseudonymised/` payloads and `linked/`; never the key, never `raw/`.
+"""Stage 3a: the analysis cohort. Eligibility, baseline covariates, survey outcomes, service use and
+costs (by 12-month period and by month), propensity matching per sample, balance and the love plot.
+Reads `pseudonymised/` payloads and `linked/`; never the key, never `raw/`.
 
-Output goes to `linked/<label>/cohort/` keyed by participant_id; the publish step swaps in the
-release's study IDs.
+Output goes to `linked/<label>/cohort/`, one Parquet file per release table (keyed by
+participant_id; the publish step swaps in the release's study IDs), `artefacts/` (love plot and the
+reference tables used) and `cohort.json` (flow counts, matching per sample, references).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from pipeline import io
-from pipeline.cohort.balance import balance_table
-from pipeline.cohort.matching import match_nearest, propensity_logit
-from pipeline.cohort.service_use import fixed_point_sum, service_use
+from pipeline.cohort.balance import BALANCE_SCHEMA
+from pipeline.cohort.covariates import BASELINE_USE, COVARIATE_NAMES, baseline_use
+from pipeline.cohort.eligibility import age_band, baseline_answers, eligible_persons
+from pipeline.cohort.events import duplicate_counts, linked_events
+from pipeline.cohort.love_plot import draw_love_plot
+from pipeline.cohort.outcomes import DEFAULT_VALUE_SET, read_value_set, survey_outcomes
+from pipeline.cohort.outputs import ARTEFACTS_DIR, LOVE_PLOT, UNIT_COSTS_ARTEFACT, VALUE_SET_ARTEFACT
+from pipeline.cohort.panel import person_month_panel
+from pipeline.cohort.samples import MATCHES_SCHEMA, SampleMatch, match_sample, samples
+from pipeline.cohort.service_use import service_use
 from pipeline.pseudonymise.inputs import scan_unit_costs
-from pipeline.settings import SOURCES, RunConfig
+from pipeline.settings import RunConfig
 
 log = logging.getLogger(__name__)
-
-MIN_AGE = 55
-MIN_CONDITIONS = 2
-AGE_BANDS = ((55, 64, "55-64"), (65, 74, "65-74"), (75, 84, "75-84"), (85, 200, "85+"))
+MAIN_SAMPLE = "all"
 
 
-def age_band(age: pl.Expr) -> pl.Expr:
-    expr = pl.when(age < MIN_AGE).then(None)
-    for lo, hi, label in AGE_BANDS:
-        expr = expr.when((age >= lo) & (age <= hi)).then(pl.lit(label))
-    return expr.otherwise(None)
+def value_set_path(cfg: RunConfig) -> Path:
+    # A run setting once the lead adds `eq5d_value_set` to RunConfig; the shipped England set until then.
+    return Path(getattr(cfg, "eq5d_value_set", None) or DEFAULT_VALUE_SET)
 
 
-def linked_events(cfg: RunConfig) -> dict[str, pl.LazyFrame]:
-    """Each source's payload with the participant its record links to (linked records only)."""
-    link_map = pl.scan_parquet(cfg.linked_dir / "link_map.parquet").filter(pl.col("participant_id").is_not_null())
-    return {
-        s: pl.scan_parquet(cfg.pseudonymised_dir / "payload" / f"{s}.parquet").join(
-            link_map.filter(pl.col("source") == s).select("record_id", "participant_id"), on="record_id", how="inner"
+def with_main_sample(cohort: pl.DataFrame, main: SampleMatch | None) -> pl.DataFrame:
+    """Propensity score, matched, matched set and weight of the whole-study sample, per cohort row.
+
+    With replacement a comparator can be in several sets; it keeps the first here (its weight counts
+    them all), and the `matches` table lists every set.
+    """
+    if main is None:
+        return cohort.with_columns(
+            propensity_score=pl.lit(None, pl.Float64), matched=pl.lit(False), matched_set=pl.lit(None, pl.Int32), match_weight=pl.lit(0.0)
         )
-        for s in SOURCES
-    }
-
-
-def eligible_persons(cfg: RunConfig) -> tuple[pl.DataFrame, dict[str, int]]:
-    """Consented participants aged 55+ with 2+ long-term conditions and a baseline survey."""
-    persons = pl.read_parquet(cfg.pseudonymised_dir / "persons.parquet")
-    survey = pl.read_parquet(cfg.pseudonymised_dir / "survey.parquet")
-    baseline = (
-        survey.filter(pl.col("wave") == "baseline")
-        .sort("survey_date", "response_id")
-        .unique("participant_id", keep="first")
-        .select("participant_id", "n_ltc", pl.col("eq_vas").cast(pl.Float64).alias("baseline_eq_vas"))
-    )
-    joined = persons.join(baseline, on="participant_id", how="left")
-    counts = {"consented_participants": persons.height, "with_baseline_survey": int(joined.get_column("n_ltc").is_not_null().sum())}
-    eligible = joined.filter(
-        pl.col("n_ltc").is_not_null() & (pl.col("age_at_index") >= MIN_AGE) & (pl.col("n_ltc") >= MIN_CONDITIONS)
-    ).sort("participant_id")
-    counts["eligible"] = eligible.height
-    counts["eligible_mdt"] = int((eligible.get_column("arm") == "mdt").sum())
-    counts["eligible_comparator"] = int((eligible.get_column("arm") == "comparator").sum())
-    return eligible, counts
-
-
-def design_matrix(cohort: pl.DataFrame) -> dict[str, np.ndarray]:
-    """Covariates of the propensity model and the balance table, numeric, missing values handled."""
-    vas = cohort.get_column("baseline_eq_vas")
-    vas_mean = vas.mean() if vas.drop_nulls().len() else 0.0
-    cols: dict[str, np.ndarray] = {
-        "age_at_index": cohort.get_column("age_at_index").to_numpy().astype(float),
-        "sex=F": (cohort.get_column("sex") == "F").to_numpy().astype(float),
-        "site=site_b": (cohort.get_column("site") == "site_b").to_numpy().astype(float),
-        "n_ltc": cohort.get_column("n_ltc").to_numpy().astype(float),
-        "baseline_emergency_admissions": cohort.get_column("baseline_emergency_admissions").to_numpy().astype(float),
-        "log1p_baseline_cost": np.log1p(cohort.get_column("baseline_cost_gbp").to_numpy().astype(float)),
-        "baseline_eq_vas": vas.fill_null(vas_mean).to_numpy().astype(float),
-        "baseline_eq_vas_missing": vas.is_null().to_numpy().astype(float),
-    }
-    imd = cohort.get_column("imd_quintile")
-    for q in (2, 3, 4, 5):
-        cols[f"imd_quintile={q}"] = (imd == q).fill_null(False).to_numpy().astype(float)
-    cols["imd_quintile_missing"] = imd.is_null().to_numpy().astype(float)
-    # A covariate constant in the cohort carries no information and would make the fit singular.
-    return {k: v for k, v in cols.items() if np.ptp(v) > 0}
+    r = main.result
+    matched_set = r.treated_set.copy()
+    first_set = np.full(len(matched_set), np.iinfo(np.int64).max)
+    np.minimum.at(first_set, r.pair_control, r.pair_set)
+    matched_set = np.where(first_set < np.iinfo(np.int64).max, first_set, matched_set)
+    per_row = pl.DataFrame(
+        {
+            "participant_id": main.participant_id,
+            "propensity_score": main.propensity_score,
+            "matched": r.weight > 0,
+            "matched_set": pl.Series(np.where(matched_set > 0, matched_set, 0)).cast(pl.Int32),
+            "match_weight": r.weight,
+        }
+    ).with_columns(matched_set=pl.when(pl.col("matched_set") > 0).then(pl.col("matched_set")))
+    return cohort.join(per_row, on="participant_id", how="left").sort("participant_id")
 
 
 def build_cohort(cfg: RunConfig) -> Path:
     out = cfg.linked_dir / "cohort"
-    eligible, counts = eligible_persons(cfg)
+    persons = pl.read_parquet(cfg.pseudonymised_dir / "persons.parquet")
+    value_set = read_value_set(value_set_path(cfg))
     costs = scan_unit_costs(Path(cfg.unit_costs))
-    use = service_use(linked_events(cfg), eligible.lazy(), costs, cfg.extract).collect()
-    baseline = (
-        use.filter(pl.col("period") == "pre_12m")
-        .group_by("participant_id")
-        .agg(
-            pl.col("units").filter(pl.col("service_type") == "emergency_admission").sum().cast(pl.Int32).alias("baseline_emergency_admissions"),
-            fixed_point_sum("cost_gbp").alias("baseline_cost_gbp"),
-        )
-    )
-    cohort = eligible.join(baseline, on="participant_id", how="left").with_columns(
-        pl.col("baseline_emergency_admissions").fill_null(0), pl.col("baseline_cost_gbp").fill_null(0.0)
-    ).sort("participant_id")
+    outcomes = survey_outcomes(pl.scan_parquet(cfg.pseudonymised_dir / "survey.parquet"), value_set).collect()
+    eligible, counts = eligible_persons(persons, baseline_answers(outcomes), cfg.start, cfg.end, cfg.extract)
 
-    treated = (cohort.get_column("arm") == "mdt").to_numpy()
-    covariates = design_matrix(cohort)
-    x = np.column_stack(list(covariates.values())) if covariates else np.zeros((cohort.height, 0))
-    logit = propensity_logit(x, treated.astype(float)) if cohort.height else np.zeros(0)
-    strata_cols = list(cfg.matching.exact)
-    strata = (
-        cohort.select(pl.struct(strata_cols).rank("dense").alias("s")).get_column("s").to_numpy().astype(np.int64)
-        if strata_cols and cohort.height
-        else np.zeros(cohort.height, dtype=np.int64)
+    events = linked_events(cfg)
+    use = service_use(events, eligible.lazy(), costs, cfg.extract).collect()
+    cohort = (
+        eligible.join(baseline_use(use.lazy()).collect(), on="participant_id", how="left")
+        .with_columns([pl.col(c).fill_null(0.0) for c in (*BASELINE_USE, "baseline_cost_gbp")])
+        .with_columns(age_band=age_band(pl.col("age_at_index")))
+        .sort("participant_id")
     )
-    result = match_nearest(logit, treated, strata, cfg.matching)
-    matched_set = result.treated_set.copy()
-    for s, c in result.pairs:
-        # A control matched into several sets (with replacement) keeps the first; weights count them all.
-        if matched_set[c] < 0:
-            matched_set[c] = s
-    cohort = cohort.with_columns(
-        propensity_score=pl.Series(1.0 / (1.0 + np.exp(-logit))),
-        matched=pl.Series(result.weight > 0),
-        matched_set=pl.Series(matched_set).cast(pl.Int32),
-        match_weight=pl.Series(result.weight),
-        age_band=age_band(pl.col("age_at_index")),
-    ).with_columns(matched_set=pl.when(pl.col("matched_set") > 0).then(pl.col("matched_set")))
-    balance = balance_table(covariates, treated, result.weight, sample="all")
-    n_treated_matched = int((result.treated_set > 0).sum())
-    counts.update(
-        {
-            "matched_mdt": n_treated_matched,
-            "matched_comparators": int(((result.weight > 0) & ~treated).sum()),
-            "unmatched_mdt": int(treated.sum()) - n_treated_matched,
-            "max_abs_smd_after": float(balance.get_column("smd_after").abs().max()) if balance.height else None,
-        }
+
+    matched = {s.name: match_sample(cohort, s, cfg.matching) for s in samples()}
+    found = [m for m in matched.values() if m is not None]
+    cohort = with_main_sample(cohort, matched[MAIN_SAMPLE])
+    # A sample with an empty arm (a run with no MDT participants yet) has no rows, never a missing file.
+    matches = pl.concat([pl.DataFrame(schema=MATCHES_SCHEMA), *(m.matches() for m in found)])
+    balance = pl.concat([pl.DataFrame(schema=BALANCE_SCHEMA), *(m.balance for m in found)])
+
+    for name, table in (("cohort", cohort), ("service_use", use), ("matches", matches), ("balance", balance)):
+        io.write_table(table.to_arrow(), out / f"{name}.parquet")
+    panel = (
+        person_month_panel(events, eligible.lazy(), costs, cfg.extract)
+        .join(cohort.lazy().select("participant_id", "arm", "matched_set", "match_weight"), on="participant_id", how="left")
+        .sort("participant_id", "month")
     )
-    io.write_table(cohort.to_arrow(), out / "cohort.parquet")
-    io.write_table(use.to_arrow(), out / "service_use.parquet")
-    io.write_table(balance.to_arrow(), out / "balance.parquet")
-    io.write_json({"counts": counts, "matching": cfg.to_conf()["matching"], "covariates": list(covariates)}, out / "cohort.json")
-    log.info("cohort: %d eligible, %d MDT matched", counts["eligible"], n_treated_matched)
+    with io.atomic_path(out / "panel.parquet") as tmp:
+        panel.sink_parquet(tmp, compression="zstd", compression_level=3)
+    eligible_outcomes = outcomes.join(cohort.select("participant_id"), on="participant_id", how="semi").sort("participant_id", "wave")
+    io.write_table(eligible_outcomes.to_arrow(), out / "outcomes.parquet")
+
+    artefacts = out / ARTEFACTS_DIR
+    if artefacts.exists():
+        shutil.rmtree(artefacts)  # a rerun must not keep a previous run's love plot
+    artefacts.mkdir(parents=True)
+    if balance.height:
+        draw_love_plot(balance, COVARIATE_NAMES, artefacts / LOVE_PLOT)
+    shutil.copyfile(cfg.unit_costs, artefacts / UNIT_COSTS_ARTEFACT)
+    shutil.copyfile(value_set_path(cfg), artefacts / VALUE_SET_ARTEFACT)
+
+    main = matched[MAIN_SAMPLE]
+    main_counts = main.counts() if main else {"matched_mdt": 0, "matched_comparators": 0, "unmatched_mdt": counts["eligible_mdt"]}
+    counts.update({k: main_counts[k] for k in ("matched_mdt", "matched_comparators", "unmatched_mdt")})
+    counts["max_abs_smd_after"] = _max_abs_smd(balance, MAIN_SAMPLE)
+    counts["duplicate_records_removed"] = duplicate_counts(events, eligible.lazy())
+    counts["samples"] = {name: {**m.counts(), "max_abs_smd_after": _max_abs_smd(m.balance, name)} for name, m in matched.items() if m}
+    io.write_json(_summary(cfg, counts, value_set.name), out / "cohort.json")
+    log.info("cohort: %d eligible, %d MDT matched", counts["eligible"], counts["matched_mdt"])
     return out
+
+
+def _max_abs_smd(balance: pl.DataFrame, sample: str) -> float | None:
+    smd = balance.filter(pl.col("sample") == sample).get_column("smd_after").abs()
+    return float(smd.max()) if smd.drop_nulls().len() else None
+
+
+def _summary(cfg: RunConfig, counts: dict[str, Any], value_set_name: str) -> dict[str, Any]:
+    return {
+        "counts": counts,
+        "matching": cfg.to_conf()["matching"],
+        "covariates": list(COVARIATE_NAMES),
+        "reference": {
+            "unit_costs": {
+                "file": UNIT_COSTS_ARTEFACT,
+                "sha256": io.sha256_file(Path(cfg.unit_costs)),
+                "versions": sorted(scan_unit_costs(Path(cfg.unit_costs)).select("version").unique().collect().get_column("version").to_list()),
+            },
+            "eq5d_value_set": {"file": VALUE_SET_ARTEFACT, "sha256": io.sha256_file(value_set_path(cfg)), "name": value_set_name},
+        },
+    }

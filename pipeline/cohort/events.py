@@ -1,0 +1,63 @@
+"""Linked service-use events, and the removal of records delivered twice.
+
+A provider sometimes delivers the same event twice under a new record_id. Counting both would add
+a spurious admission or consultation, so before counting, records of one participant and source
+whose payload is identical in every column (dates, codes, hours) are kept once: an exact duplicate.
+
+The rule cannot tell a duplicate from two genuine events with identical payloads on the same day
+(two same-type GP consultations, two outpatient appointments in different clinics), because the
+extracts carry nothing else to tell them apart. On the synthetic `realistic` profile (20,000
+people, seed 5), measured against the ground truth, the rule removes per source:
+
+| source        | true duplicates removed | genuine same-day events removed |
+| ------------- | ----------------------- | ------------------------------- |
+| hospital_apc  | 198 of 198              | 3                               |
+| hospital_ae   | 189 of 189              | 42                              |
+| hospital_op   | 1,230 of 1,230          | 680                             |
+| gp_events     | 3,034 of 3,034          | 1,943                           |
+| social_care   | 35 of 35                | 0                               |
+
+so it removes every duplicate and, in every source, loses fewer genuine events than keeping
+duplicates would add. (In GP and outpatient data the balance is close; richer extracts, with a
+clinic or consultation identifier in the payload, would tell the two apart.)
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from pipeline.contracts import load_contract
+from pipeline.settings import SOURCES, RunConfig
+
+
+def payload_columns(source: str) -> list[str]:
+    """The payload columns of a source's contract: what the event is, without who or which record."""
+    return [c.name for c in load_contract(source).columns_of_class("payload")]
+
+
+def deduplicate(events: pl.LazyFrame, source: str) -> pl.LazyFrame:
+    """participant_id and the source's payload columns, each distinct event once."""
+    cols = ["participant_id", *payload_columns(source)]
+    return events.select(cols).unique(maintain_order=False)
+
+
+def linked_events(cfg: RunConfig) -> dict[str, pl.LazyFrame]:
+    """Each source's payload with the participant its record links to (linked records only)."""
+    link_map = pl.scan_parquet(cfg.linked_dir / "link_map.parquet").filter(pl.col("participant_id").is_not_null())
+    return {
+        s: pl.scan_parquet(cfg.pseudonymised_dir / "payload" / f"{s}.parquet").join(
+            link_map.filter(pl.col("source") == s).select("record_id", "participant_id"), on="record_id", how="inner"
+        )
+        for s in SOURCES
+    }
+
+
+def duplicate_counts(events: dict[str, pl.LazyFrame], participants: pl.LazyFrame) -> dict[str, int]:
+    """Records removed as exact duplicates, per source, among the given participants (for the manifest)."""
+    out = {}
+    for source, lf in events.items():
+        mine = lf.join(participants.select("participant_id"), on="participant_id", how="semi")
+        total = mine.select(pl.len()).collect().item()
+        distinct = deduplicate(mine, source).select(pl.len()).collect().item()
+        out[source] = int(total - distinct)
+    return out

@@ -1,0 +1,123 @@
+"""The samples a release is matched in: the whole study, each site, and each MDT operating model.
+
+Each sample is matched on its own, with its own propensity model (as an analyst would run MatchIt on
+the subset), with the run's matching options:
+- `all`: every eligible participant;
+- `site=<site>`: the participants of one site (exact matching on site is then a no-op);
+- `operating_model=<model>`: the MDT participants of teams with that operating model, against every
+  comparator (comparators have no operating model; exact matching keeps them to the same site and sex).
+
+A sample's matched sets become rows of the long `matches` table (one row per sample, participant
+and matched set: with replacement a comparator can be in several sets), and its balance rows go to
+`balance`. Sample names come from the allowed values of the cohort contract's site and
+operating_model columns, so a new site is a contract change, not a code change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from pipeline.cohort.balance import balance_table
+from pipeline.cohort.covariates import COVARIATE_NAMES, PROPENSITY_COVARIATES, covariate_columns, informative
+from pipeline.cohort.matching import MatchResult, match_nearest, propensity_logit
+from pipeline.contracts import load_contract
+from pipeline.settings import MatchingOptions
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    members: pl.Expr  # which cohort rows belong to it
+
+
+def samples() -> tuple[Sample, ...]:
+    cohort = load_contract("cohort")
+    sites = cohort.column("site").allowed or ()
+    models = cohort.column("operating_model").allowed or ()
+    return (
+        Sample("all", pl.lit(True)),
+        *(Sample(f"site={s}", pl.col("site") == s) for s in sites),
+        *(Sample(f"operating_model={m}", (pl.col("arm") == "comparator") | (pl.col("operating_model") == m)) for m in models),
+    )
+
+
+SAMPLE_NAMES: tuple[str, ...] = tuple(s.name for s in samples())
+MATCHES_SCHEMA = {
+    "sample": pl.String, "participant_id": pl.String, "matched_set": pl.Int32, "arm": pl.String,
+    "weight": pl.Float64, "propensity_score": pl.Float64,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SampleMatch:
+    """One sample's members (cohort rows), propensity logits and matching result."""
+
+    name: str
+    participant_id: pl.Series
+    arm: pl.Series
+    treated: np.ndarray
+    logit: np.ndarray
+    result: MatchResult
+    balance: pl.DataFrame
+
+    @property
+    def propensity_score(self) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.logit))
+
+    def counts(self) -> dict[str, int]:
+        t, w = self.treated, self.result.weight
+        return {
+            "mdt": int(t.sum()),
+            "comparators": int((~t).sum()),
+            "matched_mdt": int((self.result.treated_set > 0).sum()),
+            "matched_comparators": int(((w > 0) & ~t).sum()),
+            "unmatched_mdt": int(t.sum() - (self.result.treated_set > 0).sum()),
+        }
+
+    def matches(self) -> pl.DataFrame:
+        """sample, participant_id, matched_set, arm, weight (within the set), propensity_score."""
+        r = self.result
+        per_set = np.bincount(r.pair_set) if len(r.pair_set) else np.zeros(1)
+        heads = np.flatnonzero(r.treated_set > 0)
+        rows = np.concatenate([heads, r.pair_control])
+        sets = np.concatenate([r.treated_set[heads], r.pair_set])
+        weight = np.concatenate([np.ones(len(heads)), 1.0 / per_set[r.pair_set]])
+        return pl.DataFrame(
+            {
+                "sample": [self.name] * len(rows),
+                "participant_id": self.participant_id.gather(rows),
+                "matched_set": sets,
+                "arm": self.arm.gather(rows),
+                "weight": weight,
+                "propensity_score": self.propensity_score[rows],
+            },
+            schema=MATCHES_SCHEMA,
+        ).sort("matched_set", "arm", "participant_id", descending=[False, True, False])
+
+
+def strata_codes(frame: pl.DataFrame, exact: tuple[str, ...]) -> np.ndarray:
+    """Integer codes of the combinations of the exact-matching columns (all zero when none)."""
+    if not exact or not frame.height:
+        return np.zeros(frame.height, dtype=np.int64)
+    unknown = [c for c in exact if c not in frame.columns]
+    if unknown:
+        raise ValueError(f"matching option exact names {unknown}, which are not cohort columns; use e.g. site, sex, age_band")
+    return frame.select(pl.struct(list(exact)).rank("dense").alias("s")).get_column("s").to_numpy().astype(np.int64)
+
+
+def match_sample(cohort: pl.DataFrame, sample: Sample, options: MatchingOptions) -> SampleMatch | None:
+    """Fit the propensity model in the sample and match; None when an arm is empty."""
+    frame = cohort.filter(sample.members)
+    treated = (frame.get_column("arm") == "mdt").to_numpy()
+    if not treated.any() or treated.all():
+        return None
+    columns = covariate_columns(frame)
+    ps = informative(columns, PROPENSITY_COVARIATES)
+    x = np.column_stack(list(ps.values())) if ps else np.zeros((frame.height, 0))
+    logit = propensity_logit(x, treated.astype(float))
+    result = match_nearest(logit, treated, strata_codes(frame, options.exact), options)
+    balance = balance_table(informative(columns, COVARIATE_NAMES), treated, result.weight, sample.name)
+    return SampleMatch(sample.name, frame.get_column("participant_id"), frame.get_column("arm"), treated, logit, result, balance)
