@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from pipeline.crypto.cli_keys import add_keys_parser
 from pipeline.errors import PipelineError
 
 
@@ -19,17 +20,6 @@ def _synth(args: argparse.Namespace) -> int:
 
     out = generate(Path(args.out), persons=args.persons, seed=args.seed, profile=args.profile, mdt_effect=args.mdt_effect)
     print(f"synthetic extracts in {out / 'raw'}; ground truth (never read by the pipeline) in {out / 'truth'}")
-    return 0
-
-
-def _keys(args: argparse.Namespace) -> int:
-    from pipeline.crypto.keys import new_key_file, read_key_file
-
-    if args.keys_command == "new":
-        key = new_key_file(Path(args.out))
-        print(f"new key written to {args.out} (mode 0600), kid {key.kid}")
-    else:
-        print(read_key_file(Path(args.file)).kid)
     return 0
 
 
@@ -115,13 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mdt-effect", type=float, default=0.8, help="rate ratio of emergency admissions after MDT enrolment")
     s.set_defaults(func=_synth)
 
-    k = sub.add_parser("keys", help="create a linkage key or print its kid")
-    ksub = k.add_subparsers(dest="keys_command", required=True)
-    kn = ksub.add_parser("new", help="write a new 0600 key file")
-    kn.add_argument("--out", required=True)
-    kk = ksub.add_parser("kid", help="print the key id of a key file")
-    kk.add_argument("file")
-    k.set_defaults(func=_keys)
+    add_keys_parser(sub)
 
     c = sub.add_parser("check", help="check one file against its data contract")
     c.add_argument("dataset", help="contract name, e.g. hospital_apc")

@@ -7,7 +7,13 @@ Where the key comes from, first match wins:
 1. the environment variable `PPRL_KEY` holding the key file's JSON (a secret injected by the platform);
 2. an explicit key file path (the run's `key_file` setting);
 3. the environment variable `PPRL_KEY_FILE` naming a key file;
-4. the Airflow variable `pprl_key` holding the key file's JSON (Airflow's secrets backend).
+4. the Airflow connection `pprl_key`: its password holds the key file's JSON, or its extra holds the
+   key file's fields (`{"key": ..., "kid": ...}`); any secrets backend Airflow is configured with
+   serves it, and Airflow masks it in task logs;
+5. the Airflow variable `pprl_key` holding the key file's JSON.
+
+    >>> LinkageKey(key=bytes(range(32)), kid=key_id(bytes(range(32))))  # the published test key
+    LinkageKey(kid='ebdfae4f2d314e04')
 """
 
 from __future__ import annotations
@@ -17,24 +23,30 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import KeyFileError
 
+log = logging.getLogger(__name__)
+
 KEY_BYTES = 32
 _KID_MESSAGE = b"pprl key id"
+AIRFLOW_CONN_ID = "pprl_key"
+AIRFLOW_VARIABLE = "pprl_key"
 
 
 @dataclass(frozen=True)
 class LinkageKey:
-    """The secret key and its public id. `repr` never shows the key."""
+    """The secret key, its public id, and where it was loaded from. `repr` never shows the key."""
 
     key: bytes
     kid: str
+    source: str = field(default="", compare=False)
 
     def __repr__(self) -> str:
         return f"LinkageKey(kid={self.kid!r})"
@@ -57,7 +69,7 @@ def _parse(text: str, where: str) -> LinkageKey:
     kid = key_id(key)
     if spec.get("kid") not in (None, kid):
         raise KeyFileError(f"{where}: the recorded kid does not match the key; the file is damaged or edited")
-    return LinkageKey(key=key, kid=kid)
+    return LinkageKey(key=key, kid=kid, source=where)
 
 
 def new_key_file(path: Path, now: dt.datetime | None = None, random_bytes: bytes | None = None) -> LinkageKey:
@@ -79,7 +91,7 @@ def new_key_file(path: Path, now: dt.datetime | None = None, random_bytes: bytes
         raise KeyFileError(f"{path}: a key file already exists there; choose another path") from None
     with os.fdopen(fd, "w") as fh:
         fh.write(body + "\n")
-    return LinkageKey(key=key, kid=key_id(key))
+    return LinkageKey(key=key, kid=key_id(key), source=str(path))
 
 
 def read_key_file(path: Path) -> LinkageKey:
@@ -99,13 +111,35 @@ def read_key_file(path: Path) -> LinkageKey:
     return _parse(path.read_text(), str(path))
 
 
+def _airflow_connection() -> str | None:
+    """The key JSON from the Airflow connection `pprl_key`, or None when there is no such connection."""
+    try:
+        from airflow.sdk import Connection  # only present where Airflow is installed
+    except ImportError:
+        return None
+    try:
+        conn = Connection.get(AIRFLOW_CONN_ID)
+    except Exception as exc:  # not defined, or no secrets backend to ask outside a task
+        log.debug("no Airflow connection %s (%s)", AIRFLOW_CONN_ID, type(exc).__name__)
+        return None
+    if conn.password:
+        return conn.password
+    extra = conn.extra_dejson
+    if isinstance(extra, dict) and "key" in extra:
+        return json.dumps({k: extra[k] for k in ("kid", "key", "created") if k in extra})
+    raise KeyFileError(
+        f"Airflow connection {AIRFLOW_CONN_ID}: holds no key; put the key file's JSON in its password, "
+        "or its fields (key, kid) in its extra"
+    )
+
+
 def _airflow_variable() -> str | None:
     try:
         from airflow.sdk import Variable  # only present inside Airflow
     except ImportError:
         return None
     try:
-        return Variable.get("pprl_key", default=None)
+        return Variable.get(AIRFLOW_VARIABLE, default=None)
     except Exception:  # outside a task context the SDK has no API client to ask
         return None
 
@@ -118,9 +152,13 @@ def load_key(key_file: str | Path | None = None) -> LinkageKey:
         return read_key_file(Path(key_file))
     if os.environ.get("PPRL_KEY_FILE"):
         return read_key_file(Path(os.environ["PPRL_KEY_FILE"]))
+    value = _airflow_connection()
+    if value:
+        return _parse(value, f"Airflow connection {AIRFLOW_CONN_ID}")
     value = _airflow_variable()
     if value:
-        return _parse(value, "Airflow variable pprl_key")
+        return _parse(value, f"Airflow variable {AIRFLOW_VARIABLE}")
     raise KeyFileError(
-        "no linkage key: set the run's key_file, PPRL_KEY_FILE or PPRL_KEY, or the Airflow variable pprl_key"
+        "no linkage key: set the run's key_file, PPRL_KEY_FILE or PPRL_KEY, or the Airflow connection "
+        f"{AIRFLOW_CONN_ID} or variable {AIRFLOW_VARIABLE}; make a key with `pipeline keys new --out FILE`"
     )

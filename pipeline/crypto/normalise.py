@@ -1,28 +1,45 @@
-"""Canonical forms of identifiers (token spec v1). Every function is idempotent.
+"""Canonical forms of NHS numbers, dates, sex and postcodes (token spec v1, docs/token-spec.md).
 
 A value that cannot be put in canonical form becomes None: it is counted by the caller and never
-tokenised. Vectorised Polars versions sit beside the scalar ones, which define the behaviour.
+tokenised. Every function is idempotent. The scalar functions define the behaviour; the Polars
+expressions beside them are what the pipeline runs on whole columns, and tests check they agree.
+Names live in `pipeline.crypto.names`.
 
     >>> canonical_nhs_number("999 000 0018")
     '9990000018'
-    >>> canonical_postcode(" ls1 4ab ")
-    'LS14AB'
-    >>> canonical_name("Zoë O'Brien-Smith")
-    'ZOEOBRIENSMITH'
+    >>> canonical_postcode(" ls1 4ab "), postcode_sector("LS14AB"), postcode_district("LS14AB")
+    ('LS14AB', 'LS14', 'LS1')
+    >>> canonical_date_swapped(dt.date(1950, 3, 7))
+    '1950-07-03'
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-import unicodedata
 
 import polars as pl
 
+# The characters of Unicode's White_Space property. Written out because Python's `str.isspace` and
+# `\s` also count the ASCII separators 0x1C-0x1F while Rust's regex (Polars) does not, and the
+# scalar and vectorised forms must agree exactly. `\uXXXX` means the same in both regex dialects.
+WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+_WS_CLASS = "".join(f"\\u{ord(c):04x}" for c in WHITESPACE)
 _NHS_WEIGHTS = (10, 9, 8, 7, 6, 5, 4, 3, 2)
-_POSTCODE = re.compile(r"^[A-Z]{1,2}[0-9][0-9A-Z]?[0-9][A-Z]{2}$")
-_NON_ALPHA = re.compile(r"[^A-Z]")
-_TITLES = {"MR", "MRS", "MS", "MISS", "DR", "PROF", "REV", "SIR", "DAME", "LADY", "LORD", "MX"}
+_NHS_SEPARATORS = f"[{_WS_CLASS}-]"
+# Ten equal digits pass Modulus 11 for some digits (0000000000, 1111111111, ...) but are the
+# placeholders systems type when the number is unknown; tokenising them would link strangers.
+_NHS_PLACEHOLDER = re.compile(r"^(\d)\1{9}$")
+# Checked before upper-casing so that no non-ASCII letter can upper-case its way into the format.
+_POSTCODE = re.compile(r"^[A-Za-z]{1,2}[0-9][0-9A-Za-z]?[0-9][A-Za-z]{2}$")
+# NHS pseudo-postcodes (ZZ99 3VZ no fixed abode, ZZ99 3WZ address not known, ZZ99 3CZ England
+# not otherwise specified, ...) are well formed but name no place: many strangers share them.
+_PSEUDO_POSTCODE_PREFIX = "ZZ99"
+_SEX = {"F": "F", "FEMALE": "F", "2": "F", "M": "M", "MALE": "M", "1": "M"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# NHS number
 
 
 def nhs_check_digit(first_nine: str) -> int | None:
@@ -37,98 +54,71 @@ def nhs_check_digit(first_nine: str) -> int | None:
 
 
 def canonical_nhs_number(raw: str | None) -> str | None:
-    """Ten digits that pass Modulus 11, spaces and dashes removed; otherwise None."""
+    """Ten ASCII digits passing Modulus 11, spaces and dashes removed; ten equal digits and anything else are None."""
     if raw is None:
         return None
-    digits = re.sub(r"[\s\-]", "", raw)
-    if len(digits) != 10 or not digits.isascii() or not digits.isdigit():
+    digits = re.sub(_NHS_SEPARATORS, "", raw)
+    if len(digits) != 10 or not digits.isascii() or not digits.isdigit() or _NHS_PLACEHOLDER.match(digits):
         return None
     return digits if nhs_check_digit(digits[:9]) == int(digits[9]) else None
 
 
-def canonical_date(value: dt.date | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-def canonical_sex(raw: str | None) -> str | None:
-    """F or M; anything else (unknown, missing) is None and not tokenised."""
-    if raw is None:
-        return None
-    s = raw.strip().upper()
-    return {"F": "F", "FEMALE": "F", "2": "F", "M": "M", "MALE": "M", "1": "M"}.get(s)
-
-
-def canonical_postcode(raw: str | None) -> str | None:
-    """Upper case, no spaces, and a valid UK postcode unit format; otherwise None."""
-    if raw is None:
-        return None
-    s = "".join(raw.split()).upper()
-    return s if _POSTCODE.match(s) else None
-
-
-def postcode_sector(canonical: str) -> str:
-    """'LS14AB' -> 'LS14': outward code plus the sector digit."""
-    return canonical[:-2]
-
-
-def postcode_district(canonical: str) -> str:
-    """'LS14AB' -> 'LS1': the outward code."""
-    return canonical[:-3]
-
-
-def fold_ascii(raw: str) -> str:
-    """Fold accents to ASCII ('Zoë' -> 'Zoe'); characters with no ASCII form are dropped."""
-    return unicodedata.normalize("NFKD", raw).encode("ascii", "ignore").decode("ascii")
-
-
-def canonical_name(raw: str | None) -> str | None:
-    """Upper case, accents folded to ASCII, only A-Z kept; None when nothing is left."""
-    if raw is None:
-        return None
-    s = _NON_ALPHA.sub("", fold_ascii(raw).upper())
-    return s or None
-
-
-def canonical_forenames(raw: str | None) -> tuple[str | None, str | None]:
-    """(first forename, all forenames joined) with titles removed, each in canonical name form."""
-    if raw is None:
-        return None, None
-    words = [w for w in re.split(r"[\s\-.,']+", fold_ascii(raw).upper()) if w]
-    words = [_NON_ALPHA.sub("", w) for w in words if _NON_ALPHA.sub("", w) not in _TITLES]
-    words = [w for w in words if w]
-    if not words:
-        return None, None
-    return words[0], "".join(words)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Vectorised forms used on whole columns. Tests check they agree with the scalar forms above.
-
-
-def nhs_number_expr(col: str) -> pl.Expr:
-    """Canonical NHS number as a Polars expression (null when missing or failing Modulus 11)."""
-    digits = pl.col(col).str.replace_all(r"[\s\-]", "")
-    ok_shape = digits.str.contains(r"^[0-9]{10}$")
-    total = pl.sum_horizontal(
-        [digits.str.slice(i, 1).cast(pl.Int32, strict=False) * w for i, w in enumerate(_NHS_WEIGHTS)]
-    )
-    check = 11 - total % 11
-    check = pl.when(check == 11).then(0).otherwise(check)
-    last = digits.str.slice(9, 1).cast(pl.Int32, strict=False)
-    valid = ok_shape & (check != 10) & (check == last)
+def _nhs_from_digits(digits: pl.Expr, number: pl.Expr) -> pl.Expr:
+    """The canonical NHS number from its separator-free string and that string as an integer (null
+    unless it was ten ASCII digits). Modulus 11 is done in integer arithmetic on `number`."""
+    total = pl.sum_horizontal([(number // 10 ** (9 - i)) % 10 * w for i, w in enumerate(_NHS_WEIGHTS)])
+    check = (11 - total % 11) % 11  # 11 becomes 0; 10 means no valid number
+    # Ten equal digits are multiples of 1111111111 (0000000000 included).
+    valid = (check != 10) & (check == number % 10) & (number % 1_111_111_111 != 0)
     return pl.when(valid).then(digits).otherwise(None)
 
 
-def postcode_expr(col: str) -> pl.Expr:
-    s = pl.col(col).str.replace_all(r"\s", "").str.to_uppercase()
-    return pl.when(s.str.contains(_POSTCODE.pattern)).then(s).otherwise(None)
+def _nhs_digits(col: str) -> tuple[pl.Expr, pl.Expr]:
+    digits = pl.col(col).str.replace_all(_NHS_SEPARATORS, "")
+    number = pl.when(digits.str.contains(r"^[0-9]{10}$")).then(digits).otherwise(None).cast(pl.Int64)
+    return digits, number
 
 
-def sex_expr(col: str) -> pl.Expr:
-    s = pl.col(col).str.strip_chars().str.to_uppercase()
-    return s.replace_strict(
-        {"F": "F", "FEMALE": "F", "2": "F", "M": "M", "MALE": "M", "1": "M"}, default=None, return_dtype=pl.String
+def nhs_number_expr(col: str) -> pl.Expr:
+    """Canonical NHS number as a Polars expression (null when missing, malformed or failing Modulus 11).
+
+    One expression, for use anywhere; on big frames prefer `with_nhs_number`, because Polars
+    recomputes each repeated subexpression in filters and eager selects.
+    """
+    return _nhs_from_digits(*_nhs_digits(col))
+
+
+def with_nhs_number(lf: pl.LazyFrame, col: str, out: str) -> pl.LazyFrame:
+    """`lf` with column `out` = the canonical NHS number of `col`, each intermediate computed once."""
+    digits, number = _nhs_digits(col)
+    d, n = f"_{out}_digits", f"_{out}_number"
+    return (
+        lf.with_columns(digits.alias(d))
+        .with_columns(pl.when(pl.col(d).str.contains(r"^[0-9]{10}$")).then(pl.col(d)).otherwise(None).cast(pl.Int64).alias(n))
+        .with_columns(_nhs_from_digits(pl.col(d), pl.col(n)).alias(out))
+        .drop(d, n)
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Dates of birth: the whole date, its year and month, and its day and month swapped
+
+
+def canonical_date(value: dt.date | None) -> str | None:
+    """YYYY-MM-DD."""
+    return None if value is None else value.isoformat()
+
+
+def canonical_date_ym(value: dt.date | None) -> str | None:
+    """YYYY-MM."""
+    return None if value is None else value.isoformat()[:7]
+
+
+def canonical_date_swapped(value: dt.date | None) -> str | None:
+    """The date with day and month swapped, YYYY-MM-DD; None when that is no date or the same date."""
+    if value is None or value.day > 12 or value.day == value.month:
+        return None
+    return dt.date(value.year, value.day, value.month).isoformat()
 
 
 def date_expr(col: str) -> pl.Expr:
@@ -146,3 +136,75 @@ def date_swapped_expr(col: str) -> pl.Expr:
     swapped = pl.date(d.dt.year(), day, month)
     valid = (day <= 12) & (day != month)
     return pl.when(valid).then(swapped.dt.strftime("%Y-%m-%d")).otherwise(None)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sex
+
+
+def canonical_sex(raw: str | None) -> str | None:
+    """F or M; anything else (U, unknown, missing) is None and not tokenised."""
+    if raw is None:
+        return None
+    return _SEX.get(raw.strip(WHITESPACE).upper())
+
+
+def sex_expr(col: str) -> pl.Expr:
+    s = pl.col(col).str.strip_chars(WHITESPACE).str.to_uppercase()
+    return s.replace_strict(_SEX, default=None, return_dtype=pl.String)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Postcodes: the unit, its sector and its district
+
+
+def canonical_postcode(raw: str | None) -> str | None:
+    """Upper case without whitespace, in UK postcode unit format, not an NHS pseudo-postcode; otherwise None."""
+    if raw is None:
+        return None
+    s = re.sub(f"[{_WS_CLASS}]", "", raw)
+    if not _POSTCODE.match(s) or s.upper().startswith(_PSEUDO_POSTCODE_PREFIX):
+        return None
+    return s.upper()
+
+
+def postcode_sector(canonical: str) -> str:
+    """'LS14AB' -> 'LS14' (LS1 4): the outward code and the sector digit, i.e. all but the last two characters.
+
+    Unambiguous without a space because the inward code always has three characters.
+    """
+    return canonical[:-2]
+
+
+def postcode_district(canonical: str) -> str:
+    """'LS14AB' -> 'LS1': the outward code, i.e. all but the last three characters."""
+    return canonical[:-3]
+
+
+def _postcode_from_stripped(s: pl.Expr) -> pl.Expr:
+    upper = s.str.to_uppercase()
+    ok = s.str.contains(_POSTCODE.pattern) & ~upper.str.starts_with(_PSEUDO_POSTCODE_PREFIX)
+    return pl.when(ok).then(upper).otherwise(None)
+
+
+def postcode_expr(col: str) -> pl.Expr:
+    """Canonical postcode unit as one Polars expression; on big frames prefer `with_postcode`."""
+    return _postcode_from_stripped(pl.col(col).str.replace_all(f"[{_WS_CLASS}]", ""))
+
+
+def with_postcode(lf: pl.LazyFrame, col: str, out: str) -> pl.LazyFrame:
+    """`lf` with column `out` = the canonical postcode unit of `col`, each intermediate computed once."""
+    stripped = f"_{out}_stripped"
+    return (
+        lf.with_columns(pl.col(col).str.replace_all(f"[{_WS_CLASS}]", "").alias(stripped))
+        .with_columns(_postcode_from_stripped(pl.col(stripped)).alias(out))
+        .drop(stripped)
+    )
+
+
+def postcode_sector_expr(col: str) -> pl.Expr:
+    return postcode_expr(col).str.head(-2)
+
+
+def postcode_district_expr(col: str) -> pl.Expr:
+    return postcode_expr(col).str.head(-3)

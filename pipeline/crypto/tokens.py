@@ -1,4 +1,4 @@
-"""Tokens, token spec v1: HMAC-SHA256 under a per-field key derived with HKDF-SHA256.
+"""Tokens, token spec v1 (docs/token-spec.md): HMAC-SHA256 under a per-field key derived with HKDF-SHA256.
 
     field key = HKDF-SHA256(key, length=32, salt=None, info=b"pprl/v1/" + FIELD)
     token     = hex(HMAC-SHA256(field key, canonical value as UTF-8))
@@ -7,8 +7,8 @@ Composite fields join their canonical parts with "|". Release study IDs use a se
 (info b"pprl/v1/release/" + label), so two releases cannot be joined on their IDs and no linkage
 token ever reaches a release.
 
-Tokens are computed once per distinct value, never per row: an extract of 50 million rows has only
-about as many distinct NHS numbers as people.
+Tokens are computed once per distinct value, never per row (`tokenise_distinct`): an extract of
+50 million rows has only about as many distinct NHS numbers as people.
 """
 
 from __future__ import annotations
@@ -20,18 +20,31 @@ import polars as pl
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from pipeline.crypto.hmac_pool import hex_hmac
 from pipeline.crypto.keys import LinkageKey
 
 SPEC_VERSION = "v1"
-# Every field a token may be made for. The field name is part of the derivation, so adding a field
-# never changes an existing token.
-FIELDS: tuple[str, ...] = (
-    "nhs_number",
-    "date_of_birth",
-    "date_of_birth_ym",
-    "sex",
-    "postcode",
-)
+# Every field a token may be made for, with what its canonical value is. The field name is part of
+# the key derivation, so adding a field never changes an existing token; changing what a field's
+# canonical value means needs a new field name (which is why the phonetic field names its algorithm).
+FIELDS: dict[str, str] = {
+    "nhs_number": "10 digits passing Modulus 11",
+    "date_of_birth": "YYYY-MM-DD (also the day-and-month-swapped date, so it meets the true date)",
+    "date_of_birth_ym": "YYYY-MM",
+    "sex": "F or M",
+    "postcode": "postcode unit, upper case without spaces",
+    "postcode_sector": "postcode unit without its last two characters",
+    "postcode_district": "postcode unit without its last three characters (the outward code)",
+    "name": "a canonical name: surname, all forenames joined, or the first forename",
+    "name_soundex": "American Soundex of a canonical surname or first forename",
+    "initials": "initial of the first forename then of the surname",
+    "rank1": "nhs_number|date_of_birth|sex|postcode",
+    "rank2": "nhs_number|date_of_birth|sex",
+    "rank3": "nhs_number|date_of_birth_ym",
+    "rank4": "nhs_number|postcode",
+    "rank5": "date_of_birth|sex|postcode",
+}
+COMPOSITE_SEPARATOR = "|"
 
 
 def _hkdf(key: bytes, info: bytes) -> bytes:
@@ -41,7 +54,7 @@ def _hkdf(key: bytes, info: bytes) -> bytes:
 @lru_cache(maxsize=256)
 def _field_key(key: bytes, field: str) -> bytes:
     if field not in FIELDS:
-        raise ValueError(f"no token field {field!r}; token spec v1 fields are {FIELDS}")
+        raise ValueError(f"no token field {field!r}; token spec v1 fields are {tuple(FIELDS)}")
     return _hkdf(key, b"pprl/" + SPEC_VERSION.encode() + b"/" + field.encode())
 
 
@@ -50,25 +63,28 @@ def field_key(key: LinkageKey, field: str) -> bytes:
 
 
 def tokenise(key: LinkageKey, field: str, canonical: str) -> str:
-    """The token of one canonical value. Callers normalise first (pipeline.crypto.normalise)."""
+    """The token of one canonical value. Callers normalise first (pipeline.crypto.normalise, .names)."""
     return hmac.digest(_field_key(key.key, field), canonical.encode("utf-8"), "sha256").hex()
 
 
 def tokenise_composite(key: LinkageKey, field: str, parts: list[str]) -> str:
-    return tokenise(key, field, "|".join(parts))
+    """The token of a composite field: its canonical parts joined with "|"."""
+    return tokenise(key, field, COMPOSITE_SEPARATOR.join(parts))
 
 
 def tokenise_many(key: LinkageKey, field: str, values: list[str]) -> list[str]:
-    fk = _field_key(key.key, field)
-    digest = hmac.digest
-    return [digest(fk, v.encode("utf-8"), "sha256").hex() for v in values]
+    return hex_hmac(_field_key(key.key, field), pl.Series(values, dtype=pl.String)).to_list()
+
+
+def tokenise_distinct(key: LinkageKey, field: str, distinct: pl.Series) -> pl.Series:
+    """Tokens of a Series of distinct canonical values without nulls, in order, on every core."""
+    return hex_hmac(_field_key(key.key, field), distinct)
 
 
 def tokenise_series(key: LinkageKey, field: str, canonical: pl.Series) -> pl.Series:
     """Tokenise a column of canonical values, hashing each distinct value once; nulls stay null."""
-    distinct = canonical.drop_nulls().unique().sort()
-    tokens = pl.Series(tokenise_many(key, field, distinct.to_list()), dtype=pl.String)
-    mapping = pl.DataFrame({"v": distinct, "t": tokens})
+    distinct = canonical.drop_nulls().unique()
+    mapping = pl.DataFrame({"v": distinct, "t": tokenise_distinct(key, field, distinct)})
     return (
         canonical.to_frame("v")
         .join(mapping, on="v", how="left", maintain_order="left")
@@ -85,4 +101,3 @@ def study_ids(key: LinkageKey, release_label: str, participant_ids: list[str]) -
     """Study IDs of one release: 'S' + the first 16 hex digits of HMAC(release key, participant id)."""
     rk = release_key(key, release_label)
     return ["S" + hmac.digest(rk, p.encode("utf-8"), "sha256").hex()[:16] for p in participant_ids]
-

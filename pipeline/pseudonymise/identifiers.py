@@ -1,62 +1,203 @@
-"""From identifier columns to token columns, lazily, tokenising each distinct canonical value once.
+"""From the identifier block to the token columns of schemas/_tokens.yaml, lazily, tokenising each
+distinct canonical value once.
 
 The identifier block is the same in every identifiable extract (schemas/_identifiers.yaml), so one
-function serves the consent register and every service-use source.
+function serves the consent register and every service-use source. `TOKEN_COLUMNS` is the table a
+reader checks against docs/token-spec.md: each token column, its field, and its canonical value.
+
+    >>> [c.name for c in TOKEN_COLUMNS][:4]
+    ['tok_nhs', 'tok_dob', 'tok_dob_ym', 'tok_dob_swap']
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from dataclasses import dataclass
+
 import polars as pl
 
-from pipeline.crypto import normalise
+from pipeline.crypto import names, normalise
 from pipeline.crypto.keys import LinkageKey
-from pipeline.crypto.tokens import tokenise_many
+from pipeline.crypto.tokens import COMPOSITE_SEPARATOR, tokenise_distinct
 
-# token column -> (token field, canonical expression over the raw identifier columns)
-TOKEN_SPECS: dict[str, tuple[str, pl.Expr]] = {
-    "tok_nhs": ("nhs_number", normalise.nhs_number_expr("nhs_number")),
-    "tok_dob": ("date_of_birth", normalise.date_expr("date_of_birth")),
-    "tok_dob_ym": ("date_of_birth_ym", normalise.date_ym_expr("date_of_birth")),
-    # The swapped date is tokenised under the date_of_birth field on purpose: it must equal the token
-    # of the other record's true date of birth when one of the two has day and month swapped.
-    "tok_dob_swap": ("date_of_birth", normalise.date_swapped_expr("date_of_birth")),
-    "tok_sex": ("sex", normalise.sex_expr("sex")),
-    "tok_postcode": ("postcode", normalise.postcode_expr("postcode")),
-}
-TOKEN_COLUMNS: tuple[str, ...] = tuple(TOKEN_SPECS)
+log = logging.getLogger(__name__)
+
 IDENTIFIER_COLUMNS: tuple[str, ...] = ("nhs_number", "given_name", "family_name", "date_of_birth", "sex", "postcode")
+# Canonical name forms, added by `_with_name_forms` from the distinct raw names.
+_SURNAME, _SURNAME_SDX = "_n_surname", "_n_surname_soundex"
+_FORENAMES, _FIRST, _FIRST_SDX = "_n_forenames", "_n_forename_first", "_n_forename_soundex"
+_NAME_FORMS = (_SURNAME, _SURNAME_SDX, _FORENAMES, _FIRST, _FIRST_SDX)
 
 
-def _mapping(lf: pl.LazyFrame, key: LinkageKey, field: str, expr: pl.Expr, name: str) -> pl.LazyFrame:
-    """Distinct canonical values of one expression and their tokens, as a small lazy lookup frame."""
-    distinct = lf.select(expr.alias("_v")).drop_nulls().unique().collect().get_column("_v").sort()
-    tokens = tokenise_many(key, field, distinct.to_list())
-    return pl.DataFrame({f"_canon_{name}": distinct, name: pl.Series(tokens, dtype=pl.String)}).lazy()
+@dataclass(frozen=True)
+class TokenColumn:
+    """A token column: the field whose key makes it, and its canonical value over the identifier block."""
+
+    name: str
+    field: str
+    canonical: pl.Expr
+
+
+def _joined(*parts: pl.Expr) -> pl.Expr:
+    # Null as soon as one part is null: a composite is only made when every part is known.
+    return pl.concat_str(list(parts), separator=COMPOSITE_SEPARATOR, ignore_nulls=False)
+
+
+# Canonical forms of the identifier block, each computed once per row (`_with_base_forms`) before the
+# token columns read them: Polars does not share a repeated subexpression between the many places
+# a composite or a filter would otherwise repeat it, and the NHS number's check is costly.
+_NHS, _DOB, _DOB_YM, _SEX, _POSTCODE = "_b_nhs", "_b_dob", "_b_dob_ym", "_b_sex", "_b_postcode"
+_BASE_FORMS = (_NHS, _DOB, _DOB_YM, _SEX, _POSTCODE)
+_nhs, _dob, _sex, _postcode = pl.col(_NHS), pl.col(_DOB), pl.col(_SEX), pl.col(_POSTCODE)
+
+TOKEN_COLUMNS: tuple[TokenColumn, ...] = (
+    TokenColumn("tok_nhs", "nhs_number", _nhs),
+    TokenColumn("tok_dob", "date_of_birth", _dob),
+    TokenColumn("tok_dob_ym", "date_of_birth_ym", pl.col(_DOB_YM)),
+    # Under the date_of_birth field on purpose: the swapped date of one record must equal the token
+    # of the other record's true date of birth when one of the two has day and month swapped.
+    TokenColumn("tok_dob_swap", "date_of_birth", normalise.date_swapped_expr("date_of_birth")),
+    TokenColumn("tok_sex", "sex", _sex),
+    TokenColumn("tok_postcode", "postcode", _postcode),
+    TokenColumn("tok_pc_sector", "postcode_sector", _postcode.str.head(-2)),
+    TokenColumn("tok_pc_district", "postcode_district", _postcode.str.head(-3)),
+    # Every name token is under the one field `name`, so a first forename meets the same name given
+    # as someone's only forename, and a forename meets a surname when a record has the two swapped.
+    TokenColumn("tok_surname", "name", pl.col(_SURNAME)),
+    TokenColumn("tok_forename", "name", pl.col(_FORENAMES)),
+    TokenColumn("tok_forename_first", "name", pl.col(_FIRST)),
+    TokenColumn("tok_surname_phonetic", "name_soundex", pl.col(_SURNAME_SDX)),
+    TokenColumn("tok_forename_phonetic", "name_soundex", pl.col(_FIRST_SDX)),
+    TokenColumn("tok_initials", "initials", pl.concat_str([pl.col(_FIRST).str.head(1), pl.col(_SURNAME).str.head(1)])),
+    TokenColumn("tok_rank1", "rank1", _joined(_nhs, _dob, _sex, _postcode)),
+    TokenColumn("tok_rank2", "rank2", _joined(_nhs, _dob, _sex)),
+    TokenColumn("tok_rank3", "rank3", _joined(_nhs, pl.col(_DOB_YM))),
+    TokenColumn("tok_rank4", "rank4", _joined(_nhs, _postcode)),
+    TokenColumn("tok_rank5", "rank5", _joined(_dob, _sex, _postcode)),
+)
+TOKEN_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in TOKEN_COLUMNS)
+
+# A row with none of these can be linked to nobody, by any rank or by the probabilistic model (a name
+# alone is not enough). Over the raw identifier columns, so such rows are set aside before tokenising.
+NO_USABLE_IDENTIFIER = (
+    normalise.nhs_number_expr("nhs_number").is_null()
+    & pl.col("date_of_birth").is_null()
+    & normalise.postcode_expr("postcode").is_null()
+)
+
+
+def _with_base_forms(lf: pl.LazyFrame) -> pl.LazyFrame:
+    lf = normalise.with_postcode(normalise.with_nhs_number(lf, "nhs_number", _NHS), "postcode", _POSTCODE)
+    return lf.with_columns(
+        normalise.date_expr("date_of_birth").alias(_DOB),
+        normalise.date_ym_expr("date_of_birth").alias(_DOB_YM),
+        normalise.sex_expr("sex").alias(_SEX),
+    )
+
+
+def with_unusable_flag(lf: pl.LazyFrame, name: str = "_unusable") -> pl.LazyFrame:
+    """`lf` with a Boolean column `name`: NO_USABLE_IDENTIFIER, computed cheaply enough for 50 million rows."""
+    flag = _nhs.is_null() & pl.col("date_of_birth").is_null() & _postcode.is_null()
+    return _with_base_forms(lf).with_columns(flag.alias(name)).drop(_BASE_FORMS)
+
+
+def _name_forms(values: pl.Series, forms: dict[str, object]) -> pl.DataFrame:
+    """A lookup from each distinct raw name to its canonical forms, computed in Python once per name."""
+    raw = values.drop_nulls().unique().sort().to_list()
+    columns: dict[str, list] = {values.name: raw}
+    for name, make in forms.items():
+        columns[name] = [make(v) for v in raw]
+    return pl.DataFrame(columns, schema={values.name: pl.String, **{n: pl.String for n in forms}})
+
+
+def _with_name_forms(lf: pl.LazyFrame) -> pl.LazyFrame:
+    distinct = lf.select(pl.col("given_name").unique().implode(), pl.col("family_name").unique().implode()).collect()
+    given = distinct.get_column("given_name").explode()
+    family = distinct.get_column("family_name").explode()
+    forenames = _name_forms(
+        given,
+        {
+            _FIRST: lambda v: names.canonical_forenames(v)[0],
+            _FORENAMES: lambda v: names.canonical_forenames(v)[1],
+            _FIRST_SDX: lambda v: names.name_soundex(names.canonical_forenames(v)[0]),
+        },
+    )
+    surnames = _name_forms(
+        family,
+        {_SURNAME: names.canonical_name, _SURNAME_SDX: lambda v: names.name_soundex(names.canonical_name(v))},
+    )
+    return lf.join(forenames.lazy(), on="given_name", how="left").join(surnames.lazy(), on="family_name", how="left")
+
+
+def _with_canonical(lf: pl.LazyFrame) -> pl.LazyFrame:
+    return _with_base_forms(_with_name_forms(lf)).with_columns([c.canonical.alias(f"_c_{c.name}") for c in TOKEN_COLUMNS])
+
+
+def canonical_forms(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """`lf` with the canonical value behind each token column, named like the token column (for tests
+    and vectors). Rows come back in no particular order."""
+    columns = lf.collect_schema().names()
+    return _with_canonical(lf).select(*columns, *[pl.col(f"_c_{c.name}").alias(c.name) for c in TOKEN_COLUMNS])
+
+
+def _quality_exprs() -> list[pl.Expr]:
+    """Counts of missing and unusable identifiers (never the values), for the run's audit, over
+    identifier blocks weighted by how many rows carry each."""
+    nhs, pc, rows = pl.col("nhs_number"), pl.col("postcode"), pl.col("_rows")
+    counted = {
+        "nhs_number_missing": nhs.is_null(),
+        "nhs_number_invalid": nhs.is_not_null() & _nhs.is_null(),
+        "date_of_birth_missing": pl.col("date_of_birth").is_null(),
+        "sex_not_f_or_m": _sex.is_null(),
+        "postcode_missing": pc.is_null(),
+        "postcode_invalid": pc.is_not_null() & _postcode.is_null(),
+        "surname_missing_or_unusable": pl.col(_SURNAME).is_null(),
+        "forename_missing_or_unusable": pl.col(_FIRST).is_null(),
+    }
+    return [rows.sum().alias("rows")] + [rows.filter(cond).sum().alias(name) for name, cond in counted.items()]
+
+
+def tokenise_identifiers(
+    lf: pl.LazyFrame, key: LinkageKey, keep: pl.Expr | None = None
+) -> tuple[pl.LazyFrame, dict[str, int]]:
+    """The rows of `lf` where `keep` holds, with the token columns added; and identifier-quality
+    counts over all rows.
+
+    The work is done on identifier blocks, not rows: the records of one person repeat the same
+    block, so an extract of 50 million rows has a few million distinct blocks. One pass over `lf`
+    finds them (with how many rows carry each); their canonical values are tokenised once per field
+    and distinct value (`tokenise_distinct`); and one join on the identifier columns takes the tokens
+    back to the rows. Values of rows not kept are never tokenised. The identifier columns are left
+    for the caller to drop.
+    """
+    started = time.perf_counter()
+    keep = pl.lit(True) if keep is None else keep
+    ids = list(IDENTIFIER_COLUMNS)
+    blocks = lf.group_by(ids).agg(pl.len().alias("_rows"), keep.any().alias("_keep")).collect()
+    canon = _with_canonical(blocks.lazy()).collect()
+    counts = {k: int(v) for k, v in canon.select(_quality_exprs()).row(0, named=True).items()}
+
+    kept = canon.filter(pl.col("_keep"))
+    table = kept.select(ids)
+    for field in dict.fromkeys(c.field for c in TOKEN_COLUMNS):
+        columns = [c for c in TOKEN_COLUMNS if c.field == field]
+        distinct = pl.concat([kept.get_column(f"_c_{c.name}") for c in columns]).drop_nulls().unique().alias("v")
+        lookup = pl.DataFrame({"v": distinct, "t": tokenise_distinct(key, field, distinct)})
+        for c in columns:
+            token = kept.select(pl.col(f"_c_{c.name}").alias("v")).join(lookup, on="v", how="left", maintain_order="left")
+            table = table.with_columns(token.get_column("t").alias(c.name))
+
+    # nulls_equal: a block with a missing identifier must still find its own tokens. maintain_order:
+    # rows keep the input's order (reproducible bytes) while the join still streams.
+    out = lf.filter(keep).join(table.lazy(), on=ids, how="left", nulls_equal=True, maintain_order="left")
+    log.info(
+        "tokenised %d identifier blocks of %d rows (%d kept) in %.1fs",
+        canon.height, counts["rows"], kept.height, time.perf_counter() - started,
+    )  # fmt: skip
+    return out, counts
 
 
 def with_tokens(lf: pl.LazyFrame, key: LinkageKey) -> pl.LazyFrame:
-    """Add the token columns of schemas/_tokens.yaml; the identifier columns are left for the caller to drop."""
-    out = lf.with_columns([expr.alias(f"_canon_{name}") for name, (_, expr) in TOKEN_SPECS.items()])
-    for name, (field, expr) in TOKEN_SPECS.items():
-        lookup = _mapping(lf, key, field, expr, name)
-        out = out.join(lookup, on=f"_canon_{name}", how="left", nulls_equal=False)
-    return out.drop([f"_canon_{name}" for name in TOKEN_SPECS])
-
-
-def identifier_quality(lf: pl.LazyFrame) -> dict[str, int]:
-    """Counts of missing and unusable identifiers (never the values), for the run's audit."""
-    nhs = pl.col("nhs_number")
-    canon = normalise.nhs_number_expr("nhs_number")
-    row = lf.select(
-        pl.len().alias("rows"),
-        nhs.is_null().sum().alias("nhs_number_missing"),
-        (nhs.is_not_null() & canon.is_null()).sum().alias("nhs_number_invalid"),
-        pl.col("date_of_birth").is_null().sum().alias("date_of_birth_missing"),
-        (pl.col("postcode").is_not_null() & normalise.postcode_expr("postcode").is_null()).sum().alias("postcode_invalid"),
-    ).collect()
-    return {k: int(v) for k, v in row.row(0, named=True).items()}
-
-
-NO_USABLE_IDENTIFIER = (
-    pl.col("tok_nhs").is_null() & pl.col("tok_dob").is_null() & pl.col("tok_postcode").is_null()
-)
+    """Add the token columns of schemas/_tokens.yaml (see `tokenise_identifiers`)."""
+    return tokenise_identifiers(lf, key)[0]

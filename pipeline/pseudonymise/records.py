@@ -3,11 +3,18 @@
 The token file (schemas/record_tokens.yaml) holds record_id and tokens; the payload file holds
 record_id and the payload columns of the source's contract. No direct identifier leaves this step.
 Both are streamed to Parquet: the extract is never collected whole.
+
+Memory follows the number of distinct identifier blocks, about 1.5 kB each with their 19 tokens. An
+extract of more than `ROWS_PER_PART` rows is therefore done in parts by a hash of the identifier
+block, so every block falls in exactly one part and is still tokenised only once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -15,11 +22,14 @@ import polars as pl
 from pipeline import io
 from pipeline.contracts import Contract, load_contract
 from pipeline.crypto.keys import LinkageKey
-from pipeline.pseudonymise.identifiers import NO_USABLE_IDENTIFIER, identifier_quality, with_tokens
+from pipeline.pseudonymise.identifiers import IDENTIFIER_COLUMNS, tokenise_identifiers, with_unusable_flag
 from pipeline.pseudonymise.inputs import scan_input
 from pipeline.settings import SOURCES, RunConfig
 
 log = logging.getLogger(__name__)
+
+QUARANTINE_REASON = "no usable identifier (no valid NHS number, date of birth or postcode)"
+ROWS_PER_PART = 4_000_000
 
 
 def payload_contract(source: str) -> Contract:
@@ -31,31 +41,58 @@ def pseudonymise_source(cfg: RunConfig, key: LinkageKey, source: str) -> Path:
     """Write tokens/<source>.parquet, payload/<source>.parquet and counts/<source>.json; return the folder."""
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; sources are {SOURCES}")
-    raw = scan_input(cfg, source)
-    tokened = with_tokens(raw, key).with_columns(_unusable=NO_USABLE_IDENTIFIER)
+    # Rows with no usable identifier (NO_USABLE_IDENTIFIER) are set aside before tokenising: their
+    # values are never tokenised.
+    raw = with_unusable_flag(scan_input(cfg, source))
     out = cfg.pseudonymised_dir
+    counts = _write_tokens(raw, key, source, out / "tokens" / f"{source}.parquet")
+    # Rows keep the order of the delivered extract (part by part when in parts), so the same extract
+    # always gives the same bytes without a sort, which would hold every row in memory at once.
+    # The payload needs no token, so its plan skips the token join.
+    io.sink_frame(raw.filter(~pl.col("_unusable")), payload_contract(source), out / "payload" / f"{source}.parquet")
 
-    tokens_contract = load_contract("record_tokens")
-    good = tokened.filter(~pl.col("_unusable"))
-    io.sink_frame(
-        good.sort("record_id"), tokens_contract, out / "tokens" / f"{source}.parquet", {"pprl_kid": key.kid, "source": source}
-    )
-    io.sink_frame(good.sort("record_id"), payload_contract(source), out / "payload" / f"{source}.parquet")
-
-    quarantined = tokened.filter(pl.col("_unusable"))
+    quarantined = raw.filter(pl.col("_unusable"))
     n_quarantined = quarantined.select(pl.len()).collect().item()
     qpath = cfg.quarantine_dir / f"{source}.parquet"
     if n_quarantined:
         src_contract = load_contract(source)
         quarantined.select(
-            *src_contract.column_names, pl.lit("no usable identifier (no valid NHS number, date of birth or postcode)").alias("quarantine_reason")
+            *src_contract.column_names, pl.lit(QUARANTINE_REASON).alias("quarantine_reason")
         ).sort("record_id").sink_parquet(qpath, mkdir=True)
     elif qpath.exists():
         qpath.unlink()
 
-    counts = identifier_quality(raw)
     counts["quarantined"] = int(n_quarantined)
     counts["pseudonymised"] = counts["rows"] - int(n_quarantined)
     io.write_json({"source": source, "kid": key.kid, "counts": counts}, out / "counts" / f"{source}.json")
     log.info("pseudonymised %s: %d rows, %d quarantined", source, counts["rows"], n_quarantined)
     return out
+
+
+def _write_tokens(raw: pl.LazyFrame, key: LinkageKey, source: str, path: Path) -> dict[str, int]:
+    """Tokenise the usable rows of `raw` into `path`, in parts when it is big; return the identifier counts."""
+    contract = load_contract("record_tokens")
+    metadata = {"pprl_kid": key.kid, "source": source}
+    keep = ~pl.col("_unusable")
+    parts = max(1, math.ceil(raw.select(pl.len()).collect().item() / ROWS_PER_PART))
+    if parts == 1:
+        tokened, counts = tokenise_identifiers(raw, key, keep=keep)
+        io.sink_frame(tokened, contract, path, metadata)
+        return counts
+
+    part_of = pl.struct(list(IDENTIFIER_COLUMNS)).hash(seed=0) % parts
+    folder = path.with_name(f".parts-{path.stem}")
+    shutil.rmtree(folder, ignore_errors=True)
+    totals: dict[str, int] = {}
+    try:
+        for part in range(parts):
+            tokened, counts = tokenise_identifiers(raw.filter(part_of == part), key, keep=keep)
+            io.sink_frame(tokened, contract, folder / f"{part:04d}.parquet")
+            totals = {k: totals.get(k, 0) + v for k, v in counts.items()}
+        files = [folder / f"{part:04d}.parquet" for part in range(parts)]
+        io.sink_frame(pl.scan_parquet(files), contract, path, metadata)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(folder)
+    log.info("tokenised %s in %d parts", source, parts)
+    return totals

@@ -1,0 +1,44 @@
+"""`pipeline keys`: make a key file, print a key file's kid, or say which key a run would load.
+
+    pipeline keys new --out /secure/pprl.key.json     # 0600, refuses to overwrite
+    pipeline keys kid /secure/pprl.key.json           # the kid, for the run log or a provider
+    pipeline keys which [--key FILE]                  # the kid and source a run would use
+
+Nothing here ever prints the key. `which` follows `load_key` exactly (PPRL_KEY, the key file,
+PPRL_KEY_FILE, the Airflow connection, the Airflow variable), so a data engineer can check which
+secret a deployment will pick up before starting a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_keys_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `keys new`, `keys kid` and `keys which` on the top-level subparsers."""
+    k = sub.add_parser("keys", help="create a linkage key, print its kid, or show which key a run would load")
+    ksub = k.add_subparsers(dest="keys_command", required=True)
+    kn = ksub.add_parser("new", help="write a new key file readable by its owner only (mode 0600)")
+    kn.add_argument("--out", required=True, help="path of the new key file; an existing file is never replaced")
+    kk = ksub.add_parser("kid", help="print the key id of a key file")
+    kk.add_argument("file")
+    kw = ksub.add_parser("which", help="print the kid and source of the key a run would load (never the key)")
+    kw.add_argument("--key", help="the run's key file, as given to `pipeline run --key`")
+    k.set_defaults(func=run_keys)
+    return k
+
+
+def run_keys(args: argparse.Namespace) -> int:
+    from pipeline.crypto.keys import load_key, new_key_file, read_key_file
+
+    if args.keys_command == "new":
+        key = new_key_file(Path(args.out))
+        print(f"new key written to {args.out} (mode 0600), kid {key.kid}")
+        print("keep it out of git and back it up: tokens made under it can only be linked with it")
+    elif args.keys_command == "kid":
+        print(read_key_file(Path(args.file)).kid)
+    else:
+        key = load_key(args.key)
+        print(f"kid {key.kid} from {key.source}")
+    return 0

@@ -1,0 +1,365 @@
+"""The pseudonymise stage: the consent gate, invalid identifiers, quarantine, the kid of every token
+file, and an independent implementation of the spec reproducing every token the stage writes.
+
+The small tables are written out in the tests with the expected outcome beside each row.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pipeline import io, tasks
+from pipeline.contracts import load_contract
+from pipeline.crypto.keys import LinkageKey, key_id, new_key_file
+from pipeline.errors import KeyFileError, KeyMismatchError
+from pipeline.pseudonymise import check_inputs, pseudonymise_source, run_consent_gate
+from pipeline.pseudonymise import identifiers
+from pipeline.pseudonymise.records import QUARANTINE_REASON
+from pipeline.settings import SOURCES, RunConfig
+
+FIXED_KEY = bytes(range(32))  # the published test key of tests/vectors/tokens_v1.json
+TOKEN_COLUMNS = list(load_contract("record_tokens").column_names[1:])
+IDENTIFIERS = ["nhs_number", "given_name", "family_name", "date_of_birth", "sex", "postcode"]
+
+
+def _reference():
+    path = Path(__file__).resolve().parent / "vectors" / "reference_v1.py"
+    spec = importlib.util.spec_from_file_location("reference_v1", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+reference = _reference()
+
+
+def write_key(path: Path, key: bytes = FIXED_KEY) -> LinkageKey:
+    return new_key_file(path, random_bytes=key)
+
+
+def config(base: Path, label: str, key_file: Path, **extra) -> RunConfig:
+    return RunConfig.from_conf(
+        {"raw_dir": str(base / "input" / "raw"), "work_dir": str(base / "work"), "release_label": label, "key_file": str(key_file), **extra}
+    )
+
+
+def write_input(raw: Path, dataset: str, rows: list[dict]) -> None:
+    """A raw input file from a few rows; columns a row leaves out are null."""
+    contract = load_contract(dataset)
+    df = pl.DataFrame({c: [r.get(c) for r in rows] for c in contract.column_names}, schema=contract.polars_schema())
+    io.write_frame(df, contract, raw / f"{dataset}.parquet")
+
+
+@pytest.fixture()
+def spy(monkeypatch):
+    """Every (field, value) the stage asks to tokenise."""
+    asked: dict[str, set[str]] = {}
+    real = identifiers.tokenise_distinct
+
+    def recording(key, field, distinct):
+        asked.setdefault(field, set()).update(distinct.to_list())
+        return real(key, field, distinct)
+
+    monkeypatch.setattr(identifiers, "tokenise_distinct", recording)
+    return asked
+
+
+def test_the_token_columns_are_the_contract_and_use_every_field():
+    from pipeline.crypto.tokens import FIELDS
+
+    assert [c.name for c in identifiers.TOKEN_COLUMNS] == TOKEN_COLUMNS == list(load_contract("pseudo_persons").column_names[1:20])
+    assert {c.field for c in identifiers.TOKEN_COLUMNS} == set(FIELDS)
+
+
+# --- the consent gate ------------------------------------------------------------------------------
+
+D = dt.date
+PERSON = {"site": "site_a", "arm": "comparator", "consent_date": D(2023, 3, 1), "date_of_birth": D(1950, 3, 7), "sex": "F"}
+REGISTER = [
+    # id, status, withdrawal date, what else                                  -> expected outcome
+    {"participant_id": "P0000001", "consent_status": "consented", "nhs_number": "9990000018", "family_name": "Adams"},  # kept
+    {"participant_id": "P0000002", "consent_status": "declined", "nhs_number": "9990000026", "family_name": "Brown"},  # declined
+    {"participant_id": "P0000003", "consent_status": "consented", "withdrawal_date": D(2026, 1, 10), "nhs_number": "9997654323", "family_name": "Clark"},  # withdrawn
+    {"participant_id": "P0000004", "consent_status": "consented", "withdrawal_date": D(2026, 3, 31), "nhs_number": "9434765919", "family_name": "Dixon"},  # withdrawn on the extract date
+    {"participant_id": "P0000005", "consent_status": "consented", "withdrawal_date": D(2026, 4, 1), "nhs_number": "4010232137", "family_name": "Evans"},  # kept: withdrew after the extract date
+    {"participant_id": "P0000006", "consent_status": "declined", "withdrawal_date": D(2026, 1, 10), "nhs_number": "9990000042", "family_name": "Fox"},  # declined (counted once)
+    {"participant_id": "P0000007", "consent_status": "consented", "date_of_birth": None, "nhs_number": "9990000050", "family_name": "Green"},  # quarantined: no date of birth
+    {"participant_id": "P0000008", "consent_status": "consented", "arm": "mdt", "mdt_id": "MDT01", "operating_model": "virtual_ward", "nhs_number": "9990000069", "family_name": "Hill"},  # quarantined: MDT without enrolment date
+]  # fmt: skip
+EXTRACT = "2026-03-31"
+
+
+@pytest.fixture()
+def consent_run(tmp_path, spy):
+    raw = tmp_path / "input" / "raw"
+    write_input(raw, "consent_register", [{**PERSON, "given_name": "Ann", "postcode": "QA1 1AA", **r} for r in REGISTER])
+    write_input(
+        raw,
+        "survey",
+        [{"response_id": f"R0000000{i}", "participant_id": r["participant_id"], "wave": "baseline", "survey_date": D(2023, 4, 1), "n_ltc": 2}
+         for i, r in enumerate(REGISTER, start=1)],
+    )  # fmt: skip
+    write_input(raw, "postcode_imd", [{"postcode": "QA1 1AA", "lsoa_code": "E01000001", "imd_decile": 3}])
+    cfg = config(tmp_path, "gate", write_key(tmp_path / "key.json"), extract_date=EXTRACT)
+    run_consent_gate(cfg, LinkageKey(FIXED_KEY, key_id(FIXED_KEY)))
+    return cfg, spy
+
+
+def test_declined_and_withdrawn_people_are_dropped_and_only_counted(consent_run):
+    cfg, _ = consent_run
+    persons = pl.read_parquet(cfg.pseudonymised_dir / "persons.parquet")
+    assert persons.get_column("participant_id").to_list() == ["P0000001", "P0000005"]
+    assert io.read_json(cfg.pseudonymised_dir / "consent.json")["consent"] == {
+        "in_register": 8,
+        "consented": 6,
+        "declined": 2,
+        "withdrawn": 2,
+        "withdrawal_dated_after_extract": 1,
+        "eligible_for_linkage": 4,
+        "quarantined": 2,
+        "quarantine_reasons": {
+            "no date of birth in the consent register": 1,
+            "no index date (MDT enrolment date or baseline survey missing)": 1,
+        },
+        "persons_pseudonymised": 2,
+        "identifier_quality": {
+            "rows": 4, "nhs_number_missing": 0, "nhs_number_invalid": 0, "date_of_birth_missing": 1, "sex_not_f_or_m": 0,
+            "postcode_missing": 0, "postcode_invalid": 0, "surname_missing_or_unusable": 0, "forename_missing_or_unusable": 0,
+        },
+    }  # fmt: skip
+    survey = pl.read_parquet(cfg.pseudonymised_dir / "survey.parquet")
+    assert survey.get_column("participant_id").to_list() == ["P0000001", "P0000005"]
+
+
+def test_no_token_is_ever_made_for_a_declined_withdrawn_or_quarantined_person(consent_run):
+    _, asked = consent_run
+    assert asked["nhs_number"] == {"9990000018", "4010232137"}
+    assert asked["name"] == {"ANN", "ADAMS", "EVANS"}
+    assert asked["rank1"] == {"9990000018|1950-03-07|F|QA11AA", "4010232137|1950-03-07|F|QA11AA"}
+
+
+def test_people_the_gate_cannot_use_are_quarantined_in_raw_with_their_reason(consent_run):
+    cfg, _ = consent_run
+    path = cfg.work / "raw" / "quarantine" / "gate" / "consent_register.parquet"
+    q = pl.read_parquet(path).select("participant_id", "quarantine_reason")
+    assert q.rows() == [
+        ("P0000007", "no date of birth in the consent register"),
+        ("P0000008", "no index date (MDT enrolment date or baseline survey missing)"),
+    ]
+
+
+# --- invalid NHS numbers and records with nothing to link on -----------------------------------------
+
+CARE = {"service_type": "home_care", "start_date": D(2024, 1, 1), "date_of_birth": D(1950, 3, 7), "postcode": "QA1 1AA", "sex": "F"}
+RECORDS = [
+    # record,         NHS number as delivered                        -> tok_nhs
+    {"record_id": "SC000000001", "nhs_number": "999 000 0018"},  # token of 9990000018
+    {"record_id": "SC000000002", "nhs_number": "9990000019"},  # fails Modulus 11: none, counted invalid
+    {"record_id": "SC000000003", "nhs_number": "999000001"},  # nine digits: none, counted invalid
+    {"record_id": "SC000000004", "nhs_number": "0000000000"},  # placeholder: none, counted invalid
+    {"record_id": "SC000000005", "nhs_number": None},  # none, counted missing
+    {"record_id": "SC000000006", "nhs_number": "999-000-0018"},  # token of 9990000018
+    {"record_id": "SC000000007", "nhs_number": "9990000019", "date_of_birth": None, "postcode": None},  # quarantined
+    {"record_id": "SC000000008", "nhs_number": None, "date_of_birth": None, "postcode": "ZZ99 3VZ"},  # quarantined
+]  # fmt: skip
+
+
+@pytest.fixture()
+def records_run(tmp_path, spy):
+    write_input(tmp_path / "input" / "raw", "social_care", [{**CARE, **r} for r in RECORDS])
+    cfg = config(tmp_path, "recs", write_key(tmp_path / "key.json"))
+    pseudonymise_source(cfg, LinkageKey(FIXED_KEY, key_id(FIXED_KEY)), "social_care")
+    return cfg, spy
+
+
+def test_invalid_nhs_numbers_become_no_nhs_number_and_are_counted_never_tokenised(records_run):
+    cfg, asked = records_run
+    tokens = pl.read_parquet(cfg.pseudonymised_dir / "tokens" / "social_care.parquet")
+    valid = reference.token(FIXED_KEY, "nhs_number", "9990000018")
+    assert dict(tokens.select("record_id", "tok_nhs").iter_rows()) == {
+        "SC000000001": valid, "SC000000002": None, "SC000000003": None,
+        "SC000000004": None, "SC000000005": None, "SC000000006": valid,
+    }  # fmt: skip
+    assert asked["nhs_number"] == {"9990000018"}
+    counts = io.read_json(cfg.pseudonymised_dir / "counts" / "social_care.json")["counts"]
+    assert {k: counts[k] for k in ("rows", "nhs_number_missing", "nhs_number_invalid", "quarantined", "pseudonymised")} == {
+        "rows": 8, "nhs_number_missing": 2, "nhs_number_invalid": 4, "quarantined": 2, "pseudonymised": 6,
+    }  # fmt: skip
+
+
+def test_records_with_no_usable_identifier_are_quarantined_with_the_reason(records_run):
+    cfg, _ = records_run
+    q = pl.read_parquet(cfg.quarantine_dir / "social_care.parquet")
+    assert q.select("record_id", "quarantine_reason").rows() == [
+        ("SC000000007", QUARANTINE_REASON),
+        ("SC000000008", QUARANTINE_REASON),
+    ]
+    assert QUARANTINE_REASON == "no usable identifier (no valid NHS number, date of birth or postcode)"
+    payload = pl.read_parquet(cfg.pseudonymised_dir / "payload" / "social_care.parquet")
+    assert payload.get_column("record_id").to_list() == [f"SC00000000{i}" for i in range(1, 7)]
+    assert not set(payload.columns) & set(IDENTIFIERS)
+
+
+# --- a whole synthetic extract -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """A small synthetic population with identifier faults, pseudonymised under the published test key."""
+    from pipeline.synth import generate
+
+    base = tmp_path_factory.mktemp("pseudonymise")
+    generate(base / "input", persons=400, seed=17, profile="realistic")
+    cfg = config(base, "synthetic", write_key(base / "key.json"))
+    key = LinkageKey(FIXED_KEY, key_id(FIXED_KEY))
+    check_inputs(cfg)
+    run_consent_gate(cfg, key)
+    for source in SOURCES:
+        pseudonymise_source(cfg, key, source)
+    return base, cfg
+
+
+def _identifier_records(df: pl.DataFrame) -> list[dict]:
+    return df.select(*IDENTIFIERS).with_columns(pl.col("date_of_birth").cast(pl.String)).to_dicts()
+
+
+def test_an_independent_implementation_reproduces_every_token_in_the_pseudonymised_zone(synthetic):
+    """tests/vectors/reference_v1.py (HKDF and HMAC from `cryptography`, nothing from `pipeline`),
+    given each row's raw identifiers, makes exactly the tokens the stage wrote."""
+    base, cfg = synthetic
+    raw = cfg.raw
+    pairs = [
+        (pl.read_parquet(cfg.pseudonymised_dir / "persons.parquet"), pl.read_parquet(raw / "consent_register.parquet"), "participant_id")
+    ] + [
+        (pl.read_parquet(cfg.pseudonymised_dir / "tokens" / f"{s}.parquet"), pl.read_parquet(raw / f"{s}.parquet"), "record_id")
+        for s in SOURCES
+    ]
+    cache: dict[tuple, dict] = {}
+    checked = 0
+    for written, delivered, id_col in pairs:
+        joined = written.select(id_col, *TOKEN_COLUMNS).join(delivered.select(id_col, *IDENTIFIERS), on=id_col, how="left")
+        assert joined.height == written.height
+        for row, ids in zip(joined.select(*TOKEN_COLUMNS).to_dicts(), _identifier_records(joined), strict=True):
+            k = tuple(ids.values())
+            if k not in cache:
+                cache[k] = reference.tokens(FIXED_KEY, ids)
+            assert row == cache[k]
+            checked += 1
+    assert checked > 1000 and set(TOKEN_COLUMNS) == set(reference.canonical_values({}))
+
+
+def test_every_token_file_records_the_kid_it_was_made_under(synthetic):
+    _, cfg = synthetic
+    kid = key_id(FIXED_KEY)
+    files = [cfg.pseudonymised_dir / "persons.parquet"] + [cfg.pseudonymised_dir / "tokens" / f"{s}.parquet" for s in SOURCES]
+    assert {io.parquet_metadata(p)["pprl_kid"] for p in files} == {kid}
+    assert io.read_json(cfg.pseudonymised_dir / "consent.json")["kid"] == kid
+
+
+def test_a_big_extract_done_in_parts_gives_the_same_tokens_and_counts(synthetic, monkeypatch):
+    from pipeline.pseudonymise import records
+
+    base, cfg = synthetic
+    monkeypatch.setattr(records, "ROWS_PER_PART", 1000)
+    parts = config(base, "in-parts", base / "key.json")
+    pseudonymise_source(parts, LinkageKey(FIXED_KEY, key_id(FIXED_KEY)), "gp_events")
+    for c in (cfg, parts):
+        assert io.parquet_metadata(c.pseudonymised_dir / "tokens" / "gp_events.parquet")["pprl_kid"] == key_id(FIXED_KEY)
+    whole, split = (pl.read_parquet(c.pseudonymised_dir / "tokens" / "gp_events.parquet").sort("record_id") for c in (cfg, parts))
+    assert split.height > 3000 and split.equals(whole)
+    counts = [io.read_json(c.pseudonymised_dir / "counts" / "gp_events.json")["counts"] for c in (cfg, parts)]
+    assert counts[0] == counts[1]
+    assert [p.name for p in (parts.pseudonymised_dir / "tokens").iterdir()] == ["gp_events.parquet"]
+
+
+def test_linking_tokens_made_under_a_different_kid_is_refused(synthetic, tmp_path):
+    from pipeline.link.stage import run_link
+
+    base, cfg = synthetic
+    other = config(base, "mixed-keys", base / "key.json")
+    shutil.copytree(cfg.pseudonymised_dir, other.pseudonymised_dir)
+    second = bytes(range(32, 64))
+    pseudonymise_source(other, LinkageKey(second, key_id(second)), "gp_events")  # one source under another key
+    kid, kid2 = key_id(FIXED_KEY), key_id(second)
+    with pytest.raises(KeyMismatchError) as err:
+        run_link(other)
+    assert str(err.value) == (
+        f"tokens were made under different key ids (gp_events: {kid2}, hospital_ae: {kid}, hospital_apc: {kid}, "
+        f"hospital_op: {kid}, persons: {kid}, social_care: {kid}); re-pseudonymise every source with the same key before linking"
+    )
+    assert not (other.linked_dir / "link_map.parquet").exists()
+
+
+def test_a_group_readable_key_file_stops_the_stage_before_anything_is_written(synthetic, tmp_path):
+    base, _ = synthetic
+    key_file = tmp_path / "key.json"
+    write_key(key_file)
+    os.chmod(key_file, 0o640)
+    cfg = config(base, "group-readable", key_file)
+    with pytest.raises(KeyFileError) as err:
+        tasks.consent_gate(cfg.to_conf())
+    assert str(err.value) == (
+        f"{key_file}: the key file is readable or writable by group or others (mode 0640); "
+        f"run `chmod 600 {key_file}` and check who may have copied it"
+    )
+    assert not cfg.pseudonymised_dir.exists()
+    assert base64.b64encode(FIXED_KEY).decode() not in str(err.value)
+
+
+# --- withdrawal between two releases -------------------------------------------------------------------
+
+
+def _run_all_stages(conf: dict) -> None:
+    for name in tasks.STAGES:
+        if name == "pseudonymise_source":
+            for source in SOURCES:
+                tasks.pseudonymise_source(conf, source)
+        else:
+            getattr(tasks, name)(conf)
+
+
+def test_a_participant_withdrawn_after_a_release_is_absent_from_the_next(synthetic, tmp_path):
+    """Release r1; the register is then updated (one released participant withdraws on 1 May 2026);
+    release r2 of the next quarter's extract no longer holds them, nor anyone else withdrawn by then."""
+    from pipeline.crypto.tokens import study_ids
+
+    base, _ = synthetic
+    key = LinkageKey(FIXED_KEY, key_id(FIXED_KEY))
+    work = tmp_path / "work"
+    raw = tmp_path / "raw"
+    shutil.copytree(base / "input" / "raw", raw)
+    conf = {"raw_dir": str(raw), "work_dir": str(work), "key_file": str(base / "key.json")}
+    r1 = RunConfig.from_conf({**conf, "release_label": "r1"})
+    _run_all_stages(r1.to_conf())
+    released = set(pl.read_parquet(r1.release_dir / "cohort.parquet").get_column("study_id"))
+    persons1 = pl.read_parquet(r1.pseudonymised_dir / "persons.parquet")
+    sid1 = dict(zip(persons1.get_column("participant_id"), persons1.get_column("study_id"), strict=True))
+    leaver = next(p for p in sorted(sid1) if sid1[p] in released)
+
+    register = pl.read_parquet(raw / "consent_register.parquet").with_columns(
+        withdrawal_date=pl.when(pl.col("participant_id") == leaver).then(pl.lit(D(2026, 5, 1))).otherwise(pl.col("withdrawal_date"))
+    )
+    io.write_frame(register, load_contract("consent_register"), raw / "consent_register.parquet")
+    r2 = RunConfig.from_conf({**conf, "release_label": "r2", "extract_date": "2026-06-30"})
+    _run_all_stages(r2.to_conf())
+
+    persons2 = set(pl.read_parquet(r2.pseudonymised_dir / "persons.parquet").get_column("participant_id"))
+    withdrawn_by_r2 = set(register.filter(pl.col("withdrawal_date") <= D(2026, 6, 30)).get_column("participant_id"))
+    assert leaver not in persons2
+    assert persons2 == set(sid1) - withdrawn_by_r2
+    cohort2 = set(pl.read_parquet(r2.release_dir / "cohort.parquet").get_column("study_id"))
+    assert study_ids(key, "r2", [leaver])[0] not in cohort2
+    assert sid1[leaver] in released and sid1[leaver] not in cohort2  # release IDs differ by label anyway
+    consent1 = io.read_json(r1.pseudonymised_dir / "consent.json")["consent"]
+    consent2 = io.read_json(r2.pseudonymised_dir / "consent.json")["consent"]
+    assert consent2["withdrawn"] == len(withdrawn_by_r2 & set(register.filter(pl.col("consent_status") == "consented").get_column("participant_id")))
+    assert consent2["withdrawn"] > consent1["withdrawn"]
