@@ -1,20 +1,54 @@
 """Stage 2: link every source's records to the participants. Reads only `pseudonymised/`, never the
-key and never `raw/`, and refuses tokens made under different key ids."""
+key and never `raw/`, and refuses tokens made under different key ids.
+
+1. Each source's records are grouped into identity profiles (pipeline.link.profiles) and the
+   deterministic ranks 1-5 run on the profiles (pipeline.link.deterministic).
+2. The addresses on records linked by NHS number (ranks 1-4) are added to each participant's known
+   addresses (pipeline.link.model.ProbabilisticOptions.addresses).
+3. The probabilistic step links what the ranks left unlinked (pipeline.link.probabilistic), with a
+   Splink model per source saved as linked/<label>/splink_model_<source>.json.
+4. linked/<label>/link_map.parquet (one row per record), linkage_quality.parquet and
+   linkage_summary.json (pipeline.link.quality).
+"""
 
 from __future__ import annotations
 
 import logging
+import shutil
+import time
 from pathlib import Path
+from typing import Any
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from pipeline import io
-from pipeline.contracts import load_contract
+from pipeline.contracts import load_contract, to_arrow
 from pipeline.errors import KeyMismatchError, PipelineError
 from pipeline.link.deterministic import DETERMINISTIC_RANKS, link_deterministic
+from pipeline.link.model import ADDRESS_LISTS, COMPARISON_COLUMNS, ProbabilisticOptions
+from pipeline.link.probabilistic import (
+    SourceModel,
+    link_probabilistic,
+    model_frame,
+    model_metadata,
+    resolve_probabilistic,
+    with_known_addresses,
+)
+from pipeline.link.profiles import PROFILE_KEY, build_profiles, token_codes
 from pipeline.settings import SOURCES, RunConfig
 
 log = logging.getLogger(__name__)
+
+# Token columns the deterministic ranks need (schemas/_tokens.yaml, version 1).
+DETERMINISTIC_COLUMNS: tuple[str, ...] = ("tok_nhs", "tok_dob", "tok_dob_ym", "tok_dob_swap", "tok_sex", "tok_postcode")
+# The tokens every other token is made from (token spec v1): a profile is the combination of these.
+KEY_COLUMNS: tuple[str, ...] = ("tok_nhs", "tok_dob", "tok_sex", "tok_postcode", "tok_surname", "tok_forename")
+# Ranks whose links rest on the NHS number; the addresses on their records are a participant's own.
+NHS_RANKS: tuple[str, ...] = ("1", "2", "3", "4")
+WORK_DIR = ".work"
+WRITER_OPTIONS = {"compression": "zstd", "compression_level": 3, "write_statistics": True}
+ROW_GROUP = 1_000_000
 
 
 def token_files(cfg: RunConfig) -> dict[str, Path]:
@@ -39,42 +73,195 @@ def common_kid(files: dict[str, Path]) -> str:
     return distinct.pop()
 
 
-def run_link(cfg: RunConfig) -> Path:
+def model_token_columns(files: dict[str, Path]) -> tuple[list[str], list[str]]:
+    """(token columns to read, comparison token columns missing from some file). The probabilistic
+    step needs every column of pipeline.link.model.COMPARISON_COLUMNS."""
+    present = set.intersection(*[set(pq.read_schema(p).names) for p in files.values()])
+    missing_det = [c for c in DETERMINISTIC_COLUMNS if c not in present]
+    if missing_det:
+        raise PipelineError(f"token files lack {missing_det} (schemas/_tokens.yaml); re-pseudonymise with this version")
+    wanted = list(dict.fromkeys([*DETERMINISTIC_COLUMNS, *COMPARISON_COLUMNS.values()]))
+    return [c for c in wanted if c in present], [c for c in wanted if c not in present]
+
+
+def _deterministic_pass(
+    source: str, path: Path, columns: list[str], persons: pl.DataFrame, work: Path
+) -> pl.DataFrame:
+    """Profiles and ranks 1-5 for one source. Writes the record -> profile map and the coded
+    profiles with their deterministic result to `work`; returns the NHS-linked profiles' addresses."""
+    t = time.perf_counter()
+    key_columns = [c for c in KEY_COLUMNS if c in columns]
+    profiles = build_profiles(pl.scan_parquet(path), columns, key_columns, work / f"{source}.records.parquet", where=str(path))
+    t_profiles = time.perf_counter() - t
+    det = link_deterministic(
+        profiles.lazy().rename({PROFILE_KEY: "record_id"}), persons.lazy().select("participant_id", *DETERMINISTIC_COLUMNS)
+    ).collect()
+    det = det.rename({"record_id": PROFILE_KEY})
+    t_ranks = time.perf_counter() - t - t_profiles
+    profiles.join(det, on=PROFILE_KEY, how="left").write_parquet(work / f"{source}.profiles.parquet", compression="lz4")
+    log.info(
+        "%s: %d profiles (%.1fs), ranks 1-5 (%.1fs), written (%.1fs)",
+        source, profiles.height, t_profiles, t_ranks, time.perf_counter() - t - t_profiles - t_ranks,
+    )  # fmt: skip
+    cols = [c for c in ("tok_postcode", "tok_pc_sector", "tok_pc_district") if c in columns]
+    return (
+        det.filter(pl.col("rank").is_in(NHS_RANKS))
+        .join(profiles.select(PROFILE_KEY, *cols), on=PROFILE_KEY)
+        .select("participant_id", *cols)
+        .unique()
+    )
+
+
+def run_link(cfg: RunConfig, options: ProbabilisticOptions | None = None) -> Path:
+    options = options or ProbabilisticOptions()
     files = token_files(cfg)
     kid = common_kid(files)
-    persons = pl.scan_parquet(files["persons"])
-    maps = []
-    for source in SOURCES:
-        records = pl.scan_parquet(files[source])
-        maps.append(link_deterministic(records, persons).with_columns(source=pl.lit(source)))
-    link_map = pl.concat(maps).sort("source", "record_id")
-    out = cfg.linked_dir / "link_map.parquet"
-    io.sink_frame(link_map, load_contract("link_map"), out, {"pprl_kid": kid})
+    columns, missing = model_token_columns(files)
+    out_dir = cfg.linked_dir
+    work = out_dir / WORK_DIR
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
 
-    summary = (
-        pl.scan_parquet(out)
-        .group_by("source", "rank", "conflict")
-        .agg(pl.len().alias("records"), pl.col("participant_id").n_unique().alias("participants"))
-        .sort("source", "rank", "conflict", nulls_last=True)
+    persons = (
+        pl.scan_parquet(files["persons"])
+        .select("participant_id", *token_codes(columns))
+        .sort("participant_id")
+        .with_row_index("uid")
         .collect()
     )
-    n_persons = persons.select(pl.len()).collect().item()
+    addresses = []
+    for source in SOURCES:
+        addresses.append(_deterministic_pass(source, files[source], columns, persons, work))
+    timings["profiles_and_ranks_1_5"] = round(time.perf_counter() - t0, 1)
+
+    probabilistic = not missing
+    if missing:
+        log.warning("probabilistic linkage skipped: token files lack %s (pipeline.link.model.COMPARISON_COLUMNS)", missing)
+    models: dict[str, SourceModel] = {}
+    if probabilistic:
+        participants = model_frame(persons.lazy(), "uid").collect()
+        if options.addresses == "register_and_linked":
+            seen = (
+                pl.concat(addresses)
+                .unique()
+                .join(persons.select("participant_id", "uid"), on="participant_id")
+                .select(pl.col("uid").cast(pl.UInt64), *[pl.col(COMPARISON_COLUMNS[one]).alias(one) for one in ADDRESS_LISTS.values()])
+            )
+            known = with_known_addresses(participants.lazy(), seen.lazy()).collect()
+        else:
+            known = participants
+    del addresses
+
+    # Sources in name order, each appended to the one link map file, so it is sorted by (source,
+    # record_id) without sorting 50 million rows at once.
+    t = time.perf_counter()
+    contract = load_contract("link_map")
+    out = out_dir / "link_map.parquet"
+    schema = contract.arrow_schema()
+    schema = schema.with_metadata({**(schema.metadata or {}), b"pprl_kid": kid.encode()})
+    with io.atomic_path(out) as tmp:
+        writer = pq.ParquetWriter(tmp, schema, **WRITER_OPTIONS)
+        try:
+            for source in sorted(SOURCES):
+                profiles = pl.read_parquet(work / f"{source}.profiles.parquet")
+                if probabilistic:
+                    result, models[source] = _probabilistic_pass(source, profiles, participants, known, persons, options, out_dir, work)
+                else:
+                    result = profiles.select(PROFILE_KEY, "participant_id", "rank", "match_probability", "conflict").with_columns(
+                        match_weight=pl.lit(None, dtype=pl.Float64)
+                    )
+                del profiles
+                records = pl.read_parquet(work / f"{source}.records.parquet")
+                if not records.get_column("record_id").is_sorted():
+                    records = records.sort("record_id")
+                link = records.join(result, on=PROFILE_KEY, how="left", maintain_order="left").with_columns(source=pl.lit(source))
+                del records, result
+                writer.write_table(to_arrow(link, contract).replace_schema_metadata(schema.metadata), row_group_size=ROW_GROUP)
+                del link
+        finally:
+            writer.close()
+    timings["probabilistic_and_link_map"] = round(time.perf_counter() - t, 1)
+
+    from pipeline.link.quality import linkage_quality, summary_figures
+
+    t = time.perf_counter()
+    pseudo = pl.scan_parquet(files["persons"]).select("participant_id", "age_at_index", "sex", "imd_quintile", "site")
+    quality = linkage_quality(pl.scan_parquet(out), pseudo)
+    io.write_frame(quality, load_contract("linkage_quality"), out_dir / "linkage_quality.parquet", {"pprl_kid": kid})
+    timings["quality_report"] = round(time.perf_counter() - t, 1)
+
+    summary = _summary(quality, persons.height, kid)
+    summary["probabilistic"] = {
+        "status": "run" if probabilistic else f"skipped: token files lack {missing}; re-pseudonymise to add them",
+        **model_metadata(options),
+        "sources": {s: m.as_dict() for s, m in models.items()},
+    }
+    summary["quality"] = summary_figures(quality)
+    shutil.rmtree(work, ignore_errors=True)
+    timings["total"] = round(time.perf_counter() - t0, 1)
+    summary["seconds"] = timings
+    io.write_json(summary, out_dir / "linkage_summary.json")
+    log.info("linked %d sources for %d participants in %.0fs", len(SOURCES), persons.height, timings["total"])
+    return out
+
+
+def _probabilistic_pass(
+    source: str,
+    profiles: pl.DataFrame,
+    participants: pl.DataFrame,
+    known: pl.DataFrame,
+    persons: pl.DataFrame,
+    options: ProbabilisticOptions,
+    out_dir: Path,
+    work: Path,
+) -> tuple[pl.DataFrame, SourceModel]:
+    """Profile results of one source: the deterministic ones, plus rank P for the unlinked profiles."""
+    det = profiles.select(PROFILE_KEY, "participant_id", "rank", "match_probability", "conflict")
+    unlinked = profiles.filter(pl.col("rank").is_null() & ~pl.col("conflict"))
+    if persons.get_column("tok_nhs").null_count() == 0:
+        # Every participant has an NHS number, so a record whose number is none of theirs can pair
+        # with no one (pipeline.link.model.NHS_DO_NOT_CONTRADICT): leave it out of scoring.
+        unlinked = unlinked.filter(pl.col("tok_nhs").is_null() | pl.col("tok_nhs").is_in(persons.get_column("tok_nhs").implode()))
+    training = profiles
+    if training.height > options.max_training_profiles:
+        training = training.sample(options.max_training_profiles, seed=options.seed).sort(PROFILE_KEY)
+    pairs, info = link_probabilistic(
+        source,
+        model_frame(training.lazy(), PROFILE_KEY).collect(),
+        model_frame(unlinked.lazy(), PROFILE_KEY).collect(),
+        participants,
+        known,
+        options,
+        out_dir / f"splink_model_{source}.json",
+        work / "duckdb",
+    )
+    pairs = pairs.join(persons.select(pl.col("uid").cast(pl.UInt64).alias("participant_uid"), "participant_id"), on="participant_uid")
+    resolved = resolve_probabilistic(
+        unlinked.lazy().select(pl.col(PROFILE_KEY).alias("record_id")),
+        pairs.lazy().rename({PROFILE_KEY: "record_id"}),
+        options.threshold_match_probability,
+    ).collect().rename({"record_id": PROFILE_KEY})
+    det = det.join(resolved.select(PROFILE_KEY), on=PROFILE_KEY, how="anti").with_columns(match_weight=pl.lit(None, dtype=pl.Float64))
+    return pl.concat([det, resolved.select(det.columns)]), info
+
+
+def _summary(quality: pl.DataFrame, n_persons: int, kid: str) -> dict[str, Any]:
+    """The figures the summary has always had, per source (linked_by_rank now includes P), read off
+    the quality report."""
+    by_outcome = quality.filter(pl.col("measure") == "records_by_outcome")
+    found = quality.filter(pl.col("measure") == "participants_found")
     by_source = {}
     for source in SOURCES:
-        s = summary.filter(pl.col("source") == source)
-        linked = s.filter(pl.col("rank").is_not_null())
-        found = (
-            pl.scan_parquet(out).filter((pl.col("source") == source) & pl.col("participant_id").is_not_null())
-            .select(pl.col("participant_id").n_unique()).collect().item()
-        )
+        counts = dict(by_outcome.filter(pl.col("source") == source).select("outcome", "count").iter_rows())
+        n_found = int(found.filter(pl.col("source") == source).get_column("count").sum())
         by_source[source] = {
-            "records": int(s.get_column("records").sum()),
-            "linked_by_rank": {r: int(linked.filter(pl.col("rank") == r).get_column("records").sum()) for r in DETERMINISTIC_RANKS},
-            "unlinked": int(s.filter(pl.col("rank").is_null() & ~pl.col("conflict")).get_column("records").sum()),
-            "conflicts": int(s.filter(pl.col("conflict")).get_column("records").sum()),
-            "participants_found": int(found),
-            "share_of_participants_found": round(found / n_persons, 4) if n_persons else None,
+            "records": int(sum(counts.values())),
+            "linked_by_rank": {r: int(counts.get(r, 0)) for r in (*DETERMINISTIC_RANKS, "P")},
+            "unlinked": int(counts.get("unlinked", 0)),
+            "conflicts": int(counts.get("conflict", 0)),
+            "participants_found": n_found,
+            "share_of_participants_found": round(n_found / n_persons, 4) if n_persons else None,
         }
-    io.write_json({"kid": kid, "participants": n_persons, "sources": by_source}, cfg.linked_dir / "linkage_summary.json")
-    log.info("linked %d sources for %d participants", len(SOURCES), n_persons)
-    return out
+    return {"kid": kid, "participants": n_persons, "sources": by_source}

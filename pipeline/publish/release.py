@@ -91,7 +91,7 @@ def _manifest(cfg: RunConfig, controlled: dict[str, Any]) -> dict[str, Any]:
         "inputs": io.read_json(pdir / "inputs.json")["files"],
         "consent": consent["consent"],
         "pseudonymisation": {s: io.read_json(pdir / "counts" / f"{s}.json")["counts"] for s in SOURCES},
-        "linkage": io.read_json(ldir / "linkage_summary.json"),
+        "linkage": _without_timings(io.read_json(ldir / "linkage_summary.json")),
         "cohort": io.read_json(ldir / "cohort" / "cohort.json")["counts"],
         "validation": {},
         "privacy": {},
@@ -105,6 +105,16 @@ def _manifest(cfg: RunConfig, controlled: dict[str, Any]) -> dict[str, Any]:
         },
         "files": {},
     }
+
+
+def _without_timings(summary: Any) -> Any:
+    """`summary` without its "seconds" entries (at any depth): how long a step took differs from run
+    to run, and the manifest must not. The timings stay in linked/<label>/linkage_summary.json."""
+    if isinstance(summary, dict):
+        return {k: _without_timings(v) for k, v in summary.items() if k != "seconds"}
+    if isinstance(summary, list):
+        return [_without_timings(v) for v in summary]
+    return summary
 
 
 def validate_release(cfg: RunConfig) -> Path:

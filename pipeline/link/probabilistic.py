@@ -1,0 +1,286 @@
+"""Probabilistic linkage (rank P) of the records the deterministic ranks leave unlinked, with Splink
+on DuckDB over token codes (pipeline.link.profiles). The model is pipeline.link.model.
+
+Per source:
+1. train: u by random sampling and m by EM (two sessions, pipeline.link.model.TRAINING_RULES) on all
+   of the source's profiles against the participants, so EM sees plenty of true pairs;
+2. score: every blocked pair of an unlinked profile and a participant;
+3. re-estimate the prior (the probability that two random records match) for the unlinked profiles
+   alone, by EM over the scored pairs with m and u held fixed: they are a different population from
+   the whole source (most of the source's true pairs were taken by ranks 1-5);
+4. resolve (`resolve_probabilistic`): a record links to the one participant whose match probability
+   reaches the threshold; two or more make a conflict, reported and left unlinked.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from pipeline import io
+from pipeline.link.model import (
+    ADDRESS_LISTS,
+    COMPARISON_COLUMNS,
+    MODEL_VERSION,
+    TRAINING_RULES,
+    ProbabilisticOptions,
+    floor_m,
+    model_columns,
+    splink_settings,
+    with_nhs_rule,
+)
+from pipeline.link.profiles import PROFILE_KEY
+
+log = logging.getLogger(__name__)
+RECORDS, PARTICIPANTS = "records", "participants"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resolution: pure, spec-tested (tests/test_link_probabilistic.py).
+
+
+def resolve_probabilistic(records: pl.LazyFrame, pairs: pl.LazyFrame, threshold: float) -> pl.LazyFrame:
+    """One row per record from its scored candidate pairs.
+
+    `pairs`: record_id, participant_id, match_probability, match_weight (any number per record).
+    A record links (rank "P") to the one participant whose match probability reaches `threshold`.
+    Two or more participants reaching it is a conflict: no link, `conflict` true. A record with no
+    pair reaching it stays unlinked. `match_weight` is the best candidate's, linked or not (null
+    when no pair was scored), for the quality report's weight distribution.
+
+    Output columns: record_id, participant_id, rank, match_probability, match_weight, conflict.
+    """
+    per_record = pairs.group_by("record_id").agg(
+        pl.col("match_weight").max().alias("match_weight"),
+        pl.col("participant_id").filter(pl.col("match_probability") >= threshold).n_unique().alias("_n"),
+        pl.col("participant_id").filter(pl.col("match_probability") >= threshold).min().alias("_pid"),
+        pl.col("match_probability").filter(pl.col("match_probability") >= threshold).max().alias("_p"),
+    )
+    linked = pl.col("_n") == 1
+    return (
+        records.select("record_id")
+        .join(per_record, on="record_id", how="left")
+        .select(
+            "record_id",
+            pl.when(linked).then(pl.col("_pid")).alias("participant_id"),
+            pl.when(linked).then(pl.lit("P")).alias("rank"),
+            pl.when(linked).then(pl.col("_p")).alias("match_probability"),
+            "match_weight",
+            (pl.col("_n") > 1).fill_null(False).alias("conflict"),
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tables handed to Splink: the model's column names, 64-bit codes, address lists.
+
+
+def _address_lists(base: pl.LazyFrame) -> pl.LazyFrame:
+    return base.with_columns(
+        [pl.when(pl.col(one).is_not_null()).then(pl.concat_list(one)).alias(many) for many, one in ADDRESS_LISTS.items()]
+    )
+
+
+def model_frame(coded: pl.LazyFrame, uid: str) -> pl.LazyFrame:
+    """A coded profile or participant table (token column names) in the model's columns, each row
+    carrying its own address as a one-element list."""
+    renamed = coded.select(pl.col(uid).cast(pl.UInt64).alias("uid"), *[pl.col(t).alias(m) for m, t in COMPARISON_COLUMNS.items()])
+    return _address_lists(renamed).select(model_columns())
+
+
+def with_known_addresses(participants: pl.LazyFrame, linked_addresses: pl.LazyFrame) -> pl.LazyFrame:
+    """Participants (model columns) whose address lists also hold every address of `linked_addresses`
+    (uid plus the three address parts, one row per address seen on an NHS-linked record)."""
+    own = participants.select("uid", *ADDRESS_LISTS.values())
+    every = pl.concat([own, linked_addresses.select("uid", *ADDRESS_LISTS.values())], how="vertical")
+    lists = every.group_by("uid").agg(
+        [pl.col(one).drop_nulls().unique().sort().alias(many) for many, one in ADDRESS_LISTS.items()]
+    ).with_columns([pl.when(pl.col(m).list.len() > 0).then(pl.col(m)).alias(m) for m in ADDRESS_LISTS])
+    return participants.drop(*ADDRESS_LISTS).join(lists, on="uid", how="left").select(model_columns())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Running Splink.
+
+
+@dataclass
+class SourceModel:
+    """What the probabilistic step did for one source (written into linkage_summary.json)."""
+
+    source: str
+    trained: bool
+    reason: str | None = None
+    model_file: str | None = None
+    prior_initial: float | None = None
+    prior_unlinked: float | None = None
+    records_scored: int = 0
+    pairs_scored: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+def _db(options: ProbabilisticOptions, temp_dir: Path):
+    import duckdb
+    from splink import DuckDBAPI
+
+    con = duckdb.connect()
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    con.execute(f"SET memory_limit='{options.duckdb_memory_limit}'")
+    con.execute("SET temp_directory='" + str(temp_dir).replace("'", "''") + "'")
+    con.execute("SET preserve_insertion_order=false")
+    return con, DuckDBAPI(con)
+
+
+def _linker(db, records: pl.DataFrame, participants: pl.DataFrame, settings: dict[str, Any]):
+    from splink import Linker
+
+    left = db.register(records.to_arrow(), dataset_display_name=RECORDS)
+    right = db.register(participants.to_arrow(), dataset_display_name=PARTICIPANTS)
+    return Linker([left, right], settings, log_level=logging.WARNING)
+
+
+def train_model(
+    records: pl.DataFrame,
+    participants: pl.DataFrame,
+    options: ProbabilisticOptions,
+    temp_dir: Path,
+    settings: dict[str, Any] | None = None,
+    training_rules: tuple[str, ...] = TRAINING_RULES,
+    seconds: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Splink model (settings dictionary with m and u) trained on `records` against `participants`:
+    u by random sampling, then m by one EM session per training rule. `settings` defaults to the
+    token model (pipeline.link.model.splink_settings). Step times go into `seconds`."""
+    settings = settings or splink_settings(options, 1.0 / max(participants.height, 1))
+    seconds = {} if seconds is None else seconds
+    con, db = _db(options, temp_dir)
+    try:
+        t = time.perf_counter()
+        linker = _linker(db, records, participants, settings)
+        linker.training.estimate_u_using_random_sampling(max_pairs=options.u_max_pairs, seed=options.seed)
+        seconds["train_u"] = round(time.perf_counter() - t, 1)
+        for i, rule in enumerate(training_rules, 1):
+            t = time.perf_counter()
+            linker.training.estimate_parameters_using_expectation_maximisation(
+                with_nhs_rule(rule), estimate_without_term_frequencies=True, max_pairs=options.em_max_pairs
+            )
+            seconds[f"train_em{i}"] = round(time.perf_counter() - t, 1)
+        return floor_m(linker.misc.save_model_to_json(), options.m_floor)
+    finally:
+        con.close()
+
+
+def score_pairs(records: pl.DataFrame, participants: pl.DataFrame, model: dict[str, Any], options: ProbabilisticOptions, temp_dir: Path) -> pl.DataFrame:
+    """Every blocked (record uid, participant uid) pair with its match weight under `model`."""
+    con, db = _db(options, temp_dir)
+    try:
+        linker = _linker(db, records, participants, model)
+        scored = linker.inference.predict(warning_mode="never")
+        rel = scored.as_duckdbpyrelation()
+        # Splink puts either table on the left; orient every pair as (record, participant). Sorted,
+        # because DuckDB returns them in any order and estimate_prior sums over them: a sum in
+        # another order differs in the last bits, and so would a rerun's manifest.
+        sql = f"""
+            SELECT CASE WHEN source_dataset_l = '{RECORDS}' THEN uid_l ELSE uid_r END AS record_uid,
+                   CASE WHEN source_dataset_l = '{RECORDS}' THEN uid_r ELSE uid_l END AS participant_uid,
+                   match_weight
+            FROM rel
+            ORDER BY record_uid, participant_uid
+        """
+        return con.sql(sql).pl()
+    finally:
+        con.close()
+
+
+def estimate_prior(match_weights: np.ndarray, model_prior: float, n_possible_pairs: int, iterations: int = 200) -> float:
+    """The probability that two random records match, re-estimated for the scored population by EM
+    with m and u fixed: each pair's Bayes factor stays; only the prior moves. Pairs blocking did not
+    form are taken as non-matches.
+
+        >>> round(estimate_prior(np.array([40.0, 40.0, -20.0]), 1e-6, 1_000_000), 8)
+        2e-06
+    """
+    if n_possible_pairs <= 0 or match_weights.size == 0:
+        return model_prior
+    log2_prior_odds = math.log2(model_prior / (1 - model_prior))
+    log2_bf = match_weights - log2_prior_odds
+    prior = model_prior
+    for _ in range(iterations):
+        odds = prior / (1 - prior)
+        # posterior = odds*bf / (1 + odds*bf), computed in log space against overflow
+        posterior = 1.0 / (1.0 + np.exp2(-(log2_bf + math.log2(odds))))
+        new = float(posterior.sum()) / n_possible_pairs
+        new = min(max(new, 1e-15), 0.5)
+        if abs(new - prior) <= 1e-6 * prior:
+            prior = new
+            break
+        prior = new
+    return prior
+
+
+def reweight(pairs: pl.DataFrame, model_prior: float, prior: float) -> pl.DataFrame:
+    """Match weight and probability of each pair under a new prior (the Bayes factors unchanged)."""
+    shift = math.log2(prior / (1 - prior)) - math.log2(model_prior / (1 - model_prior))
+    weight = pl.col("match_weight") + shift
+    return pairs.with_columns(weight.alias("match_weight"), (1.0 / (1.0 + (2.0 ** (-weight)))).alias("match_probability"))
+
+
+def link_probabilistic(
+    source: str,
+    all_profiles: pl.DataFrame,
+    unlinked: pl.DataFrame,
+    participants: pl.DataFrame,
+    known_participants: pl.DataFrame,
+    options: ProbabilisticOptions,
+    model_path: Path,
+    temp_dir: Path,
+    settings: dict[str, Any] | None = None,
+    training_rules: tuple[str, ...] = TRAINING_RULES,
+) -> tuple[pl.DataFrame, SourceModel]:
+    """Scored pairs (profile_key, participant uid, match_weight, match_probability) of one source's
+    unlinked profiles, and what was done.
+
+    `all_profiles` / `unlinked`: coded profiles in the model's columns (uid = profile key);
+    `participants`: the participants with their register address (training); `known_participants`:
+    the same with every known address (scoring). `settings` and `training_rules` default to the
+    token model; bench/linkage_quality.py passes a plaintext model through the same steps.
+    """
+    empty = pl.DataFrame(schema={PROFILE_KEY: pl.UInt64, "participant_uid": pl.UInt64, "match_weight": pl.Float64, "match_probability": pl.Float64})
+    info = SourceModel(source=source, trained=False)
+    if unlinked.height == 0:
+        info.reason = "no unlinked record to score"
+        return empty, info
+    if all_profiles.height < options.min_records_to_train or participants.height < options.min_records_to_train:
+        info.reason = f"fewer than {options.min_records_to_train} records or participants to train on"
+        return empty, info
+    model = train_model(all_profiles, participants, options, temp_dir, settings, training_rules, info.seconds)
+    info.trained = True
+    info.prior_initial = model["probability_two_random_records_match"]
+
+    t = time.perf_counter()
+    pairs = score_pairs(unlinked, known_participants, model, options, temp_dir)
+    info.seconds["score"] = round(time.perf_counter() - t, 1)
+    prior = estimate_prior(
+        pairs.get_column("match_weight").to_numpy(), info.prior_initial, unlinked.height * known_participants.height
+    )
+    info.prior_unlinked = prior
+    info.records_scored = unlinked.height
+    info.pairs_scored = pairs.height
+    model = dict(model, probability_two_random_records_match=prior)
+    io.write_json(model, model_path)
+    info.model_file = model_path.name
+    scored = reweight(pairs, info.prior_initial, prior).rename({"record_uid": PROFILE_KEY})
+    return scored, info
+
+
+def model_metadata(options: ProbabilisticOptions) -> dict[str, Any]:
+    return {"model_version": MODEL_VERSION, "options": options.as_dict(), "columns": dict(COMPARISON_COLUMNS)}
