@@ -1,0 +1,255 @@
+"""The production deployment's parts for real: Postgres, Redis, the api-server, scheduler, dag-processor
+and two Celery workers, as processes on this machine (no Docker), driven over the REST API.
+
+What it shows:
+- a run triggered with `POST /api/v2/dags/pprl_pseudonymise/dagRuns` chains through the assets to
+  `pprl_link` and `pprl_publish`, and its release is byte for byte the release the embedded default
+  (`run_embedded`, dag.test on SQLite) makes from the same inputs, key and label;
+- two runs of different labels triggered at once both succeed, with tasks on both workers, and each
+  release is still byte for byte the one its label gets when run alone: neither run touched the
+  other's files.
+
+The embedded references are made in background processes while the services start. Postgres and
+Redis come from the installed server binaries; without them the test is skipped, or fails when
+CI=true. Every process is stopped in the fixtures' finalizers, even when a test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from airflow_stack import AirflowStack, Service, ServiceError, find_server_binaries, start_process, stop_service
+
+from pipeline.orchestration import LINK_DAG, PSEUDONYMISE_DAG, PUBLISH_DAG
+from pipeline.settings import RunConfig
+
+pytestmark = pytest.mark.integration
+
+PERSONS = 1000
+LABEL_A, SEED_A = "it-2026-a", 101
+LABEL_B, SEED_B = "it-2026-b", 202
+RUN_TIMEOUT = 420  # seconds for one DAG run; a loaded two-core machine needs about a tenth of it
+ZONES = ("pseudonymised", "linked", "releases", "reports")
+
+# Runs in a background process: the embedded default makes a reference release.
+EMBEDDED_REFERENCE = """
+import json, sys
+from pathlib import Path
+from pipeline.orchestration.embedded import run_embedded
+result = run_embedded(json.loads(sys.argv[1]), Path(sys.argv[2]), progress=lambda line: print(line, flush=True))
+print("release:", result["release_path"], flush=True)
+"""
+
+
+def _say(request, line: str) -> None:
+    """A line in pytest's own output (not captured), for timings a reader of the CI log wants."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None:
+        return
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        reporter.write_line(f"[integration] {line}")
+
+
+def _clean_env() -> dict[str, str]:
+    """The test's environment without a key or Airflow settings a developer's shell may carry."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PPRL_KEY", "AIRFLOW__")) and k != "AIRFLOW_HOME"}
+
+
+@pytest.fixture(scope="module")
+def binaries():
+    found, missing = find_server_binaries()
+    if found is None:
+        message = f"integration test needs real Postgres and Redis servers: {missing}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message} (CI=true, so this fails instead of skipping)", pytrace=False)
+        pytest.skip(message)
+    return found
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Two sets of synthetic extracts (different seeds) and one linkage key."""
+    from pipeline.crypto.keys import new_key_file
+    from pipeline.synth import generate
+
+    base = tmp_path_factory.mktemp("inputs")
+    generate(base / "a", persons=PERSONS, seed=SEED_A, profile="realistic")
+    generate(base / "b", persons=PERSONS, seed=SEED_B, profile="realistic")
+    key_file = base / "secrets" / "pprl.key.json"
+    new_key_file(key_file)
+    return {"raw": {LABEL_A: base / "a" / "raw", LABEL_B: base / "b" / "raw"}, "key_file": key_file}
+
+
+def conf_for(inputs, label: str, work: Path, *, with_key_file: bool) -> dict:
+    conf = {"raw_dir": str(inputs["raw"][label]), "work_dir": str(work), "release_label": label}
+    if with_key_file:
+        conf["key_file"] = str(inputs["key_file"])
+    return RunConfig.from_conf(conf).to_conf()
+
+
+@pytest.fixture(scope="module")
+def deployment(request, binaries, inputs, tmp_path_factory):
+    """The started services, and the embedded reference releases made while they started."""
+    root = tmp_path_factory.mktemp("deployment")
+    started = time.monotonic()
+    references: dict[str, tuple[Service, Path]] = {}
+    try:
+        for label in (LABEL_A, LABEL_B):
+            # The embedded default takes the key from the run's key_file; the workers take it
+            # from PPRL_KEY_FILE, as in docker-compose.yml. The manifest records neither.
+            conf = conf_for(inputs, label, root / f"embedded-{label}" / "work", with_key_file=True)
+            service = start_process(
+                f"embedded-{label}", [sys.executable, "-c", EMBEDDED_REFERENCE, json.dumps(conf), str(root / f"embedded-{label}" / "airflow")],
+                root, _clean_env(), cwd=root,
+            )  # fmt: skip
+            references[label] = (service, RunConfig.from_conf(conf).release_dir)
+        stack = AirflowStack(root / "stack", binaries=binaries, key_file=inputs["key_file"], workers=2, worker_concurrency=2)
+        request.addfinalizer(lambda: _stop(request, stack, started))
+        stack.start()
+        _say(request, f"services ready in {stack.timings['ready']:.0f}s ({_steps(stack.timings)})")
+        for label, (service, _) in references.items():
+            try:
+                code = service.process.wait(timeout=600)
+            except subprocess.TimeoutExpired:
+                raise ServiceError(f"the embedded reference run for {label} took over 600s; log {service.log_path}") from None
+            if code != 0:
+                raise ServiceError(f"the embedded reference run for {label} failed; log {service.log_path}:\n{service.log_tail()}")
+        _say(request, f"embedded references ready {time.monotonic() - started:.0f}s after the start")
+        yield {"stack": stack, "root": root, "reference": {label: path for label, (_, path) in references.items()}}
+    finally:
+        for service, _ in references.values():
+            stop_service(service)
+
+
+def _stop(request, stack: AirflowStack, started: float) -> None:
+    stopping = time.monotonic()
+    try:
+        stack.stop()
+    finally:
+        killed = f"; killed after the grace period: {stack.killed}" if stack.killed else ""
+        _say(
+            request,
+            f"services stopped in {time.monotonic() - stopping:.0f}s ({_steps(stack.stop_timings)}), "
+            f"{time.monotonic() - started:.0f}s in all{killed}",
+        )
+
+
+def _steps(timings: dict[str, float]) -> str:
+    return ", ".join(f"{name} {seconds:.0f}s" for name, seconds in timings.items() if name != "ready")
+
+
+def run_pipeline(stack: AirflowStack, runs: dict[str, dict]) -> dict[str, dict[str, dict]]:
+    """Trigger pprl_pseudonymise once per label, all at once; follow each through link and publish.
+
+    The downstream runs are found by their triggering asset event, which names the upstream run, so
+    a label that ran before in another work folder cannot be mistaken for this one.
+    """
+    triggered = {label: stack.api.trigger(PSEUDONYMISE_DAG, conf) for label, conf in runs.items()}
+    results: dict[str, dict[str, dict]] = {label: {} for label in runs}
+    for label, run_id in triggered.items():
+        upstream = stack.wait_for_run(PSEUDONYMISE_DAG, run_id, RUN_TIMEOUT)
+        results[label][PSEUDONYMISE_DAG] = upstream
+        for dag_id, upstream_dag in ((LINK_DAG, PSEUDONYMISE_DAG), (PUBLISH_DAG, LINK_DAG)):
+            if upstream["state"] != "success":
+                break
+            upstream = stack.wait_for_downstream_run(dag_id, upstream_dag, upstream["dag_run_id"], label, RUN_TIMEOUT)
+            results[label][dag_id] = upstream
+    failures = [
+        stack.describe_run(dag_id, run["dag_run_id"])
+        for label in results for dag_id, run in results[label].items() if run["state"] != "success"
+    ]  # fmt: skip
+    missing = [f"{label}: {dag_id}" for label in results for dag_id in (PSEUDONYMISE_DAG, LINK_DAG, PUBLISH_DAG) if dag_id not in results[label]]
+    assert not failures and not missing, "runs that did not succeed:\n" + "\n".join(failures + missing)
+    return results
+
+
+def assert_same_release(got: Path, want: Path) -> None:
+    differences = release_differences(got, want)
+    assert not differences, f"{got} is not byte for byte the embedded default's {want}:\n  " + "\n  ".join(differences)
+
+
+def release_differences(got: Path, want: Path) -> list[str]:
+    """Every way release `got` differs from `want`: files missing or extra, and files whose bytes differ.
+
+    For manifest.json the differing top-level keys are named, so a legitimate difference (a path,
+    a time) would be found and reported rather than hidden.
+    """
+    if not got.is_dir():
+        return [f"{got} is not a folder"]
+    files_got = {p.relative_to(got) for p in got.rglob("*") if p.is_file()}
+    files_want = {p.relative_to(want) for p in want.rglob("*") if p.is_file()}
+    problems = [f"missing {name}" for name in sorted(files_want - files_got)]
+    problems += [f"extra {name}" for name in sorted(files_got - files_want)]
+    for name in sorted(files_got & files_want):
+        if (got / name).read_bytes() != (want / name).read_bytes():
+            detail = ""
+            if name.name == "manifest.json":
+                a, b = json.loads((got / name).read_text()), json.loads((want / name).read_text())
+                detail = f" (keys {sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))})"
+            elif name.suffix == ".parquet":
+                detail = f" ({_parquet_difference(got / name, want / name)})"
+            problems.append(f"{name} differs{detail}")
+    return problems
+
+
+def _parquet_difference(got: Path, want: Path) -> str:
+    """Where two Parquet files differ: schema, row order, or which values (and by how much)."""
+    import polars as pl
+
+    a, b = pl.read_parquet(got), pl.read_parquet(want)
+    if a.schema != b.schema or a.height != b.height:
+        return f"schema or row count: {a.schema} {a.height} rows against {b.schema} {b.height} rows"
+    if a.equals(b):
+        return "same values, different file bytes (metadata or encoding)"
+    if a.sort(a.columns).equals(b.sort(b.columns)):
+        return "same rows in a different order"
+    parts = []
+    for column in a.columns:
+        x, y = a.get_column(column), b.get_column(column)
+        unequal = x.ne_missing(y)
+        if unequal.any():
+            part = f"{column}: {int(unequal.sum())} value(s)"
+            if x.dtype.is_float():
+                part += f", largest difference {float((x - y).abs().max()):.3g}"
+            parts.append(part)
+    return "values differ in " + "; ".join(parts)
+
+
+def test_a_run_triggered_over_the_rest_api_publishes_the_same_release_as_the_embedded_default(deployment, inputs, request):
+    stack = deployment["stack"]
+    work = deployment["root"] / "work-alone"
+    started = time.monotonic()
+    results = run_pipeline(stack, {LABEL_A: conf_for(inputs, LABEL_A, work, with_key_file=False)})
+    _say(request, f"one run through the three DAGs on Celery: {time.monotonic() - started:.0f}s")
+
+    assert results[LABEL_A][PUBLISH_DAG]["partition_key"] == LABEL_A
+    assert_same_release(work / "releases" / LABEL_A, deployment["reference"][LABEL_A])
+    assert sorted(p.name for p in (work / "releases").iterdir()) == [LABEL_A], "a staging folder was left behind"
+
+
+def test_two_labels_triggered_at_once_both_succeed_and_keep_to_their_own_files(deployment, inputs, request):
+    stack = deployment["stack"]
+    work = deployment["root"] / "work-together"  # one work folder for both: the zones are shared
+    before = stack.celery_task_counts()
+    started = time.monotonic()
+    run_pipeline(stack, {label: conf_for(inputs, label, work, with_key_file=False) for label in (LABEL_A, LABEL_B)})
+    _say(request, f"two runs at once through the three DAGs on Celery: {time.monotonic() - started:.0f}s")
+
+    after = stack.celery_task_counts()
+    ran = {worker: after.get(worker, 0) - before.get(worker, 0) for worker in stack.worker_names}
+    assert all(count > 0 for count in ran.values()), f"tasks per Celery worker: {ran}; both workers should have run tasks"
+
+    # Each release is byte for byte what its label gets when run alone: the other run changed nothing.
+    for label in (LABEL_A, LABEL_B):
+        assert_same_release(work / "releases" / label, deployment["reference"][label])
+    assert (work / "releases" / LABEL_A / "cohort.parquet").read_bytes() != (work / "releases" / LABEL_B / "cohort.parquet").read_bytes()
+    for zone in ZONES:
+        assert sorted(p.name for p in (work / zone).iterdir()) == [LABEL_A, LABEL_B], f"{zone}/ holds more than the two labels"

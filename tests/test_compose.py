@@ -1,0 +1,244 @@
+"""The production stack's files: docker-compose.yml, .env.example, the Dockerfile and .dockerignore.
+
+docker-compose.yml is interpolated with the values of .env.example, as `docker compose` does with
+an .env file, and validated against the Compose Specification's JSON schema, which the pinned dev
+dependency check-jsonschema ships (no Docker and no network needed). The other tests hold the stack
+to the deployment rules of docs/data-engineers.md and DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from pipeline.settings import REPO_DIR
+
+COMPOSE = REPO_DIR / "docker-compose.yml"
+ENV_EXAMPLE = REPO_DIR / ".env.example"
+DOCKERFILE = REPO_DIR / "Dockerfile"
+DOCKERIGNORE = REPO_DIR / ".dockerignore"
+
+AIRFLOW_SERVICES = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-worker")
+LONG_RUNNING = ("postgres", "redis", *AIRFLOW_SERVICES)
+SECRET_SETTINGS = ("POSTGRES_PASSWORD", "AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY", "AIRFLOW_FERNET_KEY", "AIRFLOW_ADMIN_PASSWORD")
+ZONE_MOUNTS = {
+    "/data/raw": "pprl-raw",
+    "/data/work/raw": "pprl-quarantine",
+    "/data/work/pseudonymised": "pprl-pseudonymised",
+    "/data/work/linked": "pprl-linked",
+    "/data/work/releases": "pprl-releases",
+    "/data/work/reports": "pprl-reports",
+}
+
+# ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}, ${NAME:+alt}, $NAME; $$ is a literal $.
+_VARIABLE = re.compile(r"\$(?:(?P<escaped>\$)|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+
+
+class MissingVariable(KeyError):
+    pass
+
+
+def interpolate(value: Any, env: Mapping[str, str]) -> Any:
+    """Compose's variable interpolation (compose-spec, "Interpolation") over a parsed YAML tree."""
+    if isinstance(value, dict):
+        return {key: interpolate(item, env) for key, item in value.items()}
+    if isinstance(value, list):
+        return [interpolate(item, env) for item in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match) -> str:
+        if match["escaped"]:
+            return "$"
+        name = match["braced"] or match["bare"]
+        op, arg = match["op"], match["arg"] or ""
+        present = name in env
+        non_empty = bool(env.get(name))
+        if op in (":-", "-"):
+            use_default = not non_empty if op == ":-" else not present
+            return interpolate(arg, env) if use_default else env[name]
+        if op in (":?", "?"):
+            if (op == ":?" and not non_empty) or (op == "?" and not present):
+                raise MissingVariable(f"{name}: {arg}")
+            return env[name]
+        if op in (":+", "+"):
+            use_alt = non_empty if op == ":+" else present
+            return interpolate(arg, env) if use_alt else ""
+        return env.get(name, "")
+
+    return _VARIABLE.sub(substitute, value)
+
+
+def variables_used(text: str) -> set[str]:
+    return {m["braced"] or m["bare"] for m in _VARIABLE.finditer(text) if not m["escaped"]}
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            values[name.strip()] = value.strip()
+    return values
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def env() -> dict[str, str]:
+    return read_env_file(ENV_EXAMPLE)
+
+
+@pytest.fixture(scope="module")
+def compose(raw, env) -> dict:
+    """The compose file as `docker compose config` sees it with .env.example as its .env."""
+    return interpolate(raw, env)
+
+
+@pytest.fixture(scope="module")
+def services(compose) -> dict:
+    return compose["services"]
+
+
+def compose_schema() -> dict:
+    # check-jsonschema vendors the schema from github.com/compose-spec/compose-spec (schema/compose-spec.json).
+    vendor = resources.files("check_jsonschema.builtin_schemas.vendor")
+    return json.loads((vendor / "compose-spec.json").read_text())
+
+
+def test_interpolation_follows_compose():
+    env = {"SET": "x", "EMPTY": ""}
+    assert interpolate("$$HOME ${SET} $SET ${UNSET:-d} ${EMPTY:-d} ${EMPTY-d} ${SET:+alt} ${UNSET:+alt}", env) == "$HOME x x d d  alt "
+    with pytest.raises(MissingVariable, match="UNSET: say so"):
+        interpolate({"a": ["${UNSET:?say so}"]}, env)
+    assert variables_used("$${NOT_A_VARIABLE} ${USED:-x} $BARE") == {"USED", "BARE"}
+
+
+def test_the_compose_file_follows_the_compose_specification(compose):
+    schema = compose_schema()
+    validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    errors = sorted(validator.iter_errors(compose), key=lambda e: list(e.absolute_path))
+    assert not errors, "\n".join(f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors)
+
+
+def test_the_schema_check_catches_a_broken_file(compose):
+    """The schema really is the Compose one: it refuses what `docker compose` refuses."""
+    broken = {**compose, "services": {**compose["services"], "redis": {**compose["services"]["redis"], "restart": 3}}}
+    assert list(jsonschema.Draft202012Validator(compose_schema()).iter_errors(broken))
+    typo = {**compose, "services": {**compose["services"], "redis": {**compose["services"]["redis"], "helthcheck": {}}}}
+    assert list(jsonschema.Draft202012Validator(compose_schema()).iter_errors(typo))
+
+
+def test_every_setting_is_documented_in_env_example_and_every_documented_setting_is_used(env):
+    used = variables_used(COMPOSE.read_text())
+    assert used - set(env) == set(), "used in docker-compose.yml but missing from .env.example"
+    assert set(env) - used == set(), "in .env.example but not used by docker-compose.yml"
+    lines = ENV_EXAMPLE.read_text().splitlines()
+    for number, line in enumerate(lines):
+        if line and not line.startswith("#"):
+            assert lines[number - 1].startswith("#"), f".env.example: {line.split('=')[0]} needs a comment above it"
+
+
+def test_secrets_must_be_set_and_have_no_default(raw):
+    """A missing secret stops `docker compose up` (${NAME:?...}) instead of falling back to a known value."""
+    text = COMPOSE.read_text()
+    for name in (*SECRET_SETTINGS, "PPRL_KEY_FILE_HOST"):
+        ops = [m["op"] for m in _VARIABLE.finditer(text) if not m["escaped"] and (m["braced"] or m["bare"]) == name]
+        assert ops, f"{name} is not used"
+        assert all(op == ":?" for op in ops), f"{name} must always be required with ${{{name}:?...}}, got {ops}"
+    with pytest.raises(MissingVariable, match="AIRFLOW_JWT_SECRET"):
+        interpolate(raw, {k: v for k, v in read_env_file(ENV_EXAMPLE).items() if k != "AIRFLOW_JWT_SECRET"})
+
+
+def test_the_stack_has_the_parts_of_airflows_production_setup(compose, services):
+    assert {"postgres", "redis", "airflow-init", *AIRFLOW_SERVICES} <= set(services)
+    assert "x-airflow-common" in compose
+    common = compose["x-airflow-common"]["environment"]
+    assert common["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert common["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
+    assert common["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://")
+    assert common["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:")
+    assert common["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
+    assert common["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
+    assert common["AIRFLOW__CORE__AUTH_MANAGER"].endswith("FabAuthManager")
+    for name in AIRFLOW_SERVICES:
+        environment = services[name]["environment"]
+        for setting in ("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY", "AIRFLOW__CORE__FERNET_KEY"):
+            assert environment[setting] == common[setting], f"{name}: {setting} must be the shared one"
+    init = " ".join(services["airflow-init"]["command"])
+    assert "airflow db migrate" in init and "airflow users create" in init
+
+
+def test_one_image_built_from_the_lock_runs_every_airflow_service(services):
+    for name in (*AIRFLOW_SERVICES, "airflow-init"):
+        service = services[name]
+        assert service["build"]["context"] == "." and service["image"] == services["airflow-worker"]["image"], name
+        assert "_PIP_ADDITIONAL_REQUIREMENTS" not in service.get("environment", {}), f"{name} installs packages at start"
+        assert service["user"].endswith(":0"), name
+    dockerfile = DOCKERFILE.read_text()
+    assert "COPY pyproject.toml uv.lock" in dockerfile
+    assert re.findall(r"uv sync --frozen --no-dev --extra production", dockerfile)
+    assert "pip install" not in dockerfile.replace('pip install --no-cache-dir "uv==', "")
+    assert re.search(r"^USER 50000:0$", dockerfile, re.MULTILINE), "the image must not run as root"
+
+
+def test_long_running_services_have_healthchecks_and_restart(services):
+    for name in LONG_RUNNING:
+        assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+        assert services[name].get("restart") == "always", f"{name} is not restarted"
+    for name in ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-worker"):
+        assert services[name]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+        assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_workers_scale_and_only_they_hold_the_key(compose, services):
+    worker = services["airflow-worker"]
+    assert "container_name" not in worker and "ports" not in worker, "--scale needs no fixed name and no host port"
+    assert worker["secrets"] == ["pprl_key"]
+    assert worker["environment"]["PPRL_KEY_FILE"] == "/run/secrets/pprl_key"
+    assert compose["secrets"]["pprl_key"] == {"file": read_env_file(ENV_EXAMPLE)["PPRL_KEY_FILE_HOST"]}
+    for name, service in services.items():
+        environment = service.get("environment", {})
+        assert "PPRL_KEY" not in environment, f"{name} carries the key in its environment"
+        if name != "airflow-worker":
+            assert "secrets" not in service and "PPRL_KEY_FILE" not in environment, f"{name} must not get the key"
+
+
+def test_zones_reports_and_logs_live_on_named_volumes(compose, services):
+    worker_mounts = dict(reversed(m.split(":")[:2]) for m in services["airflow-worker"]["volumes"])
+    for path, volume in ZONE_MOUNTS.items():
+        assert worker_mounts.get(path) == volume, f"{path} should be on volume {volume}"
+        assert volume in compose["volumes"]
+    for name in AIRFLOW_SERVICES:
+        assert "airflow-logs:/opt/airflow/logs" in services[name]["volumes"], f"{name} does not share the logs volume"
+    for name in ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"):
+        mounted = {m.split(":")[0] for m in services[name]["volumes"]}
+        assert not mounted & set(ZONE_MOUNTS.values()), f"{name} runs no task and needs no data"
+
+
+def test_only_the_ui_is_published_and_on_loopback_by_default(services, env):
+    published = {name: service["ports"] for name, service in services.items() if service.get("ports") and not service.get("profiles")}
+    assert list(published) == ["airflow-apiserver"]
+    assert env["AIRFLOW_API_BIND"] == "127.0.0.1"
+    assert services["postgres"]["networks"] == ["backend"] and services["redis"]["networks"] == ["backend"]
+
+
+def test_no_key_or_env_file_can_reach_the_image():
+    ignored = DOCKERIGNORE.read_text().splitlines()
+    for pattern in ("*.key.json", ".env", ".git/", ".venv/"):
+        assert pattern in ignored, f".dockerignore must exclude {pattern}"
+    dockerfile = DOCKERFILE.read_text()
+    assert not re.search(r"(?i)^\s*(COPY|ADD)\s.*(key|secret|\.env)", dockerfile, re.MULTILINE)
+    assert "PPRL_KEY" not in dockerfile
