@@ -71,7 +71,7 @@ class Figures(HTMLParser):
         if "src" in a:
             self.links.append(a["src"] or "")
         if "data-figure" in a:
-            self._open.append([json.loads(a["data-figure"] or "[]"), ""])
+            self._open.append([json.loads(a["data-figure"] or "[]"), "", tag])
 
     def handle_data(self, data: str) -> None:
         self.text.append(data)
@@ -79,8 +79,9 @@ class Figures(HTMLParser):
             self._open[-1][1] += data
 
     def handle_endtag(self, tag: str) -> None:
-        if tag == "td" and self._open:
-            paths, text = self._open.pop()
+        # A figure is a table cell or, where a cell holds several (a share and its counts), a span.
+        if self._open and tag == self._open[-1][2]:
+            paths, text, _ = self._open.pop()
             self.figures.append((paths, text.strip()))
 
 
@@ -128,6 +129,12 @@ def test_every_figure_on_the_audit_page_is_the_manifests_after_disclosure_contro
         ["linkage", "sources", s, "linked_by_rank", "1"] for s in SOURCES
     ] + [["validation", z, "statistics", "rows"] for z in ("raw", "pseudonymised", "linked", "release")] + [
         ["privacy", "quasi_identifiers", "cohort", "smallest_group"], ["files", "cohort.parquet", "rows"], ["cohort", "eligible"],
+    ] + [
+        # Linkage quality by group, so a reviewer can see whether linkage failure is biased.
+        ["linkage", "quality", measure, "social_care", breakdown, group, part]
+        for measure in ("participants_found_by_group", "linked_by_p_by_group")
+        for breakdown, group in (("sex", "F"), ("imd_quintile", "1"), ("site", "site_a"), ("age_band", "75-84"))
+        for part in ("count", "of")
     ]  # fmt: skip
     missing = [p for p in expected if json.dumps(p) not in shown_paths]
     assert not missing, f"figures missing from the audit page: {missing}"
@@ -140,7 +147,8 @@ def test_the_audit_page_identifies_the_release_and_links_its_evidence(cfg, manif
         assert value in text
     for entry in list(manifest["inputs"].values()) + list(manifest["files"].values()):
         assert entry["sha256"] in text
-    for heading in ("Consent", "Rows in and out of every stage", "quarantine", "Linkage by rank", "Validation", "Privacy checks", "Sign-off"):
+    for heading in ("Consent", "Rows in and out of every stage", "quarantine", "Linkage by rank", "Linkage quality", "Validation",
+                    "Privacy checks", "Sign-off"):
         assert heading in text
     assert "data_docs/index.html" in page.links and (cfg.reports_dir / "data_docs" / "index.html").is_file()
     for link in page.links:

@@ -268,7 +268,95 @@ def _linkage(p: _Page) -> None:
           "<p>Records linked to a participant, by the rule (rank) that linked them; all comparisons are made on tokens, never on names or numbers. "
           "A conflict is a record that matched two participants equally well: it is left unlinked, never resolved silently.</p>"
           + _table(["Extract"] + [f"Rank {r}" for r in ranks] + ["Not linked", "Conflicts", "Participants found"], rows, "figures")
-          + f"<ul class=\"legend\">{legend}</ul></section>")
+          + f"<ul class=\"legend\">{legend}</ul>" + _linkage_quality(p) + "</section>")
+
+
+BREAKDOWN_LABELS = {"age_band": "Age band", "sex": "Sex", "imd_quintile": "IMD quintile (1 = most deprived)", "site": "Site"}
+
+
+def _count_span(p: _Page, path: list[Any]) -> str:
+    """One controlled count inside a cell, with its provenance (as `_Page.num`, for a span)."""
+    return f"<span data-figure='{e(json.dumps([path]))}'>{e(disclosure.shown(_get(p.m, path)))}</span>"
+
+
+def _share_cell(p: _Page, base: list[Any]) -> str:
+    """The share in per cent over "count of denominator", both controlled. The share is computed from
+    the controlled figures, so it reveals no more than they do; hidden when either is."""
+    raw_count, raw_of = _get(p.m, base + ["count"]), _get(p.m, base + ["of"])
+    count = disclosure.control_count(raw_count) if raw_count is not None else None
+    of = disclosure.control_count(raw_of) if raw_of is not None else None
+    share = f"{100 * count / of:.1f}%" if count is not None and of else "\u2013"
+    return (f'<td class="num">{share}<br><span class="small">{_count_span(p, base + ["count"])} of '
+            f"{_count_span(p, base + ['of'])}</span></td>")
+
+
+def _by_group(p: _Page, measure: str, intro: str) -> str:
+    """One table per breakdown: a row per group, a column per source (share, count of denominator)."""
+    figures = _get(p.m, ["linkage", "quality", measure]) or {}
+    sources = _in_order(figures)
+    if not sources:
+        return ""
+    out = [f"<p>{intro}</p>"]
+    for breakdown, title in BREAKDOWN_LABELS.items():
+        groups = sorted({g for s in sources for g in (figures[s].get(breakdown) or {})})
+        if not groups:
+            continue
+        rows = []
+        for g in groups:
+            cells = "".join(
+                _share_cell(p, ["linkage", "quality", measure, s, breakdown, g])
+                if _get(p.m, ["linkage", "quality", measure, s, breakdown, g]) is not None else "<td></td>"
+                for s in sources
+            )
+            rows.append(f'<tr><th scope="row">{e(g)}</th>{cells}</tr>')
+        out.append(f"<h4>{e(title)}</h4>" + _table([title] + [SOURCE_LABELS.get(s, s) for s in sources], rows, "figures"))
+    return "".join(out)
+
+
+def _weight_histogram(p: _Page) -> str:
+    """Records the probabilistic step scored, by match-weight bin and outcome, per source."""
+    hist = _get(p.m, ["linkage", "quality", "match_weight_histogram"]) or {}
+    rows = []
+    for s in _in_order(hist):
+        bins: dict[str, dict[str, int]] = {}
+        for i, r in enumerate(hist[s]):
+            bins.setdefault(r["bin"], {})[r["outcome"]] = i
+        for b in sorted(bins, key=_bin_start):
+            cells = "".join(
+                p.num(["linkage", "quality", "match_weight_histogram", s, bins[b][o], "records"]) if o in bins[b] else '<td class="num">0</td>'
+                for o in ("P", "unlinked", "conflict")
+            )
+            rows.append(f'<tr><th scope="row">{_named(s, SOURCE_LABELS)}</th><td class="mono">{e(b)}</td>{cells}</tr>')
+    if not rows:
+        return "<p>The probabilistic step scored no record in this run.</p>"
+    return _table(["Extract", "Match weight (bits)", "Linked (rank P)", "Not linked", "Conflict"], rows, "figures")
+
+
+def _bin_start(label: str) -> float:
+    """Sort key of a bin label such as "[10, 15)" or "< -10"."""
+    found = re.search(r"-?\d+(?:\.\d+)?", label)
+    start = float(found.group()) if found else 0.0
+    return start - 0.5 if label.lstrip().startswith("<") else start
+
+
+def _linkage_quality(p: _Page) -> str:
+    """Whether linkage failure is biased: participants found and rank P's share, by group; the weights."""
+    if not _get(p.m, ["linkage", "quality"]):
+        return ""
+    return ("<h3>Linkage quality: is linkage failure biased?</h3>"
+            "<p>A group whose participants are found less often, or whose records needed the probabilistic rank more often, "
+            "is a group whose service use may be undercounted or rests on weaker evidence. Compare the shares across groups; "
+            "shares are computed from the controlled counts.</p>"
+            + _by_group(p, "participants_found_by_group",
+                        "<strong>Participants found</strong> in each extract: the share of the group's participants, "
+                        "and below it how many were found of how many.")
+            + _by_group(p, "linked_by_p_by_group",
+                        "<strong>Linked records that needed the probabilistic rank (P)</strong>: the share of the group's "
+                        "linked records in each extract.")
+            + "<h4>Match weights of the records the probabilistic step scored</h4>"
+            "<p>Each record's best candidate, in bins of match weight (log2 of the odds of a match). Records just below the "
+            "threshold are the near misses; a conflict is a record two participants both matched.</p>"
+            + _weight_histogram(p))
 
 
 def _validation(p: _Page, data_docs_href: str) -> None:
