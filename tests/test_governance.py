@@ -329,3 +329,12 @@ def test_publish_code_never_reads_raw_or_the_key() -> None:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [getattr(node, "module", None) or ""] + [a.name for a in node.names]
                 assert not any("crypto.keys" in n or n == "load_key" for n in names), f"{path.name}:{node.lineno} imports the key"
+
+
+def test_code_version_comes_from_the_image_commit_where_there_is_no_git_history(monkeypatch) -> None:
+    from pipeline.publish.release import code_version
+
+    monkeypatch.setenv("PPRL_GIT_COMMIT", "0123456789abcdef0123456789abcdef01234567")
+    assert code_version().endswith("+g0123456789ab")
+    monkeypatch.setenv("PPRL_GIT_COMMIT", "unknown")
+    assert "+g" in code_version() or code_version().endswith("+unknown")

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -35,14 +36,19 @@ VALIDATED_ZONES: tuple[str, ...] = ("raw", "pseudonymised", "linked", "release")
 
 
 def code_version() -> str:
-    """The package version and git commit the release was built with."""
+    """The package version and the git commit the release was built with: `PPRL_GIT_COMMIT` where the
+    code is installed without its git history (the Docker image sets it at build time), else the
+    checkout's HEAD, marked ".dirty" when tracked files have uncommitted changes."""
+    commit = os.environ.get("PPRL_GIT_COMMIT", "").strip()
+    if commit and commit != "unknown":
+        return f"{__version__}+g{commit[:12]}"
+    git = ["git", "-C", str(REPO_DIR)]
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(REPO_DIR), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
+        commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
-    return f"{__version__}+g{commit}"
+        return f"{__version__}+unknown"
+    return f"{__version__}+g{commit}{'.dirty' if changed.strip() else ''}"
 
 
 def _with_study_ids(df: pl.DataFrame, ids: pl.DataFrame) -> pl.DataFrame:
