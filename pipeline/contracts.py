@@ -217,6 +217,10 @@ def load_mapping(path: Path) -> tuple[str, dict[str, str]]:
 # Checking a file against its contract
 
 
+def _is_bytes(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t)
+
+
 def _schema_violations(path: Path, contract: Contract, schema: pa.Schema, allow_extra: bool) -> list[Violation]:
     out = []
     present = {f.name: f.type for f in schema}
@@ -225,7 +229,7 @@ def _schema_violations(path: Path, contract: Contract, schema: pa.Schema, allow_
             out.append(Violation(str(path), c.name, "column present", "the column is missing; add it or map the provider's name in a mapping YAML"))
         elif present[c.name] not in COMPATIBLE_ARROW_TYPES[c.type] and not pa.types.is_null(present[c.name]):
             found = present[c.name]
-            hint = " (bytes, not text: re-export it as UTF-8 text)" if c.type == "string" and pa.types.is_binary(found) else ""
+            hint = " (bytes, not text: re-export it as UTF-8 text)" if c.type == "string" and _is_bytes(found) else ""
             out.append(Violation(str(path), c.name, f"type {c.type}", f"found Arrow type {found}{hint}; deliver it as {c.arrow_type}"))
     if not allow_extra:
         for name in present:
