@@ -14,7 +14,6 @@ holds only what is true of a file whatever the run.
 | hospital_apc | discharge before admission |
 | social_care | service ended before it started |
 
-    >>> import datetime as dt
     >>> [r.reason for r in rules_for("hospital_apc")][-1]
     'discharge before admission'
 """
