@@ -76,10 +76,6 @@ def rewrite(raw: Path, dataset: str, change: Callable[[pl.DataFrame], pl.DataFra
     change(pl.read_parquet(path)).write_parquet(path)
 
 
-def first_rows(n: int) -> pl.Expr:
-    return pl.int_range(pl.len()) < n
-
-
 def damage_column(path: Path, column: str) -> None:
     """Overwrite the middle of one column's data in the file with 0xFF bytes, leaving its footer whole."""
     meta = pq.ParquetFile(path).metadata
@@ -445,3 +441,29 @@ def test_a_run_with_row_faults_publishes_and_leaves_the_earlier_release_alone(ro
     page = (cfg.reports_dir / "audit.html").read_text(encoding="utf-8")
     for reason in ("discharge before admission", DATE_OF_BIRTH.reason, "service ended before it started"):
         assert reason in page
+
+
+def test_a_rerun_after_the_delivery_is_fixed_leaves_no_stale_quarantine(reference, tmp_path):
+    """Quarantine files belong to the run that wrote them: fix the rows, rerun the label, they are gone."""
+    raw = deliver(reference, tmp_path)
+    clean = {d: pl.read_parquet(raw / f"{d}.parquet") for d in ("consent_register", "hospital_apc")}
+    kept = (pl.col("consent_status") == "consented") & pl.col("withdrawal_date").is_null()
+    first_kept = kept & (kept.cum_sum() == 1)
+    rewrite(raw, "consent_register", lambda df: df.with_columns(date_of_birth=pl.when(first_kept).then(pl.lit(D(2031, 1, 1))).otherwise("date_of_birth")))
+    usable = _usable(clean["hospital_apc"])
+    first_usable = usable & (usable.cum_sum() == 1)
+    rewrite(raw, "hospital_apc", lambda df: df.with_columns(date_of_birth=pl.when(first_usable).then(pl.lit(D(1800, 1, 1))).otherwise("date_of_birth")))
+    conf = reference.conf(tmp_path / "work", "stale", raw=raw)
+    cfg = RunConfig.from_conf(conf)
+    steps = ("consent_gate", "pseudonymise_source:hospital_apc")
+    for step in steps:
+        stage_runner.run_step(conf, step)
+    assert sorted(p.name for p in cfg.quarantine_dir.iterdir()) == ["consent_register.parquet", "hospital_apc.parquet"]
+
+    for dataset, df in clean.items():
+        df.write_parquet(raw / f"{dataset}.parquet")
+    for step in steps:
+        stage_runner.run_step(conf, step)
+    assert list(cfg.quarantine_dir.iterdir()) == []
+    assert io.read_json(cfg.pseudonymised_dir / "counts" / "hospital_apc.json")["counts"]["quarantine_reasons"] == {}
+    assert io.read_json(cfg.pseudonymised_dir / "consent.json")["consent"]["quarantine_reasons"] == {}
