@@ -42,11 +42,17 @@ def _run(args: argparse.Namespace) -> int:
     if args.replace:
         conf["replace_release"] = True
     cfg = RunConfig.from_conf(conf)
-    airflow_home = Path(args.airflow_home) if args.airflow_home else cfg.work / ".airflow"
+    airflow_home = Path(args.airflow_home) if args.airflow_home else default_airflow_home(cfg)
     result = run_embedded(cfg.to_conf(), airflow_home)
     print()
     print(summary_text(cfg.release_dir))
     return 0 if result else 1
+
+
+def default_airflow_home(cfg) -> Path:
+    """WORK/.airflow/<label>: one private Airflow per release label, so runs of different labels on
+    one work folder can go at the same time (an embedded Airflow home serves one run at a time)."""
+    return cfg.work / ".airflow" / cfg.release_label
 
 
 def summary_text(release_dir: Path) -> str:
@@ -123,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--extract-date")
     r.add_argument("--unit-costs", help="CSV following schemas/unit_costs.yaml (default: reference/unit_costs.csv)")
     r.add_argument("--replace", action="store_true", help="replace an existing release of the same label")
-    r.add_argument("--airflow-home", help="private AIRFLOW_HOME (default WORK/.airflow)")
+    r.add_argument("--airflow-home", help="private AIRFLOW_HOME (default WORK/.airflow/<label>)")
     r.set_defaults(func=_run)
 
     a = sub.add_parser("audit", help="check a release against its manifest (tamper evidence) and rerun its privacy checks")

@@ -217,6 +217,10 @@ def load_mapping(path: Path) -> tuple[str, dict[str, str]]:
 # Checking a file against its contract
 
 
+def _is_bytes(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t)
+
+
 def _schema_violations(path: Path, contract: Contract, schema: pa.Schema, allow_extra: bool) -> list[Violation]:
     out = []
     present = {f.name: f.type for f in schema}
@@ -224,9 +228,9 @@ def _schema_violations(path: Path, contract: Contract, schema: pa.Schema, allow_
         if c.name not in present:
             out.append(Violation(str(path), c.name, "column present", "the column is missing; add it or map the provider's name in a mapping YAML"))
         elif present[c.name] not in COMPATIBLE_ARROW_TYPES[c.type] and not pa.types.is_null(present[c.name]):
-            out.append(
-                Violation(str(path), c.name, f"type {c.type}", f"found Arrow type {present[c.name]}; deliver it as {c.arrow_type}")
-            )
+            found = present[c.name]
+            hint = " (bytes, not text: re-export it as UTF-8 text)" if c.type == "string" and _is_bytes(found) else ""
+            out.append(Violation(str(path), c.name, f"type {c.type}", f"found Arrow type {found}{hint}; deliver it as {c.arrow_type}"))
     if not allow_extra:
         for name in present:
             if name not in contract.column_names:
@@ -261,31 +265,105 @@ def _value_rule_exprs(contract: Contract, columns: set[str]) -> list[tuple[Colum
     return rules
 
 
-def check_frame(lf: pl.LazyFrame, contract: Contract, path: str) -> list[Violation]:
-    """Count rows breaking each value rule in one pass over `lf`; one Violation per broken rule."""
-    columns = set(lf.collect_schema().names())
-    rules = _value_rule_exprs(contract, columns)
-    if not rules:
+# What to do about each kind of broken value rule; the count of rows is said before it.
+_VALUE_RULE_ADVICE: dict[str, str] = {
+    "not null": "have no value, and every row needs one",
+    "allowed values": "hold a value the contract does not allow; map the provider's codes to the allowed ones",
+    "pattern": "do not have the declared form",
+    "minimum": "are below the declared minimum",
+    "maximum": "are above the declared maximum",
+    "unique": "repeat a value that must be unique (a record or person delivered twice, or two under one ID)",
+}
+
+
+def _value_rule_detail(rule: str, n: int) -> str:
+    kind = rule if rule in ("not null", "allowed values") else rule.split(" ")[0]
+    advice = _VALUE_RULE_ADVICE.get(kind, "break it")
+    return f"{n} row(s) break the rule: they {advice}; correct them at the source and deliver the file again"
+
+
+def check_frame(lf: pl.LazyFrame, contract: Contract, path: str, read_all: bool = False) -> list[Violation]:
+    """Count rows breaking each value rule in one pass over `lf`; one Violation per broken rule.
+
+    With `read_all` the same pass also decodes every column (a column without rules is otherwise
+    never read), so a damaged page or text that is not UTF-8 is found here and not in a later stage.
+    """
+    columns = lf.collect_schema().names()
+    rules = _value_rule_exprs(contract, set(columns))
+    exprs = [expr.alias(f"r{i}") for i, (_, _, expr) in enumerate(rules)]
+    if read_all:
+        exprs += [pl.col(c).null_count().alias(f"_read_{i}") for i, c in enumerate(columns)]
+    if not exprs:
         return []
-    counts = lf.select([expr.alias(f"r{i}") for i, (_, _, expr) in enumerate(rules)]).collect().row(0)
+    counts = lf.select(exprs).collect().row(0)
     out = []
-    for (c, rule, _), n in zip(rules, counts, strict=True):
+    for (c, rule, _), n in zip(rules, counts[: len(rules)], strict=True):
         if n:
-            out.append(Violation(path, c.name, rule, f"{n} row(s) break the rule"))
+            out.append(Violation(path, c.name, rule, _value_rule_detail(rule, n)))
     return out
 
 
+def parquet_files(path: Path) -> list[Path]:
+    """The Parquet files of an input: the file itself, or every `*.parquet` of a folder (a source
+    delivered in parts), in name order so the rows always come in the same order."""
+    path = Path(path)
+    return sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+
+
+_PARQUET_MAGIC = b"PAR1"
+
+
+def _not_parquet_detail(path: Path, exc: Exception) -> str:
+    """Why `path` is not readable Parquet, in words a data engineer can act on (never its content)."""
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty (0 bytes), so the export or the copy failed; deliver it again"
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+        fh.seek(max(0, size - 4))
+        tail = fh.read(4)
+    if head != _PARQUET_MAGIC:
+        return (
+            "the file is not valid Parquet (it does not start with Parquet's marker: a CSV or a spreadsheet "
+            "renamed .parquet?); export the extract as Parquet"
+        )
+    if tail != _PARQUET_MAGIC:
+        return "the file is truncated (it has no Parquet footer: an interrupted copy or export?); copy or export it again"
+    return f"the file is damaged ({type(exc).__name__} reading its footer); export it again as Parquet"
+
+
 def read_parquet_schema(path: Path) -> pa.Schema:
-    """The file's Arrow schema, or a ContractError saying the file is not readable Parquet."""
+    """The file's Arrow schema, or a ContractError saying the file is missing or not readable Parquet."""
     path = Path(path)
     if not path.exists():
-        raise ContractError([Violation(str(path), None, "file present", "the file does not exist; check the input folder")])
+        others = sorted(p.name for p in path.parent.glob(f"{path.stem}.*") if p != path) if path.parent.is_dir() else []
+        detail = "the file does not exist; check the input folder"
+        if others:
+            detail = f"the file does not exist, but {', '.join(others)} does; deliver the extract as Parquet, named {path.name}"
+        raise ContractError([Violation(str(path), None, "file present", detail)])
+    if path.is_dir():
+        raise ContractError([Violation(str(path), None, "readable Parquet", "a folder, not a Parquet file; give the path of a file")])
     try:
         return pq.read_schema(path)
     except Exception as exc:  # pyarrow raises several types for truncated or non-Parquet files
-        raise ContractError(
-            [Violation(str(path), None, "readable Parquet", f"the file is not valid Parquet ({type(exc).__name__}); re-export it as Parquet")]
-        ) from None
+        raise ContractError([Violation(str(path), None, "readable Parquet", _not_parquet_detail(path, exc))]) from None
+
+
+def unreadable_columns(path: Path, columns: list[str]) -> list[Violation]:
+    """One Violation per column of `path` whose values cannot be decoded (a damaged page, or text
+    that is not UTF-8), found by reading the columns one at a time. Never carries a value."""
+    out = []
+    for c in columns:
+        try:
+            pl.scan_parquet(path).select(pl.col(c).null_count()).collect()
+        except (pl.exceptions.PolarsError, OSError, pa.ArrowException) as exc:
+            utf8 = "utf-8" in str(exc).lower() or "utf8" in str(exc).lower()
+            why = "holds text that is not valid UTF-8" if utf8 else "holds damaged data that cannot be decoded"
+            todo = "re-export the file with text encoded as UTF-8" if utf8 else "export or copy the file again"
+            out.append(Violation(str(path), c, "readable values", f"the column {why}; {todo}"))
+    if not out:
+        out.append(Violation(str(path), None, "readable values", "the file cannot be read to the end; export or copy it again"))
+    return out
 
 
 def scan_checked(
@@ -293,27 +371,52 @@ def scan_checked(
     contract: Contract,
     mapping: dict[str, str] | None = None,
     allow_extra: bool = False,
+    read_all: bool = False,
 ) -> pl.LazyFrame:
     """Check `path` against `contract` and return it as a lazy frame with the contract's columns and types.
 
-    Raises ContractError listing every violation (file, column, rule, what to do) when the file
-    breaks its contract. Values never appear in the message.
+    `path` is a Parquet file, or a folder of Parquet files holding one extract in parts (every part
+    is checked; value rules such as uniqueness hold across the parts). Raises ContractError listing
+    every violation (file, column, rule, what to do) when the input breaks its contract. Values never
+    appear in the message. `read_all`: decode every value too (see check_frame).
     """
     path = Path(path)
-    schema = read_parquet_schema(path)
-    if mapping:
-        schema = pa.schema([f.with_name(mapping.get(f.name, f.name)) for f in schema])
-    violations = _schema_violations(path, contract, schema, allow_extra)
+    files = parquet_files(path)
+    if not files:
+        raise ContractError([Violation(str(path), None, "file present", "the folder holds no .parquet file; put the extract's parts in it")])
+    violations: list[Violation] = []
+    for f in files:
+        try:
+            schema = read_parquet_schema(f)
+        except ContractError as exc:
+            violations += exc.violations
+            continue
+        if mapping:
+            schema = pa.schema([fld.with_name(mapping.get(fld.name, fld.name)) for fld in schema])
+        violations += _schema_violations(f, contract, schema, allow_extra)
     if violations:
         raise ContractError(violations)
-    lf = pl.scan_parquet(path)
+    lf = pl.scan_parquet(files)
     if mapping:
         lf = lf.rename({k: v for k, v in mapping.items() if k in lf.collect_schema().names()})
     lf = lf.select([pl.col(c.name).cast(c.polars_type) for c in contract.columns])
-    violations = check_frame(lf, contract, str(path))
+    try:
+        violations = check_frame(lf, contract, str(path), read_all=read_all)
+    except (pl.exceptions.PolarsError, OSError, pa.ArrowException):
+        # A page that cannot be decoded: say which file and column, not Polars' traceback.
+        names = [mapping_back(mapping, c) for c in contract.column_names]
+        raise ContractError([v for f in files for v in unreadable_columns(f, names)]) from None
     if violations:
         raise ContractError(violations)
     return lf
+
+
+def mapping_back(mapping: dict[str, str] | None, column: str) -> str:
+    """The provider's name of a contract column under `mapping` (itself when not renamed)."""
+    for provider, ours in (mapping or {}).items():
+        if ours == column:
+            return provider
+    return column
 
 
 def check_file(path: Path, contract: Contract | str, mapping_file: Path | None = None) -> int:

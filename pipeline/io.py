@@ -5,6 +5,7 @@ renamed into place, so a crash never leaves a half-written file under its real n
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -29,6 +30,11 @@ def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it over `final` only if the block succeeds."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    # A process killed in this block leaves its temporary file behind; the next write of the same
+    # output (a rerun of the task) clears it. One output is only ever written by one task at a time.
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     # mkstemp makes the file 0600; outputs are shared with their zone's readers through folder permissions.
@@ -97,12 +103,38 @@ def parquet_metadata(path: Path) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in md.items()}
 
 
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move a fully written folder `src` to `dst`, replacing a previous `dst` only once `src` is in place."""
-    src, dst = Path(src), Path(dst)
-    old = dst.with_name(f".old-{dst.name}")
+def copy_file(src: Path, dst: Path) -> Path:
+    """Copy `src` to `dst` through a temporary name, so `dst` is the whole file or the previous one."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return Path(dst)
+
+
+def _previous(dst: Path) -> Path:
+    return dst.with_name(f".old-{dst.name}")
+
+
+def recover_replace(dst: Path) -> None:
+    """Undo what a crash in the middle of `replace_dir` left: put the previous `dst` back if the new
+    one never arrived, or remove the previous one if it did."""
+    dst = Path(dst)
+    old = _previous(dst)
     if old.exists():
-        shutil.rmtree(old)
+        if dst.exists():
+            shutil.rmtree(old)
+        else:
+            os.replace(old, dst)
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move a fully written folder `src` to `dst`, replacing a previous `dst` only once `src` is in place.
+
+    The previous `dst` is moved aside (`.old-<name>`) for the instant between the two renames; a
+    crash there is undone by `recover_replace`, which this calls first.
+    """
+    src, dst = Path(src), Path(dst)
+    recover_replace(dst)
+    old = _previous(dst)
     if dst.exists():
         os.replace(dst, old)
     os.replace(src, dst)

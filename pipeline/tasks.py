@@ -52,12 +52,13 @@ def validate_pseudonymised(conf: Conf) -> str:
     run on their pseudonymised payloads (the same rows, less the quarantined ones checked here).
     """
     from pipeline.pseudonymise import payload_contract
+    from pipeline.pseudonymise.inputs import input_files
     from pipeline.validate import run_parameters, validate_files
     from pipeline.validate.suites import QUARANTINE_SUFFIX, QUARANTINED_DATASETS
 
     cfg = _cfg(conf)
     parameters = run_parameters(cfg)
-    raw: dict[str, list[Path]] = {"consent_register": [cfg.raw / "consent_register.parquet"]}
+    raw: dict[str, list[Path]] = {"consent_register": input_files(cfg, "consent_register")}
     for dataset in QUARANTINED_DATASETS:
         quarantined = cfg.quarantine_dir / f"{dataset}.parquet"
         if quarantined.exists():

@@ -46,6 +46,7 @@ def draw_love_plot(balance: pl.DataFrame, covariates: tuple[str, ...], path: Pat
     fig.supxlabel("absolute standardised mean difference", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, metadata={"Software": None})
+    # format given, not guessed from the name: the plot is written to a temporary name first.
+    fig.savefig(path, format="png", dpi=110, metadata={"Software": None})
     plt.close(fig)
     return path

@@ -108,9 +108,10 @@ def build_cohort(cfg: RunConfig) -> Path:
         shutil.rmtree(artefacts)  # a rerun must not keep a previous run's love plot
     artefacts.mkdir(parents=True)
     if balance.height:
-        draw_love_plot(balance, COVARIATE_NAMES, artefacts / LOVE_PLOT)
-    shutil.copyfile(cfg.unit_costs, artefacts / UNIT_COSTS_ARTEFACT)
-    shutil.copyfile(value_set_path(cfg), artefacts / VALUE_SET_ARTEFACT)
+        with io.atomic_path(artefacts / LOVE_PLOT) as tmp:
+            draw_love_plot(balance, COVARIATE_NAMES, tmp)
+    io.copy_file(Path(cfg.unit_costs), artefacts / UNIT_COSTS_ARTEFACT)
+    io.copy_file(value_set_path(cfg), artefacts / VALUE_SET_ARTEFACT)
 
     main = matched[MAIN_SAMPLE]
     main_counts = main.counts() if main else {"matched_mdt": 0, "matched_comparators": 0, "unmatched_mdt": counts["eligible_mdt"]}

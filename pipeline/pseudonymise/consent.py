@@ -27,6 +27,7 @@ from pipeline.crypto.normalise import postcode_expr
 from pipeline.crypto.tokens import study_ids
 from pipeline.pseudonymise.identifiers import NO_USABLE_IDENTIFIER, tokenise_identifiers
 from pipeline.pseudonymise.inputs import scan_input
+from pipeline.pseudonymise.row_rules import DATE_OF_BIRTH
 from pipeline.settings import RunConfig
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ KEEP, DECLINED, WITHDRAWN = "keep", "declined", "withdrawn"
 QUARANTINE_REASONS = {
     "no_index_date": "no index date (MDT enrolment date or baseline survey missing)",
     "no_date_of_birth": "no date of birth in the consent register",
+    "date_of_birth_implausible": DATE_OF_BIRTH.reason,
     "no_identifier": "no usable identifier",
 }
 
@@ -109,6 +111,8 @@ def run_consent_gate(cfg: RunConfig, key: LinkageKey) -> Path:
         .then(pl.lit(QUARANTINE_REASONS["no_index_date"]))
         .when(pl.col("date_of_birth").is_null())
         .then(pl.lit(QUARANTINE_REASONS["no_date_of_birth"]))
+        .when(DATE_OF_BIRTH.broken(cfg.extract))
+        .then(pl.lit(DATE_OF_BIRTH.reason))
         .when(NO_USABLE_IDENTIFIER)
         .then(pl.lit(QUARANTINE_REASONS["no_identifier"]))
         .otherwise(None)

@@ -6,6 +6,7 @@ in one go. The input manifest (file hashes and row counts) goes into the release
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import polars as pl
 
 from pipeline import io
-from pipeline.contracts import ContractError, check_frame, load_contract, scan_checked
+from pipeline.contracts import ContractError, check_frame, load_contract, parquet_files, scan_checked
 from pipeline.errors import Violation
 from pipeline.settings import SOURCES, RunConfig
 
@@ -24,11 +25,26 @@ REQUIRED_INPUTS: tuple[str, ...] = ("consent_register", "survey", *SOURCES, "pos
 
 
 def input_path(cfg: RunConfig, dataset: str) -> Path:
-    return cfg.raw / f"{dataset}.parquet"
+    """`<dataset>.parquet` in the raw folder or, for an extract delivered in parts, the folder
+    `<dataset>/` of Parquet files (read in name order, checked together against the contract)."""
+    folder = cfg.raw / dataset
+    return folder if folder.is_dir() and not (cfg.raw / f"{dataset}.parquet").exists() else cfg.raw / f"{dataset}.parquet"
+
+
+def input_files(cfg: RunConfig, dataset: str) -> list[Path]:
+    return parquet_files(input_path(cfg, dataset))
 
 
 def scan_input(cfg: RunConfig, dataset: str) -> pl.LazyFrame:
     return scan_checked(input_path(cfg, dataset), load_contract(dataset))
+
+
+def input_hash(path: Path) -> str:
+    """The SHA-256 of an input file; of a folder in parts, the SHA-256 of its parts' names and hashes."""
+    if not path.is_dir():
+        return io.sha256_file(path)
+    listing = "".join(f"{p.name} {io.sha256_file(p)}\n" for p in parquet_files(path))
+    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 def scan_unit_costs(path: Path) -> pl.LazyFrame:
@@ -57,11 +73,18 @@ def check_inputs(cfg: RunConfig) -> Path:
     for dataset in REQUIRED_INPUTS:
         path = input_path(cfg, dataset)
         try:
-            rows = scan_input(cfg, dataset).select(pl.len()).collect().item()
+            # Every value decoded once here, so a damaged or wrongly encoded file stops the run now.
+            rows = scan_checked(path, load_contract(dataset), read_all=True).select(pl.len()).collect().item()
         except ContractError as exc:
             violations += exc.violations
             continue
-        files[dataset] = {"file": path.name, "sha256": io.sha256_file(path), "rows": int(rows)}
+        if rows == 0:
+            violations.append(
+                Violation(str(path), None, "not empty", "the file has no rows, which means a failed or filtered export; "
+                          "check it with the provider and deliver it again")
+            )
+            continue
+        files[dataset] = {"file": path.name, "sha256": input_hash(path), "rows": int(rows)}
         log.info("checked %s: %d rows", dataset, rows)
     try:
         costs = scan_unit_costs(Path(cfg.unit_costs)).collect()

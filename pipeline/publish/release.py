@@ -57,6 +57,8 @@ def _with_study_ids(df: pl.DataFrame, ids: pl.DataFrame) -> pl.DataFrame:
 
 def stage_release(cfg: RunConfig) -> Path:
     staging = cfg.staging_dir
+    # A run that died while replacing this label's release must not leave the earlier one hidden.
+    io.recover_replace(cfg.release_dir)
     if staging.exists():
         shutil.rmtree(staging)  # a previous attempt's leftovers; the staging folder is never published as is
     staging.mkdir(parents=True)
@@ -77,9 +79,10 @@ def stage_release(cfg: RunConfig) -> Path:
     artefacts = built / ARTEFACTS_DIR
     if artefacts.is_dir():
         for f in sorted(artefacts.iterdir()):
-            shutil.copyfile(f, staging / f.name)
+            io.copy_file(f, staging / f.name)
     contracts = [load_contract(t) for t in RELEASE_TABLES]
-    (staging / "data_dictionary.md").write_text(render_dictionary_markdown(contracts, f"Data dictionary: release {cfg.release_label}"))
+    with io.atomic_path(staging / "data_dictionary.md") as tmp:
+        tmp.write_text(render_dictionary_markdown(contracts, f"Data dictionary: release {cfg.release_label}"))
     io.write_json(dictionary_records(contracts), staging / "data_dictionary.json")
     io.write_json(_manifest(cfg, controlled), staging / "manifest.json")
     return staging
@@ -185,11 +188,23 @@ def _validation_digest(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if k in ("success", "parameters", "statistics", "datasets", "warnings")}
 
 
+# Written beside the audit page while a release is being renamed into place: the SHA-256 of the
+# manifest being published. A retry finding it, with that manifest in place and nothing staged, knows
+# the crash came after the rename and only the audit page is left to write.
+PUBLISHING_MARK = ".publishing"
+
+
 def publish_release(cfg: RunConfig) -> Path:
     """Hash every file into the manifest, render the audit page, and rename the release into place."""
-    from pipeline.publish.report import page_for
+    from pipeline.publish.report import page_for, write_audit_page
 
     staging, final = cfg.staging_dir, cfg.release_dir
+    mark = cfg.reports_dir / PUBLISHING_MARK
+    if not staging.exists() and _renamed_before_a_crash(mark, final):
+        write_audit_page(final, cfg.reports_dir)
+        mark.unlink()
+        log.info("release %s was in place; finished its audit page", cfg.release_label)
+        return final
     if not staging.exists():
         raise ValidationFailed(f"{staging}: nothing staged; the release must be built and validated first")
     if final.exists() and not cfg.replace_release:
@@ -209,8 +224,16 @@ def publish_release(cfg: RunConfig) -> Path:
     # Rendered before the rename, so a page that cannot be built stops publication; written after it,
     # so the page on disk always describes the release that is in place.
     page = page_for(staging / "manifest.json", cfg.reports_dir, final)
+    with io.atomic_path(mark) as tmp:
+        tmp.write_text(io.sha256_file(staging / "manifest.json"))
     io.replace_dir(staging, final)
     with io.atomic_path(cfg.reports_dir / "audit.html") as tmp:
         tmp.write_text(page, encoding="utf-8")
+    mark.unlink()
     log.info("published release %s; audit page %s", cfg.release_label, cfg.reports_dir / "audit.html")
     return final
+
+
+def _renamed_before_a_crash(mark: Path, final: Path) -> bool:
+    manifest = final / "manifest.json"
+    return mark.is_file() and manifest.is_file() and mark.read_text().strip() == io.sha256_file(manifest)

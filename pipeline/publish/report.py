@@ -244,10 +244,18 @@ def _quarantine(p: _Page) -> None:
         f"<tr><td>{_named('consent_register', SOURCE_LABELS)}</td><td>{e(reason)}</td>{p.num(['consent', 'quarantine_reasons', reason])}</tr>"
         for reason in sorted(_get(p.m, ["consent", "quarantine_reasons"]) or {})
     ]
-    rows += [
-        f"<tr><td>{_named(s, SOURCE_LABELS)}</td><td>{e(SOURCE_QUARANTINE_REASON)}</td>{p.num(['pseudonymisation', s, 'quarantined'])}</tr>"
-        for s in _in_order(p.m.get("pseudonymisation", {}))
-    ]
+    for s in _in_order(p.m.get("pseudonymisation", {})):
+        # Per reason where the run recorded them (pipeline.pseudonymise.row_rules); one line otherwise.
+        reasons = _get(p.m, ["pseudonymisation", s, "quarantine_reasons"])
+        if reasons:
+            rows += [
+                f"<tr><td>{_named(s, SOURCE_LABELS)}</td><td>{e(r)}</td>{p.num(['pseudonymisation', s, 'quarantine_reasons', r])}</tr>"
+                for r in sorted(reasons)
+            ]
+        else:
+            rows.append(
+                f"<tr><td>{_named(s, SOURCE_LABELS)}</td><td>{e(SOURCE_QUARANTINE_REASON)}</td>{p.num(['pseudonymisation', s, 'quarantined'])}</tr>"
+            )
     p.add('<section id="quarantine"><h2>4. Rows set aside (quarantine) and why</h2>'
           "<p>Set-aside rows stay in the key holder's <code>raw/quarantine/</code> folder; they are not linked or released.</p>"
           + _table(["Dataset", "Reason", "Rows"], rows, "figures") + "</section>")

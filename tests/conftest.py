@@ -1,0 +1,78 @@
+"""Fixtures shared by more than one test module."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pipeline import io
+from pipeline.settings import RunConfig
+
+RELIABILITY_LABEL = "ref-1"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One uninterrupted run of a small realistic delivery, published as `RELIABILITY_LABEL`."""
+
+    base: Path
+    raw: Path
+    key_file: Path
+    cfg: RunConfig
+    # The work folder as it was before each step (pipeline steps, see tests/stage_runner.py).
+    snapshots: dict[str, Path]
+    # How many outputs each step wrote through pipeline.io.atomic_path.
+    writes: dict[str, int]
+
+    def conf(self, work: Path, label: str = RELIABILITY_LABEL, raw: Path | None = None, **extra) -> dict:
+        return RunConfig.from_conf(
+            {"raw_dir": str(raw or self.raw), "work_dir": str(work), "release_label": label, "key_file": str(self.key_file), **extra}
+        ).to_conf()
+
+    @property
+    def release(self) -> Path:
+        return self.cfg.release_dir
+
+
+def release_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file of a release, by name, with its bytes (a release is a flat folder)."""
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir())}
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): io.sha256_file(p) for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory) -> Reference:
+    """Synthetic extracts for 300 people (realistic faults), a key, and the whole run, step by step."""
+    import stage_runner
+    from pipeline.crypto.keys import new_key_file
+    from pipeline.synth import generate
+
+    base = tmp_path_factory.mktemp("reliability")
+    generate(base / "input", persons=300, seed=29, profile="realistic")
+    key_file = base / "secrets" / "key.json"
+    new_key_file(key_file)
+    work = base / "work"
+    cfg = RunConfig.from_conf(
+        {"raw_dir": str(base / "input" / "raw"), "work_dir": str(work), "release_label": RELIABILITY_LABEL, "key_file": str(key_file)}
+    )
+    conf = cfg.to_conf()
+    snapshots: dict[str, Path] = {}
+    writes: dict[str, int] = {}
+
+    def on_write(step, n, final):
+        writes[step] = n
+
+    for step in stage_runner.steps():
+        snapshots[step] = base / "snapshots" / step.replace(":", "-")
+        if work.exists():
+            shutil.copytree(work, snapshots[step], symlinks=True)
+        else:
+            snapshots[step].mkdir(parents=True)
+        stage_runner.run_watched(conf, on_write, first=step, last=step)
+    return Reference(base, base / "input" / "raw", key_file, cfg, snapshots, writes)

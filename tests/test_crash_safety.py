@@ -1,0 +1,219 @@
+"""Crash safety, reruns and concurrency.
+
+- Kill and rerun: a run is killed with SIGKILL in the middle of each stage (tests/stage_runner.py
+  stops the child at a fixed output of the stage, written under its temporary name and not yet
+  renamed into place), then rerun from that stage as Airflow's retry does; the release must be
+  byte for byte the uninterrupted run's, every file including manifest.json.
+- Reruns: the same inputs and key give the same bytes; publishing an existing label is refused
+  unless replacing it was asked for; a crash while replacing a release never loses the earlier one.
+- Concurrency: two labels run at the same time on one work folder, and neither touches the other.
+
+The uninterrupted run, and the work folder before each of its steps, is the session fixture
+`reference` (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import stage_runner
+from conftest import RELIABILITY_LABEL, Reference, file_hashes, release_bytes
+
+from pipeline import io
+from pipeline.errors import ReleaseExistsError
+from pipeline.publish.audit import audit_release
+from pipeline.publish.report import page_for
+from pipeline.settings import SOURCES, RunConfig
+
+RUNNER = Path(stage_runner.__file__).resolve()
+ZONES = ("raw/quarantine", "pseudonymised", "linked", "releases", "reports")
+CHILD_TIMEOUT = 600
+
+
+def start(request: dict, log: Path) -> subprocess.Popen:
+    # The child's own stderr goes to a file, so a failure shows what the child said.
+    return subprocess.Popen(
+        [sys.executable, str(RUNNER), json.dumps(request)], stdout=subprocess.PIPE, stderr=open(log, "wb"), text=True
+    )
+
+
+def kill_in_the_middle(conf: dict, step: str, write: int, log: Path) -> Path:
+    """Run from `step` in a child, stop it after the `write`-th output of the step is written under a
+    temporary name, SIGKILL it there, and return the output it was about to rename into place."""
+    child = start({"conf": conf, "first": step, "crash": {"step": step, "write": write}}, log)
+    try:
+        line = child.stdout.readline()
+        assert line, f"the child ended before reaching write {write} of {step}:\n{log.read_text()[-3000:]}"
+        final = Path(json.loads(line)["stopped_before_renaming"])
+        _, status = os.waitpid(child.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status), "the child was to stop itself before renaming"
+        os.kill(child.pid, signal.SIGKILL)
+        assert child.wait(timeout=CHILD_TIMEOUT) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    # Killed in the middle: the output is complete under its temporary name only.
+    assert list(final.parent.glob(f".{final.name}.*.tmp")), f"no temporary file of {final.name} at the kill"
+    return final
+
+
+def leftovers(work: Path) -> list[str]:
+    """Temporary files and folders a run must not leave behind once it has succeeded."""
+    found = [p for p in work.rglob("*.tmp") if "data_docs" not in p.parts]
+    found += list((work / "releases").glob(".staging-*")) + list((work / "releases").glob(".old-*"))
+    found += list((work / "linked").glob("*/.work")) + list(work.rglob(".publishing"))
+    return sorted(str(p.relative_to(work)) for p in found)
+
+
+def middle(n: int) -> int:
+    return (n + 1) // 2
+
+
+# One crash per task of the DAGs; the pseudonymise task in the middle source of the middle of the
+# stage. "last" in publish_release is the audit page, written after the release is renamed into place.
+CRASHES = [
+    ("check_inputs", "middle"),
+    ("consent_gate", "middle"),
+    (f"pseudonymise_source:{SOURCES[len(SOURCES) // 2]}", "middle"),
+    ("validate_pseudonymised", "middle"),
+    ("link", "middle"),
+    ("validate_linked", "middle"),
+    ("build_cohort", "middle"),
+    ("stage_release", "middle"),
+    ("validate_release", "middle"),
+    ("publish_release", "middle"),
+    ("publish_release", "last"),
+]
+
+
+@pytest.mark.parametrize(("step", "where"), CRASHES, ids=[f"{s}-{w}" for s, w in CRASHES])
+def test_a_run_killed_in_the_middle_of_a_stage_reruns_to_the_same_release(reference: Reference, tmp_path, step, where):
+    work = tmp_path / "work"
+    shutil.copytree(reference.snapshots[step], work, symlinks=True)
+    conf = reference.conf(work)
+    writes = reference.writes[step]
+    write = middle(writes) if where == "middle" else writes
+    final = kill_in_the_middle(conf, step, write, tmp_path / "child.log")
+
+    cfg = RunConfig.from_conf(conf)
+    if not (step == "publish_release" and where == "last"):
+        # Nothing published, and nothing that looks like a release, before the rename at the end.
+        assert not cfg.release_dir.exists()
+    else:
+        assert final == cfg.reports_dir / "audit.html" and cfg.release_dir.is_dir() and not cfg.staging_dir.exists()
+
+    stage_runner.run_steps(conf, first=step)  # the retry of the killed task, then everything after it
+
+    assert release_bytes(cfg.release_dir) == release_bytes(reference.release)
+    # The audit page is there and describes the release in place.
+    page = page_for(cfg.release_dir / "manifest.json", cfg.reports_dir, cfg.release_dir)
+    assert (cfg.reports_dir / "audit.html").read_text(encoding="utf-8") == page
+    assert leftovers(work) == []
+    assert audit_release(cfg.release_dir) == []
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_a_source_killed_while_pseudonymised_is_rewritten_identically(reference: Reference, tmp_path, source):
+    """Each source's task on its own: killed in the middle, rerun, its outputs are the uninterrupted run's."""
+    step = f"pseudonymise_source:{source}"
+    work = tmp_path / "work"
+    shutil.copytree(reference.snapshots[step], work, symlinks=True)
+    conf = reference.conf(work)
+    kill_in_the_middle(conf, step, middle(reference.writes[step]), tmp_path / "child.log")
+    stage_runner.run_step(conf, step)
+
+    def outputs(cfg: RunConfig) -> dict[str, bytes]:
+        d = cfg.pseudonymised_dir
+        files = [d / "tokens" / f"{source}.parquet", d / "payload" / f"{source}.parquet", d / "counts" / f"{source}.json"]
+        files += [cfg.quarantine_dir / f"{source}.parquet"]
+        return {p.name + p.parent.name: p.read_bytes() for p in files if p.exists()}
+
+    assert outputs(RunConfig.from_conf(conf)) == outputs(reference.cfg)
+    assert leftovers(work) == []
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reruns
+
+
+@pytest.fixture()
+def published_copy(reference: Reference, tmp_path) -> tuple[dict, Path]:
+    """A copy of the reference work folder, its release published."""
+    work = tmp_path / "work"
+    shutil.copytree(reference.cfg.work, work, symlinks=True)
+    return reference.conf(work), work
+
+
+def test_publishing_an_existing_label_is_refused_and_leaves_it_untouched(published_copy) -> None:
+    conf, work = published_copy
+    cfg = RunConfig.from_conf(conf)
+    before = file_hashes(cfg.release_dir)
+    with pytest.raises(ReleaseExistsError, match=f"release '{RELIABILITY_LABEL}' already exists.*set replace_release"):
+        stage_runner.run_steps(conf, first="stage_release")
+    assert file_hashes(cfg.release_dir) == before
+    assert leftovers(work) == []
+
+
+def test_replacing_a_label_when_asked_gives_the_same_bytes_for_the_same_inputs(published_copy) -> None:
+    conf, work = published_copy
+    cfg = RunConfig.from_conf(conf)
+    before = release_bytes(cfg.release_dir)
+    manifest = io.read_json(cfg.release_dir / "manifest.json")
+    stage_runner.run_steps({**conf, "replace_release": True}, first="check_inputs")
+    after = release_bytes(cfg.release_dir)
+    # The manifest records the run's settings, replace_release among them; nothing else differs.
+    assert {k: v for k, v in after.items() if k != "manifest.json"} == {k: v for k, v in before.items() if k != "manifest.json"}
+    manifest["settings"]["replace_release"] = True
+    assert io.read_json(cfg.release_dir / "manifest.json") == manifest
+    assert leftovers(work) == []
+
+
+def test_a_crash_between_the_two_renames_of_a_replacement_loses_nothing(published_copy) -> None:
+    """Replacing moves the old release aside, then the new one in. Killed in between, the label's
+    folder is missing for a moment; the next run of the label puts the old release back first."""
+    conf, work = published_copy
+    cfg = RunConfig.from_conf(conf)
+    before = file_hashes(cfg.release_dir)
+    aside = cfg.release_dir.with_name(f".old-{cfg.release_dir.name}")
+    os.replace(cfg.release_dir, aside)  # the state the crash leaves
+    stage_runner.run_step(conf, "stage_release")
+    assert file_hashes(cfg.release_dir) == before and not aside.exists()
+    # Published over, without replacement asked for, it is refused as any existing release is.
+    stage_runner.run_step(conf, "validate_release")
+    with pytest.raises(ReleaseExistsError):
+        stage_runner.run_step(conf, "publish_release")
+    assert file_hashes(cfg.release_dir) == before
+
+
+# ---------------------------------------------------------------------------------------------------
+# Concurrency
+
+
+def test_two_labels_run_at_the_same_time_on_one_work_folder_without_touching_each_other(reference: Reference, tmp_path) -> None:
+    work = tmp_path / "work"
+    labels = (RELIABILITY_LABEL, "other-2")
+    children = [
+        start({"conf": reference.conf(work, label)}, tmp_path / f"{label}.log") for label in labels
+    ]
+    for label, child in zip(labels, children, strict=True):
+        assert child.wait(timeout=CHILD_TIMEOUT) == 0, (tmp_path / f"{label}.log").read_text()[-3000:]
+
+    # Each zone holds one folder per label and nothing else (quarantine only when rows were set aside).
+    for zone in ZONES:
+        found = sorted(p.name for p in (work / zone).iterdir()) if (work / zone).exists() else []
+        assert found == (sorted(labels) if zone != "raw/quarantine" or found else []), zone
+    # The same inputs and key give the same bytes, run alone or beside another label.
+    same = RunConfig.from_conf(reference.conf(work, RELIABILITY_LABEL))
+    assert release_bytes(same.release_dir) == release_bytes(reference.release)
+    other = RunConfig.from_conf(reference.conf(work, "other-2"))
+    assert io.read_json(other.release_dir / "manifest.json")["release_label"] == "other-2"
+    assert audit_release(other.release_dir) == []
+    assert leftovers(work) == []
