@@ -27,8 +27,9 @@ from typing import Any
 
 from pipeline import io
 from pipeline.validate import docs
-from pipeline.validate._gx import RunIdentifier, Validator, gx
+from pipeline.validate._gx import RunIdentifier, gx
 from pipeline.validate.batches import DEFAULT_MAX_BATCH_ROWS, iter_batches, plan_batches
+from pipeline.validate.column_groups import validate_batch
 from pipeline.validate.outcomes import FileOutcome, add_results, raise_if_blocking
 from pipeline.validate.parameters import as_json, check_supplied
 from pipeline.validate.privacy import RESULT_FORMAT, scrub_suite_result
@@ -93,15 +94,9 @@ def _validate_file(session: _Session, dataset: str, path: Path, label: str) -> t
     batch_id_stem = _safe_name(label)
     results, pages = [], []
     for span, frame in iter_batches(path, spans, contract):
-        validator = Validator(
-            batch_definition=session.batch_definitions[dataset],
-            batch_parameters={"dataframe": frame},
-            # GX adds keys to the dict it is given, so each run gets its own copy.
-            result_format=dict(RESULT_FORMAT),
-        )
-        # Run parameters (the study window) fill the rules' {"$PARAMETER": ...} placeholders.
-        result = scrub_suite_result(validator.validate_expectation_suite(batch_suite, expectation_parameters=session.parameters or None))
-        del validator, frame  # keep only one batch in memory at a time
+        batch = validate_batch(session.batch_definitions[dataset], frame, batch_suite, session.parameters, RESULT_FORMAT)
+        result = scrub_suite_result(batch)
+        del batch, frame  # keep only one batch in memory at a time
         batch_id = batch_id_stem if span.whole_file else f"{batch_id_stem}.rowgroups-{span.first}-{span.stop - 1}"
         description = f"{dataset} / {label} / {span.label}"
         pages.append((span.label, docs.store_result(session.context, result, session.run_id, batch_id, description)))
