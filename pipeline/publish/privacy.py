@@ -318,17 +318,20 @@ def _check_not_tokens(release_dir: Path, token_files: list[tuple[str, Path]], re
                 ids.append(pl.scan_parquet(path).select(pl.col(c.name).cast(pl.String).alias("id")))
     if not ids:
         return
-    all_ids = pl.concat(ids).unique()
+    # The study IDs are few (one per participant); the token files hold one row per record. So each
+    # token file is read once, every token column looked up in the set of study IDs as it streams by.
+    all_ids = pl.concat(ids).unique().collect().get_column("id").implode()
     for contract_name, path in token_files:
         names = pl.scan_parquet(path).collect_schema().names()
-        for c in load_contract(contract_name).columns_of_class("token"):
-            if c.name not in names:
-                continue
-            tokens = pl.scan_parquet(path).select(pl.col(c.name).cast(pl.String).alias("id")).unique()
-            n = all_ids.join(tokens, on="id", how="semi").select(pl.len()).collect().item()
+        columns = [c.name for c in load_contract(contract_name).columns_of_class("token") if c.name in names]
+        if not columns:
+            continue
+        value = {c: pl.col(c).cast(pl.String) for c in columns}
+        found = pl.scan_parquet(path).select([value[c].filter(value[c].is_in(all_ids)).n_unique().alias(c) for c in columns])
+        for column, n in found.collect().row(0, named=True).items():
             if n:
                 what = f"{n} study ID(s) equal a value of this token column; study IDs must come from the release derivation"
-                report.fail("study IDs are not tokens", path.name, c.name, what)
+                report.fail("study IDs are not tokens", path.name, column, what)
 
 
 __all__ = ["RULES", "PrivacyReport", "assess_release_privacy", "check_release_privacy", "is_strict_pattern"]
