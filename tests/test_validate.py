@@ -513,3 +513,23 @@ def test_column_groups_give_what_one_whole_frame_run_gives(tmp_path: Path, datas
         assert outcome(got) == outcome(expected)
         assert got.success == expected.success and got.statistics["unsuccessful_expectations"] == expected.statistics["unsuccessful_expectations"]
         assert i == 0 or not got.success
+
+
+def test_a_worker_process_gives_the_same_summary_as_this_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches validated on a worker process (pipeline.validate.workers) are summarised exactly as
+    batches validated in the calling process, failures, counts and batch order included."""
+    df = clean_frame("hospital_apc", rows=6).with_columns(
+        record_id=pl.Series([f"APC00000000{i}" for i in (1, 2, 3, 4, 5, 1)]),
+        sex=pl.Series(["F", "M", "X", "F", "M", "F"]),  # one value outside the contract's set
+    )
+    path = write(df, "hospital_apc", tmp_path / "in" / "apc.parquet", row_group_size=2)
+    summaries = []
+    for workers in ("0", "1"):
+        monkeypatch.setenv("PPRL_VALIDATION_WORKERS", workers)
+        reports = tmp_path / f"reports-{workers}"
+        with pytest.raises(ValidationFailed):
+            validate_files("raw", {"hospital_apc": [path], "hospital_apc_quarantine": []}, reports, "run-1", max_batch_rows=2, parameters=WINDOW)
+        summaries.append(io.read_json(reports / "validation" / "raw.json")["datasets"])
+    assert summaries[0] == summaries[1]
+    failures = {(f["column"], f["unexpected_count"]) for f in summaries[1]["hospital_apc"]["files"][0]["failures"]}
+    assert {("record_id", 2), ("sex", 1)} <= failures

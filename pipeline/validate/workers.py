@@ -13,20 +13,22 @@ pipeline.crypto.hmac_pool (forking a process running Polars' threads can deadloc
 the parent's `__main__`, which under Airflow is its CLI). They start without the environment
 variables that can carry the linkage key: validation never needs it.
 
-`PPRL_VALIDATION_WORKERS` sets the number of workers; 0 validates in this process. The default is one
-per CPU this process may run on (none on a one-CPU machine, or for a single batch).
+The validating process is one of the workers itself, so it starts at once; `PPRL_VALIDATION_WORKERS`
+sets the number of worker processes besides it (0: this process alone). The default is one per CPU
+this process may run on, less its own, and none for a zone under `PARALLEL_MIN_ROWS` rows, where a
+worker's start (importing GX takes seconds) costs more than it saves.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import time
 import pickle
 import struct
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -36,6 +38,9 @@ _LENGTH = struct.Struct("<Q")
 # Environment variables that can hold the linkage key itself (pipeline.crypto.keys.load_key).
 _KEY_VARIABLES = ("PPRL_KEY", "AIRFLOW_CONN_PPRL_KEY", "AIRFLOW_VAR_PPRL_KEY")
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+# A worker spends several seconds importing GX before its first batch: below this many rows in a
+# zone, this process alone finishes sooner.
+PARALLEL_MIN_ROWS = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -53,18 +58,19 @@ class BatchJob:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
-def worker_count(jobs: int) -> int:
-    """Worker processes for `jobs` batches: `PPRL_VALIDATION_WORKERS`, else one per usable CPU."""
+def worker_count(jobs: list[BatchJob]) -> int:
+    """Worker processes besides this one for `jobs`: `PPRL_VALIDATION_WORKERS`, else one per usable
+    CPU but this process's own; none for a zone too small to repay a worker's start (GX's import)."""
     configured = os.environ.get("PPRL_VALIDATION_WORKERS")
     if configured is not None and configured.strip():
         wanted = max(0, int(configured))
     else:
         try:
-            wanted = len(os.sched_getaffinity(0))
+            cpus = len(os.sched_getaffinity(0))
         except AttributeError:  # not Linux
-            wanted = os.cpu_count() or 1
-        wanted = wanted if wanted > 1 else 0
-    return min(wanted, jobs) if jobs > 1 else 0
+            cpus = os.cpu_count() or 1
+        wanted = cpus - 1 if sum(job.rows for job in jobs) >= PARALLEL_MIN_ROWS else 0
+    return min(wanted, len(jobs) - 1)
 
 
 class _Validator:
@@ -130,6 +136,16 @@ def _receive(stream: BinaryIO) -> Any:
     return pickle.loads(data)
 
 
+class _ThisProcess:
+    """This process as one of the workers: it starts at once, GX being imported already."""
+
+    def run(self, job: BatchJob) -> tuple[Any, float]:
+        return validate_here(job)
+
+    def close(self) -> None:
+        pass
+
+
 class _Worker:
     def __init__(self) -> None:
         env = {k: v for k, v in os.environ.items() if k.upper() not in _KEY_VARIABLES}
@@ -163,7 +179,7 @@ class _Worker:
 
 def validate_all(jobs: list[BatchJob]) -> list[tuple[Any, float]]:
     """(scrubbed GX result, seconds) of every job, in job order, on worker processes when it pays."""
-    size = worker_count(len(jobs))
+    size = worker_count(jobs)
     if size == 0:
         return [validate_here(job) for job in jobs]
     results: list[tuple[Any, float]] = [None] * len(jobs)  # type: ignore[list-item]
@@ -173,7 +189,8 @@ def validate_all(jobs: list[BatchJob]) -> list[tuple[Any, float]]:
     take = threading.Lock()
 
     def drive(worker: _Worker) -> None:
-        # One thread per worker; the threads mostly wait on pipes, with the GIL released.
+        # One thread per worker: those of worker processes mostly wait on pipes, with the GIL
+        # released, while this process's own thread validates.
         try:
             while not errors:
                 with take:
@@ -184,7 +201,7 @@ def validate_all(jobs: list[BatchJob]) -> list[tuple[Any, float]]:
         except BaseException as exc:  # re-raised in the calling thread below
             errors.append(exc)
 
-    workers = [_Worker() for _ in range(size)]
+    workers: list[_ThisProcess | _Worker] = [_ThisProcess(), *(_Worker() for _ in range(size))]
     try:
         threads = [threading.Thread(target=drive, args=(w,), daemon=True) for w in workers]
         for t in threads:
