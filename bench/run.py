@@ -195,7 +195,25 @@ def main() -> int:
         print(f"{'all stages':<26}{total:>9.2f}{max(s['peak_rss_mb'] for s in stages):>10.0f}{round(rows / total):>14,}")
         hmac_text = f"OpenSSL HMAC-SHA256 {hmac_rate:,.0f}/s on one core" if hmac_rate else "OpenSSL rate unavailable"
         print(f"{'floors':<26}Polars reads every input in {floor_read:.2f}s; {hmac_text}")
-        dags = {}
+        results_dir = HERE / "results"
+        results_dir.mkdir(exist_ok=True)
+
+        def save(dags: dict) -> dict:
+            result = {
+                "size": args.size,
+                "persons": persons,
+                "service_use_rows": rows,
+                "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+                "floors": {"polars_read_all_inputs_seconds": round(floor_read, 3), "openssl_hmac_sha256_per_second_one_core": hmac_rate},
+                "load_average_1m": {"start": load_start, "end": load_1m()},
+                "stages": stages,
+                "dags": dags,
+            }
+            (results_dir / f"{args.size}.json").write_text(json.dumps(result, indent=2) + "\n")
+            return result
+
+        # Saved once the stages are done, so a long DAG run that is stopped does not lose them.
+        save({})
         if not args.no_dags:
             conf["release_label"] = f"bench-{args.size}-dags"
             dags = run_dags(conf, tmp / "airflow")
@@ -203,20 +221,8 @@ def main() -> int:
                 f"\nend to end through the DAGs (embedded default): {dags['seconds']:.1f}s, peak {dags['peak_rss_mb']:.0f} MB, "
                 f"load average {dags['load_1m_at_end']:.2f} at the end"
             )
+            save(dags)
 
-    result = {
-        "size": args.size,
-        "persons": persons,
-        "service_use_rows": rows,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "floors": {"polars_read_all_inputs_seconds": round(floor_read, 3), "openssl_hmac_sha256_per_second_one_core": hmac_rate},
-        "load_average_1m": {"start": load_start, "end": load_1m()},
-        "stages": stages,
-        "dags": dags,
-    }
-    results_dir = HERE / "results"
-    results_dir.mkdir(exist_ok=True)
-    (results_dir / f"{args.size}.json").write_text(json.dumps(result, indent=2) + "\n")
     exps = scaling_exponents(results_dir)
     if exps:
         print("\nscaling exponent b (time ~ persons^b) over the sizes in bench/results/:")
