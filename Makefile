@@ -14,6 +14,8 @@ PROFILE ?= realistic
 SEED ?= 7
 LABEL ?= demo-$(PROFILE)
 SIZE ?= small
+# For example BENCH_ARGS=--no-dags to time the stages only.
+BENCH_ARGS ?=
 
 .PHONY: setup system-deps demo test bench clean-demo help
 
@@ -57,7 +59,7 @@ test: setup system-deps
 	$(RUN) pytest
 
 bench: setup
-	$(RUN) python bench/run.py --size $(SIZE)
+	$(RUN) python bench/run.py --size $(SIZE) $(BENCH_ARGS)
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -23,6 +23,9 @@ from pipeline.contracts import Contract, to_arrow
 
 # Fixed writer settings: the same table always gives the same bytes.
 PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 3, "write_statistics": True}
+# Rows per row group of a streamed write. Without a fixed size, Polars' streaming sink cuts row
+# groups wherever its morsels happen to end, which differs from run to run, and so do the bytes.
+SINK_ROW_GROUP_ROWS = 262_144
 
 
 @contextlib.contextmanager
@@ -67,7 +70,12 @@ def sink_frame(lf: pl.LazyFrame, contract: Contract, path: Path, metadata: dict[
     lf = lf.select([pl.col(c.name).cast(c.polars_type) for c in contract.columns])
     with atomic_path(path) as tmp:
         lf.sink_parquet(
-            tmp, compression="zstd", compression_level=3, metadata=metadata, arrow_schema=_sink_schema(contract)
+            tmp,
+            compression="zstd",
+            compression_level=3,
+            row_group_size=SINK_ROW_GROUP_ROWS,
+            metadata=metadata,
+            arrow_schema=_sink_schema(contract),
         )
     return Path(path)
 

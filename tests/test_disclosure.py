@@ -90,6 +90,16 @@ def test_apply_control_reports_what_it_changed() -> None:
         apply_control(pl.DataFrame({"people": [-1]}), ["people"])
 
 
+def test_apply_control_streams_a_lazy_table_with_the_same_result() -> None:
+    df = pl.DataFrame({"group": ["a", "b", "c", "d", "e"], "people": [0, 3, 10, 12, None]}, schema_overrides={"people": pl.Int32})
+    eager, eager_cells = apply_control(df, ["people"])
+    lazy, lazy_cells = apply_control(df.lazy(), ["people"])
+    assert isinstance(lazy, pl.LazyFrame)
+    assert lazy.collect().equals(eager) and lazy_cells == eager_cells
+    with pytest.raises(ValueError, match="negative"):
+        apply_control(pl.LazyFrame({"people": [-1]}), ["people"])
+
+
 def test_how_counts_read_on_the_audit_page() -> None:
     assert [shown(n) for n in (0, 3, 12, 1234, None)] == ["0", disclosure.SUPPRESSED_TEXT, "10", "1,235", disclosure.NOT_RECORDED]
 

@@ -475,3 +475,62 @@ def test_quarantine_files_are_validated_against_their_source_contract_plus_a_rea
     missing_reason.write_parquet(path)
     with pytest.raises(ValidationFailed, match="column quarantine_reason: expect_column_values_to_not_be_null"):
         validate_files("raw", {"hospital_apc_quarantine": [path]}, tmp_path / "reports", "r1")
+
+
+@pytest.mark.parametrize("dataset", ["hospital_apc", "record_tokens", "link_map", "panel", "survey"])
+def test_column_groups_give_what_one_whole_frame_run_gives(tmp_path: Path, dataset: str) -> None:
+    """Each expectation validated on only the columns it reads (pipeline.validate.column_groups)
+    reaches the same verdicts and counts as GX on the whole frame, on clean and on broken rows."""
+    import tempfile
+
+    from pipeline.validate import docs
+    from pipeline.validate._gx import Validator
+    from pipeline.validate.batches import plan_batches, read_batch
+    from pipeline.validate.column_groups import validate_batch
+    from pipeline.validate.privacy import RESULT_FORMAT, scrub_suite_result
+
+    contract = validated_contract(dataset)
+    clean = clean_frame(dataset, rows=6)
+    # Break a few rows: a missing value in each non-nullable column and a value outside each pattern.
+    row = pl.int_range(pl.len())
+    broken = clean.with_columns(
+        [pl.when(row == 1).then(None).otherwise(pl.col(c.name)).alias(c.name) for c in contract.columns if not c.nullable]
+    ).with_columns(
+        [pl.when(row == 2).then(pl.lit("not it")).otherwise(pl.col(c.name)).alias(c.name) for c in contract.columns if c.pattern]
+    )
+    context = docs.ephemeral_context(Path(tempfile.mkdtemp(dir=tmp_path)))
+    batch_definition = context.data_sources.add_pandas("p").add_dataframe_asset(dataset).add_batch_definition_whole_dataframe(dataset)
+    suite = validation_suite(dataset)
+    for i, df in enumerate((clean, broken)):
+        path = write(df, dataset, tmp_path / f"{i}.parquet")
+        frame = read_batch(path, plan_batches(path)[0], contract)
+        whole = Validator(batch_definition=batch_definition, batch_parameters={"dataframe": frame}, result_format=dict(RESULT_FORMAT))
+        expected = scrub_suite_result(whole.validate_expectation_suite(suite, expectation_parameters=WINDOW))
+        got = scrub_suite_result(validate_batch(batch_definition, frame, suite, WINDOW, RESULT_FORMAT))
+
+        def outcome(result: Any) -> list[str]:
+            return sorted(json.dumps([r.expectation_config.to_json_dict(), r.success, r.result], sort_keys=True, default=str) for r in result.results)
+
+        assert outcome(got) == outcome(expected)
+        assert got.success == expected.success and got.statistics["unsuccessful_expectations"] == expected.statistics["unsuccessful_expectations"]
+        assert i == 0 or not got.success
+
+
+def test_a_worker_process_gives_the_same_summary_as_this_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches validated on a worker process (pipeline.validate.workers) are summarised exactly as
+    batches validated in the calling process, failures, counts and batch order included."""
+    df = clean_frame("hospital_apc", rows=6).with_columns(
+        record_id=pl.Series([f"APC00000000{i}" for i in (1, 2, 3, 4, 5, 1)]),
+        sex=pl.Series(["F", "M", "X", "F", "M", "F"]),  # one value outside the contract's set
+    )
+    path = write(df, "hospital_apc", tmp_path / "in" / "apc.parquet", row_group_size=2)
+    summaries = []
+    for workers in ("0", "1"):
+        monkeypatch.setenv("PPRL_VALIDATION_WORKERS", workers)
+        reports = tmp_path / f"reports-{workers}"
+        with pytest.raises(ValidationFailed):
+            validate_files("raw", {"hospital_apc": [path], "hospital_apc_quarantine": []}, reports, "run-1", max_batch_rows=2, parameters=WINDOW)
+        summaries.append(io.read_json(reports / "validation" / "raw.json")["datasets"])
+    assert summaries[0] == summaries[1]
+    failures = {(f["column"], f["unexpected_count"]) for f in summaries[1]["hospital_apc"]["files"][0]["failures"]}
+    assert {("record_id", 2), ("sex", 1)} <= failures

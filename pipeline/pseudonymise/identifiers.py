@@ -183,14 +183,20 @@ def tokenise_identifiers(
     for field in dict.fromkeys(c.field for c in TOKEN_COLUMNS):
         columns = [c for c in TOKEN_COLUMNS if c.field == field]
         distinct = pl.concat([kept.get_column(f"_c_{c.name}") for c in columns]).drop_nulls().unique().alias("v")
-        lookup = pl.DataFrame({"v": distinct, "t": tokenise_distinct(key, field, distinct)})
+        # Held as categoricals (a 4-byte code per block, each distinct token stored once) until the
+        # rows are written: the join back to the rows then moves codes, not 64-character strings,
+        # and the block table of a big extract takes a fraction of the memory.
+        tokens = tokenise_distinct(key, field, distinct).cast(pl.Categorical(pl.Categories.random()))
+        lookup = pl.DataFrame({"v": distinct, "t": tokens})
         for c in columns:
             token = kept.select(pl.col(f"_c_{c.name}").alias("v")).join(lookup, on="v", how="left", maintain_order="left")
             table = table.with_columns(token.get_column("t").alias(c.name))
 
     # nulls_equal: a block with a missing identifier must still find its own tokens. maintain_order:
-    # rows keep the input's order (reproducible bytes) while the join still streams.
+    # rows keep the input's order (reproducible bytes) while the join still streams. Tokens become
+    # strings again row by row, after the join.
     out = lf.filter(keep).join(table.lazy(), on=ids, how="left", nulls_equal=True, maintain_order="left")
+    out = out.with_columns(pl.col(TOKEN_COLUMN_NAMES).cast(pl.String))
     log.info(
         "tokenised %d identifier blocks of %d rows (%d kept) in %.1fs",
         canon.height, counts["rows"], kept.height, time.perf_counter() - started,

@@ -84,19 +84,25 @@ def uncontrolled_expr(column: str) -> pl.Expr:
     return c.is_not_null() & ~published
 
 
-def apply_control(df: pl.DataFrame, columns: list[str]) -> tuple[pl.DataFrame, dict[str, int]]:
-    """Control the count columns of a table; return it and how many cells were suppressed or rounded."""
+def apply_control(df: pl.DataFrame | pl.LazyFrame, columns: list[str]) -> tuple[Any, dict[str, int]]:
+    """Control the count columns of a table; return it and how many cells were suppressed or rounded.
+
+    Takes a DataFrame or a LazyFrame and returns the same kind: a release table is streamed, so the
+    control is an expression on it, and the cell counts are one aggregate pass over it.
+    """
     if not columns:
         return df, {"suppressed_cells": 0, "changed_cells": 0}
-    bad = df.select(pl.sum_horizontal((pl.col(c) < 0).sum() for c in columns)).item()
-    if bad:
+    schema = df.collect_schema()
+    after = {c: control_expr(c).cast(schema[c]) for c in columns}
+    row = df.lazy().select(
+        pl.sum_horizontal((pl.col(c) < 0).sum() for c in columns).alias("negative"),
+        pl.sum_horizontal((after[c].is_null() & pl.col(c).is_not_null()).sum() for c in columns).alias("suppressed"),
+        pl.sum_horizontal(after[c].ne_missing(pl.col(c)).sum() for c in columns).alias("changed"),
+    ).collect().row(0, named=True)
+    if row["negative"]:
         raise ValueError(f"count column(s) {columns} hold negative values; a count cannot be negative")
-    before = df.select(columns)
-    out = df.with_columns([control_expr(c).cast(df.schema[c]) for c in columns])
-    after = out.select(columns)
-    suppressed = sum(int((after[c].is_null() & before[c].is_not_null()).sum()) for c in columns)
-    changed = sum(int((after[c].ne_missing(before[c])).sum()) for c in columns)
-    return out, {"suppressed_cells": suppressed, "changed_cells": changed}
+    out = df.with_columns([after[c].alias(c) for c in columns])
+    return out, {"suppressed_cells": int(row["suppressed"] or 0), "changed_cells": int(row["changed"] or 0)}
 
 
 @cache

@@ -36,9 +36,11 @@ def nhs_number_like_count(column: str) -> pl.Expr:
 def nhs_number_like_numbers(column: str) -> pl.Expr:
     """Rows of a numeric column holding a whole ten-digit number that passes the NHS number check."""
     v = pl.col(column).cast(pl.Float64)
-    digits = pl.when((v >= 1e9) & (v < 1e10) & (v == v.floor())).then(v.cast(pl.Int64).cast(pl.String))
+    # Only whole ten-digit numbers can be one; they are few, so only they are turned into digits and
+    # checked, together in one list (checking a one-element list per row took seconds per million).
+    digits = v.filter((v >= 1e9) & (v < 1e10) & (v == v.floor())).cast(pl.Int64).cast(pl.String)
     # nhs_number_expr works on a named column; inside list.eval the element is that column.
-    return pl.concat_list([digits]).list.eval(nhs_number_expr("").is_not_null()).list.any().fill_null(False).sum()
+    return digits.implode().list.eval(nhs_number_expr("").is_not_null().sum()).list.first().fill_null(0)
 
 
 def text_identifier_counts(text: str) -> dict[str, int]:

@@ -318,17 +318,22 @@ def _check_not_tokens(release_dir: Path, token_files: list[tuple[str, Path]], re
                 ids.append(pl.scan_parquet(path).select(pl.col(c.name).cast(pl.String).alias("id")))
     if not ids:
         return
-    all_ids = pl.concat(ids).unique()
+    # The study IDs are few (one per participant); the token files hold one row per record. So each
+    # token file is read once, every token column looked up in the set of study IDs as it streams by.
+    all_ids = pl.concat(ids).unique().collect().get_column("id").implode()
     for contract_name, path in token_files:
         names = pl.scan_parquet(path).collect_schema().names()
-        for c in load_contract(contract_name).columns_of_class("token"):
-            if c.name not in names:
-                continue
-            tokens = pl.scan_parquet(path).select(pl.col(c.name).cast(pl.String).alias("id")).unique()
-            n = all_ids.join(tokens, on="id", how="semi").select(pl.len()).collect().item()
-            if n:
-                what = f"{n} study ID(s) equal a value of this token column; study IDs must come from the release derivation"
-                report.fail("study IDs are not tokens", path.name, c.name, what)
+        columns = [c.name for c in load_contract(contract_name).columns_of_class("token") if c.name in names]
+        if not columns:
+            continue
+        scan = pl.scan_parquet(path)
+        match = {c: pl.col(c).cast(pl.String).is_in(all_ids) for c in columns}
+        # A sum streams in constant memory; the study IDs found are counted only where there are some.
+        rows = scan.select([match[c].sum().alias(c) for c in columns]).collect(engine="streaming").row(0, named=True)
+        for column in [c for c in columns if rows[c]]:
+            n = scan.filter(match[column]).select(pl.col(column).n_unique()).collect(engine="streaming").item()
+            what = f"{n} study ID(s) equal a value of this token column; study IDs must come from the release derivation"
+            report.fail("study IDs are not tokens", path.name, column, what)
 
 
 __all__ = ["RULES", "PrivacyReport", "assess_release_privacy", "check_release_privacy", "is_strict_pattern"]

@@ -51,31 +51,34 @@ def code_version() -> str:
     return f"{__version__}+g{commit}{'.dirty' if changed.strip() else ''}"
 
 
-def _with_study_ids(df: pl.DataFrame, ids: pl.DataFrame) -> pl.DataFrame:
-    return df.join(ids, on="participant_id", how="inner").drop("participant_id")
+def _with_study_ids(lf: pl.LazyFrame, ids: pl.LazyFrame) -> pl.LazyFrame:
+    return lf.join(ids, on="participant_id", how="inner").drop("participant_id")
 
 
 def stage_release(cfg: RunConfig) -> Path:
+    """Write every release table into the staging folder, streamed: at a million people the panel
+    has about 12 million rows, and no table is read whole into memory before it is written."""
     staging = cfg.staging_dir
     # A run that died while replacing this label's release must not leave the earlier one hidden.
     io.recover_replace(cfg.release_dir)
     if staging.exists():
         shutil.rmtree(staging)  # a previous attempt's leftovers; the staging folder is never published as is
     staging.mkdir(parents=True)
-    ids = pl.read_parquet(cfg.pseudonymised_dir / "persons.parquet", columns=["participant_id", "study_id"])
+    ids = pl.scan_parquet(cfg.pseudonymised_dir / "persons.parquet").select("participant_id", "study_id")
     built = cfg.linked_dir / "cohort"
     controlled: dict[str, Any] = {}
     for name in RELEASE_TABLES:
         contract = load_contract(name)
-        df = pl.read_parquet(built / f"{name}.parquet")
-        if "participant_id" in df.columns:
-            df = _with_study_ids(df, ids)
-        counts = [c for c in disclosure.count_columns(name) if c in df.columns]
+        lf = pl.scan_parquet(built / f"{name}.parquet")
+        columns = lf.collect_schema().names()
+        if "participant_id" in columns:
+            lf = _with_study_ids(lf, ids)
+        counts = [c for c in disclosure.count_columns(name) if c in columns]
         if counts:
-            df, cells = disclosure.apply_control(df, counts)
+            lf, cells = disclosure.apply_control(lf, counts)
             controlled[name] = {"columns": counts, **cells}
         # Sorted by the contract's primary key so the same inputs always give the same bytes.
-        io.write_frame(df.sort(list(contract.primary_key)), contract, staging / f"{name}.parquet")
+        io.sink_frame(lf.sort(list(contract.primary_key)), contract, staging / f"{name}.parquet")
     artefacts = built / ARTEFACTS_DIR
     if artefacts.is_dir():
         for f in sorted(artefacts.iterdir()):

@@ -32,7 +32,13 @@ from great_expectations.data_context.types.resource_identifiers import (  # noqa
     ValidationResultIdentifier,
 )
 from great_expectations.expectations.expectation_configuration import ExpectationConfiguration  # noqa: E402
+from great_expectations.execution_engine import pandas_execution_engine as _pandas_engine  # noqa: E402
 from great_expectations.validator.v1_validator import Validator  # noqa: E402
+
+# GX fingerprints every pandas batch below this many bytes with an MD5 over all its values: a full
+# pass over the data that costs as much as a cheap expectation, and a hash of the data itself, which
+# pipeline.validate.privacy drops from every result anyway. Zero turns it off.
+_pandas_engine.HASH_THRESHOLD = 0
 
 __all__ = [
     "DataContextConfig",

@@ -9,6 +9,10 @@
 
 Writes `reports_dir/validation/<zone>.json` and the site `reports_dir/data_docs/<zone>/`, both
 replaced whole on a rerun, and `reports_dir/data_docs/index.html` linking every zone's site.
+
+Every file is cut into batches (pipeline.validate.batches); the batches of the whole zone are
+validated on worker processes (pipeline.validate.workers), each expectation on the columns it reads
+(pipeline.validate.column_groups), and the results are stored and summarised here in file order.
 """
 
 from __future__ import annotations
@@ -27,13 +31,13 @@ from typing import Any
 
 from pipeline import io
 from pipeline.validate import docs
-from pipeline.validate._gx import RunIdentifier, Validator, gx
-from pipeline.validate.batches import DEFAULT_MAX_BATCH_ROWS, iter_batches, plan_batches
+from pipeline.validate._gx import RunIdentifier
+from pipeline.validate.batches import DEFAULT_MAX_BATCH_ROWS, BatchSpan, plan_batches
 from pipeline.validate.outcomes import FileOutcome, add_results, raise_if_blocking
 from pipeline.validate.parameters import as_json, check_supplied
-from pipeline.validate.privacy import RESULT_FORMAT, scrub_suite_result
-from pipeline.validate.suites import suite_parameter_names, validated_contract, validated_dataset_names, validation_suite
+from pipeline.validate.suites import suite_parameter_names, validated_dataset_names, validation_suite
 from pipeline.validate.whole_file import split_cross_row, whole_file_result
+from pipeline.validate.workers import BatchJob, validate_all
 
 log = logging.getLogger(__name__)
 
@@ -59,67 +63,74 @@ def _file_labels(paths: list[Path]) -> list[str]:
 
 @dataclass(frozen=True)
 class _Session:
-    """The GX objects of one call: its context and one batch definition per dataset."""
+    """The GX context of one call, where results are stored for its Data Docs site."""
 
     context: Any
-    batch_definitions: dict[str, Any]
     run_id: RunIdentifier
     zone: str
-    max_batch_rows: int
-    parameters: dict[str, Any]
 
 
-def _open_session(
-    staging: Path, datasets: list[str], run_id: RunIdentifier, zone: str, max_batch_rows: int, parameters: dict[str, Any]
-) -> _Session:
+def _open_session(staging: Path, datasets: list[str], run_id: RunIdentifier, zone: str) -> _Session:
     context = docs.ephemeral_context(staging)
-    source = context.data_sources.add_pandas("pipeline")
-    batch_definitions = {}
     for dataset in datasets:
         # Added to the context only so Data Docs render the suite's own page.
         context.suites.add(validation_suite(dataset))
-        batch_definitions[dataset] = source.add_dataframe_asset(dataset).add_batch_definition_whole_dataframe(dataset)
-    return _Session(context, batch_definitions, run_id, zone, max_batch_rows, parameters)
+    return _Session(context, run_id, zone)
 
 
-def _validate_file(session: _Session, dataset: str, path: Path, label: str) -> tuple[FileOutcome, list[tuple[str, str]]]:
-    """Validate one file batch by batch; return its outcome and its (label, page) Data Docs pages."""
+@dataclass(frozen=True)
+class _FilePlan:
+    """One file of a zone: its batches, and the uniqueness rules checked over the whole file apart."""
+
+    dataset: str
+    path: Path
+    label: str
+    spans: list[BatchSpan]
+    cross_row: list[Any]
+
+
+def _plan_file(dataset: str, path: Path, label: str, max_batch_rows: int) -> _FilePlan:
+    spans = plan_batches(path, max_batch_rows)
+    # Uniqueness cannot be judged batch by batch; a file of several batches has it checked whole.
+    cross_row = split_cross_row(validation_suite(dataset).expectations)[1] if len(spans) > 1 else []
+    return _FilePlan(dataset, path, label, spans, cross_row)
+
+
+def _jobs(plan: _FilePlan, parameters: dict[str, Any]) -> list[BatchJob]:
+    return [
+        BatchJob(plan.dataset, str(plan.path), s.first, s.stop, s.rows, s.whole_file, bool(plan.cross_row), parameters)
+        for s in plan.spans
+    ]
+
+
+def _record_file(
+    session: _Session, plan: _FilePlan, batch_results: list[tuple[Any, float]]
+) -> tuple[FileOutcome, list[tuple[str, str]]]:
+    """Store a file's batch results for Data Docs, add its whole-file checks; its outcome and (label, page) pages."""
     started = time.perf_counter()
-    contract = validated_contract(dataset)
-    spans = plan_batches(path, session.max_batch_rows)
-    suite = validation_suite(dataset)
-    per_batch, cross_row = split_cross_row(suite.expectations) if len(spans) > 1 else (suite.expectations, [])
-    batch_suite = gx.ExpectationSuite(name=dataset, expectations=per_batch, meta=suite.meta)
+    dataset, label = plan.dataset, plan.label
     batch_id_stem = _safe_name(label)
     results, pages = [], []
-    for span, frame in iter_batches(path, spans, contract):
-        validator = Validator(
-            batch_definition=session.batch_definitions[dataset],
-            batch_parameters={"dataframe": frame},
-            # GX adds keys to the dict it is given, so each run gets its own copy.
-            result_format=dict(RESULT_FORMAT),
-        )
-        # Run parameters (the study window) fill the rules' {"$PARAMETER": ...} placeholders.
-        result = scrub_suite_result(validator.validate_expectation_suite(batch_suite, expectation_parameters=session.parameters or None))
-        del validator, frame  # keep only one batch in memory at a time
+    for span, (result, _) in zip(plan.spans, batch_results, strict=True):
         batch_id = batch_id_stem if span.whole_file else f"{batch_id_stem}.rowgroups-{span.first}-{span.stop - 1}"
         description = f"{dataset} / {label} / {span.label}"
         pages.append((span.label, docs.store_result(session.context, result, session.run_id, batch_id, description)))
         results.append(result)
-    rows = sum(s.rows for s in spans)
-    if cross_row:
-        whole = whole_file_result(cross_row, path, rows, dataset, results[0].meta)
+    rows = sum(s.rows for s in plan.spans)
+    if plan.cross_row:
+        whole = whole_file_result(plan.cross_row, plan.path, rows, dataset, results[0].meta)
         description = f"{dataset} / {label} / uniqueness over the whole file"
         page = docs.store_result(session.context, whole, session.run_id, f"{batch_id_stem}.whole-file", description)
         pages.append(("uniqueness over the whole file", page))
         results.append(whole)
-    outcome = FileOutcome(zone=session.zone, dataset=dataset, file=label, path=str(path), rows=rows, batches=[s.label for s in spans])
+    outcome = FileOutcome(zone=session.zone, dataset=dataset, file=label, path=str(plan.path), rows=rows, batches=[s.label for s in plan.spans])
     add_results(outcome, results)
-    outcome.seconds = time.perf_counter() - started
+    # GX time of the file's batches (on whichever worker ran them) plus the whole-file checks.
+    outcome.seconds = sum(seconds for _, seconds in batch_results) + time.perf_counter() - started
     log.info(
         "validated %s %s: %d rows in %d batch(es), %d expectations, %d critical and %d warning failure(s), %.2fs",
-        dataset, label, rows, len(spans), outcome.evaluated, len(outcome.critical), len(outcome.warnings), outcome.seconds,
-    )
+        dataset, label, rows, len(plan.spans), outcome.evaluated, len(outcome.critical), len(outcome.warnings), outcome.seconds,
+    )  # fmt: skip
     return outcome, pages
 
 
@@ -192,14 +203,21 @@ def validate_files(
     try:
         with _GX_LOCK:
             started = time.perf_counter()
-            session = _open_session(staging, sorted(files), run_id, zone, max_batch_rows, parameters)
+            session = _open_session(staging, sorted(files), run_id, zone)
             log.info("GX context for zone %s ready in %.2fs", zone, time.perf_counter() - started)
+            plans = []
             for dataset in sorted(files):
                 paths = [Path(p) for p in files[dataset]]
-                for path, label in zip(paths, _file_labels(paths), strict=True):
-                    outcome, file_pages = _validate_file(session, dataset, path, label)
-                    outcomes.append(outcome)
-                    pages[(dataset, label)] = file_pages
+                plans += [_plan_file(dataset, path, label, max_batch_rows) for path, label in zip(paths, _file_labels(paths), strict=True)]
+            jobs = [_jobs(plan, parameters) for plan in plans]
+            started = time.perf_counter()
+            flat = validate_all([job for file_jobs in jobs for job in file_jobs])
+            log.info("zone %s: %d batch(es) of %d file(s) validated in %.2fs", zone, len(flat), len(plans), time.perf_counter() - started)
+            for plan, file_jobs in zip(plans, jobs, strict=True):
+                batch_results, flat = flat[: len(file_jobs)], flat[len(file_jobs) :]
+                outcome, file_pages = _record_file(session, plan, batch_results)
+                outcomes.append(outcome)
+                pages[(plan.dataset, plan.label)] = file_pages
             started = time.perf_counter()
             docs.build_site(session.context)
             log.info("Data Docs for zone %s built in %.2fs", zone, time.perf_counter() - started)
