@@ -122,6 +122,12 @@ def _truncated(raw: Path, _: Path) -> None:
     (raw / "hospital_apc.parquet").write_bytes(data[: len(data) * 2 // 3])
 
 
+def _file_and_parts(raw: Path, _: Path) -> None:
+    """The extract delivered twice: as one file and as a folder of parts."""
+    (raw / "hospital_apc").mkdir()
+    shutil.copyfile(raw / "hospital_apc.parquet", raw / "hospital_apc" / "part-0.parquet")
+
+
 def _duplicate_participant(raw: Path, _: Path) -> None:
     rewrite(raw, "consent_register", lambda df: pl.concat([df, df.head(1)]))
 
@@ -171,6 +177,9 @@ FILE_FAULTS: dict[str, FileFault] = {
     "non-UTF-8 names as text": FileFault(
         lambda raw, _: with_invalid_utf8(raw / "hospital_op.parquet", "given_name"),
         ContractError, "hospital_op.parquet", "given_name", "readable values", "not valid UTF-8; re-export the file with text encoded as UTF-8",
+    ),
+    "a file and a folder of parts for one extract": FileFault(
+        _file_and_parts, ContractError, "hospital_apc", None, "one delivery per dataset", "keep the one that is the delivery",
     ),
     "duplicate record IDs": FileFault(
         _duplicate_record_id, ContractError, "hospital_apc.parquet", "record_id", "unique", "1 row(s) break the rule: they repeat a value that must be unique",

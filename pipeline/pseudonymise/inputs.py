@@ -72,6 +72,14 @@ def check_inputs(cfg: RunConfig) -> Path:
     files: dict[str, Any] = {}
     for dataset in REQUIRED_INPUTS:
         path = input_path(cfg, dataset)
+        if (cfg.raw / dataset).is_dir() and (cfg.raw / f"{dataset}.parquet").exists():
+            # Two deliveries of one extract: reading either would silently drop the other.
+            violations.append(
+                Violation(str(cfg.raw / dataset), None, "one delivery per dataset",
+                          f"both {dataset}.parquet and a folder {dataset}/ of parts are here; keep the one that is "
+                          "the delivery and move the other out of the raw folder")
+            )
+            continue
         try:
             # Every value decoded once here, so a damaged or wrongly encoded file stops the run now.
             rows = scan_checked(path, load_contract(dataset), read_all=True).select(pl.len()).collect().item()
