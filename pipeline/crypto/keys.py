@@ -12,8 +12,9 @@ Where the key comes from, first match wins:
    serves it, and Airflow masks it in task logs;
 5. the Airflow variable `pprl_key` holding the key file's JSON.
 
-    >>> LinkageKey(key=bytes(range(32)), kid=key_id(bytes(range(32))))  # the published test key
-    LinkageKey(kid='ebdfae4f2d314e04')
+    >>> test_key = b"pprl-v1 published TEST key #056."  # the published test key
+    >>> LinkageKey(key=test_key, kid=key_id(test_key))
+    LinkageKey(kid='bf991a618eff74c0')
 """
 
 from __future__ import annotations

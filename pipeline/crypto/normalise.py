@@ -27,7 +27,7 @@ WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x
 _WS_CLASS = "".join(f"\\u{ord(c):04x}" for c in WHITESPACE)
 _NHS_WEIGHTS = (10, 9, 8, 7, 6, 5, 4, 3, 2)
 _NHS_SEPARATORS = f"[{_WS_CLASS}-]"
-# Ten equal digits pass Modulus 11 for some digits (0000000000, 1111111111, ...) but are the
+# Ten equal digits pass Modulus 11 for some digits (9999999999, for one) but are the
 # placeholders systems type when the number is unknown; tokenising them would link strangers.
 _NHS_PLACEHOLDER = re.compile(r"^(\d)\1{9}$")
 # Checked before upper-casing so that no non-ASCII letter can upper-case its way into the format.
@@ -68,7 +68,7 @@ def _nhs_from_digits(digits: pl.Expr, number: pl.Expr) -> pl.Expr:
     unless it was ten ASCII digits). Modulus 11 is done in integer arithmetic on `number`."""
     total = pl.sum_horizontal([(number // 10 ** (9 - i)) % 10 * w for i, w in enumerate(_NHS_WEIGHTS)])
     check = (11 - total % 11) % 11  # 11 becomes 0; 10 means no valid number
-    # Ten equal digits are multiples of 1111111111 (0000000000 included).
+    # Ten equal digits are multiples of 1,111,111,111 (all zeros included).
     valid = (check != 10) & (check == number % 10) & (number % 1_111_111_111 != 0)
     return pl.when(valid).then(digits).otherwise(None)
 

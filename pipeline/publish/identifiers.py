@@ -1,7 +1,7 @@
 """What an NHS number or a UK postcode looks like, for scanning release values and text.
 
-Whole values and embedded ones both count: "ref 943 476 5919" hides an NHS number as surely as
-"9434765919" does. An NHS-number-like value is ten digits (optionally grouped 3-3-4 by spaces or
+Whole values and embedded ones both count: "ref 999 765 4323" hides an NHS number as surely as
+"9997654323" does. An NHS-number-like value is ten digits (optionally grouped 3-3-4 by spaces or
 hyphens) that pass the Modulus 11 check, so ordinary numbers rarely trip it; a postcode-like value
 is the outward and inward code of a UK postcode, with or without the space.
 """

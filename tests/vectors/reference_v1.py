@@ -56,7 +56,7 @@ def nhs_number(raw: str | None) -> str | None:
     if raw is None:
         return None
     s = "".join(c for c in raw if ord(c) not in WHITE_SPACE and c != "-")
-    if len(s) != 10 or any(c not in "0123456789" for c in s) or len(set(s)) == 1:
+    if len(s) != 10 or not (s.isascii() and s.isdigit()) or len(set(s)) == 1:
         return None
     remainder = sum(int(s[i]) * (10 - i) for i in range(9)) % 11
     check = (11 - remainder) % 11  # 11 -> 0; 10 means no valid number
