@@ -50,18 +50,11 @@ def file_hashes(folder: Path) -> dict[str, str]:
 def reference(tmp_path_factory) -> Reference:
     """Synthetic extracts for 300 people (realistic faults), a key, and the whole run, step by step."""
     import stage_runner
-    from pipeline.crypto.keys import new_key_file
-    from pipeline.synth import generate
 
     base = tmp_path_factory.mktemp("reliability")
-    generate(base / "input", persons=300, seed=29, profile="realistic")
-    key_file = base / "secrets" / "key.json"
-    new_key_file(key_file)
-    work = base / "work"
-    cfg = RunConfig.from_conf(
-        {"raw_dir": str(base / "input" / "raw"), "work_dir": str(work), "release_label": RELIABILITY_LABEL, "key_file": str(key_file)}
-    )
-    conf = cfg.to_conf()
+    conf = stage_runner.new_run(base, RELIABILITY_LABEL, persons=300, seed=29)
+    cfg = RunConfig.from_conf(conf)
+    key_file, work = Path(cfg.key_file), cfg.work
     snapshots: dict[str, Path] = {}
     writes: dict[str, int] = {}
 

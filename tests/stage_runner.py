@@ -51,6 +51,21 @@ def run_steps(conf: dict, first: str | None = None, last: str | None = None) -> 
         run_step(conf, step)
 
 
+def new_run(base: Path, label: str, *, persons: int, seed: int, profile: str = "realistic") -> dict:
+    """Synthetic extracts in `base/input`, a key in `base/secrets` and the conf of a run of `label`
+    with its work folder in `base/work`; nothing run yet."""
+    from pipeline.crypto.keys import new_key_file
+    from pipeline.settings import RunConfig
+    from pipeline.synth import generate
+
+    generate(base / "input", persons=persons, seed=seed, profile=profile)
+    new_key_file(base / "secrets" / "key.json")
+    return RunConfig.from_conf(
+        {"raw_dir": str(base / "input" / "raw"), "work_dir": str(base / "work"), "release_label": label,
+         "key_file": str(base / "secrets" / "key.json")}
+    ).to_conf()
+
+
 _current: dict[str, object] = {"step": None, "writes": 0}
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from pipeline import io, tasks
+from pipeline import io
 from pipeline.publish import disclosure
 from pipeline.publish.report import figure_value, render_audit_page
 from pipeline.settings import SOURCES, RunConfig
@@ -93,22 +93,10 @@ def parse(dom: str) -> Figures:
 
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory) -> RunConfig:
-    from pipeline.crypto.keys import new_key_file
-    from pipeline.synth import generate
+    import stage_runner
 
-    base = tmp_path_factory.mktemp("audit-page")
-    generate(base / "input", persons=400, seed=31, profile="realistic")
-    new_key_file(base / "secrets" / "key.json")
-    conf = RunConfig.from_conf(
-        {"raw_dir": str(base / "input" / "raw"), "work_dir": str(base / "work"), "release_label": LABEL,
-         "key_file": str(base / "secrets" / "key.json")}
-    ).to_conf()
-    for stage in tasks.STAGES:
-        if stage == "pseudonymise_source":
-            for source in SOURCES:
-                tasks.pseudonymise_source(conf, source)
-        else:
-            getattr(tasks, stage)(conf)
+    conf = stage_runner.new_run(tmp_path_factory.mktemp("audit-page"), LABEL, persons=400, seed=31)
+    stage_runner.run_steps(conf)
     return RunConfig.from_conf(conf)
 
 

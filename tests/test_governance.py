@@ -16,7 +16,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline import io, tasks
+from pipeline import io
 from pipeline.cohort.outputs import RELEASE_TABLES
 from pipeline.contracts import load_contract
 from pipeline.errors import ValidationFailed
@@ -29,7 +29,7 @@ from pipeline.publish.privacy import (
     is_strict_pattern,
 )
 from pipeline.publish.release import publish_release, stage_release, validate_release
-from pipeline.settings import SOURCES, RunConfig
+from pipeline.settings import RunConfig
 
 LABEL = "gov-1"
 NHS_NUMBER = "9990000018"  # test range, passes Modulus 11: must never appear in a message
@@ -38,22 +38,10 @@ NHS_NUMBER = "9990000018"  # test range, passes Modulus 11: must never appear in
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory) -> RunConfig:
     """A run built up to the cohort stage; nothing staged or published yet."""
-    from pipeline.crypto.keys import new_key_file
-    from pipeline.synth import generate
+    import stage_runner
 
-    base = tmp_path_factory.mktemp("governance")
-    generate(base / "input", persons=400, seed=23, profile="realistic")
-    new_key_file(base / "secrets" / "key.json")
-    conf = RunConfig.from_conf(
-        {"raw_dir": str(base / "input" / "raw"), "work_dir": str(base / "work"), "release_label": LABEL,
-         "key_file": str(base / "secrets" / "key.json")}
-    ).to_conf()
-    for stage in tasks.STAGES[: tasks.STAGES.index("stage_release")]:
-        if stage == "pseudonymise_source":
-            for source in SOURCES:
-                tasks.pseudonymise_source(conf, source)
-        else:
-            getattr(tasks, stage)(conf)
+    conf = stage_runner.new_run(tmp_path_factory.mktemp("governance"), LABEL, persons=400, seed=23)
+    stage_runner.run_steps(conf, last="build_cohort")
     return RunConfig.from_conf(conf)
 
 
