@@ -24,6 +24,8 @@ clinic or consultation identifier in the payload, would tell the two apart.)
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
 
 from pipeline.contracts import load_contract
@@ -41,15 +43,27 @@ def deduplicate(events: pl.LazyFrame, source: str) -> pl.LazyFrame:
     return events.select(cols).unique(maintain_order=False)
 
 
-def linked_events(cfg: RunConfig) -> dict[str, pl.LazyFrame]:
-    """Each source's payload with the participant its record links to (linked records only)."""
+def linked_events(cfg: RunConfig, work: Path | None = None) -> dict[str, pl.LazyFrame]:
+    """Each source's payload with the participant its record links to (linked records only).
+
+    With `work`, each source's linked events are joined once and written there (`<source>.parquet`),
+    and the frames returned read them back: the cohort reads the events several times (service use,
+    the monthly panel, duplicate counts), and joining 50 million payload rows to the link map on
+    record_id each time cost more than writing the result once. The caller removes `work`.
+    """
     link_map = pl.scan_parquet(cfg.linked_dir / "link_map.parquet").filter(pl.col("participant_id").is_not_null())
-    return {
+    events = {
         s: pl.scan_parquet(cfg.pseudonymised_dir / "payload" / f"{s}.parquet").join(
             link_map.filter(pl.col("source") == s).select("record_id", "participant_id"), on="record_id", how="inner"
         )
         for s in SOURCES
     }
+    if work is None:
+        return events
+    work.mkdir(parents=True, exist_ok=True)
+    for s, lf in events.items():
+        lf.sink_parquet(work / f"{s}.parquet", compression="lz4")
+    return {s: pl.scan_parquet(work / f"{s}.parquet") for s in SOURCES}
 
 
 def duplicate_counts(events: dict[str, pl.LazyFrame], participants: pl.LazyFrame) -> dict[str, int]:

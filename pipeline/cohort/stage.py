@@ -75,7 +75,9 @@ def build_cohort(cfg: RunConfig) -> Path:
     outcomes = survey_outcomes(pl.scan_parquet(cfg.pseudonymised_dir / "survey.parquet"), value_set).collect()
     eligible, counts = eligible_persons(persons, baseline_answers(outcomes), cfg.start, cfg.end, cfg.extract)
 
-    events = linked_events(cfg)
+    work = out / ".events"
+    shutil.rmtree(work, ignore_errors=True)
+    events = linked_events(cfg, work)
     use = service_use(events, eligible.lazy(), costs, cfg.extract).collect()
     cohort = (
         eligible.join(baseline_use(use.lazy()).collect(), on="participant_id", how="left")
@@ -119,6 +121,7 @@ def build_cohort(cfg: RunConfig) -> Path:
     counts["max_abs_smd_after"] = _max_abs_smd(balance, MAIN_SAMPLE)
     counts["duplicate_records_removed"] = duplicate_counts(events, eligible.lazy())
     counts["samples"] = {name: {**m.counts(), "max_abs_smd_after": _max_abs_smd(m.balance, name)} for name, m in matched.items() if m}
+    shutil.rmtree(work, ignore_errors=True)
     io.write_json(_summary(cfg, counts, value_set.name), out / "cohort.json")
     log.info("cohort: %d eligible, %d MDT matched", counts["eligible"], counts["matched_mdt"])
     return out
