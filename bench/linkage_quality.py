@@ -38,6 +38,7 @@ from linkage_inputs import prepare  # noqa: E402
 from pipeline.link.model import BLOCKING_RULES, TRAINING_RULES, ProbabilisticOptions, comparisons, with_nhs_rule  # noqa: E402
 from pipeline.link.probabilistic import link_probabilistic, resolve_probabilistic, with_known_addresses  # noqa: E402
 from pipeline.link.quality import evaluate_against_truth, headline, in_probabilistic_scope  # noqa: E402
+from pipeline.pseudonymised import scan_record_tokens  # noqa: E402
 from pipeline.settings import SOURCES, RunConfig  # noqa: E402
 
 RESULTS = HERE / "results" / "linkage_quality.json"
@@ -53,7 +54,7 @@ def nhs_only(cfg: RunConfig, out: Path) -> Path:
     unique = persons.group_by("tok_nhs").agg(pl.col("participant_id").first(), pl.len().alias("_n")).filter(pl.col("_n") == 1)
     parts = []
     for s in SOURCES:
-        tokens = pl.scan_parquet(cfg.pseudonymised_dir / "tokens" / f"{s}.parquet").select("record_id", "tok_nhs")
+        tokens = scan_record_tokens(cfg.pseudonymised_dir, s).select("record_id", "tok_nhs")
         parts.append(
             tokens.join(unique, on="tok_nhs", how="left").select(
                 pl.lit(s).alias("source"), "record_id", "participant_id",

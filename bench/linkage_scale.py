@@ -63,9 +63,11 @@ def main() -> None:
 
     import polars as pl
 
-    cfg, truth = prepare(args.persons, "hard", args.seed, fast=True)
+    from pipeline.pseudonymised import records_path
+
+    cfg, truth = prepare(args.persons, "hard", args.seed)
     rows = sum(
-        pl.scan_parquet(cfg.pseudonymised_dir / "tokens" / f"{s}.parquet").select(pl.len()).collect().item()
+        pl.scan_parquet(records_path(cfg.pseudonymised_dir, s)).select(pl.len()).collect().item()
         for s in ("hospital_apc", "hospital_ae", "hospital_op", "gp_events", "social_care")
     )
     participants = pl.scan_parquet(cfg.pseudonymised_dir / "persons.parquet").select(pl.len()).collect().item()

@@ -53,6 +53,7 @@ def validate_pseudonymised(conf: Conf) -> str:
     """
     from pipeline.pseudonymise import payload_contract
     from pipeline.pseudonymise.inputs import input_files
+    from pipeline.pseudonymised import blocks_path, records_path
     from pipeline.validate import run_parameters, validate_files
     from pipeline.validate.suites import QUARANTINE_SUFFIX, QUARANTINED_DATASETS
 
@@ -67,7 +68,8 @@ def validate_pseudonymised(conf: Conf) -> str:
 
     d = cfg.pseudonymised_dir
     files: dict[str, list[Path]] = {"pseudo_persons": [d / "persons.parquet"], "survey": [d / "survey.parquet"]}
-    files["record_tokens"] = [d / "tokens" / f"{s}.parquet" for s in SOURCES]
+    files["token_blocks"] = [blocks_path(d, s) for s in SOURCES]
+    files["record_blocks"] = [records_path(d, s) for s in SOURCES]
     for s in SOURCES:
         files[payload_contract(s).name] = [d / "payload" / f"{s}.parquet"]
     return str(validate_files("pseudonymised", files, cfg.reports_dir, cfg.release_label, parameters=parameters))

@@ -35,6 +35,7 @@ from pipeline import io
 from pipeline.cli import main as cli_main
 from pipeline.crypto.keys import new_key_file
 from pipeline.errors import ContractError, KeyFileError, KeyMismatchError, PipelineError
+from pipeline.pseudonymised import scan_record_tokens
 from pipeline.pseudonymise.records import QUARANTINE_REASON
 from pipeline.pseudonymise.row_rules import DATE_OF_BIRTH
 from pipeline.settings import SOURCES, RunConfig
@@ -404,7 +405,7 @@ def test_a_row_level_fault_is_quarantined_with_its_reason_and_counted(case, row_
         m for d, m, _, _ in ROW_FAULTS.values() if d == dataset
     )
     # Neither tokenised nor linked.
-    tokens = pl.read_parquet(cfg.pseudonymised_dir / "tokens" / f"{dataset}.parquet")
+    tokens = scan_record_tokens(cfg.pseudonymised_dir, dataset).collect()
     assert not set(tokens.get_column("record_id")) & set(ids)
     link_map = pl.read_parquet(cfg.linked_dir / "link_map.parquet").filter(pl.col("source") == dataset)
     assert not set(link_map.get_column("record_id")) & set(ids)
@@ -423,7 +424,7 @@ def test_a_participant_born_in_the_future_is_quarantined_by_the_consent_gate(row
 
 def test_nhs_numbers_with_letters_are_no_nhs_number_counted_invalid_and_still_linked_on_the_rest(row_run, reference):
     cfg, ids = row_run["cfg"], row_run["cases"]["NHS numbers with letters"]
-    tokens = pl.read_parquet(cfg.pseudonymised_dir / "tokens" / "hospital_op.parquet").filter(pl.col("record_id").is_in(ids))
+    tokens = scan_record_tokens(cfg.pseudonymised_dir, "hospital_op").collect().filter(pl.col("record_id").is_in(ids))
     assert tokens.height == 3 and tokens.get_column("tok_nhs").null_count() == 3
     assert tokens.get_column("tok_rank5").null_count() == 0  # date of birth, sex and postcode still link
     counts = io.read_json(cfg.pseudonymised_dir / "counts" / "hospital_op.json")["counts"]
@@ -433,7 +434,7 @@ def test_nhs_numbers_with_letters_are_no_nhs_number_counted_invalid_and_still_li
 
 def test_very_long_names_are_tokenised_like_any_name(row_run):
     cfg, ids = row_run["cfg"], row_run["cases"]["very long names"]
-    tokens = pl.read_parquet(cfg.pseudonymised_dir / "tokens" / "hospital_ae.parquet").filter(pl.col("record_id").is_in(ids))
+    tokens = scan_record_tokens(cfg.pseudonymised_dir, "hospital_ae").collect().filter(pl.col("record_id").is_in(ids))
     assert tokens.height == 2
     assert tokens.select("tok_surname", "tok_forename", "tok_forename_first").null_count().row(0) == (0, 0, 0)
     assert tokens.get_column("tok_surname").n_unique() == 1 and len(tokens.item(0, "tok_surname")) == 64

@@ -132,7 +132,7 @@ def test_a_source_killed_while_pseudonymised_is_rewritten_identically(reference:
 
     def outputs(cfg: RunConfig) -> dict[str, bytes]:
         d = cfg.pseudonymised_dir
-        files = [d / "tokens" / f"{source}.parquet", d / "payload" / f"{source}.parquet", d / "counts" / f"{source}.json"]
+        files = [d / folder / f"{source}.parquet" for folder in ("tokens", "records", "payload")] + [d / "counts" / f"{source}.json"]
         files += [cfg.quarantine_dir / f"{source}.parquet"]
         return {p.name + p.parent.name: p.read_bytes() for p in files if p.exists()}
 

@@ -212,7 +212,7 @@ def _tokenised(lf: pl.LazyFrame, keep: list[str]) -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def hard_run(tmp_path_factory):
-    from pipeline.io import write_frame
+    from pipeline.pseudonymise.records import write_token_files
     from pipeline.link.stage import run_link
     from pipeline.settings import SOURCES, RunConfig
     from pipeline.synth import generate
@@ -231,7 +231,7 @@ def hard_run(tmp_path_factory):
     persons.write_parquet(cfg.pseudonymised_dir / "persons.parquet", metadata={"pprl_kid": "test"}, mkdir=True)
     for s in SOURCES:
         tokens = _tokenised(pl.scan_parquet(base / "input" / "raw" / f"{s}.parquet"), ["record_id"]).sort("record_id")
-        write_frame(tokens, load_contract("record_tokens"), cfg.pseudonymised_dir / "tokens" / f"{s}.parquet", {"pprl_kid": "test"})
+        write_token_files(tokens, cfg.pseudonymised_dir, s, {"pprl_kid": "test"})
     options = ProbabilisticOptions(u_max_pairs=2e5, em_max_pairs=2e5)
     out = run_link(cfg, options)
     return {"cfg": cfg, "link_map": out, "truth": base / "input" / "truth"}

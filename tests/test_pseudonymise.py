@@ -24,10 +24,11 @@ from pipeline.errors import KeyFileError, KeyMismatchError
 from pipeline.pseudonymise import check_inputs, pseudonymise_source, run_consent_gate
 from pipeline.pseudonymise import identifiers
 from pipeline.pseudonymise.records import QUARANTINE_REASON
+from pipeline.pseudonymised import blocks_path, records_path, scan_record_tokens
 from pipeline.settings import SOURCES, RunConfig
 
 FIXED_KEY = b"pprl-v1 published TEST key #056."  # the published test key of tests/vectors/tokens_v1.json
-TOKEN_COLUMNS = list(load_contract("record_tokens").column_names[1:])
+TOKEN_COLUMNS = list(load_contract("token_blocks").column_names[1:])
 IDENTIFIERS = ["nhs_number", "given_name", "family_name", "date_of_birth", "sex", "postcode"]
 
 
@@ -183,7 +184,7 @@ def records_run(tmp_path, spy):
 
 def test_invalid_nhs_numbers_become_no_nhs_number_and_are_counted_never_tokenised(records_run):
     cfg, asked = records_run
-    tokens = pl.read_parquet(cfg.pseudonymised_dir / "tokens" / "social_care.parquet")
+    tokens = scan_record_tokens(cfg.pseudonymised_dir, "social_care").collect()
     valid = reference.token(FIXED_KEY, "nhs_number", "9990000018")
     assert dict(tokens.select("record_id", "tok_nhs").iter_rows()) == {
         "SC000000001": valid, "SC000000002": None, "SC000000003": None,
@@ -240,7 +241,7 @@ def test_an_independent_implementation_reproduces_every_token_in_the_pseudonymis
     pairs = [
         (pl.read_parquet(cfg.pseudonymised_dir / "persons.parquet"), pl.read_parquet(raw / "consent_register.parquet"), "participant_id")
     ] + [
-        (pl.read_parquet(cfg.pseudonymised_dir / "tokens" / f"{s}.parquet"), pl.read_parquet(raw / f"{s}.parquet"), "record_id")
+        (scan_record_tokens(cfg.pseudonymised_dir, s).collect(), pl.read_parquet(raw / f"{s}.parquet"), "record_id")
         for s in SOURCES
     ]
     cache: dict[tuple, dict] = {}
@@ -260,7 +261,8 @@ def test_an_independent_implementation_reproduces_every_token_in_the_pseudonymis
 def test_every_token_file_records_the_kid_it_was_made_under(synthetic):
     _, cfg = synthetic
     kid = key_id(FIXED_KEY)
-    files = [cfg.pseudonymised_dir / "persons.parquet"] + [cfg.pseudonymised_dir / "tokens" / f"{s}.parquet" for s in SOURCES]
+    d = cfg.pseudonymised_dir
+    files = [d / "persons.parquet"] + [blocks_path(d, s) for s in SOURCES] + [records_path(d, s) for s in SOURCES]
     assert {io.parquet_metadata(p)["pprl_kid"] for p in files} == {kid}
     assert io.read_json(cfg.pseudonymised_dir / "consent.json")["kid"] == kid
 
@@ -273,12 +275,20 @@ def test_a_big_extract_done_in_parts_gives_the_same_tokens_and_counts(synthetic,
     parts = config(base, "in-parts", base / "key.json")
     pseudonymise_source(parts, LinkageKey(FIXED_KEY, key_id(FIXED_KEY)), "gp_events")
     for c in (cfg, parts):
-        assert io.parquet_metadata(c.pseudonymised_dir / "tokens" / "gp_events.parquet")["pprl_kid"] == key_id(FIXED_KEY)
-    whole, split = (pl.read_parquet(c.pseudonymised_dir / "tokens" / "gp_events.parquet").sort("record_id") for c in (cfg, parts))
+        for path in (blocks_path, records_path):
+            assert io.parquet_metadata(path(c.pseudonymised_dir, "gp_events"))["pprl_kid"] == key_id(FIXED_KEY)
+    whole, split = (scan_record_tokens(c.pseudonymised_dir, "gp_events").collect().sort("record_id") for c in (cfg, parts))
     assert split.height > 3000 and split.equals(whole)
+    # Parts are cut by date of birth, so no token block is in two parts: the blocks are still distinct.
+    blocks = pl.read_parquet(blocks_path(parts.pseudonymised_dir, "gp_events"))
+    assert blocks.get_column("token_block").to_list() == list(range(blocks.height))
+    assert blocks.select(TOKEN_COLUMNS).is_duplicated().sum() == 0
+    assert blocks.height == pl.read_parquet(blocks_path(cfg.pseudonymised_dir, "gp_events")).height < split.height
     counts = [io.read_json(c.pseudonymised_dir / "counts" / "gp_events.json")["counts"] for c in (cfg, parts)]
     assert counts[0] == counts[1]
-    assert [p.name for p in (parts.pseudonymised_dir / "tokens").iterdir()] == ["gp_events.parquet"]
+    for folder in ("tokens", "records"):
+        assert [p.name for p in (parts.pseudonymised_dir / folder).iterdir()] == ["gp_events.parquet"]
+    assert not list(parts.pseudonymised_dir.glob(".parts-*"))
 
 
 def test_linking_tokens_made_under_a_different_kid_is_refused(synthetic, tmp_path):

@@ -117,6 +117,8 @@ def clean_frame(dataset: str, rows: int = 3) -> pl.DataFrame:
             values = [True] * rows
         elif c.type == "string":
             values = [f"{c.name}-{i}" for i in range(rows)]
+        elif c.unique:
+            values = [(c.min or 0) + i for i in range(rows)]
         else:
             low = c.min if c.min is not None else 1
             value = (low + c.max) / 2 if c.max is not None else low
@@ -217,7 +219,7 @@ def test_every_dataset_accepts_a_clean_file(tmp_path: Path) -> None:
     files = {}
     for dataset in validated_dataset_names():
         path = tmp_path / "in" / f"{dataset}.parquet"
-        if dataset.endswith("_payload") or dataset == "record_tokens":
+        if dataset.endswith("_payload") or dataset in ("token_blocks", "record_blocks"):
             # As pipeline.pseudonymise writes them: streamed by Polars, strings as large_string.
             io.sink_frame(clean_frame(dataset).lazy(), validated_contract(dataset), path)
         else:
@@ -477,7 +479,7 @@ def test_quarantine_files_are_validated_against_their_source_contract_plus_a_rea
         validate_files("raw", {"hospital_apc_quarantine": [path]}, tmp_path / "reports", "r1")
 
 
-@pytest.mark.parametrize("dataset", ["hospital_apc", "record_tokens", "link_map", "panel", "survey"])
+@pytest.mark.parametrize("dataset", ["hospital_apc", "token_blocks", "link_map", "panel", "survey"])
 def test_column_groups_give_what_one_whole_frame_run_gives(tmp_path: Path, dataset: str) -> None:
     """Each expectation validated on only the columns it reads (pipeline.validate.column_groups)
     reaches the same verdicts and counts as GX on the whole frame, on clean and on broken rows."""

@@ -36,6 +36,7 @@ from pipeline.link.probabilistic import (
     with_known_addresses,
 )
 from pipeline.link.profiles import PROFILE_KEY, build_profiles, token_codes
+from pipeline.pseudonymised import blocks_path, records_path
 from pipeline.settings import SOURCES, RunConfig
 
 log = logging.getLogger(__name__)
@@ -47,13 +48,16 @@ KEY_COLUMNS: tuple[str, ...] = ("tok_nhs", "tok_dob", "tok_sex", "tok_postcode",
 # Ranks whose links rest on the NHS number; the addresses on their records are a participant's own.
 NHS_RANKS: tuple[str, ...] = ("1", "2", "3", "4")
 WORK_DIR = ".work"
+# token_files' name of a source's record blocks file: the source's name and this.
+RECORDS = " records"
 WRITER_OPTIONS = {"compression": "zstd", "compression_level": 3, "write_statistics": True}
 ROW_GROUP = 1_000_000
 
 
 def token_files(cfg: RunConfig) -> dict[str, Path]:
     files = {"persons": cfg.pseudonymised_dir / "persons.parquet"}
-    files.update({s: cfg.pseudonymised_dir / "tokens" / f"{s}.parquet" for s in SOURCES})
+    files.update({s: blocks_path(cfg.pseudonymised_dir, s) for s in SOURCES})
+    files.update({f"{s}{RECORDS}": records_path(cfg.pseudonymised_dir, s) for s in SOURCES})
     missing = [str(p) for p in files.values() if not p.exists()]
     if missing:
         raise PipelineError(f"pseudonymised files missing: {missing}; run the pprl_pseudonymise DAG for this label first")
@@ -61,13 +65,16 @@ def token_files(cfg: RunConfig) -> dict[str, Path]:
 
 
 def common_kid(files: dict[str, Path]) -> str:
-    """The one kid every token file was made under; KeyMismatchError if they differ or one has none."""
-    kids = {name: io.parquet_metadata(p).get("pprl_kid") for name, p in files.items()}
-    distinct = {k for k in kids.values()}
+    """The one kid every token file was made under; KeyMismatchError if they differ or one has none.
+    A source's token blocks and record blocks are reported together, under the source's name."""
+    kids: dict[str, set[str | None]] = {}
+    for name, p in files.items():
+        kids.setdefault(name.removesuffix(RECORDS), set()).add(io.parquet_metadata(p).get("pprl_kid"))
+    distinct = set().union(*kids.values())
     if len(distinct) != 1 or None in distinct:
         raise KeyMismatchError(
             "tokens were made under different key ids ("
-            + ", ".join(f"{n}: {k or 'none'}" for n, k in sorted(kids.items()))
+            + ", ".join(f"{n}: {'/'.join(sorted(k or 'none' for k in ks))}" for n, ks in sorted(kids.items()))
             + "); re-pseudonymise every source with the same key before linking"
         )
     return distinct.pop()
@@ -76,7 +83,7 @@ def common_kid(files: dict[str, Path]) -> str:
 def model_token_columns(files: dict[str, Path]) -> tuple[list[str], list[str]]:
     """(token columns to read, comparison token columns missing from some file). The probabilistic
     step needs every column of pipeline.link.model.COMPARISON_COLUMNS."""
-    present = set.intersection(*[set(pq.read_schema(p).names) for p in files.values()])
+    present = set.intersection(*[set(pq.read_schema(p).names) for name, p in files.items() if not name.endswith(RECORDS)])
     missing_det = [c for c in DETERMINISTIC_COLUMNS if c not in present]
     if missing_det:
         raise PipelineError(f"token files lack {missing_det} (schemas/_tokens.yaml); re-pseudonymise with this version")
@@ -85,13 +92,16 @@ def model_token_columns(files: dict[str, Path]) -> tuple[list[str], list[str]]:
 
 
 def _deterministic_pass(
-    source: str, path: Path, columns: list[str], persons: pl.DataFrame, work: Path
+    source: str, files: dict[str, Path], columns: list[str], persons: pl.DataFrame, work: Path
 ) -> pl.DataFrame:
     """Profiles and ranks 1-5 for one source. Writes the record -> profile map and the coded
     profiles with their deterministic result to `work`; returns the NHS-linked profiles' addresses."""
     t = time.perf_counter()
     key_columns = [c for c in KEY_COLUMNS if c in columns]
-    profiles = build_profiles(pl.scan_parquet(path), columns, key_columns, work / f"{source}.records.parquet", where=str(path))
+    records, blocks = files[f"{source}{RECORDS}"], files[source]
+    profiles = build_profiles(
+        pl.scan_parquet(records), pl.scan_parquet(blocks), columns, key_columns, work / f"{source}.records.parquet", where=f"{records}, {blocks}"
+    )
     t_profiles = time.perf_counter() - t
     det = link_deterministic(
         profiles.lazy().rename({PROFILE_KEY: "record_id"}), persons.lazy().select("participant_id", *DETERMINISTIC_COLUMNS)
@@ -133,7 +143,7 @@ def run_link(cfg: RunConfig, options: ProbabilisticOptions | None = None) -> Pat
     )
     addresses = []
     for source in SOURCES:
-        addresses.append(_deterministic_pass(source, files[source], columns, persons, work))
+        addresses.append(_deterministic_pass(source, files, columns, persons, work))
     timings["profiles_and_ranks_1_5"] = round(time.perf_counter() - t0, 1)
 
     probabilistic = not missing

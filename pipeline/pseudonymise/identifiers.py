@@ -20,6 +20,7 @@ import polars as pl
 from pipeline.crypto import names, normalise
 from pipeline.crypto.keys import LinkageKey
 from pipeline.crypto.tokens import COMPOSITE_SEPARATOR, tokenise_distinct
+from pipeline.pseudonymised import TOKEN_BLOCK
 
 log = logging.getLogger(__name__)
 
@@ -158,18 +159,14 @@ def _quality_exprs() -> list[pl.Expr]:
     return [rows.sum().alias("rows")] + [rows.filter(cond).sum().alias(name) for name, cond in counted.items()]
 
 
-def tokenise_identifiers(
-    lf: pl.LazyFrame, key: LinkageKey, keep: pl.Expr | None = None
-) -> tuple[pl.LazyFrame, dict[str, int]]:
-    """The rows of `lf` where `keep` holds, with the token columns added; and identifier-quality
-    counts over all rows.
+def _block_table(lf: pl.LazyFrame, key: LinkageKey, keep: pl.Expr | None) -> tuple[pl.DataFrame, dict[str, int]]:
+    """The kept identifier blocks of `lf` (its distinct identifier columns), each with its token
+    columns as categoricals; and identifier-quality counts over all rows.
 
-    The work is done on identifier blocks, not rows: the records of one person repeat the same
-    block, so an extract of 50 million rows has a few million distinct blocks. One pass over `lf`
-    finds them (with how many rows carry each); their canonical values are tokenised once per field
-    and distinct value (`tokenise_distinct`); and one join on the identifier columns takes the tokens
-    back to the rows. Values of rows not kept are never tokenised. The identifier columns are left
-    for the caller to drop.
+    The records of one person repeat the same block, so an extract of 50 million rows has a few
+    million distinct blocks. One pass over `lf` finds them (with how many rows carry each); their
+    canonical values are tokenised once per field and distinct value (`tokenise_distinct`). Values
+    of rows not kept are never tokenised.
     """
     started = time.perf_counter()
     keep = pl.lit(True) if keep is None else keep
@@ -191,17 +188,63 @@ def tokenise_identifiers(
         for c in columns:
             token = kept.select(pl.col(f"_c_{c.name}").alias("v")).join(lookup, on="v", how="left", maintain_order="left")
             table = table.with_columns(token.get_column("t").alias(c.name))
-
-    # nulls_equal: a block with a missing identifier must still find its own tokens. maintain_order:
-    # rows keep the input's order (reproducible bytes) while the join still streams. Tokens become
-    # strings again row by row, after the join.
-    out = lf.filter(keep).join(table.lazy(), on=ids, how="left", nulls_equal=True, maintain_order="left")
-    out = out.with_columns(pl.col(TOKEN_COLUMN_NAMES).cast(pl.String))
     log.info(
         "tokenised %d identifier blocks of %d rows (%d kept) in %.1fs",
         canon.height, counts["rows"], kept.height, time.perf_counter() - started,
     )  # fmt: skip
-    return out, counts
+    return table, counts
+
+
+def tokenise_identifiers(
+    lf: pl.LazyFrame, key: LinkageKey, keep: pl.Expr | None = None
+) -> tuple[pl.LazyFrame, dict[str, int]]:
+    """The rows of `lf` where `keep` holds, with the token columns added; and identifier-quality
+    counts over all rows (`_block_table`). One join on the identifier columns takes each block's
+    tokens back to its rows. The identifier columns are left for the caller to drop.
+    """
+    table, counts = _block_table(lf, key, keep)
+    keep = pl.lit(True) if keep is None else keep
+    # nulls_equal: a block with a missing identifier must still find its own tokens. maintain_order:
+    # rows keep the input's order (reproducible bytes) while the join still streams. Tokens become
+    # strings again row by row, after the join.
+    out = lf.filter(keep).join(table.lazy(), on=list(IDENTIFIER_COLUMNS), how="left", nulls_equal=True, maintain_order="left")
+    return out.with_columns(pl.col(TOKEN_COLUMN_NAMES).cast(pl.String)), counts
+
+
+def number_token_blocks(frame: pl.DataFrame, first: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(`frame` with TOKEN_BLOCK in place of its token columns, the token blocks).
+
+    A token block is one distinct combination of the token columns: the blocks are numbered from
+    `first` in the sort order of their tokens (so the numbers depend only on the tokens, never on row
+    order, and say nothing about the identifiers behind them). The blocks frame holds TOKEN_BLOCK and
+    the token columns, one row per block.
+    """
+    blocks = (
+        frame.select(TOKEN_COLUMN_NAMES)
+        .unique()
+        .sort(TOKEN_COLUMN_NAMES, nulls_last=True)
+        .with_row_index(TOKEN_BLOCK, offset=first)
+        .with_columns(pl.col(TOKEN_BLOCK).cast(pl.Int64))
+    )
+    numbered = frame.join(blocks, on=list(TOKEN_COLUMN_NAMES), how="left", nulls_equal=True, maintain_order="left")
+    return numbered.drop(TOKEN_COLUMN_NAMES), blocks
+
+
+def tokenise_blocks(
+    lf: pl.LazyFrame, key: LinkageKey, keep: pl.Expr | None = None, first_block: int = 0
+) -> tuple[pl.LazyFrame, pl.DataFrame, dict[str, int]]:
+    """(the rows of `lf` where `keep` holds, with TOKEN_BLOCK added; the token blocks; identifier-
+    quality counts over all rows).
+
+    Tokens are written once per token block, not once per row: a source's rows then take a block
+    number each, and 50 million rows need a few million rows of tokens (schemas/token_blocks.yaml,
+    schemas/record_blocks.yaml). Blocks are numbered from `first_block` (`number_token_blocks`).
+    """
+    table, counts = _block_table(lf, key, keep)
+    table, blocks = number_token_blocks(table, first_block)
+    keep = pl.lit(True) if keep is None else keep
+    out = lf.filter(keep).join(table.lazy(), on=list(IDENTIFIER_COLUMNS), how="left", nulls_equal=True, maintain_order="left")
+    return out, blocks, counts
 
 
 def with_tokens(lf: pl.LazyFrame, key: LinkageKey) -> pl.LazyFrame:

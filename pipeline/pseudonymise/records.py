@@ -1,16 +1,20 @@
-"""Pseudonymising one service-use source: token file, payload file and quarantine (rows with no
-usable identifier, or breaking a row rule of pipeline.pseudonymise.row_rules, each with its reason).
+"""Pseudonymising one service-use source: token blocks, record blocks, payload file and quarantine
+(rows with no usable identifier, or breaking a row rule of pipeline.pseudonymise.row_rules, each
+with its reason).
 
-The token file (schemas/record_tokens.yaml) holds record_id and tokens; the payload file holds
-record_id and the payload columns of the source's contract. No direct identifier leaves this step.
-Both are streamed to Parquet: the extract is never collected whole.
+Tokens are written once per token block, a distinct combination of the 19 token columns
+(schemas/token_blocks.yaml), and each record gets the number of its block (schemas/record_blocks.yaml):
+a person's records mostly repeat the same identifiers, so 48 million rows need 7 million rows of
+tokens, which is what writing and validating them costs. The payload file holds record_id and the
+payload columns of the source's contract. No direct identifier leaves this step. Record-level files
+are streamed to Parquet: the extract is never collected whole.
 
 Memory follows the number of distinct identifier blocks: their canonical forms while they are
 tokenised (about 1 kB each), then their 19 tokens as categorical codes (pipeline.pseudonymise.
-identifiers). An extract of more than `ROWS_PER_PART` rows is done in parts by a hash of the
-identifier block, so every block falls in exactly one part and is still tokenised only once. Parts
-cost a pass over the extract each and a rewrite of the token file, so they are kept few: a 30
-million-row GP extract (a million people) takes two.
+identifiers). An extract of more than `ROWS_PER_PART` rows is done in parts by a hash of the date of
+birth, so every identifier block and every token block falls in exactly one part and is still
+tokenised only once. Parts cost a pass over the extract each, so they are kept few: a 30 million-row
+GP extract (a million people) takes two.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ import polars as pl
 from pipeline import io
 from pipeline.contracts import Contract, load_contract
 from pipeline.crypto.keys import LinkageKey
-from pipeline.pseudonymise.identifiers import IDENTIFIER_COLUMNS, tokenise_identifiers, with_unusable_flag
+from pipeline.pseudonymise.identifiers import number_token_blocks, tokenise_blocks, with_unusable_flag
 from pipeline.pseudonymise.inputs import scan_input
 from pipeline.pseudonymise.row_rules import rules_for
+from pipeline.pseudonymised import blocks_path
+from pipeline.pseudonymised import records_path as record_blocks_path
 from pipeline.settings import SOURCES, RunConfig
 
 log = logging.getLogger(__name__)
@@ -44,7 +50,8 @@ def payload_contract(source: str) -> Contract:
 
 
 def pseudonymise_source(cfg: RunConfig, key: LinkageKey, source: str) -> Path:
-    """Write tokens/<source>.parquet, payload/<source>.parquet and counts/<source>.json; return the folder."""
+    """Write tokens/<source>.parquet, records/<source>.parquet, payload/<source>.parquet and
+    counts/<source>.json; return the folder."""
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; sources are {SOURCES}")
     # Rows with no usable identifier (NO_USABLE_IDENTIFIER) or breaking a row rule (row_rules) are
@@ -58,7 +65,7 @@ def pseudonymise_source(cfg: RunConfig, key: LinkageKey, source: str) -> Path:
         .with_columns(pl.col("_reason").is_not_null().alias(SET_ASIDE))
     )
     out = cfg.pseudonymised_dir
-    counts = _write_tokens(raw, key, source, out / "tokens" / f"{source}.parquet")
+    counts = _write_tokens(raw, key, source, out)
     # Rows keep the order of the delivered extract (part by part when in parts), so the same extract
     # always gives the same bytes without a sort, which would hold every row in memory at once.
     # The payload needs no token, so its plan skips the token join.
@@ -85,28 +92,47 @@ def pseudonymise_source(cfg: RunConfig, key: LinkageKey, source: str) -> Path:
     return out
 
 
-def _write_tokens(raw: pl.LazyFrame, key: LinkageKey, source: str, path: Path) -> dict[str, int]:
-    """Tokenise the usable rows of `raw` into `path`, in parts when it is big; return the identifier counts."""
-    contract = load_contract("record_tokens")
+def write_token_files(tokens: pl.DataFrame, out: Path, source: str, metadata: dict[str, str]) -> None:
+    """Write a source's tokens given per record (record_id and the token columns) as its token blocks
+    and record blocks in the pseudonymised folder `out`, as `pseudonymise_source` lays them out."""
+    records, blocks = number_token_blocks(tokens)
+    io.write_frame(blocks, load_contract("token_blocks"), blocks_path(out, source), metadata)
+    io.write_frame(records, load_contract("record_blocks"), record_blocks_path(out, source), metadata)
+
+
+def _write_tokens(raw: pl.LazyFrame, key: LinkageKey, source: str, out: Path) -> dict[str, int]:
+    """Tokenise the usable rows of `raw` into tokens/<source>.parquet (its token blocks) and
+    records/<source>.parquet (each row's block), in parts when it is big; return the identifier counts."""
+    tokens_path, records_path = blocks_path(out, source), record_blocks_path(out, source)
+    blocks_contract, records_contract = load_contract("token_blocks"), load_contract("record_blocks")
     metadata = {"pprl_kid": key.kid, "source": source}
     keep = ~pl.col(SET_ASIDE)
     parts = max(1, math.ceil(raw.select(pl.len()).collect().item() / ROWS_PER_PART))
     if parts == 1:
-        tokened, counts = tokenise_identifiers(raw, key, keep=keep)
-        io.sink_frame(tokened, contract, path, metadata)
+        records, blocks, counts = tokenise_blocks(raw, key, keep=keep)
+        io.sink_frame(blocks.lazy(), blocks_contract, tokens_path, metadata)
+        io.sink_frame(records, records_contract, records_path, metadata)
         return counts
 
-    part_of = pl.struct(list(IDENTIFIER_COLUMNS)).hash(seed=0) % parts
-    folder = path.with_name(f".parts-{path.stem}")
+    # Parts by the date of birth: records with the same tokens have the same date of birth (the token
+    # spec's canonical date is one-to-one), so each token block falls in exactly one part, and the
+    # parts' blocks, numbered one after another, are still the source's distinct blocks.
+    part_of = pl.col("date_of_birth").hash(seed=0) % parts
+    folder = out / f".parts-{source}"
     shutil.rmtree(folder, ignore_errors=True)
     totals: dict[str, int] = {}
+    first_block = 0
     try:
         for part in range(parts):
-            tokened, counts = tokenise_identifiers(raw.filter(part_of == part), key, keep=keep)
-            io.sink_frame(tokened, contract, folder / f"{part:04d}.parquet")
+            records, blocks, counts = tokenise_blocks(raw.filter(part_of == part), key, keep=keep, first_block=first_block)
+            io.sink_frame(blocks.lazy(), blocks_contract, folder / f"tokens-{part:04d}.parquet")
+            io.sink_frame(records, records_contract, folder / f"records-{part:04d}.parquet")
+            first_block += blocks.height
             totals = {k: totals.get(k, 0) + v for k, v in counts.items()}
-        files = [folder / f"{part:04d}.parquet" for part in range(parts)]
-        io.sink_frame(pl.scan_parquet(files), contract, path, metadata)
+            del records, blocks
+        for name, contract, path in (("tokens", blocks_contract, tokens_path), ("records", records_contract, records_path)):
+            files = [folder / f"{name}-{part:04d}.parquet" for part in range(parts)]
+            io.sink_frame(pl.scan_parquet(files), contract, path, metadata)
     finally:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(folder)

@@ -318,7 +318,7 @@ def _check_not_tokens(release_dir: Path, token_files: list[tuple[str, Path]], re
                 ids.append(pl.scan_parquet(path).select(pl.col(c.name).cast(pl.String).alias("id")))
     if not ids:
         return
-    # The study IDs are few (one per participant); the token files hold one row per record. So each
+    # The study IDs are few (one per participant); the token files hold millions of blocks. So each
     # token file is read once, every token column looked up in the set of study IDs as it streams by.
     all_ids = pl.concat(ids).unique().collect().get_column("id").implode()
     for contract_name, path in token_files:

@@ -28,6 +28,7 @@ from pipeline.contracts import dictionary_records, load_contract, render_diction
 from pipeline.errors import ContractError, ReleaseExistsError, ValidationFailed
 from pipeline.publish import disclosure
 from pipeline.publish.privacy import assess_release_privacy
+from pipeline.pseudonymised import blocks_path
 from pipeline.settings import REPO_DIR, SOURCES, RunConfig
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ def validate_release(cfg: RunConfig) -> Path:
 def _token_files(cfg: RunConfig) -> list[tuple[str, Path]]:
     """Files of linkage tokens and participant keys that study IDs must differ from (pseudonymised zone)."""
     files = [("pseudo_persons", cfg.pseudonymised_dir / "persons.parquet")]
-    files += [("record_tokens", cfg.pseudonymised_dir / "tokens" / f"{s}.parquet") for s in SOURCES]
+    files += [("token_blocks", blocks_path(cfg.pseudonymised_dir, s)) for s in SOURCES]
     return [(name, path) for name, path in files if path.exists()]
 
 
