@@ -1,7 +1,7 @@
 """Identity profiles: the distinct combinations of tokens a source's records carry.
 
 A person's service-use records mostly repeat the same identifiers, so 48 million records hold only
-about 7.6 million distinct token combinations (synthetic `realistic` profile, a million people), which
+about 6.2 million distinct token combinations (synthetic `realistic` profile, a million people), which
 the pseudonymised zone stores once each (token blocks). Linkage runs once per combination of the
 tokens it reads (a *profile*) and every record takes its profile's result, which is what makes a
 million people tractable on two cores.

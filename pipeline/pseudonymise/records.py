@@ -4,7 +4,7 @@ with its reason).
 
 Tokens are written once per token block, a distinct combination of the 19 token columns
 (schemas/token_blocks.yaml), and each record gets the number of its block (schemas/record_blocks.yaml):
-a person's records mostly repeat the same identifiers, so 48 million rows need 7 million rows of
+a person's records mostly repeat the same identifiers, so 48 million rows need 6.2 million rows of
 tokens, which is what writing and validating them costs. The payload file holds record_id and the
 payload columns of the source's contract. No direct identifier leaves this step. Record-level files
 are streamed to Parquet: the extract is never collected whole.
