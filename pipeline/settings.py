@@ -18,6 +18,8 @@ from pipeline.errors import PipelineError
 
 SOURCES: tuple[str, ...] = ("hospital_apc", "hospital_ae", "hospital_op", "gp_events", "social_care")
 LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# The policies of RunConfig.small_groups; what each does is in pipeline.publish.disclosure.
+SMALL_GROUP_POLICIES: tuple[str, ...] = ("suppress", "coarsen", "block")
 REPO_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_UNIT_COSTS = REPO_DIR / "reference" / "unit_costs.csv"
 
@@ -55,8 +57,18 @@ class RunConfig:
     # Airflow variable `pprl_key` instead (see pipeline.crypto.keys.load_key).
     key_file: str | None = None
     matching: MatchingOptions = field(default_factory=MatchingOptions)
+    # What publication does about a combination of quasi-identifiers shared by fewer than
+    # MIN_GROUP_SIZE people in a row-level table (pipeline.publish.disclosure.SMALL_GROUP_POLICIES):
+    # "suppress" (default) withholds those rows' least important quasi-identifiers and drops people no
+    # withholding protects; "coarsen" merges age bands and IMD for everyone first; "block" refuses.
+    # The default lets a realistic study publish; a governance officer who wants to see every small
+    # group before anything is changed runs "block".
+    small_groups: Literal["suppress", "coarsen", "block"] = "suppress"
 
     def __post_init__(self) -> None:
+        if self.small_groups not in SMALL_GROUP_POLICIES:
+            choices = ", ".join(repr(p) for p in SMALL_GROUP_POLICIES)
+            raise PipelineError(f"small_groups must be one of {choices} (got {self.small_groups!r})")
         if not LABEL_PATTERN.match(self.release_label):
             raise PipelineError(
                 "release_label must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a letter or digit"

@@ -3,7 +3,7 @@
     >>> audit_release(Path("work/releases/2026-q1"))  # doctest: +SKIP
     []
 
-1. Tamper evidence: every file's SHA-256 and row count are recomputed and compared with the
+1. Tamper evidence: every file's SHA-256 and (controlled) row count are recomputed and compared with the
    manifest; a file added, removed or changed since publication is a problem. The manifest cannot
    vouch for itself, so its own SHA-256 is printed: compare it with the one on the signed audit page.
 2. The release's privacy checks (`pipeline.publish.privacy`) run again on the files as they are now.
@@ -23,6 +23,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline import io
+from pipeline.publish.disclosure import control_count
 from pipeline.publish.privacy import assess_release_privacy
 
 MANIFEST = "manifest.json"
@@ -59,9 +60,10 @@ def _file_problems(release_dir: Path, files: dict) -> list[str]:
                 "do not use this copy: restore the file from the archived release or republish"
             )
         elif "rows" in entry:
-            rows = pl.scan_parquet(path).select(pl.len()).collect().item()
+            # The manifest's row counts are disclosure-controlled like every count in it.
+            rows = control_count(pl.scan_parquet(path).select(pl.len()).collect().item())
             if rows != entry["rows"]:
-                problems.append(f"{name}: holds {rows} rows where the manifest says {entry['rows']}; restore it from the archived release")
+                problems.append(f"{name}: holds a number of rows the manifest does not record; restore it from the archived release")
     return problems
 
 

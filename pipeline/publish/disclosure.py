@@ -20,6 +20,23 @@ Which release columns are counts is declared once, in the table's contract: a co
 `disclosure: count` is controlled by `stage_release` and checked by the privacy checks. In an
 aggregate table (one without a study ID), every integer column must say `disclosure: count` or
 `disclosure: not_a_count`, so that a new count cannot slip out unnoticed.
+
+The release's `manifest.json` obeys the same rule, structurally: `control_manifest` controls every
+whole number in it, at any depth, except the settings and the few keys `NOT_A_COUNT_KEYS` names
+(thresholds and parameters). A new count added to the manifest is therefore controlled without
+anyone listing it; the exact manifest goes to `reports/<label>/figures.json`, never to the release.
+
+Row-level tables obey a second rule, k-anonymity: every combination of a table's quasi-identifiers
+(contract `class: quasi_identifier`) describes at least `MIN_GROUP_SIZE` people
+(`pipeline.publish.small_groups` applies the run's policy; `pipeline.publish.privacy` checks it).
+
+Continuous values that would make a row unique across releases are released at a coarser precision
+declared in the contract (`precision: {decimals: 2}` or `precision: {nearest: 10}`):
+
+    >>> pl.DataFrame({"x": [0.1234, 1234.5]}).select(precision_expr("x", {"decimals": 2})).get_column("x").to_list()
+    [0.12, 1234.5]
+    >>> pl.DataFrame({"x": [14.9, 15.1]}).select(precision_expr("x", {"nearest": 10})).get_column("x").to_list()
+    [10.0, 20.0]
 """
 
 from __future__ import annotations
@@ -31,10 +48,44 @@ from typing import Any
 import polars as pl
 import yaml
 
+from pipeline import settings
 from pipeline.contracts import SCHEMAS_DIR
 
 SUPPRESSION_THRESHOLD = 7
 ROUNDING_BASE = 5
+# The fewest people a combination of quasi-identifiers in a row-level table may describe. One more than
+# the suppression threshold, so that no group of people a row-level table singles out is as small as a
+# count the aggregate tables would hide: a reader must not learn from the rows what a table of counts
+# is not allowed to say. (ONS and NHS England guidance use 5-10; OpenSAFELY's counts rule is >7.)
+MIN_GROUP_SIZE = SUPPRESSION_THRESHOLD + 1
+# What stage_release does about a group smaller than MIN_GROUP_SIZE (RunConfig.small_groups):
+# "suppress" withholds quasi-identifier values of those rows in WITHHOLD_ORDER, then drops who is left;
+# "coarsen" first merges categories for everyone per COARSENING, then suppresses what is still small;
+# "block" changes nothing, and the privacy check then refuses the release.
+# The run setting owns the names (pipeline.settings), so a conf is validated without importing this.
+SMALL_GROUP_POLICIES = settings.SMALL_GROUP_POLICIES
+# Local suppression withholds (nulls) the least analytically important quasi-identifier first. Only
+# columns that no other release table repeats may be withheld: arm is in panel and matches, and site
+# and operating model are named by matches' samples, so withholding them in the cohort would hide
+# nothing. IMD first (already missing for postcodes outside the lookup), then age band, then sex.
+WITHHOLD_ORDER: tuple[str, ...] = ("imd_quintile", "age_band", "sex")
+# Global recoding, level by level, each level applied to every row and only while a group is too
+# small: merged age bands first, then the IMD quintile withheld for everyone (an int8 quintile has no
+# honest coarser level; a merged "1-2" would need a new type).
+COARSE_AGE_BANDS: dict[str, str] = {"55-64": "55-74", "65-74": "55-74", "75-84": "75+", "85+": "75+"}
+COARSENING: tuple[tuple[str, dict[str, str] | None], ...] = (("age_band", COARSE_AGE_BANDS), ("imd_quintile", None))
+# Whole numbers in the manifest that are not counts of people or records: thresholds and parameters.
+# Every other whole number in the manifest, outside `settings`, is a count and is controlled.
+NOT_A_COUNT_KEYS: frozenset[str] = frozenset(
+    {"suppression_threshold", "rounding_base", "min_group_size", "seed", "max_training_profiles", "min_records_to_train"}
+)
+# Manifest sections that hold settings, not figures.
+SETTINGS_SECTIONS: tuple[str, ...] = ("settings",)
+# Fractions computed from exact counts: with a controlled denominator they would give the exact
+# numerator back, so the released manifest leaves them out (null); the audit page computes shares
+# from the controlled counts.
+SHARE_KEYS: frozenset[str] = frozenset({"share"})
+PRECISION_KEY = "precision"
 # The contract key that marks a column, and its two values.
 DISCLOSURE_KEY = "disclosure"
 COUNT = "count"
@@ -123,6 +174,65 @@ def declared_disclosure(table: str) -> dict[str, str]:
 
 def count_columns(table: str) -> list[str]:
     return [c for c, v in declared_disclosure(table).items() if v == COUNT]
+
+
+def control_manifest(manifest: Any, _path: tuple[str, ...] = ()) -> Any:
+    """The manifest as released: every count controlled, shares left out, structure kept.
+
+    >>> control_manifest({"settings": {"ratio": 1}, "consent": {"declined": 3, "in_register": 1234,
+    ...     "share": 0.25}, "disclosure_control": {"suppression_threshold": 7}})
+    {'settings': {'ratio': 1}, 'consent': {'declined': None, 'in_register': 1235, 'share': None}, 'disclosure_control': {'suppression_threshold': 7}}
+    """
+    if _path and _path[0] in SETTINGS_SECTIONS:
+        return manifest
+    if isinstance(manifest, dict):
+        return {k: control_manifest(v, (*_path, str(k))) for k, v in manifest.items()}
+    if isinstance(manifest, list):
+        return [control_manifest(v, _path) for v in manifest]
+    key = _path[-1] if _path else ""
+    if isinstance(manifest, float) and key in SHARE_KEYS:
+        return None
+    if isinstance(manifest, int) and not isinstance(manifest, bool) and key not in NOT_A_COUNT_KEYS:
+        return control_count(manifest)
+    return manifest
+
+
+@cache
+def declared_precision(table: str) -> dict[str, dict[str, int]]:
+    """Column -> its release precision ({"decimals": d} or {"nearest": n}), as the contract declares it."""
+    spec = yaml.safe_load((SCHEMAS_DIR / f"{table}.yaml").read_text()) or {}
+    out = {}
+    for name, column in (spec.get("columns") or {}).items():
+        rule = (column or {}).get(PRECISION_KEY)
+        if rule is None:
+            continue
+        if not (isinstance(rule, dict) and len(rule) == 1 and set(rule) <= {"decimals", "nearest"} and isinstance(next(iter(rule.values())), int)):
+            raise ValueError(f"schemas/{table}.yaml, column {name}: {PRECISION_KEY} must be {{decimals: <int>}} or {{nearest: <int>}}")
+        out[name] = dict(rule)
+    return out
+
+
+def precision_text(rule: dict[str, int]) -> str:
+    """How the contract's description states a precision (tests hold descriptions to it)."""
+    if "nearest" in rule:
+        return f"rounded to the nearest {rule['nearest']}"
+    d = rule["decimals"]
+    return "rounded to whole numbers" if d == 0 else f"rounded to {d} decimal place{'s' if d > 1 else ''}"
+
+
+def precision_expr(column: str, rule: dict[str, int]) -> pl.Expr:
+    """A float column at its release precision (keeps the name)."""
+    c = pl.col(column)
+    if "nearest" in rule:
+        return ((c / rule["nearest"]).round(0) * rule["nearest"]).alias(column)
+    return c.round(rule["decimals"]).alias(column)
+
+
+def imprecise_expr(column: str, rule: dict[str, int]) -> pl.Expr:
+    """True for a value finer than its release precision (a release not built by stage_release)."""
+    c = pl.col(column)
+    scaled = c / rule["nearest"] if "nearest" in rule else c * 10 ** rule["decimals"]
+    return ((scaled - scaled.round(0)).abs() > 1e-6).fill_null(False)
 
 
 def shown(n: Any) -> str:

@@ -67,6 +67,11 @@ RULES: dict[str, str] = {
     "study IDs well-formed and unique": "study IDs have the release format (S and 16 hex digits) and each appears once in the cohort",
     "study IDs are not tokens": "no study ID equals a linkage token or internal participant key",
     "quasi-identifiers generalised": "quasi-identifiers are bands or small categories (at most 20 levels), never dates",
+    "quasi-identifier groups large enough": (
+        f"in every row-level table, each combination of all its quasi-identifiers (a withheld value counting as one) "
+        f"describes at least {disclosure.MIN_GROUP_SIZE} people"
+    ),
+    "continuous values at release precision": "costs, propensity scores and other continuous values are no finer than their contract's precision",
     "aggregate counts disclosure-controlled": disclosure.RULE_TEXT,
 }
 
@@ -105,6 +110,7 @@ class PrivacyReport:
             "warnings": [f"{r}: {text}" for r, text in self.warnings],
             "quasi_identifiers": self.quasi_identifiers,
             "suppression_threshold": disclosure.SUPPRESSION_THRESHOLD,
+            "min_group_size": disclosure.MIN_GROUP_SIZE,
         }
 
 
@@ -188,7 +194,8 @@ def _check_table(path: Path, contract: Contract, report: PrivacyReport) -> None:
         _check_contract_column(contract, c, report)
     _check_values(lf, path.name, present, schema, report)
     _check_study_ids(lf, path.name, contract, present, report)
-    _smallest_groups(lf, contract, present, report)
+    _check_groups(lf, path.name, contract, present, report)
+    _check_precision(lf, path.name, contract, present, report)
     _check_counts(lf, path.name, contract, present, report)
 
 
@@ -269,18 +276,43 @@ def _check_study_ids(lf: pl.LazyFrame, file: str, contract: Contract, present: l
             report.fail(rule, file, c.name, f"{row['repeats']} study ID(s) repeat; the table must have one row per participant")
 
 
-def _smallest_groups(lf: pl.LazyFrame, contract: Contract, present: list[Column], report: PrivacyReport) -> None:
-    """k-anonymity of a person-level table: the fewest people sharing one combination of its quasi-identifiers."""
+def _check_groups(lf: pl.LazyFrame, file: str, contract: Contract, present: list[Column], report: PrivacyReport) -> None:
+    """k-anonymity of a row-level table over ALL its quasi-identifiers: the fewest people (distinct
+    study IDs) sharing one combination. Null is grouped as a value of its own, so withholding a value
+    can only merge a group into another, never take it out of the count."""
+    rule = "quasi-identifier groups large enough"
     qi = [c.name for c in present if c.column_class == "quasi_identifier"]
     keys = [c.name for c in present if c.column_class == "key"]
     if not qi or not keys:
         return
+    minimum = disclosure.MIN_GROUP_SIZE
     groups = lf.group_by(qi).agg(pl.col(keys[0]).n_unique().alias("people")).select(
         pl.len().alias("groups"),
         pl.col("people").min().alias("smallest_group"),
-        (pl.col("people") <= disclosure.SUPPRESSION_THRESHOLD).sum().alias("groups_at_or_below_threshold"),
+        (pl.col("people") < minimum).sum().alias("groups_below_minimum"),
+        pl.col("people").filter(pl.col("people") < minimum).sum().alias("people_in_small_groups"),
     ).collect().row(0, named=True)
-    report.quasi_identifiers[contract.name] = {"columns": qi, **{k: int(v or 0) for k, v in groups.items()}}
+    found = {k: int(v or 0) for k, v in groups.items()}
+    report.quasi_identifiers[contract.name] = {"columns": qi, **found}
+    if found["groups_below_minimum"]:
+        report.fail(
+            rule, file, ", ".join(qi),
+            f"{found['groups_below_minimum']} group(s) describe fewer than {minimum} people (smallest: {found['smallest_group']}); "
+            "set the run setting small_groups to 'suppress' (withhold those rows' quasi-identifiers) or 'coarsen' (merge age bands "
+            "and IMD quintiles) so that stage_release protects them (pipeline run --small-groups), or generalise the column in its contract",
+        )
+
+
+def _check_precision(lf: pl.LazyFrame, file: str, contract: Contract, present: list[Column], report: PrivacyReport) -> None:
+    rule = "continuous values at release precision"
+    rules = {c.name: r for c in present if (r := disclosure.declared_precision(contract.name).get(c.name))}
+    if not rules:
+        return
+    row = lf.select([disclosure.imprecise_expr(c, r).sum().alias(c) for c, r in rules.items()]).collect().row(0, named=True)
+    for column, n in row.items():
+        if n:
+            what = f"{n} value(s) are finer than {disclosure.precision_text(rules[column])}; publish through stage_release, which rounds them"
+            report.fail(rule, file, column, what)
 
 
 def _check_counts(lf: pl.LazyFrame, file: str, contract: Contract, present: list[Column], report: PrivacyReport) -> None:

@@ -1,8 +1,11 @@
 """Stage 3b: write-audit-publish of a release.
 
 1. `stage_release` writes every file into `releases/.staging-<label>/`, swapping participant IDs for
-   the release's study IDs, dropping everything the release contracts do not declare, and applying
-   disclosure control to every count column the contracts declare (`pipeline.publish.disclosure`).
+   the release's study IDs, dropping everything the release contracts do not declare, applying the
+   run's small-group policy (`pipeline.publish.small_groups`), rounding continuous values to their
+   release precision, and applying disclosure control to every count column the contracts declare
+   (`pipeline.publish.disclosure`). The manifest it writes into the release has every count
+   controlled (`disclosure.control_manifest`); the exact figures go to `reports/<label>/figures.json`.
 2. `validate_release` runs the privacy checks (`pipeline.publish.privacy`) and Great Expectations on
    the staged files; if either fails, the staging folder is removed, nothing is published, and the
    error names every broken rule by file, column and expectation.
@@ -26,7 +29,7 @@ from pipeline import __version__, io
 from pipeline.cohort.outputs import ARTEFACTS_DIR, RELEASE_TABLES
 from pipeline.contracts import dictionary_records, load_contract, render_dictionary_markdown
 from pipeline.errors import ContractError, ReleaseExistsError, ValidationFailed
-from pipeline.publish import disclosure
+from pipeline.publish import disclosure, small_groups
 from pipeline.publish.privacy import assess_release_privacy
 from pipeline.pseudonymised import blocks_path
 from pipeline.settings import REPO_DIR, SOURCES, RunConfig
@@ -34,6 +37,11 @@ from pipeline.settings import REPO_DIR, SOURCES, RunConfig
 log = logging.getLogger(__name__)
 # Zones whose validation summaries the manifest keeps, in pipeline order.
 VALIDATED_ZONES: tuple[str, ...] = ("raw", "pseudonymised", "linked", "release")
+# The exact figures behind the release's controlled manifest, for governance only (never released).
+FIGURES = "figures.json"
+# The person-level table whose quasi-identifiers the small-group policy works on; people it drops
+# leave every release table.
+PERSON_TABLE = "cohort"
 
 
 def code_version() -> str:
@@ -58,7 +66,8 @@ def _with_study_ids(lf: pl.LazyFrame, ids: pl.LazyFrame) -> pl.LazyFrame:
 
 def stage_release(cfg: RunConfig) -> Path:
     """Write every release table into the staging folder, streamed: at a million people the panel
-    has about 12 million rows, and no table is read whole into memory before it is written."""
+    has about 12 million rows, and no table is read whole into memory before it is written (the
+    cohort, one row per person, is the exception: the small-group policy works on it whole)."""
     staging = cfg.staging_dir
     # A run that died while replacing this label's release must not leave the earlier one hidden.
     io.recover_replace(cfg.release_dir)
@@ -68,12 +77,20 @@ def stage_release(cfg: RunConfig) -> Path:
     ids = pl.scan_parquet(cfg.pseudonymised_dir / "persons.parquet").select("participant_id", "study_id")
     built = cfg.linked_dir / "cohort"
     controlled: dict[str, Any] = {}
+    people, small = _person_table(cfg, built)
     for name in RELEASE_TABLES:
         contract = load_contract(name)
-        lf = pl.scan_parquet(built / f"{name}.parquet")
+        lf = people.frame.lazy() if name == PERSON_TABLE else pl.scan_parquet(built / f"{name}.parquet")
         columns = lf.collect_schema().names()
         if "participant_id" in columns:
+            if name != PERSON_TABLE and people.dropped:
+                before = lf.select(pl.len()).collect().item()
+                lf = lf.join(people.frame.lazy().select("participant_id"), on="participant_id", how="semi")
+                small["rows_dropped"][name] = before - lf.select(pl.len()).collect().item()
             lf = _with_study_ids(lf, ids)
+            if name != PERSON_TABLE and cfg.small_groups != "block":
+                lf = _without_small_groups(lf, contract, small)
+        lf = _at_release_precision(lf, name)
         counts = [c for c in disclosure.count_columns(name) if c in columns]
         if counts:
             lf, cells = disclosure.apply_control(lf, counts)
@@ -88,12 +105,74 @@ def stage_release(cfg: RunConfig) -> Path:
     with io.atomic_path(staging / "data_dictionary.md") as tmp:
         tmp.write_text(render_dictionary_markdown(contracts, f"Data dictionary: release {cfg.release_label}"))
     io.write_json(dictionary_records(contracts), staging / "data_dictionary.json")
-    io.write_json(_manifest(cfg, controlled), staging / "manifest.json")
+    write_manifest(cfg, _manifest(cfg, controlled, small))
     return staging
 
 
-def _manifest(cfg: RunConfig, controlled: dict[str, Any]) -> dict[str, Any]:
-    """Everything a governance officer needs to trace the release; no timestamps, so reruns are byte-identical."""
+def _person_table(cfg: RunConfig, built: Path) -> tuple[small_groups.Outcome, dict[str, Any]]:
+    """The cohort after the run's small-group policy, and the manifest's record of what it did (exact)."""
+    contract = load_contract(PERSON_TABLE)
+    frame = pl.read_parquet(built / f"{PERSON_TABLE}.parquet")
+    qi = [c.name for c in contract.columns_of_class("quasi_identifier") if c.name in frame.columns]
+    out = small_groups.apply_policy(frame, qi, "participant_id", cfg.small_groups)
+    record = {
+        "policy": cfg.small_groups,
+        "min_group_size": disclosure.MIN_GROUP_SIZE,
+        "quasi_identifiers": qi,
+        "withheld_order": list(disclosure.WITHHOLD_ORDER),
+        "coarsening": [
+            f"{column}: " + (", ".join(f"{a} -> {b}" for a, b in mapping.items()) if mapping else "withheld for everyone")
+            for column, mapping in disclosure.COARSENING
+        ],
+        "coarsened": out.coarsened,
+        "withheld_values": {c: out.withheld.get(c, 0) for c in disclosure.WITHHOLD_ORDER},
+        "people_dropped": len(out.dropped),
+        "rows_dropped": {PERSON_TABLE: len(out.dropped)},
+    }
+    return out, record
+
+
+def _without_small_groups(lf: pl.LazyFrame, contract: Any, small: dict[str, Any]) -> pl.LazyFrame:
+    """A row-level table other than the cohort without the rows of its own too-small groups (for
+    example a sample of matches with fewer than MIN_GROUP_SIZE matched people in an arm)."""
+    qi = [c.name for c in contract.columns_of_class("quasi_identifier") if c.name in lf.collect_schema().names()]
+    if not qi:
+        return lf
+    kept = small_groups.small_group_filter(lf, qi, "study_id")
+    if kept is None:
+        return lf
+    dropped = lf.select(pl.len()).collect().item() - kept.select(pl.len()).collect().item()
+    small["rows_dropped"][contract.name] = small["rows_dropped"].get(contract.name, 0) + dropped
+    return kept
+
+
+def _at_release_precision(lf: pl.LazyFrame, table: str) -> pl.LazyFrame:
+    """Continuous columns rounded to the precision their contract declares (`precision:`)."""
+    names = lf.collect_schema().names()
+    rules = {c: r for c, r in disclosure.declared_precision(table).items() if c in names}
+    return lf.with_columns(disclosure.precision_expr(c, r) for c, r in rules.items()) if rules else lf
+
+
+def write_manifest(cfg: RunConfig, exact: dict[str, Any]) -> None:
+    """Write the staged release's manifest with every count controlled, then the exact figures to
+    `reports/<label>/figures.json`, tied to that manifest by its SHA-256."""
+    manifest = cfg.staging_dir / "manifest.json"
+    io.write_json(disclosure.control_manifest(exact), manifest)
+    figures = {"release_label": cfg.release_label, "manifest_sha256": io.sha256_file(manifest), "manifest": exact}
+    io.write_json(figures, cfg.reports_dir / FIGURES)
+
+
+def exact_manifest(cfg: RunConfig) -> dict[str, Any]:
+    """The exact figures of the staged release (what `write_manifest` last wrote)."""
+    path = cfg.reports_dir / FIGURES
+    if not path.is_file():
+        raise ValidationFailed(f"{path}: the exact figures of the staged release are missing; run stage_release for this label again")
+    return io.read_json(path)["manifest"]
+
+
+def _manifest(cfg: RunConfig, controlled: dict[str, Any], small: dict[str, Any]) -> dict[str, Any]:
+    """Everything a governance officer needs to trace the release, with exact figures (the release
+    holds them controlled); no timestamps, so reruns are byte-identical."""
     pdir, ldir = cfg.pseudonymised_dir, cfg.linked_dir
     consent = io.read_json(pdir / "consent.json")
     return {
@@ -114,7 +193,13 @@ def _manifest(cfg: RunConfig, controlled: dict[str, Any]) -> dict[str, Any]:
             "rounding_base": disclosure.ROUNDING_BASE,
             # Count columns of release tables, as their contracts declare them (`disclosure: count`).
             "tables": controlled,
-            "audit_page": f"every count on reports/{cfg.release_label}/audit.html is controlled; the figures here are exact",
+            "small_groups": small,
+            # The manifest's whole numbers that are not counts, left as they are (every other is controlled).
+            "not_a_count": sorted(disclosure.NOT_A_COUNT_KEYS),
+            "audit_page": (
+                f"every count here and on reports/{cfg.release_label}/audit.html is controlled; the exact figures are in "
+                f"reports/{cfg.release_label}/{FIGURES}, which is not released"
+            ),
         },
         "files": {},
     }
@@ -166,13 +251,13 @@ def validate_release(cfg: RunConfig) -> Path:
                 f"Release {cfg.release_label!r} refused; nothing was published and earlier releases are untouched.\n"
                 + "\n".join(problems)
             )
-        manifest = io.read_json(staging / "manifest.json")
+        manifest = exact_manifest(cfg)
         for zone in VALIDATED_ZONES:
             path = cfg.reports_dir / "validation" / f"{zone}.json"
             if path.exists():
                 manifest["validation"][zone] = _validation_digest(io.read_json(path))
         manifest["privacy"] = privacy.to_json()
-        io.write_json(manifest, staging / "manifest.json")
+        write_manifest(cfg, manifest)
     except BaseException:
         # Write-audit-publish: a staged release that failed its checks is never left to be published.
         shutil.rmtree(staging, ignore_errors=True)
@@ -216,7 +301,7 @@ def publish_release(cfg: RunConfig) -> Path:
         raise ReleaseExistsError(
             f"release {cfg.release_label!r} already exists at {final}; choose a new label, or set replace_release to replace it"
         )
-    manifest = io.read_json(staging / "manifest.json")
+    manifest = exact_manifest(cfg)
     if not manifest.get("privacy"):
         raise ValidationFailed(f"{staging}: the staged release has not passed validate_release; run it first")
     manifest["files"] = {
@@ -224,7 +309,7 @@ def publish_release(cfg: RunConfig) -> Path:
         for p in sorted(staging.iterdir())
         if p.name != "manifest.json"
     }
-    io.write_json(manifest, staging / "manifest.json")
+    write_manifest(cfg, manifest)
     # Rendered before the rename, so a page that cannot be built stops publication; written after it,
     # so the page on disk always describes the release that is in place.
     page = page_for(staging / "manifest.json", cfg.reports_dir, final)

@@ -8,7 +8,11 @@ the page is meant to travel (attached to sign-off records) while the manifest st
 Counts of rules, files and columns describe the pipeline, not people, and are shown as they are.
 
 Each figure carries `data-figure`, the JSON list of manifest paths it is the (controlled) sum of, so
-a test, or a sceptical reader with the manifest beside them, can check every number on the page.
+a test, or a sceptical reader with the exact figures beside them, can check every number on the page.
+The page is rendered from the exact figures (`reports/<label>/figures.json`, written beside it and
+never released) when they belong to the manifest being shown, else from the released manifest,
+whose counts are already controlled. One kind of figure is shown exact, marked `data-exact-figure`:
+the smallest quasi-identifier group of each row-level table, which the officer must see to judge it.
 """
 
 from __future__ import annotations
@@ -409,11 +413,11 @@ def _privacy(p: _Page) -> None:
     warnings = "".join(f"<li>{e(w)}</li>" for w in privacy.get("warnings", []))
     qi_rows = [
         f"<tr><th scope=\"row\">{e(table)}</th><td>{e(', '.join(q.get('columns', [])))}</td>"
-        f"{p.num(['privacy', 'quasi_identifiers', table, 'groups'])}{p.num(['privacy', 'quasi_identifiers', table, 'smallest_group'])}"
-        f"{p.num(['privacy', 'quasi_identifiers', table, 'groups_at_or_below_threshold'])}</tr>"
+        f"{p.num(['privacy', 'quasi_identifiers', table, 'groups'])}{_exact_cell(p, ['privacy', 'quasi_identifiers', table, 'smallest_group'])}"
+        f"{p.num(['privacy', 'quasi_identifiers', table, 'groups_below_minimum'])}</tr>"
         for table, q in sorted(privacy.get("quasi_identifiers", {}).items())
     ]
-    threshold = privacy.get("suppression_threshold", disclosure.SUPPRESSION_THRESHOLD)
+    minimum = privacy.get("min_group_size", disclosure.MIN_GROUP_SIZE)
     p.add('<section id="privacy"><h2>7. Privacy checks</h2>'
           "<p>Run on every release before it is published, and again by <code>pipeline audit</code>. Any failure stops publication.</p>"
           + _table(["Rule", "What is checked", "Result"], rows)
@@ -421,11 +425,34 @@ def _privacy(p: _Page) -> None:
           + "<h3>Quasi-identifiers: how small is the smallest group?</h3>"
           "<p>People who share every quasi-identifier value (for example age band, sex and deprivation quintile) form a group; "
           "the smaller the smallest group, the easier it is to single someone out by combining the release with other knowledge. "
-          f"Economists must not publish breakdowns of groups of {threshold} people or fewer.</p>"
-          + (_table(["Table", "Quasi-identifiers", "Groups", "People in the smallest group", f"Groups of {threshold} people or fewer"],
+          f"A release is refused when any group of a row-level table, over all its quasi-identifiers, has fewer than {minimum} people. "
+          "The smallest group is shown exactly (this page is internal); it is controlled in the released manifest.</p>"
+          + _small_groups(p)
+          + (_table(["Table", "Quasi-identifiers", "Groups", "People in the smallest group (exact)", f"Groups of fewer than {minimum} people"],
                     qi_rows, "figures")
              if qi_rows else "<p>No release table holds quasi-identifiers.</p>")
           + "</section>")
+
+
+def _exact_cell(p: _Page, path: list[Any]) -> str:
+    """A figure shown exactly (the smallest group size), marked so a test can find and check it."""
+    value = _get(p.m, path)
+    shown = disclosure.NOT_RECORDED if value is None else f"{value:,}" if isinstance(value, int) else str(value)
+    return f"<td class=\"num\" data-exact-figure='{e(json.dumps([path]))}'>{e(shown)}</td>"
+
+
+def _small_groups(p: _Page) -> str:
+    """What the run's small-group policy did (manifest disclosure_control.small_groups), counts controlled."""
+    base = ["disclosure_control", "small_groups"]
+    s = _get(p.m, base)
+    if not isinstance(s, dict):
+        return ""
+    rows = [f'<tr><th scope="row">Values withheld: {e(c)}</th>{p.num([*base, "withheld_values", c])}</tr>' for c in s.get("withheld_values", {})]
+    rows.append(f'<tr><th scope="row">People dropped from every table</th>{p.num([*base, "people_dropped"])}</tr>')
+    rows += [f'<tr><th scope="row">Rows dropped from {e(t)}</th>{p.num([*base, "rows_dropped", t])}</tr>' for t in sorted(s.get("rows_dropped", {}))]
+    coarsened = ", ".join(s.get("coarsened") or []) or "nothing"
+    return (f"<p>Small-group policy of this run: <strong>{e(str(s.get('policy')))}</strong>; merged for everyone: {e(coarsened)}; "
+            f"withheld in this order: {e(', '.join(s.get('withheld_order') or []))}.</p>" + _table(["", "Count"], rows, "figures"))
 
 
 def _disclosure(p: _Page) -> None:
@@ -521,7 +548,7 @@ def render_audit_page(
         f"<p class=\"lede\">For the governance officer: is this release complete, valid and safe to hand to economists? "
         f"Every count of people or records on this page is rounded to the nearest {disclosure.ROUNDING_BASE}, and counts from 1 to "
         f"{disclosure.SUPPRESSION_THRESHOLD} are hidden (<q>{e(disclosure.SUPPRESSED_TEXT)}</q>); "
-        "the exact figures are in the release's manifest.json.</p>"
+        "the exact figures are in figures.json beside this page, which is never released.</p>"
         + _summary(p)
         + '<nav><a href="#consent">Consent</a> <a href="#stages">Stages</a> <a href="#quarantine">Quarantine</a> '
         '<a href="#linkage">Linkage</a> <a href="#validation">Validation</a> <a href="#privacy">Privacy</a> '
@@ -533,11 +560,25 @@ def render_audit_page(
     )
 
 
+FIGURES = "figures.json"
+
+
+def page_figures(manifest_path: Path, reports_dir: Path) -> dict[str, Any]:
+    """The exact figures behind a released manifest when `reports_dir` holds them for that very manifest
+    (same SHA-256), else the released manifest itself (its counts already controlled)."""
+    figures = Path(reports_dir) / FIGURES
+    if figures.is_file():
+        exact = io.read_json(figures)
+        if exact.get("manifest_sha256") == io.sha256_file(manifest_path):
+            return exact["manifest"]
+    return io.read_json(manifest_path)
+
+
 def page_for(manifest_path: Path, reports_dir: Path, release_dir: Path) -> str:
     """The page of a release whose manifest is at `manifest_path` and which is (or will be) at `release_dir`."""
     release_href = os.path.relpath(Path(release_dir).resolve(), Path(reports_dir).resolve())
     return render_audit_page(
-        io.read_json(manifest_path), io.sha256_file(manifest_path), str(release_dir), release_href=Path(release_href).as_posix()
+        page_figures(manifest_path, reports_dir), io.sha256_file(manifest_path), str(release_dir), release_href=Path(release_href).as_posix()
     )
 
 
