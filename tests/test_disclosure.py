@@ -121,3 +121,113 @@ def test_count_columns_are_declared_in_the_contract(tmp_path, monkeypatch) -> No
             disclosure.declared_disclosure("broken")
     finally:
         disclosure.declared_disclosure.cache_clear()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Small quasi-identifier groups: the ladder as tables (pipeline.publish.small_groups)
+
+from pipeline.publish import small_groups  # noqa: E402
+from pipeline.publish.disclosure import MIN_GROUP_SIZE, WITHHOLD_ORDER  # noqa: E402
+
+QI = ["arm", "age_band", "sex", "imd_quintile"]
+
+
+def people(*groups: tuple[int, str, str, str | None, int | None]) -> pl.DataFrame:
+    """A cohort from (how many people, arm, age band, sex, IMD quintile) rows."""
+    rows = [(arm, age, sex, imd) for n, arm, age, sex, imd in groups for _ in range(n)]
+    return pl.DataFrame(
+        {"pid": [f"p{i:03d}" for i in range(len(rows))], **{c: [r[i] for r in rows] for i, c in enumerate(QI)}},
+        schema_overrides={"imd_quintile": pl.Int8},
+    )
+
+
+def groups(df: pl.DataFrame) -> list[tuple]:
+    return sorted(df.group_by(QI).agg(pl.len()).rows(), key=str)
+
+
+def test_the_constants_of_the_group_rule() -> None:
+    assert MIN_GROUP_SIZE == SUPPRESSION_THRESHOLD + 1 == 8
+    assert WITHHOLD_ORDER == ("imd_quintile", "age_band", "sex")
+
+
+# (people, arm, age band, sex, IMD) before -> the groups after, and what was withheld / dropped
+LADDER = [
+    (  # every group big enough: nothing changes
+        [(8, "mdt", "55-64", "F", 1), (9, "comparator", "55-64", "F", 1)],
+        [("comparator", "55-64", "F", 1, 9), ("mdt", "55-64", "F", 1, 8)],
+        {"imd_quintile": 0, "age_band": 0, "sex": 0}, 0,
+    ),
+    (  # withholding IMD merges the small group into the people whose IMD is unknown
+        [(6, "mdt", "55-64", "F", None), (3, "mdt", "55-64", "F", 4), (8, "mdt", "55-64", "F", 1)],
+        [("mdt", "55-64", "F", 1, 8), ("mdt", "55-64", "F", None, 9)],
+        {"imd_quintile": 3, "age_band": 0, "sex": 0}, 0,
+    ),
+    (  # IMD is not enough; age band too: two small groups of the same sex meet
+        [(4, "mdt", "55-64", "M", 1), (4, "mdt", "85+", "M", 2), (8, "mdt", "55-64", "F", 1)],
+        [("mdt", "55-64", "F", 1, 8), ("mdt", None, "M", None, 8)],
+        {"imd_quintile": 8, "age_band": 8, "sex": 0}, 0,
+    ),
+    (  # a person alone in their arm cannot be protected by withholding: dropped
+        [(1, "comparator", "85+", "U", 5), (8, "mdt", "55-64", "F", 1)],
+        [("mdt", "55-64", "F", 1, 8)],
+        {"imd_quintile": 1, "age_band": 1, "sex": 1}, 1,
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("before", "after", "withheld", "dropped"), LADDER)
+def test_local_suppression_ladder(before, after, withheld, dropped) -> None:
+    out = small_groups.withhold(people(*before), QI, "pid")
+    assert groups(out.frame) == sorted(after, key=str)
+    assert out.withheld == withheld and len(out.dropped) == dropped
+    assert small_groups.smallest(out.frame, QI, "pid") >= MIN_GROUP_SIZE
+
+
+def test_coarsening_merges_age_bands_for_everyone_first() -> None:
+    df = people((4, "mdt", "55-64", "F", 1), (4, "mdt", "65-74", "F", 1), (8, "mdt", "85+", "F", 1))
+    out = small_groups.coarsen(df, QI, "pid")
+    assert out.coarsened == ["age_band"] and out.withheld == {"imd_quintile": 0, "age_band": 0, "sex": 0}
+    assert groups(out.frame) == [("mdt", "55-74", "F", 1, 8), ("mdt", "75+", "F", 1, 8)]
+
+
+def test_block_changes_nothing() -> None:
+    df = people((1, "mdt", "85+", "U", 5), (8, "mdt", "55-64", "F", 1))
+    assert small_groups.apply_policy(df, QI, "pid", "block").frame.equals(df)
+
+
+def test_every_whole_number_of_the_manifest_is_controlled_except_settings_and_thresholds() -> None:
+    manifest = {
+        "settings": {"matching": {"ratio": 1}},
+        "consent": {"declined": 3, "in_register": 1234, "new_key_nobody_listed": 6},
+        "linkage": {"sources": {"gp_events": {"linked_by_rank": {"1": 12}}}, "quality": {"x": [{"records": 2, "share": 0.4}]},
+                    "probabilistic": {"options": {"seed": 3}}},
+        "disclosure_control": {"suppression_threshold": 7, "min_group_size": 8},
+        "files": {"cohort.parquet": {"sha256": "ab", "rows": 149}},
+        "cohort": {"max_abs_smd_after": 0.061, "flag": True},
+    }  # fmt: skip
+    assert disclosure.control_manifest(manifest) == {
+        "settings": {"matching": {"ratio": 1}},
+        "consent": {"declined": None, "in_register": 1235, "new_key_nobody_listed": None},
+        "linkage": {"sources": {"gp_events": {"linked_by_rank": {"1": 10}}}, "quality": {"x": [{"records": None, "share": None}]},
+                    "probabilistic": {"options": {"seed": 3}}},
+        "disclosure_control": {"suppression_threshold": 7, "min_group_size": 8},
+        "files": {"cohort.parquet": {"sha256": "ab", "rows": 150}},
+        "cohort": {"max_abs_smd_after": 0.061, "flag": True},
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("rule", "values", "released", "too_fine", "text"),
+    [
+        ({"decimals": 2}, [0.12345, 0.5, None], [0.12, 0.5, None], 1, "rounded to 2 decimal places"),
+        ({"nearest": 10}, [4.9, 5.1, 1234.5], [0.0, 10.0, 1230.0], 3, "rounded to the nearest 10"),
+        ({"decimals": 0}, [71.4, 71.6], [71.0, 72.0], 2, "rounded to whole numbers"),
+    ],
+)
+def test_release_precision(rule, values, released, too_fine, text) -> None:
+    df = pl.DataFrame({"x": values}, schema={"x": pl.Float64})
+    out = df.select(disclosure.precision_expr("x", rule))
+    assert out.get_column("x").to_list() == released
+    assert out.select(disclosure.imprecise_expr("x", rule).sum()).item() == 0
+    assert df.select(disclosure.imprecise_expr("x", rule).sum()).item() == too_fine
+    assert disclosure.precision_text(rule) == text
