@@ -36,7 +36,7 @@ def _run(args: argparse.Namespace) -> int:
     from pipeline.settings import RunConfig
 
     conf = {"raw_dir": args.raw, "work_dir": args.work, "release_label": args.release, "key_file": args.key}
-    for name in ("study_start", "study_end", "extract_date", "unit_costs"):
+    for name in ("study_start", "study_end", "extract_date", "unit_costs", "small_groups"):
         if getattr(args, name):
             conf[name] = getattr(args, name)
     if args.replace:
@@ -57,14 +57,18 @@ def default_airflow_home(cfg) -> Path:
 
 def summary_text(release_dir: Path) -> str:
     """The short end-of-run summary: people, consent, linkage by rank, matching, balance, where."""
+    from pipeline.publish.disclosure import SUPPRESSED_TEXT
+
     m = json.loads((release_dir / "manifest.json").read_text())
-    c, k = m["consent"], m["cohort"]
+    # The release's manifest holds counts disclosure-controlled (null where 1-7): shown as such, and
+    # sums of controlled parts are only approximate, like everything economists see.
+    c, k = ({key: SUPPRESSED_TEXT if v is None else v for key, v in m[part].items()} for part in ("consent", "cohort"))
     ranks: dict[str, int] = {}
     for s in m["linkage"]["sources"].values():
         for r, n in s["linked_by_rank"].items():
-            ranks[r] = ranks.get(r, 0) + n
-    unlinked = sum(s["unlinked"] for s in m["linkage"]["sources"].values())
-    conflicts = sum(s["conflicts"] for s in m["linkage"]["sources"].values())
+            ranks[r] = ranks.get(r, 0) + (n or 0)
+    unlinked = sum(s["unlinked"] or 0 for s in m["linkage"]["sources"].values())
+    conflicts = sum(s["conflicts"] or 0 for s in m["linkage"]["sources"].values())
     lines = [
         f"release {m['release_label']} (kid {m['kid']}, code {m['code_version']})",
         f"  people in consent register: {c['in_register']}; consented {c['consented']}, declined {c['declined']}, "
@@ -72,7 +76,8 @@ def summary_text(release_dir: Path) -> str:
         "  records linked by rank: " + ", ".join(f"{r}: {n}" for r, n in sorted(ranks.items())) + f"; unlinked {unlinked}, conflicts {conflicts}",
         f"  eligible: {k['eligible']} ({k['eligible_mdt']} MDT, {k['eligible_comparator']} comparators); "
         f"matched: {k['matched_mdt']} MDT with {k['matched_comparators']} comparators",
-        f"  largest |standardised mean difference| after matching: {k['max_abs_smd_after']:.3f}",
+        f"  largest |standardised mean difference| after matching: {m['cohort']['max_abs_smd_after']:.3f}",
+        "  (counts disclosure-controlled: 1-7 hidden, the rest rounded to 5; exact figures in the reports folder)",
         f"  release: {release_dir}",
         f"  audit page for sign-off: {release_dir.parent.parent / 'reports' / m['release_label'] / 'audit.html'}",
     ]
@@ -129,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--extract-date")
     r.add_argument("--unit-costs", help="CSV following schemas/unit_costs.yaml (default: reference/unit_costs.csv)")
     r.add_argument("--replace", action="store_true", help="replace an existing release of the same label")
+    r.add_argument(
+        "--small-groups", choices=["suppress", "coarsen", "block"],
+        help="what to do when fewer than 8 people share a combination of quasi-identifiers: withhold their values "
+        "(suppress, the default), merge age bands and IMD for everyone (coarsen), or refuse to publish (block)",
+    )
     r.add_argument("--airflow-home", help="private AIRFLOW_HOME (default WORK/.airflow/<label>)")
     r.set_defaults(func=_run)
 

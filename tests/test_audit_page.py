@@ -102,7 +102,11 @@ def cfg(tmp_path_factory) -> RunConfig:
 
 @pytest.fixture(scope="module")
 def manifest(cfg) -> dict[str, Any]:
-    return io.read_json(cfg.release_dir / "manifest.json")
+    """The exact figures the page was rendered from (reports/<label>/figures.json; the released
+    manifest holds them controlled)."""
+    figures = io.read_json(cfg.reports_dir / "figures.json")
+    assert figures["manifest_sha256"] == io.sha256_file(cfg.release_dir / "manifest.json")
+    return figures["manifest"]
 
 
 def test_every_figure_on_the_audit_page_is_the_manifests_after_disclosure_control(cfg, manifest, tmp_path) -> None:
@@ -116,7 +120,7 @@ def test_every_figure_on_the_audit_page_is_the_manifests_after_disclosure_contro
     ] + [["inputs", s, "rows"] for s in SOURCES] + [["pseudonymisation", s, "quarantined"] for s in SOURCES] + [
         ["linkage", "sources", s, "linked_by_rank", "1"] for s in SOURCES
     ] + [["validation", z, "statistics", "rows"] for z in ("raw", "pseudonymised", "linked", "release")] + [
-        ["privacy", "quasi_identifiers", "cohort", "smallest_group"], ["files", "cohort.parquet", "rows"], ["cohort", "eligible"],
+        ["privacy", "quasi_identifiers", "cohort", "groups"], ["files", "cohort.parquet", "rows"], ["cohort", "eligible"],
     ] + [
         # Linkage quality by group, so a reviewer can see whether linkage failure is biased.
         ["linkage", "quality", measure, "social_care", breakdown, group, part]

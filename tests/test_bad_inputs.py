@@ -394,8 +394,9 @@ def test_a_row_level_fault_is_quarantined_with_its_reason_and_counted(case, row_
     quarantine = pl.read_parquet(cfg.quarantine_dir / f"{dataset}.parquet")
     assert quarantine.filter(pl.col("quarantine_reason") == reason).get_column("record_id").sort().to_list() == sorted(ids)
     # Counted per reason in the manifest, beside what the clean delivery had.
-    manifest = io.read_json(cfg.release_dir / "manifest.json")
-    before = io.read_json(reference.release / "manifest.json")["pseudonymisation"][dataset]
+    # Exact figures (reports/<label>/figures.json): the released manifest holds them controlled.
+    manifest = io.read_json(cfg.reports_dir / "figures.json")["manifest"]
+    before = io.read_json(reference.cfg.reports_dir / "figures.json")["manifest"]["pseudonymisation"][dataset]
     expected = dict(before.get("quarantine_reasons", {}))
     for d, m, _, r in ROW_FAULTS.values():
         if d == dataset:
@@ -415,8 +416,8 @@ def test_a_participant_born_in_the_future_is_quarantined_by_the_consent_gate(row
     cfg, ids = row_run["cfg"], row_run["cases"]["participant born in the future"]
     quarantine = pl.read_parquet(cfg.quarantine_dir / "consent_register.parquet")
     assert quarantine.select("participant_id", "quarantine_reason").rows() == [(ids[0], DATE_OF_BIRTH.reason)]
-    consent = io.read_json(cfg.release_dir / "manifest.json")["consent"]
-    before = io.read_json(reference.release / "manifest.json")["consent"]
+    consent = io.read_json(cfg.reports_dir / "figures.json")["manifest"]["consent"]
+    before = io.read_json(reference.cfg.reports_dir / "figures.json")["manifest"]["consent"]
     assert consent["quarantine_reasons"] == {**before["quarantine_reasons"], DATE_OF_BIRTH.reason: 1}
     assert consent["persons_pseudonymised"] == before["persons_pseudonymised"] - 1
     assert ids[0] not in set(pl.read_parquet(cfg.pseudonymised_dir / "persons.parquet").get_column("participant_id"))

@@ -15,6 +15,7 @@ from pipeline.contracts import check_file, load_contract
 from pipeline.crypto.keys import new_key_file
 from pipeline.crypto.tokens import study_ids
 from pipeline.cohort.outputs import RELEASE_TABLES
+from pipeline.publish import disclosure
 from pipeline.publish.privacy import check_release_privacy
 from pipeline.pseudonymise.inputs import scan_unit_costs
 from pipeline.settings import SOURCES, RunConfig
@@ -123,6 +124,8 @@ def test_released_service_use_equals_service_use_of_the_true_links(run):
         .join(persons.select("participant_id", "study_id"), on="participant_id")
         .drop("participant_id")
         .select("study_id", "period", "service_type", "units", "cost_gbp")
+        # Released at the contract's precision (units to 0.1, costs to the nearest 10).
+        .with_columns(disclosure.precision_expr(c, r) for c, r in disclosure.declared_precision("service_use").items())
         .sort("study_id", "period", "service_type")
     )
     released = pl.read_parquet(cfg.release_dir / "service_use.parquet").sort("study_id", "period", "service_type")

@@ -85,7 +85,7 @@ def test_the_clean_release_is_published_with_its_privacy_record(cfg, published) 
     results = {r["rule"]: r["result"] for r in manifest["privacy"]["rules"]}
     assert set(results) == set(RULES) and "failed" not in results.values()
     assert results["study IDs are not tokens"] == "passed"  # checked against the pseudonymised tokens
-    assert manifest["privacy"]["quasi_identifiers"]["cohort"]["columns"] == ["age_band", "sex", "imd_quintile"]
+    assert manifest["privacy"]["quasi_identifiers"]["cohort"]["columns"] == ["arm", "site", "operating_model", "age_band", "sex", "imd_quintile"]
     assert manifest["disclosure_control"]["suppression_threshold"] == disclosure.SUPPRESSION_THRESHOLD
     assert set(manifest["validation"]) == {"raw", "pseudonymised", "linked", "release"}
     assert (cfg.reports_dir / "audit.html").is_file() and (cfg.reports_dir / "privacy.json").is_file()
