@@ -4,8 +4,8 @@
     token     = hex(HMAC-SHA256(field key, canonical value as UTF-8))
 
 Composite fields join their canonical parts with "|". Release study IDs use a separate derivation
-(info b"pprl/v1/release/" + label), so two releases cannot be joined on their IDs and no linkage
-token ever reaches a release.
+(info b"pprl/v1/release/" + label), so two releases cannot be joined on their IDs (their rows' content
+still can be: docs/governance.md) and no linkage token ever reaches a release.
 
 Tokens are computed once per distinct value, never per row (`tokenise_distinct`): an extract of
 50 million rows has only about as many distinct NHS numbers as people.
