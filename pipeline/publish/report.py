@@ -140,7 +140,7 @@ def _identity(p: _Page, manifest_sha256: str, release_location: str) -> None:
 
 def _consent(p: _Page) -> None:
     """Every consent category, each row a part of the register (the parts add up to its size)."""
-    errors = list(_get(p.m, ["consent", "register_errors"]) or {})  # in the order the gate checks them
+    errors = sorted(_get(p.m, ["consent", "register_errors"]) or {})
     error_paths = [["consent", "register_errors", r] for r in errors]
     rows = [
         ("People in the consent register (rows; invited to the survey)", [["consent", "in_register"]], False),
