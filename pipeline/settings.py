@@ -51,6 +51,10 @@ class RunConfig:
     study_start: str = "2021-04-01"
     study_end: str = "2026-03-31"
     extract_date: str = "2026-03-31"
+    # The day the run is made, which decides which withdrawals it must honour (the consent gate):
+    # None means today in UTC, resolved once by the consent gate task. Tests pin it. It differs
+    # from run to run, so it is kept out of the content manifest (pipeline.publish.release).
+    run_date: str | None = None
     unit_costs: str = str(DEFAULT_UNIT_COSTS)
     replace_release: bool = False
     # Path of a 0600 key file. Only the pseudonymise tasks read it; production sets PPRL_KEY or the
@@ -80,6 +84,13 @@ class RunConfig:
                 raise PipelineError(f"{name} must be a date written YYYY-MM-DD") from None
         if self.study_start >= self.study_end:
             raise PipelineError("study_start must be before study_end")
+        if self.run_date is not None:
+            try:
+                dt.date.fromisoformat(self.run_date)
+            except (TypeError, ValueError):
+                raise PipelineError("run_date must be a date written YYYY-MM-DD, or left empty for today") from None
+            if dt.date.fromisoformat(self.run_date) < self.extract:
+                raise PipelineError("run_date must be on or after extract_date: a run cannot be made before its extract was taken")
 
     @classmethod
     def from_conf(cls, conf: dict[str, Any]) -> RunConfig:

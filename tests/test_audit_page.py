@@ -22,6 +22,7 @@ import polars as pl
 import pytest
 
 from pipeline import io
+from pipeline.pseudonymise.consent import REGISTER_ERRORS
 from pipeline.publish import disclosure
 from pipeline.publish.report import figure_value, render_audit_page
 from pipeline.settings import SOURCES, RunConfig
@@ -116,8 +117,9 @@ def test_every_figure_on_the_audit_page_is_the_manifests_after_disclosure_contro
         assert text == disclosure.shown(figure_value(manifest, paths)), (paths, text)
     shown_paths = {json.dumps(p) for paths, _ in page.figures for p in paths}
     expected = [
-        ["consent", k] for k in ("in_register", "consented", "declined", "withdrawn", "eligible_for_linkage", "quarantined")
-    ] + [["inputs", s, "rows"] for s in SOURCES] + [["pseudonymisation", s, "quarantined"] for s in SOURCES] + [
+        ["consent", k] for k in ("in_register", "consented", "declined", "withdrawn", "withdrawn_after_extract",
+                                 "same_person_excluded", "eligible_for_linkage", "quarantined", "persons_pseudonymised")
+    ] + [["consent", "register_errors", reason] for reason in REGISTER_ERRORS.values()] + [["inputs", s, "rows"] for s in SOURCES] + [["pseudonymisation", s, "quarantined"] for s in SOURCES] + [
         ["linkage", "sources", s, "linked_by_rank", "1"] for s in SOURCES
     ] + [["validation", z, "statistics", "rows"] for z in ("raw", "pseudonymised", "linked", "release")] + [
         ["privacy", "quasi_identifiers", "cohort", "groups"], ["files", "cohort.parquet", "rows"], ["cohort", "eligible"],

@@ -23,6 +23,7 @@ from pipeline.crypto.keys import LinkageKey, key_id, new_key_file
 from pipeline.errors import KeyFileError, KeyMismatchError
 from pipeline.pseudonymise import check_inputs, pseudonymise_source, run_consent_gate
 from pipeline.pseudonymise import identifiers
+from pipeline.pseudonymise.consent import REGISTER_ERRORS
 from pipeline.pseudonymise.records import QUARANTINE_REASON
 from pipeline.pseudonymised import blocks_path, records_path, scan_record_tokens
 from pipeline.settings import SOURCES, RunConfig
@@ -91,12 +92,13 @@ REGISTER = [
     {"participant_id": "P0000002", "consent_status": "declined", "nhs_number": "9990000026", "family_name": "Brown"},  # declined
     {"participant_id": "P0000003", "consent_status": "consented", "withdrawal_date": D(2026, 1, 10), "nhs_number": "9997654323", "family_name": "Clark"},  # withdrawn
     {"participant_id": "P0000004", "consent_status": "consented", "withdrawal_date": D(2026, 3, 31), "nhs_number": "9990000107", "family_name": "Dixon"},  # withdrawn on the extract date
-    {"participant_id": "P0000005", "consent_status": "consented", "withdrawal_date": D(2026, 4, 1), "nhs_number": "9990000115", "family_name": "Evans"},  # kept: withdrew after the extract date
+    {"participant_id": "P0000005", "consent_status": "consented", "withdrawal_date": D(2026, 4, 1), "nhs_number": "9990000115", "family_name": "Evans"},  # withdrawn after the extract date, before the run
     {"participant_id": "P0000006", "consent_status": "declined", "withdrawal_date": D(2026, 1, 10), "nhs_number": "9990000042", "family_name": "Fox"},  # declined (counted once)
     {"participant_id": "P0000007", "consent_status": "consented", "date_of_birth": None, "nhs_number": "9990000050", "family_name": "Green"},  # quarantined: no date of birth
     {"participant_id": "P0000008", "consent_status": "consented", "arm": "mdt", "mdt_id": "MDT01", "operating_model": "virtual_ward", "nhs_number": "9990000069", "family_name": "Hill"},  # quarantined: MDT without enrolment date
 ]  # fmt: skip
 EXTRACT = "2026-03-31"
+RUN_DATE = "2026-06-30"  # the day the run is made; every withdrawal received by then is honoured (tests/test_consent.py)
 
 
 @pytest.fixture()
@@ -110,7 +112,7 @@ def consent_run(tmp_path, spy):
          for i, r in enumerate(REGISTER, start=1)],
     )  # fmt: skip
     write_input(raw, "postcode_imd", [{"postcode": "QA1 1AA", "lsoa_code": "E01000001", "imd_decile": 3}])
-    cfg = config(tmp_path, "gate", write_key(tmp_path / "key.json"), extract_date=EXTRACT)
+    cfg = config(tmp_path, "gate", write_key(tmp_path / "key.json"), extract_date=EXTRACT, run_date=RUN_DATE)
     run_consent_gate(cfg, LinkageKey(FIXED_KEY, key_id(FIXED_KEY)))
     return cfg, spy
 
@@ -118,34 +120,38 @@ def consent_run(tmp_path, spy):
 def test_declined_and_withdrawn_people_are_dropped_and_only_counted(consent_run):
     cfg, _ = consent_run
     persons = pl.read_parquet(cfg.pseudonymised_dir / "persons.parquet")
-    assert persons.get_column("participant_id").to_list() == ["P0000001", "P0000005"]
-    assert io.read_json(cfg.pseudonymised_dir / "consent.json")["consent"] == {
+    assert persons.get_column("participant_id").to_list() == ["P0000001"]
+    written = io.read_json(cfg.pseudonymised_dir / "consent.json")
+    assert written["run_date"] == RUN_DATE
+    assert written["consent"] == {
         "in_register": 8,
         "consented": 6,
         "declined": 2,
-        "withdrawn": 2,
-        "withdrawal_dated_after_extract": 1,
-        "eligible_for_linkage": 4,
+        "withdrawn": 3,
+        "withdrawn_after_extract": 1,
+        "same_person_excluded": 0,
+        "eligible_for_linkage": 3,
+        "register_errors": dict.fromkeys(REGISTER_ERRORS.values(), 0),
         "quarantined": 2,
         "quarantine_reasons": {
             "no date of birth in the consent register": 1,
             "no index date (MDT enrolment date or baseline survey missing)": 1,
         },
-        "persons_pseudonymised": 2,
+        "persons_pseudonymised": 1,
         "identifier_quality": {
-            "rows": 4, "nhs_number_missing": 0, "nhs_number_invalid": 0, "date_of_birth_missing": 1, "sex_not_f_or_m": 0,
+            "rows": 3, "nhs_number_missing": 0, "nhs_number_invalid": 0, "date_of_birth_missing": 1, "sex_not_f_or_m": 0,
             "postcode_missing": 0, "postcode_invalid": 0, "surname_missing_or_unusable": 0, "forename_missing_or_unusable": 0,
         },
     }  # fmt: skip
     survey = pl.read_parquet(cfg.pseudonymised_dir / "survey.parquet")
-    assert survey.get_column("participant_id").to_list() == ["P0000001", "P0000005"]
+    assert survey.get_column("participant_id").to_list() == ["P0000001"]
 
 
 def test_no_token_is_ever_made_for_a_declined_withdrawn_or_quarantined_person(consent_run):
     _, asked = consent_run
-    assert asked["nhs_number"] == {"9990000018", "9990000115"}
-    assert asked["name"] == {"ANN", "ADAMS", "EVANS"}
-    assert asked["rank1"] == {"9990000018|1950-03-07|F|QA11AA", "9990000115|1950-03-07|F|QA11AA"}
+    assert asked["nhs_number"] == {"9990000018"}
+    assert asked["name"] == {"ANN", "ADAMS"}
+    assert asked["rank1"] == {"9990000018|1950-03-07|F|QA11AA"}
 
 
 def test_people_the_gate_cannot_use_are_quarantined_in_raw_with_their_reason(consent_run):
@@ -338,8 +344,9 @@ def _run_all_stages(conf: dict) -> None:
 
 
 def test_a_participant_withdrawn_after_a_release_is_absent_from_the_next(synthetic, tmp_path):
-    """Release r1; the register is then updated (one released participant withdraws on 1 May 2026);
-    release r2 of the next quarter's extract no longer holds them, nor anyone else withdrawn by then."""
+    """Release r1 is made on 30 June 2026; the register is then updated (one released participant
+    withdraws on 1 August 2026, after r2's extract date but before r2 is made); release r2 no longer
+    holds them, nor anyone else withdrawn by then."""
     from pipeline.crypto.tokens import study_ids
 
     base, _ = synthetic
@@ -348,7 +355,7 @@ def test_a_participant_withdrawn_after_a_release_is_absent_from_the_next(synthet
     raw = tmp_path / "raw"
     shutil.copytree(base / "input" / "raw", raw)
     conf = {"raw_dir": str(raw), "work_dir": str(work), "key_file": str(base / "key.json")}
-    r1 = RunConfig.from_conf({**conf, "release_label": "r1"})
+    r1 = RunConfig.from_conf({**conf, "release_label": "r1", "run_date": "2026-06-30"})
     _run_all_stages(r1.to_conf())
     released = set(pl.read_parquet(r1.release_dir / "cohort.parquet").get_column("study_id"))
     persons1 = pl.read_parquet(r1.pseudonymised_dir / "persons.parquet")
@@ -356,20 +363,21 @@ def test_a_participant_withdrawn_after_a_release_is_absent_from_the_next(synthet
     leaver = next(p for p in sorted(sid1) if sid1[p] in released)
 
     register = pl.read_parquet(raw / "consent_register.parquet").with_columns(
-        withdrawal_date=pl.when(pl.col("participant_id") == leaver).then(pl.lit(D(2026, 5, 1))).otherwise(pl.col("withdrawal_date"))
+        withdrawal_date=pl.when(pl.col("participant_id") == leaver).then(pl.lit(D(2026, 8, 1))).otherwise(pl.col("withdrawal_date"))
     )
     io.write_frame(register, load_contract("consent_register"), raw / "consent_register.parquet")
-    r2 = RunConfig.from_conf({**conf, "release_label": "r2", "extract_date": "2026-06-30"})
+    r2 = RunConfig.from_conf({**conf, "release_label": "r2", "extract_date": "2026-06-30", "run_date": "2026-09-30"})
     _run_all_stages(r2.to_conf())
 
     persons2 = set(pl.read_parquet(r2.pseudonymised_dir / "persons.parquet").get_column("participant_id"))
-    withdrawn_by_r2 = set(register.filter(pl.col("withdrawal_date") <= D(2026, 6, 30)).get_column("participant_id"))
+    withdrawn_by_r2 = set(register.filter(pl.col("withdrawal_date") <= D(2026, 9, 30)).get_column("participant_id"))
     assert leaver not in persons2
-    assert persons2 == set(sid1) - withdrawn_by_r2
+    assert persons2 == set(sid1) - withdrawn_by_r2 == set(sid1) - {leaver}
     cohort2 = set(pl.read_parquet(r2.release_dir / "cohort.parquet").get_column("study_id"))
     assert study_ids(key, "r2", [leaver])[0] not in cohort2
     assert sid1[leaver] in released and sid1[leaver] not in cohort2  # release IDs differ by label anyway
     consent1 = io.read_json(r1.pseudonymised_dir / "consent.json")["consent"]
     consent2 = io.read_json(r2.pseudonymised_dir / "consent.json")["consent"]
     assert consent2["withdrawn"] == len(withdrawn_by_r2 & set(register.filter(pl.col("consent_status") == "consented").get_column("participant_id")))
-    assert consent2["withdrawn"] > consent1["withdrawn"]
+    assert consent2["withdrawn"] == consent1["withdrawn"] + 1
+    assert consent2["withdrawn_after_extract"] == 1  # the leaver: after r2's extract date, before r2 was made

@@ -25,6 +25,7 @@ DATE_COLUMN = {
 }  # fmt: skip
 IDENTIFIERS = ("nhs_number", "given_name", "family_name", "date_of_birth", "sex", "postcode")
 EXTRACT = dt.date(2026, 3, 31)
+WITHDRAWAL_LAST = dt.date(2026, 6, 30)
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +121,14 @@ def test_consent_and_survey(runs):
     assert consented == pytest.approx(0.85, abs=0.04)
     withdrawals = register.get_column("withdrawal_date").drop_nulls()
     assert withdrawals.len() > 0 and (withdrawals <= EXTRACT).any() and (withdrawals > EXTRACT).any()
+    # Received by a few months after the extract date, never later: a fixed date before today, so an
+    # ordinary register holds no withdrawal dated in the future (only the hard profile's errors do).
+    assert withdrawals.max() <= WITHDRAWAL_LAST < dt.date.today()
+    late = (withdrawals > EXTRACT).mean()
+    assert late == pytest.approx(0.25, abs=0.15)
+    withdrawn = register.filter(pl.col("withdrawal_date").is_not_null())
+    assert (withdrawn.get_column("withdrawal_date") > withdrawn.get_column("consent_date")).all()
+    assert register.get_column("nhs_number").drop_nulls().is_unique().all()
     assert register.filter(pl.col("withdrawal_date").is_not_null()).get_column("consent_status").unique().to_list() == ["consented"]
     # Everyone in the register (decliners too) answers the baseline once; ~80% the follow-up.
     base = survey.filter(pl.col("wave") == "baseline")
@@ -200,6 +209,32 @@ def test_hard_profile_faults(runs):
     assert (~gp.get_column("postcode").str.contains(" ")).any()
     faults = links.get_column("faults").drop_nulls().str.split(";").explode().unique().to_list()
     assert set(faults) >= {"nhs_missing", "nhs_invalid", "nickname", "typo_given", "typo_family", "dob_swap", "postcode_moved"}
+
+
+def test_hard_profile_register_errors(runs):
+    """A withdrawal in 2099, one before its consent, and a second participant ID with the same NHS
+    number who declined; the clean and realistic registers have none of them."""
+    errors = json.loads((runs["hard"] / "truth" / "parameters.json").read_text())["register_errors"]
+    register = raw(runs["hard"], "consent_register")
+    by_id = {r["participant_id"]: r for r in register.iter_rows(named=True)}
+    expected = max(1, round(PROFILES["hard"].register_errors * (register.height - len(errors["same_nhs_number_declined"]))))
+    assert {k: len(v) for k, v in errors.items()} == dict.fromkeys(("withdrawal_far_future", "withdrawal_before_consent", "same_nhs_number_declined"), expected)
+    for pid in errors["withdrawal_far_future"]:
+        assert by_id[pid]["withdrawal_date"].year == 2099 and by_id[pid]["consent_status"] == "consented"
+    for pid in errors["withdrawal_before_consent"]:
+        assert 1 <= (by_id[pid]["consent_date"] - by_id[pid]["withdrawal_date"]).days <= 60
+    for pair in errors["same_nhs_number_declined"]:
+        original, duplicate = (by_id[p] for p in pair.split("="))
+        assert original["consent_status"] == "consented" and duplicate["consent_status"] == "declined"
+        assert duplicate["participant_id"] > original["participant_id"]
+        assert {k: v for k, v in duplicate.items() if k not in ("participant_id", "consent_status", "consent_date")} == {
+            k: v for k, v in original.items() if k not in ("participant_id", "consent_status", "consent_date")
+        }
+    for profile in ("clean", "realistic"):
+        reg = raw(runs[profile], "consent_register")
+        assert reg.get_column("nhs_number").drop_nulls().is_unique().all(), profile
+        assert reg.get_column("withdrawal_date").drop_nulls().max() <= WITHDRAWAL_LAST, profile
+        assert json.loads((runs[profile] / "truth" / "parameters.json").read_text())["register_errors"] == {}
 
 
 def test_postcode_lookup_covers_every_postcode_used(runs):

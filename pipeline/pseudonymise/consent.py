@@ -1,14 +1,30 @@
 """The consent gate: the single place that decides who may be linked.
 
-A participant is kept only if they consented to linkage and had not withdrawn on or before the run's
-extract date (`consent_decision`). Everyone else is dropped before any token is made, and only
-counted. Because every run starts from the consent register as delivered for it, a participant who
-withdraws after one release is absent from the next.
+A withdrawal excludes the person from every run made after it was received, whatever the extract
+date: linking the data again is new processing, which needs consent on the day it is done (UK GDPR
+art. 7(3)). `withdrawal_date` is read as the date the withdrawal was received, and the run's date
+(`RunConfig.run_date`, today when unset) is what it is compared with. Each register row gets one
+decision, the first that applies (`consent_decision`, then `same_person_decision`):
 
-    >>> register = pl.DataFrame({"consent_status": ["consented", "declined", "consented"],
-    ...     "withdrawal_date": [None, None, dt.date(2026, 1, 5)]})
-    >>> register.select(consent_decision(dt.date(2026, 3, 31))).to_series().to_list()
-    ['keep', 'declined', 'withdrawn']
+1. a register error, set aside in raw/quarantine/ with its reason: consent or withdrawal dated after
+   the run date (not yet received, so the date is wrong), or a withdrawal dated before its consent;
+2. declined; 3. withdrawn (received on or before the run date);
+4. same person: another row with the same NHS number is not a plain "keep" (declined, withdrawn or
+   a register error), and the most restrictive decision wins for all of that person's rows;
+5. a register error again when two or more rows with one NHS number all consented: one person
+   under two participant IDs would be counted twice and their records could not be told apart,
+   so every such row is set aside until the register is corrected (docs/governance.md, Consent);
+6. keep.
+
+Everyone not kept is dropped before any token is made, and only counted. Because every run starts
+from the consent register as delivered for it, a participant who withdraws after one release is
+absent from the next.
+
+    >>> register = pl.DataFrame({"consent_status": ["consented", "declined", "consented", "consented"],
+    ...     "consent_date": [dt.date(2025, 1, 2)] * 4,
+    ...     "withdrawal_date": [None, None, dt.date(2026, 5, 5), dt.date(2099, 1, 5)]})
+    >>> register.select(consent_decision(dt.date(2026, 6, 1))).to_series().to_list()
+    ['keep', 'declined', 'withdrawn', 'register_error']
 """
 
 from __future__ import annotations
@@ -23,8 +39,9 @@ import polars as pl
 from pipeline import io
 from pipeline.contracts import load_contract
 from pipeline.crypto.keys import LinkageKey
-from pipeline.crypto.normalise import postcode_expr
+from pipeline.crypto.normalise import nhs_number_expr, postcode_expr
 from pipeline.crypto.tokens import study_ids
+from pipeline.errors import PipelineError
 from pipeline.pseudonymise.identifiers import NO_USABLE_IDENTIFIER, tokenise_identifiers
 from pipeline.pseudonymise.inputs import scan_input
 from pipeline.pseudonymise.row_rules import DATE_OF_BIRTH
@@ -33,6 +50,14 @@ from pipeline.settings import RunConfig
 log = logging.getLogger(__name__)
 
 KEEP, DECLINED, WITHDRAWN = "keep", "declined", "withdrawn"
+SAME_PERSON, REGISTER_ERROR = "same_person", "register_error"
+# Register errors, as the quarantine reason reads, in the order they are checked.
+REGISTER_ERRORS = {
+    "consent_after_run": "consent dated after the run date",
+    "withdrawal_after_run": "withdrawal dated after the run date (it cannot have been received yet)",
+    "withdrawal_before_consent": "withdrawal dated before the consent",
+    "consented_twice": "NHS number under two or more consented participant IDs",
+}
 QUARANTINE_REASONS = {
     "no_index_date": "no index date (MDT enrolment date or baseline survey missing)",
     "no_date_of_birth": "no date of birth in the consent register",
@@ -41,37 +66,106 @@ QUARANTINE_REASONS = {
 }
 
 
-def consent_decision(extract_date: dt.date) -> pl.Expr:
-    """'keep', 'declined' or 'withdrawn' for each register row, as of `extract_date`.
-
-    Withdrawn means a withdrawal dated on or before the extract date; a later withdrawal date
-    belongs to a later extract, and to the run made from it.
-    """
-    withdrawn = pl.col("withdrawal_date").is_not_null() & (pl.col("withdrawal_date") <= pl.lit(extract_date))
+def register_error(run_date: dt.date) -> pl.Expr:
+    """The reason a row's own dates are wrong (see REGISTER_ERRORS), or null. Such a row is never
+    used: a date that is wrong may be a withdrawal recorded in the wrong place."""
+    consent, withdrawal, day = pl.col("consent_date"), pl.col("withdrawal_date"), pl.lit(run_date)
+    reasons = REGISTER_ERRORS
     return (
-        pl.when(pl.col("consent_status") != "consented")
+        pl.when(consent > day)
+        .then(pl.lit(reasons["consent_after_run"]))
+        .when(withdrawal > day)
+        .then(pl.lit(reasons["withdrawal_after_run"]))
+        .when(withdrawal < consent)
+        .then(pl.lit(reasons["withdrawal_before_consent"]))
+        .otherwise(None)
+    )
+
+
+def consent_decision(run_date: dt.date) -> pl.Expr:
+    """'register_error', 'declined', 'withdrawn' or 'keep' for each register row on its own, as of the
+    day of the run. Any recorded withdrawal counts: one dated after the run date is a register error."""
+    return (
+        pl.when(register_error(run_date).is_not_null())
+        .then(pl.lit(REGISTER_ERROR))
+        .when(pl.col("consent_status") != "consented")
         .then(pl.lit(DECLINED))
-        .when(withdrawn)
+        .when(pl.col("withdrawal_date").is_not_null())
         .then(pl.lit(WITHDRAWN))
         .otherwise(pl.lit(KEEP))
         .alias("_consent")
     )
 
 
-def apply_consent_gate(register: pl.DataFrame, extract_date: dt.date) -> tuple[pl.DataFrame, dict[str, int]]:
-    """The register rows that may be linked, and the consent counts. Nothing else leaves this function."""
-    decided = register.with_columns(consent_decision(extract_date))
+def same_person_decision() -> pl.Expr:
+    """`_consent` with the rows of one person (one canonical NHS number, `_nhs`) put together: a
+    decision other than keep on any of their rows excludes them all; two or more kept rows are a
+    register error. Rows without a valid NHS number cannot be compared and stand alone."""
+    person = pl.col("_nhs")
     decision = pl.col("_consent")
-    counts = decided.select(
+    not_kept_elsewhere = (decision != KEEP).any().over(person)
+    kept_rows = (decision == KEEP).sum().over(person)
+    return (
+        pl.when(decision != KEEP)
+        .then(decision)
+        .when(person.is_not_null() & not_kept_elsewhere)
+        .then(pl.lit(SAME_PERSON))
+        .when(person.is_not_null() & (kept_rows > 1))
+        .then(pl.lit(REGISTER_ERROR))
+        .otherwise(decision)
+        .alias("_consent")
+    )
+
+
+def decide_consent(register: pl.DataFrame, run_date: dt.date) -> pl.DataFrame:
+    """The register with each row's final decision (`_consent`) and, for a register error, its
+    quarantine reason (`_reason`)."""
+    twice = pl.when(pl.col("_consent") == REGISTER_ERROR).then(pl.lit(REGISTER_ERRORS["consented_twice"]))
+    return (
+        register.with_columns(_nhs=nhs_number_expr("nhs_number"), _reason=register_error(run_date))
+        .with_columns(consent_decision(run_date))
+        .with_columns(same_person_decision())
+        .with_columns(_reason=pl.coalesce("_reason", twice))
+        .drop("_nhs")
+    )
+
+
+def apply_consent_gate(
+    register: pl.DataFrame, extract_date: dt.date, run_date: dt.date
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    """(rows that may be linked, register-error rows with their `_reason`, consent counts).
+    Nothing else leaves this function."""
+    decided = decide_consent(register, run_date)
+    decision = pl.col("_consent")
+    counts: dict[str, Any] = decided.select(
         pl.len().alias("in_register"),
         (pl.col("consent_status") == "consented").sum().alias("consented"),
         (decision == DECLINED).sum().alias("declined"),
         (decision == WITHDRAWN).sum().alias("withdrawn"),
-        # Kept this run; excluded by any run whose extract date reaches their withdrawal date.
-        ((decision == KEEP) & pl.col("withdrawal_date").is_not_null()).sum().alias("withdrawal_dated_after_extract"),
+        # Received after the extract was taken and before the run: excluded all the same.
+        ((decision == WITHDRAWN) & (pl.col("withdrawal_date") > pl.lit(extract_date))).sum().alias("withdrawn_after_extract"),
+        (decision == SAME_PERSON).sum().alias("same_person_excluded"),
         (decision == KEEP).sum().alias("eligible_for_linkage"),
     ).row(0, named=True)
-    return decided.filter(decision == KEEP).drop("_consent"), {k: int(v) for k, v in counts.items()}
+    counts = {k: int(v) for k, v in counts.items()}
+    errors = decided.filter(decision == REGISTER_ERROR)
+    found = dict(errors.group_by("_reason").len().iter_rows()) if errors.height else {}
+    # Every reason, found or not, so the audit page shows that each check was made.
+    counts["register_errors"] = {r: int(found.get(r, 0)) for r in REGISTER_ERRORS.values()}
+    kept = decided.filter(decision == KEEP).select(register.columns)
+    return kept, errors.select(*register.columns, "_reason"), counts
+
+
+def resolve_run_date(cfg: RunConfig, today: dt.date | None = None) -> dt.date:
+    """The run's date (`run_date`, or today in UTC), refused when it is before the extract date."""
+    # The clock is read here only, once per run; `today` is its seam for tests.
+    run_date = dt.date.fromisoformat(cfg.run_date) if cfg.run_date else (today or dt.datetime.now(dt.UTC).date())
+    if run_date < cfg.extract:
+        raise PipelineError(
+            f"the run date {run_date.isoformat()} is before extract_date {cfg.extract_date}: a run cannot be made "
+            "before its extract was taken; check extract_date (or run_date, when set)"
+        )
+    return run_date
 
 
 def _age_at(dob: pl.Expr, on: pl.Expr) -> pl.Expr:
@@ -104,7 +198,9 @@ def run_consent_gate(cfg: RunConfig, key: LinkageKey) -> Path:
     """Write pseudonymised persons, the consented participants' survey answers and the consent counts."""
     register = scan_input(cfg, "consent_register").collect()
     survey = scan_input(cfg, "survey").collect()
-    kept, counts = apply_consent_gate(register, cfg.extract)
+    # Resolved once, here: every withdrawal received by this day is honoured by this run.
+    run_date = resolve_run_date(cfg)
+    kept, register_errors, counts = apply_consent_gate(register, cfg.extract, run_date)
     # People the pipeline cannot use go to quarantine in raw/, with a reason, and are counted.
     reason = (
         pl.when(pl.col("index_date").is_null())
@@ -118,7 +214,9 @@ def run_consent_gate(cfg: RunConfig, key: LinkageKey) -> Path:
         .otherwise(None)
     )
     persons = _with_index_date(kept, survey).with_columns(_reason=reason, _canon_pc=postcode_expr("postcode"))
-    quarantined = persons.filter(pl.col("_reason").is_not_null())
+    quarantined = pl.concat(
+        [register_errors, persons.filter(pl.col("_reason").is_not_null()).select(register_errors.columns)]
+    )
     # Only now, with declined, withdrawn and quarantined people gone, is anything tokenised.
     tokened, quality = tokenise_identifiers(persons.lazy(), key, keep=pl.col("_reason").is_null())
     good = (
@@ -143,10 +241,13 @@ def run_consent_gate(cfg: RunConfig, key: LinkageKey) -> Path:
     counts["persons_pseudonymised"] = good.height
     counts["identifier_quality"] = quality
     log.info(
-        "consent gate: %d in register, %d declined, %d withdrawn, %d kept, %d quarantined",
-        counts["in_register"], counts["declined"], counts["withdrawn"], good.height, quarantined.height,
+        "consent gate: %d in register, %d declined, %d withdrawn (%d after the extract date), %d same person, "
+        "%d register errors, %d kept, %d quarantined",
+        counts["in_register"], counts["declined"], counts["withdrawn"], counts["withdrawn_after_extract"],
+        counts["same_person_excluded"], register_errors.height, good.height, quarantined.height,
     )  # fmt: skip
-    io.write_json({"kid": key.kid, "consent": counts}, out_dir / "consent.json")
+    # The run date differs from run to run, so it stays outside the counts that go into the manifest.
+    io.write_json({"kid": key.kid, "run_date": run_date.isoformat(), "consent": counts}, out_dir / "consent.json")
     return out_dir / "persons.parquet"
 
 

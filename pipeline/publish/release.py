@@ -179,7 +179,8 @@ def _manifest(cfg: RunConfig, controlled: dict[str, Any], small: dict[str, Any])
         "release_label": cfg.release_label,
         "code_version": code_version(),
         "kid": consent["kid"],
-        "settings": {k: v for k, v in cfg.to_conf().items() if k not in ("raw_dir", "work_dir", "key_file", "unit_costs")},
+        # run_date differs from run to run: it is recorded in pseudonymised/<label>/consent.json instead.
+        "settings": {k: v for k, v in cfg.to_conf().items() if k not in ("raw_dir", "work_dir", "key_file", "unit_costs", "run_date")},
         "inputs": io.read_json(pdir / "inputs.json")["files"],
         "consent": consent["consent"],
         "pseudonymisation": {s: io.read_json(pdir / "counts" / f"{s}.json")["counts"] for s in SOURCES},

@@ -143,18 +143,33 @@ def _identity(p: _Page, manifest_sha256: str, release_location: str) -> None:
 
 
 def _consent(p: _Page) -> None:
+    """Every consent category, each row a part of the register (the parts add up to its size)."""
+    errors = sorted(_get(p.m, ["consent", "register_errors"]) or {})
+    error_paths = [["consent", "register_errors", r] for r in errors]
     rows = [
-        ("People in the consent register (invited to the survey)", ["consent", "in_register"]),
-        ("Consented to linkage", ["consent", "consented"]),
-        ("Declined", ["consent", "declined"]),
-        ("Withdrew consent by the extract date", ["consent", "withdrawn"]),
-        ("Eligible for linkage (consented and not withdrawn)", ["consent", "eligible_for_linkage"]),
-        ("Set aside by the pseudonymise stage (reasons in section 4)", ["consent", "quarantined"]),
-        ("Pseudonymised and linked as participants", ["consent", "persons_pseudonymised"]),
+        ("People in the consent register (rows; invited to the survey)", [["consent", "in_register"]], False),
+        ("Consented to linkage (as recorded)", [["consent", "consented"]], False),
+        ("Declined", [["consent", "declined"]], False),
+        ("Withdrew consent (withdrawal received on or before the day of the run)", [["consent", "withdrawn"]], False),
+        ("of whom withdrew after the extract date, before the run (excluded all the same)", [["consent", "withdrawn_after_extract"]], True),
+        ("Excluded because the same NHS number declined or withdrew under another participant ID", [["consent", "same_person_excluded"]], False),
+        ("Register errors, set aside and not used (by reason below)", error_paths, False),
+        *((f"register error: {r}", [path], True) for r, path in zip(errors, error_paths, strict=True)),
+        ("Eligible for linkage (consented, not withdrawn, no register error or conflict)", [["consent", "eligible_for_linkage"]], False),
+        ("Set aside in quarantine: register errors and unusable rows (reasons in section 4)", [["consent", "quarantined"]], False),
+        ("Kept: pseudonymised and linked as participants", [["consent", "persons_pseudonymised"]], False),
     ]
-    body = [f"<tr><th scope=\"row\">{e(label)}</th>{p.num(path)}</tr>" for label, path in rows]
+    body = [
+        f"<tr><th scope=\"row\">{'&emsp;' if indent else ''}{e(label)}</th>{p.num(*paths)}</tr>"
+        for label, paths, indent in rows
+    ]
     p.add('<section id="consent"><h2>2. Consent</h2>'
-          "<p>Declined and withdrawn people are dropped before any identifier is turned into a token; they are only counted.</p>"
+          "<p>A withdrawal excludes the person from every run made after it was received, whatever the extract date: "
+          "a new linkage run is new processing. A consent or withdrawal dated after the day of the run, or a withdrawal "
+          "dated before its consent, is a register error: the row is set aside, never used. Where one NHS number is under "
+          "several participant IDs, the most restrictive decision applies to all of them; two consented IDs for one NHS "
+          "number are both set aside. Declined, withdrawn and set-aside people are dropped before any identifier is turned "
+          "into a token; they are only counted.</p>"
           + _table(["", "People"], body, "figures") + "</section>")
 
 

@@ -17,15 +17,27 @@ rows and scattered back. The kinds of fault and what the pipeline is expected to
 | postcode_moved   | a different postcode from the register's (house move) | ranks without postcode     |
 
 The record's `faults` (for the ground truth) lists which applied, separated by ';', or null.
+
+The consent register is the evaluation's own list and carries no identifier faults, but the `hard`
+profile writes register errors into it (`register_errors`), which the consent gate must set aside
+or resolve to the most restrictive decision:
+
+| register error            | what the register holds                                  | consent gate answer |
+| ------------------------- | -------------------------------------------------------- | ------------------- |
+| withdrawal_far_future     | a withdrawal dated in 2099 (a mistyped year)             | quarantined         |
+| withdrawal_before_consent | a withdrawal dated 1-60 days before the consent          | quarantined         |
+| same_nhs_number_declined  | a second participant ID, same identifiers, who declined  | both rows excluded  |
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
+from pipeline.synth import study
 from pipeline.synth.identifiers import invalidate
 from pipeline.synth.population import Population
 from pipeline.synth.profiles import FaultRates
@@ -219,3 +231,55 @@ def record_identifiers(
         .alias("faults")
     ).to_series()
     return out.with_columns(faults_col)
+
+
+REGISTER_ERROR_KINDS: tuple[str, ...] = ("withdrawal_far_future", "withdrawal_before_consent", "same_nhs_number_declined")
+FAR_FUTURE_YEAR = 2099
+
+
+def register_errors(rng: np.random.Generator, register: pl.DataFrame, rate: float) -> tuple[pl.DataFrame, dict[str, list[str]]]:
+    """The register with errors written in at `rate` per row for each kind (at least one each when
+    `rate` is above zero), and the participant IDs of each kind for the ground truth.
+
+    Each error falls on a different consented, not withdrawn participant with an NHS number; a
+    declined duplicate gets a new participant ID after the last one, as a second recruitment would.
+    """
+    if rate <= 0:
+        return register, {}
+    each = max(1, round(rate * register.height))
+    pool = register.filter(
+        (pl.col("consent_status") == "consented") & pl.col("withdrawal_date").is_null() & pl.col("nhs_number").is_not_null()
+    ).get_column("participant_id")
+    each = min(each, pool.len() // len(REGISTER_ERROR_KINDS))
+    chosen = pool.gather(rng.choice(pool.len(), size=each * len(REGISTER_ERROR_KINDS), replace=False)).to_list()
+    kinds = {k: sorted(chosen[i * each : (i + 1) * each]) for i, k in enumerate(REGISTER_ERROR_KINDS)}
+    pid, consent = pl.col("participant_id"), pl.col("consent_date")
+    before_days = pl.Series(rng.integers(1, 61, size=register.height))
+    # The far-future date keeps the consent's month and day (a mistyped year); 28 at most, for February.
+    far_future = pl.date(FAR_FUTURE_YEAR, consent.dt.month(), pl.min_horizontal(consent.dt.day(), pl.lit(28)))
+    changed = register.with_columns(
+        withdrawal_date=pl.when(pid.is_in(kinds["withdrawal_far_future"]))
+        .then(far_future)
+        .when(pid.is_in(kinds["withdrawal_before_consent"]))
+        .then(consent - pl.duration(days=pl.lit(before_days)))
+        .otherwise(pl.col("withdrawal_date"))
+    )
+    last = int(register.get_column("participant_id").str.slice(1).cast(pl.Int64).max())
+    new_ids = [f"P{last + i:07d}" for i in range(1, each + 1)]
+    later_days = pl.Series(rng.integers(1, 61, size=each))
+    duplicates = (
+        register.filter(pid.is_in(kinds["same_nhs_number_declined"]))
+        .sort("participant_id")
+        .with_columns(
+            participant_id=pl.Series(new_ids),
+            consent_status=pl.lit("declined"),
+            consent_date=pl.min_horizontal(consent + pl.duration(days=pl.lit(later_days)), pl.lit(_date(study.EXTRACT_DATE))),
+            withdrawal_date=pl.lit(None, dtype=pl.Date),
+        )
+    )
+    kinds["same_nhs_number_declined"] = [f"{a}={b}" for a, b in zip(kinds["same_nhs_number_declined"], new_ids, strict=True)]
+    return pl.concat([changed, duplicates]).sort("participant_id"), kinds
+
+
+def _date(day: int) -> dt.date:
+    return dt.date(1970, 1, 1) + dt.timedelta(days=day)

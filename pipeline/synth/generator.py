@@ -2,7 +2,8 @@
 
 Random streams. Each part draws from its own generator, seeded from (seed, stream, ...) with
 numpy's SeedSequence, so parts are independent and reproducible:
-    0 population, 1 events (per chunk), 2 identifiers/faults/duplicates (per source and chunk), 3 survey.
+    0 population, 1 events (per chunk), 2 identifiers/faults/duplicates (per source and chunk), 3 survey,
+    4 register errors (hard profile).
 Event draws never depend on the profile, so one seed gives the same people and the same events in
 `clean`, `realistic` and `hard`; only the identifiers on the records (and duplicates) differ.
 
@@ -26,7 +27,7 @@ from pipeline.contracts import load_contract
 from pipeline.synth import events, study
 from pipeline.synth.events import ChunkPeople
 from pipeline.synth.extracts import SOURCES, TRUTH_LINK_SCHEMA, consent_register, deliver, postcode_lookup
-from pipeline.synth.faults import PersonIdentifiers
+from pipeline.synth.faults import PersonIdentifiers, register_errors
 from pipeline.synth.population import COMPARATOR_LTC_SLOPE, MDT_SELECTION, build_population, truth_persons
 from pipeline.synth.profiles import Profile, fault_rates
 from pipeline.synth.rates import EVENT_RATES, NEED
@@ -82,7 +83,10 @@ def generate(
 
     pop = build_population(seed, persons, faults)
     rows: dict[str, int] = {}
-    rows["consent_register"] = write_contract(consent_register(pop), load_contract("consent_register"), raw / "consent_register.parquet")
+    register, register_faults = register_errors(
+        np.random.default_rng(np.random.SeedSequence([seed, 4])), consent_register(pop), faults.register_errors
+    )
+    rows["consent_register"] = write_contract(register, load_contract("consent_register"), raw / "consent_register.parquet")
     survey = build_survey(seed, pop.persons, faults)
     rows["survey"] = write_contract(survey, load_contract("survey"), raw / "survey.parquet")
     rows["postcode_imd"] = write_contract(postcode_lookup(pop), load_contract("postcode_imd"), raw / "postcode_imd.parquet")
@@ -135,6 +139,7 @@ def generate(
                 "surname_part": "per record of people with a double-barrelled surname",
                 "dob_swap": "per record; applied only where the day is 12 or less and differs from the month",
                 "house_move": "per person",
+                "register_errors": "per register row, for each kind; at least one of each when above zero",
             },
             "event_rates": EVENT_RATES.as_dict(),
             "need_model": dataclasses.asdict(NEED),
@@ -147,10 +152,14 @@ def generate(
                 "followup_days": study.FOLLOWUP_DAYS,
                 "consent_rate": study.CONSENT_RATE,
                 "withdrawal_rate": study.WITHDRAWAL_RATE,
+                "withdrawal_last": _iso(study.WITHDRAWAL_LAST),
+                "withdrawal_after_extract_share": study.WITHDRAWAL_AFTER_EXTRACT_SHARE,
                 "mdts": [list(m) for m in study.MDTS],
             },
             "chunk_persons": CHUNK_PERSONS,
             "persons_without_nhs_number": pop.nhs_shortfall,
+            # Participant IDs of each register error (a declined duplicate as "original=duplicate").
+            "register_errors": register_faults,
             "rows": rows,
             "library_versions": {"numpy": np.__version__, "polars": pl.__version__, "pyarrow": pa.__version__, "python": platform.python_version()},
         },

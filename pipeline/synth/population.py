@@ -143,7 +143,13 @@ def build_population(seed: int, persons: int, faults: FaultRates) -> Population:
     consented = in_register & (rng.random(n) < study.CONSENT_RATE)
     consent_day = survey_day - rng.integers(0, study.CONSENT_LEAD_DAYS + 1, size=n)
     withdrawn = consented & (rng.random(n) < study.WITHDRAWAL_RATE)
-    withdrawal_day = consent_day + 1 + np.floor(rng.random(n) * (study.WITHDRAWAL_LAST - consent_day)).astype(np.int64)
+    # One draw per person places the withdrawal: below the share, in the months after the extract
+    # date (received before the run); otherwise between the day after consent and the extract date.
+    u = rng.random(n)
+    late_share = study.WITHDRAWAL_AFTER_EXTRACT_SHARE
+    late_day = study.EXTRACT_DATE + 1 + np.floor(u / late_share * (study.WITHDRAWAL_LAST - study.EXTRACT_DATE))
+    early_day = consent_day + 1 + np.floor((u - late_share) / (1 - late_share) * (study.EXTRACT_DATE - consent_day))
+    withdrawal_day = np.where(u < late_share, late_day, early_day).astype(np.int64)
     # participant_id in order of recruitment (consent date), ties broken at random.
     order = np.lexsort((rng.random(n), consent_day))
     order = order[in_register[order]]

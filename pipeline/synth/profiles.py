@@ -55,6 +55,11 @@ class FaultRates:
     postcode_lower: float = 0.0
     # A survey item left blank (each EQ-5D, VAS and ASCOT item independently; n_ltc never).
     survey_item_missing: float = 0.0
+    # Per register row, for each of three register errors the consent gate must catch: a withdrawal
+    # dated far in the future (a mistyped year), a withdrawal dated before its consent, and the same
+    # person (NHS number) under a second participant ID who declined. At least one of each when above
+    # zero (pipeline.synth.faults.register_errors).
+    register_errors: float = 0.0
 
     def nhs_missing(self, source: str) -> float:
         """The missing-NHS-number rate of one service-use source."""
@@ -103,6 +108,7 @@ PROFILES: dict[str, FaultRates] = {
         postcode_no_space=0.08,
         postcode_lower=0.03,
         survey_item_missing=0.05,
+        register_errors=0.005,
     ),
 }
 

@@ -56,8 +56,15 @@ ARMS: tuple[str, ...] = ("mdt", "comparator", "none")  # "none": not in the stud
 ARM_SHARE: dict[str, float] = {"mdt": 0.25, "comparator": 0.45, "none": 0.30}
 CONSENT_RATE = 0.85
 WITHDRAWAL_RATE = 0.04  # of those who consented
-# Withdrawals are spread up to this date, so some fall after the default extract date (still linked).
-WITHDRAWAL_LAST = day("2026-12-31")
+# A withdrawal is dated the day it was received. Most fall between consent and the default extract
+# date; a share fall in the three months after it, received between the extract and the run, which
+# the consent gate must honour all the same. That share is larger than a spread over the years would
+# give, so that even a run of a few hundred people has some. WITHDRAWAL_LAST is a fixed date, never
+# today's, so one seed always gives the same register; it lies before the day this data is generated
+# (December 2026 on), so no ordinary withdrawal is dated in the future (only the hard profile's
+# register errors are: pipeline.synth.faults.register_errors).
+WITHDRAWAL_LAST = day("2026-06-30")
+WITHDRAWAL_AFTER_EXTRACT_SHARE = 0.25
 # Consent is recorded on or up to two weeks before the baseline questionnaire.
 CONSENT_LEAD_DAYS = 14
 
