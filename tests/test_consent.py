@@ -16,6 +16,7 @@ import polars as pl
 import pytest
 
 from pipeline import io
+from pipeline.publish import disclosure
 from pipeline.crypto.keys import load_key
 from pipeline.crypto.tokens import study_ids
 from pipeline.errors import PipelineError
@@ -190,7 +191,9 @@ def test_register_errors_are_quarantined_counted_and_do_not_stop_the_run(attack)
     assert consent["run_date"] == ATTACK_RUN_DATE and "run_date" not in counts
     manifest = io.read_json(cfg.release_dir / "manifest.json")
     assert "run_date" not in manifest["settings"]
-    assert manifest["consent"] == counts
+    # The released manifest holds the counts disclosure-controlled; the exact ones stay in reports/.
+    assert manifest["consent"] == disclosure.control_manifest({"consent": counts})["consent"]
+    assert io.read_json(cfg.reports_dir / "figures.json")["manifest"]["consent"] == counts
 
 
 def test_the_audit_page_shows_every_consent_category(attack):
