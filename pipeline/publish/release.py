@@ -223,6 +223,10 @@ def publish_release(cfg: RunConfig) -> Path:
         raise ValidationFailed(f"{staging}: the staged release has not passed validate_release; run it first")
     # Loaded before anything is written, so a missing or exposed key stops publication at once.
     key = signing.load_publishing_key(cfg.publishing_key_file)
+    # A publication killed while writing into the staging folder leaves its temporary file there; it
+    # is nobody's output, and must not be hashed into the manifest or renamed into the release.
+    for stale in staging.glob(".*.tmp"):
+        stale.unlink()
     manifest["files"] = {
         p.name: {"sha256": io.sha256_file(p), **({"rows": pl.scan_parquet(p).select(pl.len()).collect().item()} if p.suffix == ".parquet" else {})}
         for p in sorted(staging.iterdir())
