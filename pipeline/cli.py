@@ -140,9 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("release_dir", help="a release folder, releases/<label>/")
     trust = a.add_mutually_exclusive_group()
-    trust.add_argument("--public-key", help="the publisher's public key file (FILE.pub) to verify the signature with")
-    trust.add_argument("--fingerprint", help="the publishing key fingerprint you trust (SHA256:..., from the signed audit page)")
-    a.add_argument("--log", help="the release log (default: release_log.jsonl beside the release folder)")
+    trust.add_argument("--public-key", metavar="FILE", help="the publisher's public key file (FILE.pub) to verify the signature with")
+    trust.add_argument("--fingerprint", metavar="HEX", help="the publishing key fingerprint you trust (SHA256:..., from the signed audit page)")
+    a.add_argument("--log", metavar="FILE", help="the release log (default: release_log.jsonl beside the release folder)")
     a.set_defaults(func=_audit)
 
     d = sub.add_parser("describe", help="print what is in a release")
