@@ -52,8 +52,13 @@ demo: setup
 	$(RUN) pipeline synth --out $(DEMO_DIR)/input --persons $(PERSONS) --seed $(SEED) --profile $(PROFILE)
 	@echo "== 2/3 a new linkage key (0600, never committed)"
 	@test -f $(DEMO_DIR)/secrets/demo.key.json || $(RUN) pipeline keys new --out $(DEMO_DIR)/secrets/demo.key.json
+	@echo "== 2b/3 a new publishing key that signs releases (0600, never committed; the .pub is for the auditor)"
+	@test -f $(DEMO_DIR)/secrets/demo-publishing.pem || $(RUN) pipeline keys new-publishing --out $(DEMO_DIR)/secrets/demo-publishing.pem
 	@echo "== 3/3 the three DAGs on the embedded default (dag.test on SQLite)"
-	$(RUN) pipeline run --raw $(DEMO_DIR)/input/raw --work $(DEMO_DIR)/work --key $(DEMO_DIR)/secrets/demo.key.json --release $(LABEL) --replace
+	$(RUN) pipeline run --raw $(DEMO_DIR)/input/raw --work $(DEMO_DIR)/work --key $(DEMO_DIR)/secrets/demo.key.json \
+	  --publishing-key $(DEMO_DIR)/secrets/demo-publishing.pem --release $(LABEL) --replace
+	@echo "== check it as the governance officer would"
+	$(RUN) pipeline audit $(DEMO_DIR)/work/releases/$(LABEL) --public-key $(DEMO_DIR)/secrets/demo-publishing.pem.pub
 
 test: setup system-deps
 	$(RUN) pytest

@@ -167,6 +167,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from pipeline.crypto.keys import new_key_file
+    from pipeline.publish.signing import new_publishing_key_file
     from pipeline.tasks import STAGES
 
     persons = SIZES[args.size]
@@ -186,7 +187,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="pprl-bench-") as tmp:
         tmp = Path(tmp)
         new_key_file(tmp / "key.json")
-        conf = {"raw_dir": str(raw), "work_dir": str(tmp / "work"), "release_label": f"bench-{args.size}", "key_file": str(tmp / "key.json")}
+        new_publishing_key_file(tmp / "publishing.pem")
+        conf = {"raw_dir": str(raw), "work_dir": str(tmp / "work"), "release_label": f"bench-{args.size}", "key_file": str(tmp / "key.json"),
+                "publishing_key_file": str(tmp / "publishing.pem")}
         stages = []
         print(f"\n{'stage':<26}{'seconds':>9}{'peak MB':>10}{'rows/s':>14}{'load':>7}")
         for name in STAGES:

@@ -36,6 +36,8 @@ def _run(args: argparse.Namespace) -> int:
     from pipeline.settings import RunConfig
 
     conf = {"raw_dir": args.raw, "work_dir": args.work, "release_label": args.release, "key_file": args.key}
+    if args.publishing_key:
+        conf["publishing_key_file"] = args.publishing_key
     for name in ("study_start", "study_end", "extract_date", "unit_costs", "small_groups"):
         if getattr(args, name):
             conf[name] = getattr(args, name)
@@ -128,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--raw", required=True, help="folder of input Parquet files following schemas/")
     r.add_argument("--work", required=True, help="folder holding the zones (pseudonymised/, linked/, releases/, reports/)")
     r.add_argument("--key", help="0600 key file (or set PPRL_KEY / PPRL_KEY_FILE)")
+    r.add_argument("--publishing-key", help="0600 publishing key file that signs the release (or set PPRL_PUBLISHING_KEY_FILE)")
     r.add_argument("--release", required=True, help="release label")
     r.add_argument("--study-start")
     r.add_argument("--study-end")
@@ -142,8 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--airflow-home", help="private AIRFLOW_HOME (default WORK/.airflow/<label>)")
     r.set_defaults(func=_run)
 
-    a = sub.add_parser("audit", help="check a release against its manifest (tamper evidence) and rerun its privacy checks")
+    a = sub.add_parser(
+        "audit", help="verify a release's signature and release log, check its files against its manifest, rerun its privacy checks"
+    )
     a.add_argument("release_dir", help="a release folder, releases/<label>/")
+    trust = a.add_mutually_exclusive_group()
+    trust.add_argument("--public-key", metavar="FILE", help="the publisher's public key file (FILE.pub) to verify the signature with")
+    trust.add_argument("--fingerprint", metavar="HEX", help="the publishing key fingerprint you trust (SHA256:..., from the signed audit page)")
+    a.add_argument("--log", metavar="FILE", help="the release log (default: release_log.jsonl beside the release folder)")
     a.set_defaults(func=_audit)
 
     d = sub.add_parser("describe", help="print what is in a release")

@@ -50,3 +50,15 @@ class ValidationFailed(PipelineError):
 
 class ReleaseExistsError(PipelineError):
     """A release with this label already exists and replacing it was not asked for."""
+
+
+class PublishingKeyError(PipelineError):
+    """The publishing key (which signs releases) is missing, malformed or too widely readable."""
+
+
+class SignatureError(PipelineError):
+    """A release's signature is missing, does not verify, or was made with a key that is not trusted."""
+
+
+class ReleaseLogError(PipelineError):
+    """The hash-chained release log is unreadable, broken, or does not record a release as published."""

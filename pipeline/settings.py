@@ -60,6 +60,10 @@ class RunConfig:
     # Path of a 0600 key file. Only the pseudonymise tasks read it; production sets PPRL_KEY or the
     # Airflow variable `pprl_key` instead (see pipeline.crypto.keys.load_key).
     key_file: str | None = None
+    # Path of the 0600 publishing key (Ed25519) that signs the release. Only the publish task reads
+    # it; production sets PPRL_PUBLISHING_KEY_FILE or the Airflow connection `pprl_publishing_key`
+    # instead (see pipeline.publish.signing.load_publishing_key). Kept out of the manifest, as key_file.
+    publishing_key_file: str | None = None
     matching: MatchingOptions = field(default_factory=MatchingOptions)
     # What publication does about a combination of quasi-identifiers shared by fewer than
     # MIN_GROUP_SIZE people in a row-level table (pipeline.publish.disclosure.SMALL_GROUP_POLICIES):
@@ -105,7 +109,7 @@ class RunConfig:
             if "exact" in m:
                 m["exact"] = tuple(m["exact"])
             m = MatchingOptions(**m)
-        for p in ("raw_dir", "work_dir", "unit_costs", "key_file"):
+        for p in ("raw_dir", "work_dir", "unit_costs", "key_file", "publishing_key_file"):
             if conf.get(p) is None:
                 continue
             conf[p] = str(Path(conf[p]).expanduser().resolve())

@@ -21,6 +21,7 @@ class Reference:
     base: Path
     raw: Path
     key_file: Path
+    publishing_key_file: Path
     cfg: RunConfig
     # The work folder as it was before each step (pipeline steps, see tests/stage_runner.py).
     snapshots: dict[str, Path]
@@ -29,17 +30,30 @@ class Reference:
 
     def conf(self, work: Path, label: str = RELIABILITY_LABEL, raw: Path | None = None, **extra) -> dict:
         return RunConfig.from_conf(
-            {"raw_dir": str(raw or self.raw), "work_dir": str(work), "release_label": label, "key_file": str(self.key_file), **extra}
+            {"raw_dir": str(raw or self.raw), "work_dir": str(work), "release_label": label, "key_file": str(self.key_file),
+             "publishing_key_file": str(self.publishing_key_file), **extra}
         ).to_conf()
 
     @property
     def release(self) -> Path:
         return self.cfg.release_dir
 
+    @property
+    def trusted(self):
+        """The publishing key `pipeline audit` is told to trust (the public key beside the private one)."""
+        from pipeline.publish.signing import public_key_path, trusted_key
+
+        return trusted_key(public_key_file=public_key_path(self.publishing_key_file))
+
 
 def release_bytes(folder: Path) -> dict[str, bytes]:
-    """Every file of a release, by name, with its bytes (a release is a flat folder)."""
-    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir())}
+    """Every file of a release, by name, with its bytes (a release is a flat folder), except the files
+    of facts that differ per run (pipeline.publish.signing.PER_RUN_FILES) and the signature over them,
+    which `pipeline audit` checks instead."""
+    from pipeline.publish.signing import PER_RUN_FILES, SIGNATURE_FILE
+
+    per_run = (*PER_RUN_FILES, SIGNATURE_FILE)
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.name not in per_run}
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
@@ -54,7 +68,7 @@ def reference(tmp_path_factory) -> Reference:
     base = tmp_path_factory.mktemp("reliability")
     conf = stage_runner.new_run(base, RELIABILITY_LABEL, persons=300, seed=29)
     cfg = RunConfig.from_conf(conf)
-    key_file, work = Path(cfg.key_file), cfg.work
+    key_file, publishing_key_file, work = Path(cfg.key_file), Path(cfg.publishing_key_file), cfg.work
     snapshots: dict[str, Path] = {}
     writes: dict[str, int] = {}
 
@@ -68,4 +82,4 @@ def reference(tmp_path_factory) -> Reference:
         else:
             snapshots[step].mkdir(parents=True)
         stage_runner.run_watched(conf, on_write, first=step, last=step)
-    return Reference(base, base / "input" / "raw", key_file, cfg, snapshots, writes)
+    return Reference(base, base / "input" / "raw", key_file, publishing_key_file, cfg, snapshots, writes)

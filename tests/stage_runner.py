@@ -52,18 +52,28 @@ def run_steps(conf: dict, first: str | None = None, last: str | None = None) -> 
 
 
 def new_run(base: Path, label: str, *, persons: int, seed: int, profile: str = "realistic") -> dict:
-    """Synthetic extracts in `base/input`, a key in `base/secrets` and the conf of a run of `label`
-    with its work folder in `base/work`; nothing run yet."""
+    """Synthetic extracts in `base/input`, a linkage key and a publishing key (with its public key,
+    `publishing.pem.pub`) in `base/secrets`, and the conf of a run of `label` with its work folder in
+    `base/work`; nothing run yet."""
     from pipeline.crypto.keys import new_key_file
+    from pipeline.publish.signing import new_publishing_key_file
     from pipeline.settings import RunConfig
     from pipeline.synth import generate
 
     generate(base / "input", persons=persons, seed=seed, profile=profile)
     new_key_file(base / "secrets" / "key.json")
+    new_publishing_key_file(base / "secrets" / "publishing.pem")
     return RunConfig.from_conf(
         {"raw_dir": str(base / "input" / "raw"), "work_dir": str(base / "work"), "release_label": label,
-         "key_file": str(base / "secrets" / "key.json")}
+         "key_file": str(base / "secrets" / "key.json"), "publishing_key_file": str(base / "secrets" / "publishing.pem")}
     ).to_conf()
+
+
+def trusted(conf: dict):
+    """The publishing key a governance officer would trust for a run made by `new_run` (its .pub file)."""
+    from pipeline.publish.signing import public_key_path, trusted_key
+
+    return trusted_key(public_key_file=public_key_path(Path(conf["publishing_key_file"])))
 
 
 _current: dict[str, object] = {"step": None, "writes": 0}

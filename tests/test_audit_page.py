@@ -25,6 +25,7 @@ from pipeline import io
 from pipeline.pseudonymise.consent import REGISTER_ERRORS
 from pipeline.publish import disclosure
 from pipeline.publish.report import figure_value, render_audit_page
+from pipeline.publish.signing import show_fingerprint
 from pipeline.settings import SOURCES, RunConfig
 
 LABEL = "audit-1"
@@ -139,6 +140,8 @@ def test_the_audit_page_identifies_the_release_and_links_its_evidence(cfg, manif
     text = " ".join(page.text)
     for value in (LABEL, manifest["kid"], manifest["code_version"], io.sha256_file(cfg.release_dir / "manifest.json")):
         assert value in text
+    # The publishing key's fingerprint, as `pipeline audit` prints it, binds the signed page to one release.
+    assert show_fingerprint(manifest["signing"]["fingerprint"]) in text
     for entry in list(manifest["inputs"].values()) + list(manifest["files"].values()):
         assert entry["sha256"] in text
     for heading in ("Consent", "Rows in and out of every stage", "quarantine", "Linkage by rank", "Linkage quality", "Validation",

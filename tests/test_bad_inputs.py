@@ -445,7 +445,7 @@ def test_a_run_with_row_faults_publishes_and_leaves_the_earlier_release_alone(ro
     cfg = row_run["cfg"]
     from pipeline.publish.audit import audit_release
 
-    assert audit_release(cfg.release_dir) == []
+    assert audit_release(cfg.release_dir, reference.trusted) == []
     work = cfg.work
     assert file_hashes(work / "releases" / reference.cfg.release_label) == row_run["earlier_hashes"]
     assert not list((work / "releases").glob(".staging-*"))

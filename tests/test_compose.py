@@ -154,7 +154,7 @@ def test_every_setting_is_documented_in_env_example_and_every_documented_setting
 def test_secrets_must_be_set_and_have_no_default(raw):
     """A missing secret stops `docker compose up` (${NAME:?...}) instead of falling back to a known value."""
     text = COMPOSE.read_text()
-    for name in (*SECRET_SETTINGS, "PPRL_KEY_FILE_HOST"):
+    for name in (*SECRET_SETTINGS, "PPRL_KEY_FILE_HOST", "PPRL_PUBLISHING_KEY_FILE_HOST"):
         ops = [m["op"] for m in _VARIABLE.finditer(text) if not m["escaped"] and (m["braced"] or m["bare"]) == name]
         assert ops, f"{name} is not used"
         assert all(op == ":?" for op in ops), f"{name} must always be required with ${{{name}:?...}}, got {ops}"
@@ -206,14 +206,17 @@ def test_long_running_services_have_healthchecks_and_restart(services):
 def test_workers_scale_and_only_they_hold_the_key(compose, services):
     worker = services["airflow-worker"]
     assert "container_name" not in worker and "ports" not in worker, "--scale needs no fixed name and no host port"
-    assert worker["secrets"] == ["pprl_key"]
+    assert worker["secrets"] == ["pprl_key", "pprl_publishing_key"]
     assert worker["environment"]["PPRL_KEY_FILE"] == "/run/secrets/pprl_key"
+    assert worker["environment"]["PPRL_PUBLISHING_KEY_FILE"] == "/run/secrets/pprl_publishing_key"
     assert compose["secrets"]["pprl_key"] == {"file": read_env_file(ENV_EXAMPLE)["PPRL_KEY_FILE_HOST"]}
+    assert compose["secrets"]["pprl_publishing_key"] == {"file": read_env_file(ENV_EXAMPLE)["PPRL_PUBLISHING_KEY_FILE_HOST"]}
     for name, service in services.items():
         environment = service.get("environment", {})
         assert "PPRL_KEY" not in environment, f"{name} carries the key in its environment"
         if name != "airflow-worker":
             assert "secrets" not in service and "PPRL_KEY_FILE" not in environment, f"{name} must not get the key"
+            assert "PPRL_PUBLISHING_KEY_FILE" not in environment, f"{name} must not get the publishing key"
 
 
 def test_zones_reports_and_logs_live_on_named_volumes(compose, services):

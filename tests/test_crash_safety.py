@@ -27,8 +27,10 @@ import stage_runner
 from conftest import RELIABILITY_LABEL, Reference, file_hashes, release_bytes
 
 from pipeline import io
-from pipeline.errors import ReleaseExistsError
+from pipeline.errors import ReleaseExistsError, ValidationFailed
 from pipeline.publish.audit import audit_release
+from pipeline.publish.release_log import LOG_NAME, read_log
+from pipeline.publish.release import PUBLISHING_MARK
 from pipeline.publish.report import page_for
 from pipeline.settings import SOURCES, RunConfig
 
@@ -71,6 +73,11 @@ def leftovers(work: Path) -> list[str]:
     found += list((work / "releases").glob(".staging-*")) + list((work / "releases").glob(".old-*"))
     found += list((work / "linked").glob("*/.work")) + list(work.rglob(".publishing"))
     return sorted(str(p.relative_to(work)) for p in found)
+
+
+def logged(work: Path) -> list[tuple[str, str]]:
+    """(label, manifest SHA-256) of every entry of the work folder's release log, its chain verified."""
+    return [(e["release_label"], e["manifest_sha256"]) for e in read_log(work / "releases" / LOG_NAME)]
 
 
 def middle(n: int) -> int:
@@ -117,7 +124,9 @@ def test_a_run_killed_in_the_middle_of_a_stage_reruns_to_the_same_release(refere
     page = page_for(cfg.release_dir / "manifest.json", cfg.reports_dir, cfg.release_dir)
     assert (cfg.reports_dir / "audit.html").read_text(encoding="utf-8") == page
     assert leftovers(work) == []
-    assert audit_release(cfg.release_dir) == []
+    assert audit_release(cfg.release_dir, reference.trusted) == []
+    # Logged once, however many times publication was tried.
+    assert logged(work) == [(RELIABILITY_LABEL, io.sha256_file(cfg.release_dir / "manifest.json"))]
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -174,6 +183,9 @@ def test_replacing_a_label_when_asked_gives_the_same_bytes_for_the_same_inputs(p
     manifest["settings"]["replace_release"] = True
     assert io.read_json(cfg.release_dir / "manifest.json") == manifest
     assert leftovers(work) == []
+    # The replacement is a publication of its own: a second entry for the label, the latest.
+    assert [label for label, _ in logged(work)] == [RELIABILITY_LABEL, RELIABILITY_LABEL]
+    assert logged(work)[-1][1] == io.sha256_file(cfg.release_dir / "manifest.json")
 
 
 def test_a_crash_between_the_two_renames_of_a_replacement_loses_nothing(published_copy) -> None:
@@ -193,6 +205,29 @@ def test_a_crash_between_the_two_renames_of_a_replacement_loses_nothing(publishe
     assert file_hashes(cfg.release_dir) == before
 
 
+@pytest.mark.parametrize("logged_before_the_crash", [True, False], ids=["after-the-log-entry", "before-the-log-entry"])
+def test_a_retry_after_a_crash_past_the_rename_logs_the_release_once(published_copy, logged_before_the_crash) -> None:
+    """Killed after the rename, publish_release finds its mark and finishes: it appends the log entry
+    only if the crash came before it, never twice."""
+    conf, work = published_copy
+    cfg = RunConfig.from_conf(conf)
+    before = release_bytes(cfg.release_dir)
+    log = work / "releases" / LOG_NAME
+    (cfg.reports_dir / "audit.html").unlink()
+    with io.atomic_path(cfg.reports_dir / PUBLISHING_MARK) as tmp:  # the state the crash leaves
+        tmp.write_text(io.sha256_file(cfg.release_dir / "manifest.json"))
+    if not logged_before_the_crash:
+        log.write_bytes(b"")
+    stage_runner.run_step(conf, "publish_release")
+    assert logged(work) == [(RELIABILITY_LABEL, io.sha256_file(cfg.release_dir / "manifest.json"))]
+    assert release_bytes(cfg.release_dir) == before and (cfg.reports_dir / "audit.html").is_file()
+    assert leftovers(work) == []
+    # Once finished, a further retry of the task has nothing to do and says so; the log is unchanged.
+    with pytest.raises(ValidationFailed, match="nothing staged"):
+        stage_runner.run_step(conf, "publish_release")
+    assert len(logged(work)) == 1
+
+
 # ---------------------------------------------------------------------------------------------------
 # Concurrency
 
@@ -206,14 +241,16 @@ def test_two_labels_run_at_the_same_time_on_one_work_folder_without_touching_eac
     for label, child in zip(labels, children, strict=True):
         assert child.wait(timeout=CHILD_TIMEOUT) == 0, (tmp_path / f"{label}.log").read_text()[-3000:]
 
-    # Each zone holds one folder per label and nothing else (quarantine only when rows were set aside).
+    # Each zone holds one folder per label and nothing else (quarantine only when rows were set aside),
+    # besides the release log the two publications shared, one entry each.
     for zone in ZONES:
-        found = sorted(p.name for p in (work / zone).iterdir()) if (work / zone).exists() else []
+        found = sorted(p.name for p in (work / zone).iterdir() if p.name != LOG_NAME) if (work / zone).exists() else []
         assert found == (sorted(labels) if zone != "raw/quarantine" or found else []), zone
+    assert sorted(e["release_label"] for e in read_log(work / "releases" / LOG_NAME)) == sorted(labels)
     # The same inputs and key give the same bytes, run alone or beside another label.
     same = RunConfig.from_conf(reference.conf(work, RELIABILITY_LABEL))
     assert release_bytes(same.release_dir) == release_bytes(reference.release)
     other = RunConfig.from_conf(reference.conf(work, "other-2"))
     assert io.read_json(other.release_dir / "manifest.json")["release_label"] == "other-2"
-    assert audit_release(other.release_dir) == []
+    assert audit_release(other.release_dir, reference.trusted) == []
     assert leftovers(work) == []

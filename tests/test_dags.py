@@ -102,7 +102,7 @@ def test_every_dag_has_tags_docs_and_owner_with_retries(dagbag):
 def test_every_dag_has_the_run_params_with_descriptions(dagbag):
     expected = {
         "raw_dir", "work_dir", "release_label", "study_start", "study_end", "extract_date", "key_file",
-        "unit_costs", "replace_release", "ratio", "caliper_sd", "replace", "exact",
+        "publishing_key_file", "unit_costs", "replace_release", "ratio", "caliper_sd", "replace", "exact",
     }
     for dag_id, dag in dagbag["dags"].items():
         assert set(dag["params"]) == expected, dag_id

@@ -13,6 +13,7 @@ from pipeline import io
 from pipeline.cohort.service_use import service_use
 from pipeline.contracts import check_file, load_contract
 from pipeline.crypto.keys import new_key_file
+from pipeline.publish.signing import new_publishing_key_file
 from pipeline.crypto.tokens import study_ids
 from pipeline.cohort.outputs import RELEASE_TABLES
 from pipeline.publish import disclosure
@@ -32,8 +33,10 @@ def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e")
     generate(base / "input", persons=1500, seed=11, profile="clean")
     key = new_key_file(base / "secrets" / "key.json")
+    new_publishing_key_file(base / "secrets" / "publishing.pem")
     cfg = RunConfig.from_conf(
-        {"raw_dir": str(base / "input" / "raw"), "work_dir": str(base / "work"), "release_label": LABEL, "key_file": str(base / "secrets" / "key.json")}
+        {"raw_dir": str(base / "input" / "raw"), "work_dir": str(base / "work"), "release_label": LABEL, "key_file": str(base / "secrets" / "key.json"),
+         "publishing_key_file": str(base / "secrets" / "publishing.pem")}
     )
     lines: list[str] = []
     result = run_embedded(cfg.to_conf(), base / "airflow", progress=lines.append)

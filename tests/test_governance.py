@@ -54,6 +54,18 @@ def published(cfg: RunConfig) -> dict[str, str]:
     return {p.name: io.sha256_file(p) for p in cfg.release_dir.iterdir()}
 
 
+def trusted(cfg: RunConfig):
+    """The publishing key the governance officer trusts: the public half of the run's publishing key."""
+    import stage_runner
+
+    return stage_runner.trusted(cfg.to_conf())
+
+
+def audit_args(copy: Path, cfg: RunConfig) -> argparse.Namespace:
+    """`pipeline audit COPY --public-key <the run's FILE.pub>`, as parsed."""
+    return argparse.Namespace(release_dir=str(copy), public_key=f"{cfg.publishing_key_file}.pub", fingerprint=None, log=None)
+
+
 def hashes(folder: Path) -> dict[str, str]:
     return {p.name: io.sha256_file(p) for p in folder.iterdir()}
 
@@ -89,7 +101,7 @@ def test_the_clean_release_is_published_with_its_privacy_record(cfg, published) 
     assert manifest["disclosure_control"]["suppression_threshold"] == disclosure.SUPPRESSION_THRESHOLD
     assert set(manifest["validation"]) == {"raw", "pseudonymised", "linked", "release"}
     assert (cfg.reports_dir / "audit.html").is_file() and (cfg.reports_dir / "privacy.json").is_file()
-    assert audit_release(cfg.release_dir) == []
+    assert audit_release(cfg.release_dir, trusted(cfg)) == []
 
 
 def test_an_identifier_column_is_refused(cfg, published) -> None:
@@ -189,54 +201,56 @@ def test_a_critical_business_rule_stops_an_earlier_zone(cfg, tmp_path) -> None:
 
 @pytest.fixture
 def copy(cfg, published, tmp_path) -> Path:
-    """A copy of the published release, as handed to economists, to tamper with."""
+    """A copy of the published release, with the release log beside it, as handed over, to tamper with."""
+    shutil.copyfile(cfg.release_dir.parent / "release_log.jsonl", tmp_path / "release_log.jsonl")
     return Path(shutil.copytree(cfg.release_dir, tmp_path / LABEL))
 
 
-def test_an_untouched_release_passes_its_audit(copy, capsys) -> None:
-    assert audit_release(copy) == []
-    assert main_audit(argparse.Namespace(release_dir=str(copy))) == 0
+def test_an_untouched_release_passes_its_audit(cfg, copy, capsys) -> None:
+    assert audit_release(copy, trusted(cfg)) == []
+    assert main_audit(audit_args(copy, cfg)) == 0
     out = capsys.readouterr().out
     assert "passed its audit" in out and io.sha256_file(copy / "manifest.json") in out
 
 
-def test_an_altered_file_is_flagged(copy, capsys) -> None:
+def test_an_altered_file_is_flagged(cfg, copy, capsys) -> None:
     df = pl.read_parquet(copy / "service_use.parquet")
     df.with_columns(units=pl.col("units") * 2).write_parquet(copy / "service_use.parquet")
     with open(copy / "data_dictionary.md", "a") as fh:
         fh.write("\n")
-    problems = audit_release(copy)
+    problems = audit_release(copy, trusted(cfg))
     assert any(p.startswith("service_use.parquet: changed since publication") for p in problems)
     assert any(p.startswith("data_dictionary.md: changed since publication") for p in problems)
-    assert main_audit(argparse.Namespace(release_dir=str(copy))) == 1
+    assert main_audit(audit_args(copy, cfg)) == 1
     assert "FAILED its audit" in capsys.readouterr().err
 
 
-def test_added_and_removed_files_are_flagged(copy) -> None:
+def test_added_and_removed_files_are_flagged(cfg, copy) -> None:
     (copy / "notes.txt").write_text("extra\n")
     (copy / "balance.parquet").unlink()
-    problems = "\n".join(audit_release(copy))
+    problems = "\n".join(audit_release(copy, trusted(cfg)))
     assert "notes.txt: not listed in the manifest" in problems
     assert "balance.parquet: listed in the manifest but missing" in problems
     assert "files of type .txt are not released" in problems
 
 
-def test_an_identifier_smuggled_in_with_a_forged_manifest_is_still_flagged(copy) -> None:
+def test_an_identifier_smuggled_in_with_a_forged_manifest_is_still_flagged(cfg, copy) -> None:
     """Hashes prove only that files match the manifest; the privacy checks run on the files themselves."""
     df = pl.read_parquet(copy / "cohort.parquet").with_columns(postcode=pl.lit("LS1 4AB"))
     df.write_parquet(copy / "cohort.parquet")
     manifest = io.read_json(copy / "manifest.json")
     manifest["files"]["cohort.parquet"]["sha256"] = io.sha256_file(copy / "cohort.parquet")
     io.write_json(manifest, copy / "manifest.json")
-    problems = audit_release(copy)
+    problems = audit_release(copy, trusted(cfg))
+    assert any(p.startswith("manifest.json: the signature does not verify") for p in problems)
     assert "privacy rule broken: cohort.parquet, column postcode: rule 'no identifier or token column' broken" in "\n".join(problems)
     assert any("no postcode-like value" in p for p in problems)
     assert not any("LS1" in p for p in problems)
 
 
-def test_a_missing_manifest_is_flagged(copy) -> None:
+def test_a_missing_manifest_is_flagged(cfg, copy) -> None:
     (copy / "manifest.json").unlink()
-    (problem,) = audit_release(copy)
+    (problem,) = audit_release(copy, trusted(cfg))
     assert "the manifest is missing" in problem
 
 

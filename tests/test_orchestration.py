@@ -28,7 +28,7 @@ def form(**changes) -> dict:
     """Params as Airflow hands them to a task: every Param, defaults filled in, flat matching options."""
     params = {
         "raw_dir": "/d/raw", "work_dir": "/d/work", "release_label": "r1", "study_start": "2021-04-01",
-        "study_end": "2026-03-31", "extract_date": "2026-03-31", "key_file": None, "unit_costs": None,
+        "study_end": "2026-03-31", "extract_date": "2026-03-31", "key_file": None, "publishing_key_file": None, "unit_costs": None,
         "replace_release": False, "ratio": 1, "caliper_sd": 0.2, "replace": False, "exact": ["site", "sex"],
     }
     return {**params, **changes}

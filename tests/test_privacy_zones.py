@@ -25,6 +25,7 @@ import pytest
 
 from pipeline.crypto import names, normalise
 from pipeline.crypto.keys import new_key_file
+from pipeline.publish.signing import new_publishing_key_file
 from pipeline.settings import SOURCES, RunConfig
 
 pytestmark = pytest.mark.e2e
@@ -44,8 +45,10 @@ def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("privacy")
     generate(base / "input", persons=400, seed=17, profile="realistic")
     new_key_file(base / "key.json")
+    new_publishing_key_file(base / "publishing.pem")
     cfg = RunConfig.from_conf(
-        {"raw_dir": str(base / "input" / "raw"), "work_dir": str(base / "work"), "release_label": LABEL, "key_file": str(base / "key.json")}
+        {"raw_dir": str(base / "input" / "raw"), "work_dir": str(base / "work"), "release_label": LABEL, "key_file": str(base / "key.json"),
+         "publishing_key_file": str(base / "publishing.pem")}
     )
     lines: list[str] = []
     run_embedded(cfg.to_conf(), base / "airflow", progress=lines.append)

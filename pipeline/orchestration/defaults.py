@@ -96,6 +96,13 @@ def run_params(*, filled_by_upstream: bool) -> dict[str, Param]:
             "from the PPRL_KEY environment variable or the Airflow variable pprl_key.",
             section="Inputs",
         ),
+        "publishing_key_file": Param(
+            None, type=["null", "string"], title="Publishing key file",
+            description="Path of the 0600 publishing key that signs the release (not the linkage key). Leave "
+            "empty in production, where it comes from PPRL_PUBLISHING_KEY_FILE or the Airflow connection "
+            "pprl_publishing_key.",
+            section="Release",
+        ),
         "unit_costs": Param(
             None, type=["null", "string"], title="Unit-cost table",
             description="CSV of unit costs to use instead of the bundled, cited reference/unit_costs.csv.",

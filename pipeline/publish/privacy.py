@@ -44,7 +44,9 @@ NAME_PROBES: tuple[str, ...] = (
     "O'BRIEN", "SMITH-JONES", "Zoë",
 )  # fmt: skip
 # Files a release may hold besides its tables: manifest, dictionary and reference tables (text, scanned
-# for identifiers) and images such as the love plot (artefacts).
+# for identifiers) and images such as the love plot (artefacts). The signature and the per-run files
+# (pipeline.publish.signing: signature.json, provenance.json) are JSON, so they are scanned too; they
+# hold hex, never base64, so no postcode-like string can appear in them by chance.
 TEXT_SUFFIXES = (".json", ".md", ".csv", ".svg")
 BINARY_SUFFIXES = (".png", ".pdf")
 INTEGER_TYPES = ("int8", "int16", "int32", "int64")

@@ -9,9 +9,10 @@
 2. `validate_release` runs the privacy checks (`pipeline.publish.privacy`) and Great Expectations on
    the staged files; if either fails, the staging folder is removed, nothing is published, and the
    error names every broken rule by file, column and expectation.
-3. `publish_release` records each file's hash in the manifest, renders the audit page
-   (`reports/<label>/audit.html`) and renames the folder into place in one step. An existing release
-   is never overwritten unless replacing it was asked for.
+3. `publish_release` records each file's hash in the manifest, signs it with the publishing key
+   (`pipeline.publish.signing`), renders the audit page (`reports/<label>/audit.html`), renames the
+   folder into place in one step and appends it to the release log (`pipeline.publish.release_log`).
+   An existing release is never overwritten unless replacing it was asked for.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pipeline import __version__, io
 from pipeline.cohort.outputs import ARTEFACTS_DIR, RELEASE_TABLES
 from pipeline.contracts import dictionary_records, load_contract, render_dictionary_markdown
 from pipeline.errors import ContractError, ReleaseExistsError, ValidationFailed
-from pipeline.publish import disclosure, small_groups
+from pipeline.publish import disclosure, release_log, signing, small_groups
 from pipeline.publish.privacy import assess_release_privacy
 from pipeline.pseudonymised import blocks_path
 from pipeline.settings import REPO_DIR, SOURCES, RunConfig
@@ -37,6 +38,9 @@ from pipeline.settings import REPO_DIR, SOURCES, RunConfig
 log = logging.getLogger(__name__)
 # Zones whose validation summaries the manifest keeps, in pipeline order.
 VALIDATED_ZONES: tuple[str, ...] = ("raw", "pseudonymised", "linked", "release")
+# Settings that are paths on one machine, secrets' locations, or the day of the run: none of them
+# describes the release's content, so the content manifest leaves them out.
+PER_RUN_SETTINGS: frozenset[str] = frozenset({"raw_dir", "work_dir", "key_file", "publishing_key_file", "unit_costs", "run_date"})
 # The exact figures behind the release's controlled manifest, for governance only (never released).
 FIGURES = "figures.json"
 # The person-level table whose quasi-identifiers the small-group policy works on; people it drops
@@ -180,7 +184,7 @@ def _manifest(cfg: RunConfig, controlled: dict[str, Any], small: dict[str, Any])
         "code_version": code_version(),
         "kid": consent["kid"],
         # run_date differs from run to run: it is recorded in pseudonymised/<label>/consent.json instead.
-        "settings": {k: v for k, v in cfg.to_conf().items() if k not in ("raw_dir", "work_dir", "key_file", "unit_costs", "run_date")},
+        "settings": {k: v for k, v in cfg.to_conf().items() if k not in PER_RUN_SETTINGS},
         "inputs": io.read_json(pdir / "inputs.json")["files"],
         "consent": consent["consent"],
         "pseudonymisation": {s: io.read_json(pdir / "counts" / f"{s}.json")["counts"] for s in SOURCES},
@@ -291,6 +295,7 @@ def publish_release(cfg: RunConfig) -> Path:
     staging, final = cfg.staging_dir, cfg.release_dir
     mark = cfg.reports_dir / PUBLISHING_MARK
     if not staging.exists() and _renamed_before_a_crash(mark, final):
+        release_log.append_release(final)  # appends nothing if the crash came after the entry was written
         write_audit_page(final, cfg.reports_dir)
         mark.unlink()
         log.info("release %s was in place; finished its audit page", cfg.release_label)
@@ -305,18 +310,28 @@ def publish_release(cfg: RunConfig) -> Path:
     manifest = exact_manifest(cfg)
     if not manifest.get("privacy"):
         raise ValidationFailed(f"{staging}: the staged release has not passed validate_release; run it first")
+    # Loaded before anything is written, so a missing or exposed key stops publication at once.
+    key = signing.load_publishing_key(cfg.publishing_key_file)
+    # A publication killed while writing into the staging folder leaves its temporary file there; it
+    # is nobody's output, and must not be hashed into the manifest or renamed into the release.
+    for stale in staging.glob(".*.tmp"):
+        stale.unlink()
     manifest["files"] = {
         p.name: {"sha256": io.sha256_file(p), **({"rows": pl.scan_parquet(p).select(pl.len()).collect().item()} if p.suffix == ".parquet" else {})}
         for p in sorted(staging.iterdir())
-        if p.name != "manifest.json"
+        if p.name not in signing.NOT_IN_MANIFEST
     }
+    manifest["signing"] = signing.signing_record(key)
     write_manifest(cfg, manifest)
+    # Signed once the manifest is final: the signature binds its hash and the per-run files.
+    signing.sign_release(staging, key)
     # Rendered before the rename, so a page that cannot be built stops publication; written after it,
     # so the page on disk always describes the release that is in place.
     page = page_for(staging / "manifest.json", cfg.reports_dir, final)
     with io.atomic_path(mark) as tmp:
         tmp.write_text(io.sha256_file(staging / "manifest.json"))
     io.replace_dir(staging, final)
+    release_log.append_release(final)
     with io.atomic_path(cfg.reports_dir / "audit.html") as tmp:
         tmp.write_text(page, encoding="utf-8")
     mark.unlink()

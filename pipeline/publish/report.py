@@ -135,11 +135,21 @@ def _identity(p: _Page, manifest_sha256: str, release_location: str) -> None:
             f"{'with' if matching.get('replace') else 'without'} replacement",
         ),
         ("Manifest SHA-256", manifest_sha256),
+        *_signing_rows(m),
     ]
     body = "".join(f"<tr><th scope=\"row\">{e(k)}</th><td class=\"mono\">{e(str(v))}</td></tr>" for k, v in rows)
     p.add(f'<section id="identity"><h2>1. Which release this is</h2><table class="facts">{body}</table>'
-          "<p class=\"note\">Run <code>pipeline audit &lt;release folder&gt;</code> on the copy you hand over: it must "
-          "report no problem and print the same manifest SHA-256 as above.</p></section>")
+          "<p class=\"note\">Run <code>pipeline audit &lt;release folder&gt; --fingerprint &lt;fingerprint above&gt;</code> "
+          "on the copy you hand over: it must report no problem and print the same manifest SHA-256 and publishing key "
+          "fingerprint as above, so this signed page binds to exactly one release.</p></section>")
+
+
+def _signing_rows(m: dict[str, Any]) -> list[tuple[str, str]]:
+    """The publishing key that signed the release (pipeline.publish.signing), as the officer compares it."""
+    from pipeline.publish.signing import show_fingerprint
+
+    fp = (m.get("signing") or {}).get("fingerprint")
+    return [("Publishing key fingerprint", show_fingerprint(fp) if fp else "not signed")]
 
 
 def _consent(p: _Page) -> None:

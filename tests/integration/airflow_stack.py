@@ -301,11 +301,12 @@ class AirflowStack:
 
     def __init__(
         self, root: Path, *, binaries: ServerBinaries, key_file: Path, workers: int = 2, worker_concurrency: int = 2,
-        dags_folder: Path = DAGS_FOLDER, progress: Callable[[str], None] = lambda line: None,
+        dags_folder: Path = DAGS_FOLDER, progress: Callable[[str], None] = lambda line: None, publishing_key_file: Path | None = None,
     ):
         self.root = Path(root)
         self.binaries = binaries
         self.key_file = Path(key_file)
+        self.publishing_key_file = Path(publishing_key_file) if publishing_key_file else None
         self.workers = workers
         self.worker_concurrency = worker_concurrency
         self.dags_folder = Path(dags_folder)
@@ -471,7 +472,7 @@ class AirflowStack:
         """The settings docker-compose.yml gives every Airflow container, pointed at local services."""
         db = f"{DB_USER}:{self.db_password}@127.0.0.1:{self.pg_port}/{DB_NAME}"
         # A key in the test's own environment (PPRL_KEY would win over any file) must not leak in.
-        env = {k: v for k, v in airflow_env(self.home, self.dags_folder).items() if not k.startswith("PPRL_KEY")}
+        env = {k: v for k, v in airflow_env(self.home, self.dags_folder).items() if not k.startswith(("PPRL_KEY", "PPRL_PUBLISHING"))}
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         from cryptography.fernet import Fernet
 
@@ -534,6 +535,8 @@ class AirflowStack:
             # Only workers run tasks, so only they get the key, as in docker-compose.yml. Two
             # workers on one machine need their own Celery hostnames and log-server ports.
             env = {**self.env, "PPRL_KEY_FILE": str(self.key_file), "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(log_port)}
+            if self.publishing_key_file:  # the publish task signs with it, as PPRL_PUBLISHING_KEY_FILE in docker-compose.yml
+                env["PPRL_PUBLISHING_KEY_FILE"] = str(self.publishing_key_file)
             argv = [*airflow, "celery", "worker", "--celery-hostname", f"{name}@%h"]
             self.services.append(start_process(name, argv, self.log_dir, env, cwd=self.home, ports=(log_port,)))
             self.worker_names.append(name)
@@ -635,6 +638,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
     parser.add_argument("--key", type=Path, required=True, help="the 0600 linkage key file the workers use")
+    parser.add_argument("--publishing-key", type=Path, help="the 0600 publishing key file the workers sign releases with")
     parser.add_argument("--root", type=Path, help="folder for the services' files (default: a new temporary one)")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
@@ -642,7 +646,8 @@ def main() -> None:
     if binaries is None:
         sys.exit(missing)
     root = args.root or Path(tempfile.mkdtemp(prefix="pprl-stack-"))
-    with AirflowStack(root, binaries=binaries, key_file=args.key.resolve(), workers=args.workers, progress=print) as stack:
+    publishing = args.publishing_key.resolve() if args.publishing_key else None
+    with AirflowStack(root, binaries=binaries, key_file=args.key.resolve(), workers=args.workers, progress=print, publishing_key_file=publishing) as stack:
         print(f"UI and REST API: {stack.api.base_url}  user {ADMIN_USER}  password {stack.admin_password}")
         print(f"AIRFLOW_HOME {stack.home}; service logs in {stack.log_dir}. Ctrl-C stops everything.")
         with contextlib.suppress(KeyboardInterrupt):

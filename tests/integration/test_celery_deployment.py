@@ -28,6 +28,7 @@ import pytest
 from airflow_stack import AirflowStack, Service, ServiceError, find_server_binaries, start_process, stop_service
 
 from pipeline.orchestration import LINK_DAG, PSEUDONYMISE_DAG, PUBLISH_DAG
+from pipeline.publish.release_log import LOG_NAME
 from pipeline.settings import RunConfig
 
 pytestmark = pytest.mark.integration
@@ -60,7 +61,7 @@ def _say(request, line: str) -> None:
 
 def _clean_env() -> dict[str, str]:
     """The test's environment without a key or Airflow settings a developer's shell may carry."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("PPRL_KEY", "AIRFLOW__")) and k != "AIRFLOW_HOME"}
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PPRL_KEY", "PPRL_PUBLISHING", "PPRL_TRUSTED", "AIRFLOW__")) and k != "AIRFLOW_HOME"}
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +77,9 @@ def binaries():
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    """Two sets of synthetic extracts (different seeds) and one linkage key."""
+    """Two sets of synthetic extracts (different seeds), one linkage key and one publishing key."""
     from pipeline.crypto.keys import new_key_file
+    from pipeline.publish.signing import new_publishing_key_file
     from pipeline.synth import generate
 
     base = tmp_path_factory.mktemp("inputs")
@@ -85,13 +87,16 @@ def inputs(tmp_path_factory):
     generate(base / "b", persons=PERSONS, seed=SEED_B, profile="realistic")
     key_file = base / "secrets" / "pprl.key.json"
     new_key_file(key_file)
-    return {"raw": {LABEL_A: base / "a" / "raw", LABEL_B: base / "b" / "raw"}, "key_file": key_file}
+    publishing_key_file = base / "secrets" / "publishing.pem"
+    new_publishing_key_file(publishing_key_file)
+    return {"raw": {LABEL_A: base / "a" / "raw", LABEL_B: base / "b" / "raw"}, "key_file": key_file, "publishing_key_file": publishing_key_file}
 
 
 def conf_for(inputs, label: str, work: Path, *, with_key_file: bool) -> dict:
     conf = {"raw_dir": str(inputs["raw"][label]), "work_dir": str(work), "release_label": label}
     if with_key_file:
         conf["key_file"] = str(inputs["key_file"])
+        conf["publishing_key_file"] = str(inputs["publishing_key_file"])
     return RunConfig.from_conf(conf).to_conf()
 
 
@@ -103,15 +108,19 @@ def deployment(request, binaries, inputs, tmp_path_factory):
     references: dict[str, tuple[Service, Path]] = {}
     try:
         for label in (LABEL_A, LABEL_B):
-            # The embedded default takes the key from the run's key_file; the workers take it
-            # from PPRL_KEY_FILE, as in docker-compose.yml. The manifest records neither.
+            # The embedded default takes the keys from the run's key_file and publishing_key_file; the
+            # workers take them from PPRL_KEY_FILE and PPRL_PUBLISHING_KEY_FILE, as in docker-compose.yml.
+            # The manifest records neither path.
             conf = conf_for(inputs, label, root / f"embedded-{label}" / "work", with_key_file=True)
             service = start_process(
                 f"embedded-{label}", [sys.executable, "-c", EMBEDDED_REFERENCE, json.dumps(conf), str(root / f"embedded-{label}" / "airflow")],
                 root, _clean_env(), cwd=root,
             )  # fmt: skip
             references[label] = (service, RunConfig.from_conf(conf).release_dir)
-        stack = AirflowStack(root / "stack", binaries=binaries, key_file=inputs["key_file"], workers=2, worker_concurrency=2)
+        stack = AirflowStack(
+            root / "stack", binaries=binaries, key_file=inputs["key_file"], workers=2, worker_concurrency=2,
+            publishing_key_file=inputs["publishing_key_file"],
+        )
         request.addfinalizer(lambda: _stop(request, stack, started))
         stack.start()
         _say(request, f"services ready in {stack.timings['ready']:.0f}s ({_steps(stack.timings)})")
@@ -232,7 +241,7 @@ def test_a_run_triggered_over_the_rest_api_publishes_the_same_release_as_the_emb
 
     assert results[LABEL_A][PUBLISH_DAG]["partition_key"] == LABEL_A
     assert_same_release(work / "releases" / LABEL_A, deployment["reference"][LABEL_A])
-    assert sorted(p.name for p in (work / "releases").iterdir()) == [LABEL_A], "a staging folder was left behind"
+    assert sorted(p.name for p in (work / "releases").iterdir()) == sorted([LABEL_A, LOG_NAME]), "a staging folder was left behind"
 
 
 def test_two_labels_triggered_at_once_both_succeed_and_keep_to_their_own_files(deployment, inputs, request):
@@ -252,4 +261,5 @@ def test_two_labels_triggered_at_once_both_succeed_and_keep_to_their_own_files(d
         assert_same_release(work / "releases" / label, deployment["reference"][label])
     assert (work / "releases" / LABEL_A / "cohort.parquet").read_bytes() != (work / "releases" / LABEL_B / "cohort.parquet").read_bytes()
     for zone in ZONES:
-        assert sorted(p.name for p in (work / zone).iterdir()) == [LABEL_A, LABEL_B], f"{zone}/ holds more than the two labels"
+        found = sorted(p.name for p in (work / zone).iterdir() if p.name != LOG_NAME)  # the release log is shared
+        assert found == [LABEL_A, LABEL_B], f"{zone}/ holds more than the two labels"
