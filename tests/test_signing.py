@@ -59,7 +59,8 @@ def pub(reference: Reference) -> str:
 def change_a_cohort_value(copy: Path) -> None:
     """What the reported attack did: one value changed, its new SHA-256 put into the manifest."""
     path = copy / "cohort.parquet"
-    pl.read_parquet(path).with_columns(baseline_cost_gbp=pl.col("baseline_cost_gbp") + 1.0).write_parquet(path)
+    # Ten pounds more keeps the value at its release precision (the nearest £10), so only the signature can tell.
+    pl.read_parquet(path).with_columns(baseline_cost_gbp=pl.col("baseline_cost_gbp") + 10.0).write_parquet(path)
     manifest = io.read_json(copy / "manifest.json")
     manifest["files"]["cohort.parquet"]["sha256"] = io.sha256_file(path)
     io.write_json(manifest, copy / "manifest.json")
