@@ -14,7 +14,8 @@ from typing import Any
 import polars as pl
 
 from pipeline import io
-from pipeline.contracts import ContractError, check_frame, load_contract, parquet_files, scan_checked
+from pipeline.costs import scan_unit_costs
+from pipeline.contracts import ContractError, load_contract, parquet_files, scan_checked
 from pipeline.errors import Violation
 from pipeline.settings import SOURCES, RunConfig
 
@@ -45,25 +46,6 @@ def input_hash(path: Path) -> str:
         return io.sha256_file(path)
     listing = "".join(f"{p.name} {io.sha256_file(p)}\n" for p in parquet_files(path))
     return hashlib.sha256(listing.encode()).hexdigest()
-
-
-def scan_unit_costs(path: Path) -> pl.LazyFrame:
-    """The unit-cost table: a CSV (the shipped one, or the user's own) checked against its contract."""
-    contract = load_contract("unit_costs")
-    path = Path(path)
-    if not path.exists():
-        raise ContractError([Violation(str(path), None, "file present", "no unit-cost table there; give the path of one that follows schemas/unit_costs.yaml")])
-    try:
-        df = pl.read_csv(path, schema_overrides=contract.polars_schema())
-    except Exception as exc:
-        raise ContractError([Violation(str(path), None, "readable CSV", f"could not read it as CSV ({type(exc).__name__}); check the header and types")]) from None
-    missing = [c for c in contract.column_names if c not in df.columns]
-    if missing:
-        raise ContractError([Violation(str(path), c, "column present", "add the column") for c in missing])
-    violations = check_frame(df.lazy().select(contract.column_names), contract, str(path))
-    if violations:
-        raise ContractError(violations)
-    return df.lazy().select(contract.column_names)
 
 
 def check_inputs(cfg: RunConfig) -> Path:
