@@ -51,8 +51,8 @@ class RunConfig:
     extract_date: str = "2026-03-31"
     unit_costs: str = str(DEFAULT_UNIT_COSTS)
     replace_release: bool = False
-    # Path of a 0600 key file. Only the pseudonymise tasks read it; production sets PPRL_KEY or the
-    # Airflow variable `pprl_key` instead (see pipeline.crypto.keys.load_key).
+    # Path of a 0600 key file. Only the pseudonymise tasks read it; production sets PPRL_KEY_FILE or
+    # the Airflow connection `pprl_key` instead (see pipeline.crypto.keys.load_key).
     key_file: str | None = None
     matching: MatchingOptions = field(default_factory=MatchingOptions)
 

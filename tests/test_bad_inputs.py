@@ -266,7 +266,7 @@ KEY_FAULTS = {
 
 @pytest.mark.parametrize("case", list(KEY_FAULTS))
 def test_a_key_fault_stops_the_run_before_anything_is_tokenised(case, reference, earlier, secrets, tmp_path, monkeypatch, caplog):
-    for name in ("PPRL_KEY", "PPRL_KEY_FILE"):
+    for name in KEY_ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
     make, ending = KEY_FAULTS[case]
     work, earlier_hashes = earlier

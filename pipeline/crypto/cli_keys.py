@@ -4,8 +4,8 @@
     pipeline keys kid /secure/pprl.key.json           # the kid, for the run log or a provider
     pipeline keys which [--key FILE]                  # the kid and source a run would use
 
-Nothing here ever prints the key. `which` follows `load_key` exactly (PPRL_KEY, the key file,
-PPRL_KEY_FILE, the Airflow connection, the Airflow variable), so a data engineer can check which
+Nothing here ever prints the key. `which` follows `load_key` exactly (the key file, PPRL_KEY_FILE,
+the Airflow connection, the Airflow variable; a key in PPRL_KEY is refused), so a data engineer can check which
 secret a deployment will pick up before starting a run.
 """
 
