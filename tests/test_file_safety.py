@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import shutil
 import stat
@@ -69,9 +70,22 @@ def test_a_private_output_is_owner_only_whatever_the_umask(tmp_path, mask):
 
 @pytest.fixture(scope="module")
 def small_delivery(tmp_path_factory):
-    """A realistic (faulty) delivery of 120 people and a key; nothing run yet."""
+    """A delivery of 120 people and a key, nothing run yet, with rows that go to quarantine: a
+    consented participant born in the future, and a hospital stay discharged before admission."""
     base = tmp_path_factory.mktemp("files")
-    return stage_runner.new_run(base, "files-1", persons=120, seed=31)
+    conf = stage_runner.new_run(base, "files-1", persons=120, seed=31)
+    raw = Path(conf["raw_dir"])
+    register = pl.read_parquet(raw / "consent_register.parquet")
+    first = register.filter(pl.col("consent_status") == "consented").get_column("participant_id").min()
+    register.with_columns(
+        date_of_birth=pl.when(pl.col("participant_id") == first).then(pl.lit(dt.date(2030, 1, 1))).otherwise("date_of_birth")
+    ).write_parquet(raw / "consent_register.parquet")
+    apc = pl.read_parquet(raw / "hospital_apc.parquet")
+    first = apc.get_column("record_id").min()
+    apc.with_columns(
+        discharge_date=pl.when(pl.col("record_id") == first).then(pl.col("admission_date") - pl.duration(days=3)).otherwise("discharge_date")
+    ).write_parquet(raw / "hospital_apc.parquet")
+    return conf
 
 
 def test_quarantined_rows_are_owner_only_under_umask_022(small_delivery):
@@ -80,7 +94,7 @@ def test_quarantined_rows_are_owner_only_under_umask_022(small_delivery):
         stage_runner.run_steps(small_delivery, last=f"pseudonymise_source:{SOURCES[-1]}")
     quarantine = RunConfig.from_conf(small_delivery).quarantine_dir
     files = sorted(p for p in quarantine.parent.rglob("*") if p.is_file())
-    assert {p.name for p in files} >= {"consent_register.parquet"}, "the realistic delivery should set rows aside"
+    assert {p.name for p in files} == {"consent_register.parquet", "hospital_apc.parquet"}
     assert {str(p): mode(p) for p in files} == {str(p): 0o600 for p in files}
     folders = [quarantine, quarantine.parent]
     assert {str(p): mode(p) for p in folders} == {str(p): 0o700 for p in folders}
