@@ -33,7 +33,7 @@ from conftest import Reference, file_hashes
 
 from pipeline import io
 from pipeline.cli import main as cli_main
-from pipeline.crypto.keys import new_key_file
+from pipeline.crypto.keys import KEY_ENVIRONMENT, new_key_file
 from pipeline.errors import ContractError, KeyFileError, KeyMismatchError, PipelineError
 from pipeline.pseudonymised import scan_record_tokens
 from pipeline.pseudonymise.records import QUARANTINE_REASON
