@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the three DAGs on the embedded default (dag.test on SQLite)")
     r.add_argument("--raw", required=True, help="folder of input Parquet files following schemas/")
     r.add_argument("--work", required=True, help="folder holding the zones (pseudonymised/, linked/, releases/, reports/)")
-    r.add_argument("--key", help="0600 key file (or set PPRL_KEY / PPRL_KEY_FILE)")
+    r.add_argument("--key", help="0600 key file (or set PPRL_KEY_FILE, or the Airflow connection pprl_key)")
     r.add_argument("--publishing-key", help="0600 publishing key file that signs the release (or set PPRL_PUBLISHING_KEY_FILE)")
     r.add_argument("--release", required=True, help="release label")
     r.add_argument("--study-start")

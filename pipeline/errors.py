@@ -40,6 +40,15 @@ class KeyFileError(PipelineError):
     """The linkage key is missing, malformed or too widely readable."""
 
 
+class KeyEnvironmentError(KeyFileError):
+    """The key was offered in an environment variable (`PPRL_KEY`), which no file mode can protect:
+    every child process inherits it and /proc/<pid>/environ shows it."""
+
+
+class InputOutsideFolderError(PipelineError):
+    """An input is a symbolic link to a file outside the input folder (`raw_dir`)."""
+
+
 class KeyMismatchError(PipelineError):
     """Tokens made under different key ids were about to be linked."""
 

@@ -1,5 +1,13 @@
 """Reading and writing, in one place. Every write goes to a temporary name in the same folder and is
 renamed into place, so a crash never leaves a half-written file under its real name.
+
+File rules (README, Security):
+- an output is created with mode 0666 less the process's umask, as `open()` would make it: the
+  pipeline never makes a file more widely readable than the user running it chose;
+- a private output (`private=True`: the quarantined rows under `raw/`) is 0600 in folders of 0700,
+  whatever the umask, because it holds identifiable rows;
+- the data is flushed to disk (fsync of the file, and of the folder after the rename) before the
+  rename that publishes it, so after a power cut a file is the new whole one or the previous one.
 """
 
 from __future__ import annotations
@@ -9,8 +17,9 @@ import glob
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,34 +37,93 @@ PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 3
 SINK_ROW_GROUP_ROWS = 262_144
 
 
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_FOLDER_MODE = 0o700
+
+
 @contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `final`; rename it over `final` only if the block succeeds."""
+def atomic_path(final: Path, private: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `final`; rename it over `final` only if the block succeeds.
+
+    The file is created with mode 0666 less the umask (0600 in a 0700 folder if `private`), flushed
+    to disk before the rename, and its folder flushed after it.
+    """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    if private:
+        _private_folder(final.parent)
+    else:
+        final.parent.mkdir(parents=True, exist_ok=True)
     # A process killed in this block leaves its temporary file behind; the next write of the same
     # output (a rerun of the task) clears it. One output is only ever written by one task at a time.
     for stale in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
         with contextlib.suppress(FileNotFoundError):
             stale.unlink()
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    # mkstemp makes the file 0600; outputs are shared with their zone's readers through folder permissions.
-    os.chmod(tmp, 0o644)
+    tmp, mode = _new_temporary(final, PRIVATE_FILE_MODE if private else 0o666)
     try:
-        yield Path(tmp)
+        yield tmp
+        # A writer that replaced the file rather than writing into it would have chosen its own mode.
+        os.chmod(tmp, PRIVATE_FILE_MODE if private else mode)
+        _fsync(tmp)
         os.replace(tmp, final)
+        _fsync(final.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
 
 
-def write_table(table: pa.Table, path: Path, metadata: dict[str, str] | None = None) -> Path:
+def _new_temporary(final: Path, mode: int) -> tuple[Path, int]:
+    """Create `.<name>.<random>.tmp` beside `final` with `mode` less the umask; return it and its mode.
+
+    The kernel applies the umask at creation, exactly as for any file the user's programs make, so
+    the umask is never read or changed here (changing it, even for an instant, races other threads).
+    """
+    while True:
+        tmp = final.with_name(f".{final.name}.{secrets.token_hex(8)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+        except FileExistsError:  # 64 random bits: in practice never
+            continue
+        try:
+            return tmp, stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+
+
+def _private_folder(folder: Path) -> None:
+    """Make `folder` and any missing parent 0700 (owner only), whatever the umask.
+
+    The folder itself is tightened even when it exists (made 0755 by an earlier version, say);
+    parents that already existed are left as they are: they are the user's.
+    """
+    folder = Path(folder)
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another task made it first
+            made.mkdir(mode=PRIVATE_FOLDER_MODE)
+        os.chmod(made, PRIVATE_FOLDER_MODE)
+    if not missing:
+        os.chmod(folder, PRIVATE_FOLDER_MODE)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's data, or a folder's entries, to disk (a read-only descriptor is enough on POSIX)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_table(table: pa.Table, path: Path, metadata: dict[str, str] | None = None, private: bool = False) -> Path:
+    """Write an Arrow table as Parquet (fixed writer settings); `private`: see `atomic_path`."""
     if metadata:
         merged = dict(table.schema.metadata or {})
         merged.update({k.encode(): v.encode() for k, v in metadata.items()})
         table = table.replace_schema_metadata(merged)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, private=private) as tmp:
         pq.write_table(table, tmp, **PARQUET_OPTIONS)
     return Path(path)
 
@@ -132,19 +200,34 @@ def recover_replace(dst: Path) -> None:
             shutil.rmtree(old)
         else:
             os.replace(old, dst)
+            _fsync(dst.parent)
 
 
 def replace_dir(src: Path, dst: Path) -> None:
     """Move a fully written folder `src` to `dst`, replacing a previous `dst` only once `src` is in place.
 
     The previous `dst` is moved aside (`.old-<name>`) for the instant between the two renames; a
-    crash there is undone by `recover_replace`, which this calls first.
+    crash there is undone by `recover_replace`, which this calls first. Every file and folder of
+    `src` is flushed to disk before the renames, and the folders holding `src` and `dst` after them.
     """
     src, dst = Path(src), Path(dst)
     recover_replace(dst)
+    _fsync_tree(src)
     old = _previous(dst)
     if dst.exists():
         os.replace(dst, old)
     os.replace(src, dst)
+    for folder in {src.parent, dst.parent}:
+        _fsync(folder)
     if old.exists():
         shutil.rmtree(old)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file, then every folder (deepest first), under `root`. Links are not followed."""
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            path = Path(folder) / name
+            if not path.is_symlink():
+                _fsync(path)
+        _fsync(Path(folder))

@@ -57,8 +57,8 @@ class RunConfig:
     run_date: str | None = None
     unit_costs: str = str(DEFAULT_UNIT_COSTS)
     replace_release: bool = False
-    # Path of a 0600 key file. Only the pseudonymise tasks read it; production sets PPRL_KEY or the
-    # Airflow variable `pprl_key` instead (see pipeline.crypto.keys.load_key).
+    # Path of a 0600 key file. Only the pseudonymise tasks read it; production sets PPRL_KEY_FILE or
+    # the Airflow connection `pprl_key` instead (see pipeline.crypto.keys.load_key).
     key_file: str | None = None
     # Path of the 0600 publishing key (Ed25519) that signs the release. Only the publish task reads
     # it; production sets PPRL_PUBLISHING_KEY_FILE or the Airflow connection `pprl_publishing_key`

@@ -86,8 +86,8 @@ def watching_writes(on_write) -> Iterator[None]:
     real = io.atomic_path
 
     @contextlib.contextmanager
-    def watched(final: Path):
-        with real(final) as tmp:
+    def watched(final: Path, **options):
+        with real(final, **options) as tmp:
             yield tmp
             _current["writes"] = int(_current["writes"]) + 1
             on_write(_current["step"], _current["writes"], Path(final))

@@ -33,7 +33,7 @@ from conftest import Reference, file_hashes
 
 from pipeline import io
 from pipeline.cli import main as cli_main
-from pipeline.crypto.keys import new_key_file
+from pipeline.crypto.keys import KEY_ENVIRONMENT, new_key_file
 from pipeline.errors import ContractError, KeyFileError, KeyMismatchError, PipelineError
 from pipeline.pseudonymised import scan_record_tokens
 from pipeline.pseudonymise.records import QUARANTINE_REASON
@@ -266,7 +266,7 @@ KEY_FAULTS = {
 
 @pytest.mark.parametrize("case", list(KEY_FAULTS))
 def test_a_key_fault_stops_the_run_before_anything_is_tokenised(case, reference, earlier, secrets, tmp_path, monkeypatch, caplog):
-    for name in ("PPRL_KEY", "PPRL_KEY_FILE"):
+    for name in KEY_ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
     make, ending = KEY_FAULTS[case]
     work, earlier_hashes = earlier

@@ -17,13 +17,14 @@ from pipeline.cohort.covariates import COVARIATE_NAMES
 from pipeline.cohort.eligibility import eligible_persons
 from pipeline.cohort.love_plot import draw_love_plot
 from pipeline.cohort.matching import match_nearest
-from pipeline.cohort.outcomes import ALL_PROFILES, DEFAULT_VALUE_SET, read_value_set, with_eq5d_index
+from pipeline.cohort.outcomes import with_eq5d_index
 from pipeline.cohort.outputs import RELEASE_TABLES
 from pipeline.cohort.panel import person_month_panel
 from pipeline.cohort.samples import SAMPLE_NAMES, SampleMatch
 from pipeline.cohort.service_use import MONTH_WINDOWS, SERVICE_TYPES, exact_sum, service_use
 from pipeline.cohort.stage import with_main_sample
 from pipeline.contracts import load_contract, render_dictionary_markdown
+from pipeline.costs import ALL_PROFILES, DEFAULT_VALUE_SET, read_value_set
 from pipeline.errors import ContractError
 from pipeline.settings import MatchingOptions
 

@@ -19,6 +19,7 @@ import jsonschema
 import pytest
 import yaml
 
+from pipeline.crypto.keys import KEY_ENVIRONMENT, KEY_FILE_VARIABLE
 from pipeline.settings import REPO_DIR
 
 COMPOSE = REPO_DIR / "docker-compose.yml"
@@ -213,9 +214,11 @@ def test_workers_scale_and_only_they_hold_the_key(compose, services):
     assert compose["secrets"]["pprl_publishing_key"] == {"file": read_env_file(ENV_EXAMPLE)["PPRL_PUBLISHING_KEY_FILE_HOST"]}
     for name, service in services.items():
         environment = service.get("environment", {})
-        assert "PPRL_KEY" not in environment, f"{name} carries the key in its environment"
+        # Only the key file's path may be in a worker's environment, never the key (pipeline.crypto.keys).
+        carried = set(KEY_ENVIRONMENT) & set(environment)
+        assert carried <= ({KEY_FILE_VARIABLE} if name == "airflow-worker" else set()), f"{name} carries {sorted(carried)}"
         if name != "airflow-worker":
-            assert "secrets" not in service and "PPRL_KEY_FILE" not in environment, f"{name} must not get the key"
+            assert "secrets" not in service, f"{name} must not get the key"
             assert "PPRL_PUBLISHING_KEY_FILE" not in environment, f"{name} must not get the publishing key"
 
 

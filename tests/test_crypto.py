@@ -194,31 +194,34 @@ def test_missing_key_file_says_how_to_make_one(tmp_path):
         read_key_file(tmp_path / "absent.json")
 
 
-def test_a_key_whose_recorded_kid_does_not_match_is_refused(tmp_path, monkeypatch):
-    body = {"kid": "0000000000000000", "key": base64.b64encode(FIXED_KEY).decode()}
-    monkeypatch.setenv("PPRL_KEY", json.dumps(body))
-    with pytest.raises(KeyFileError, match="environment variable PPRL_KEY: the recorded kid does not match"):
-        load_key()
+def test_a_key_whose_recorded_kid_does_not_match_is_refused(tmp_path):
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps({"kid": "0000000000000000", "key": base64.b64encode(FIXED_KEY).decode()}))
+    path.chmod(0o600)
+    with pytest.raises(KeyFileError, match=f"{path}: the recorded kid does not match"):
+        load_key(path)
 
 
-def test_key_from_environment_wins(tmp_path, monkeypatch):
-    body = json.dumps({"key": base64.b64encode(FIXED_KEY).decode()})
-    monkeypatch.setenv("PPRL_KEY", body)
-    key = load_key(tmp_path / "ignored.json")
-    assert key.kid == key_id(FIXED_KEY) and key.source == "environment variable PPRL_KEY"
+def test_an_explicit_key_file_wins_over_the_key_file_variable(tmp_path, monkeypatch):
+    new_key_file(tmp_path / "given.json", random_bytes=FIXED_KEY)
+    new_key_file(tmp_path / "other.json")
+    monkeypatch.setenv("PPRL_KEY_FILE", str(tmp_path / "other.json"))
+    key = load_key(tmp_path / "given.json")
+    assert key.kid == key_id(FIXED_KEY) and key.source == str(tmp_path / "given.json")
 
 
-def test_keys_which_names_the_source_and_kid_never_the_key(monkeypatch, capsys):
+def test_keys_which_names_the_source_and_kid_never_the_key(tmp_path, monkeypatch, capsys):
     from pipeline.crypto.cli_keys import add_keys_parser
     import argparse
 
     parser = argparse.ArgumentParser()
     add_keys_parser(parser.add_subparsers(dest="command"))
-    monkeypatch.setenv("PPRL_KEY", json.dumps({"key": base64.b64encode(FIXED_KEY).decode()}))
+    new_key_file(tmp_path / "key.json", random_bytes=FIXED_KEY)
+    monkeypatch.setenv("PPRL_KEY_FILE", str(tmp_path / "key.json"))
     args = parser.parse_args(["keys", "which"])
     assert args.func(args) == 0
     out = capsys.readouterr().out
-    assert out == f"kid {key_id(FIXED_KEY)} from environment variable PPRL_KEY\n"
+    assert out == f"kid {key_id(FIXED_KEY)} from {tmp_path / 'key.json'}\n"
 
 
 AIRFLOW_KEY_SCRIPT = """
@@ -280,14 +283,16 @@ def test_the_worker_processes_give_the_same_tokens_as_this_process(monkeypatch):
 
 
 def test_the_worker_processes_never_see_the_linkage_key(monkeypatch):
-    monkeypatch.setenv("PPRL_KEY", json.dumps({"key": base64.b64encode(FIXED_KEY).decode()}))
-    monkeypatch.setenv("AIRFLOW_CONN_PPRL_KEY", "secret")
+    from pipeline.crypto.keys import KEY_ENVIRONMENT
+
+    for name in KEY_ENVIRONMENT:
+        monkeypatch.setenv(name, json.dumps({"key": base64.b64encode(FIXED_KEY).decode()}))
     hmac_pool._discard_pool()
     pool = hmac_pool._shared_pool(2)
     try:
         for worker in pool.workers:
             environ = Path(f"/proc/{worker.proc.pid}/environ").read_bytes().split(b"\0")
-            assert not [v for v in environ if v.startswith((b"PPRL_KEY=", b"AIRFLOW_CONN_PPRL_KEY="))]
+            assert not [v for v in environ if v.split(b"=")[0].decode() in KEY_ENVIRONMENT]
             assert base64.b64encode(FIXED_KEY) not in b"".join(environ)
     finally:
         hmac_pool._discard_pool()

@@ -18,7 +18,7 @@ from pipeline.crypto.tokens import study_ids
 from pipeline.cohort.outputs import RELEASE_TABLES
 from pipeline.publish import disclosure
 from pipeline.publish.privacy import check_release_privacy
-from pipeline.pseudonymise.inputs import scan_unit_costs
+from pipeline.costs import scan_unit_costs
 from pipeline.settings import SOURCES, RunConfig
 
 pytestmark = pytest.mark.e2e

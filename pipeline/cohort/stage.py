@@ -23,12 +23,12 @@ from pipeline.cohort.covariates import BASELINE_USE, COVARIATE_NAMES, baseline_u
 from pipeline.cohort.eligibility import age_band, baseline_answers, eligible_persons
 from pipeline.cohort.events import duplicate_counts, linked_events
 from pipeline.cohort.love_plot import draw_love_plot
-from pipeline.cohort.outcomes import DEFAULT_VALUE_SET, read_value_set, survey_outcomes
+from pipeline.cohort.outcomes import survey_outcomes
 from pipeline.cohort.outputs import ARTEFACTS_DIR, LOVE_PLOT, UNIT_COSTS_ARTEFACT, VALUE_SET_ARTEFACT
 from pipeline.cohort.panel import person_month_panel
 from pipeline.cohort.samples import MATCHES_SCHEMA, SampleMatch, match_sample, samples
 from pipeline.cohort.service_use import service_use
-from pipeline.pseudonymise.inputs import scan_unit_costs
+from pipeline.costs import DEFAULT_VALUE_SET, read_value_set, scan_unit_costs
 from pipeline.settings import RunConfig
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,9 @@
     pipeline keys fingerprint /secure/publishing.pem.pub        # the publishing key's fingerprint
 
 Nothing here ever prints the key. The publishing key (Ed25519, `pipeline.publish.signing`) is a
-different key from the linkage key: it signs releases and never touches a token. `which` follows `load_key` exactly (PPRL_KEY, the key file,
-PPRL_KEY_FILE, the Airflow connection, the Airflow variable), so a data engineer can check which
+different key from the linkage key: it signs releases and never touches a token. `which` follows
+`load_key` exactly (the key file, PPRL_KEY_FILE, the Airflow connection, the Airflow variable; a key
+in PPRL_KEY is refused), so a data engineer can check which
 secret a deployment will pick up before starting a run.
 """
 

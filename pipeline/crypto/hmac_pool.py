@@ -36,6 +36,7 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.crypto.hmac_batch import HEX_DIGEST, REQUEST, SEPARATOR, HmacSha256
+from pipeline.crypto.keys import KEY_ENVIRONMENT  # the variables a worker is started without
 
 PARALLEL_MIN_VALUES = 200_000
 # Chunks small enough that both workers stay busy to the end when one core is shared with other
@@ -43,8 +44,6 @@ PARALLEL_MIN_VALUES = 200_000
 CHUNK_VALUES = 131_072
 WORKER_MODULE = "pipeline.crypto.hmac_batch"
 PIPE_BYTES = 1 << 20
-# Environment variables that can hold the linkage key itself (pipeline.crypto.keys.load_key).
-_KEY_VARIABLES = ("PPRL_KEY", "AIRFLOW_CONN_PPRL_KEY", "AIRFLOW_VAR_PPRL_KEY")
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -64,7 +63,7 @@ class _Worker:
     """One worker process, spoken to over its stdin and stdout."""
 
     def __init__(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k.upper() not in _KEY_VARIABLES}
+        env = {k: v for k, v in os.environ.items() if k.upper() not in KEY_ENVIRONMENT}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", WORKER_MODULE],

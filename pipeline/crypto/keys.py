@@ -4,13 +4,18 @@ Key file (token spec v1): JSON `{"kid": ..., "key": <base64 of 32 random bytes>,
 mode 0600. `kid` is the first 8 bytes, in hex, of HMAC-SHA256(key, b"pprl key id").
 
 Where the key comes from, first match wins:
-1. the environment variable `PPRL_KEY` holding the key file's JSON (a secret injected by the platform);
-2. an explicit key file path (the run's `key_file` setting);
-3. the environment variable `PPRL_KEY_FILE` naming a key file;
-4. the Airflow connection `pprl_key`: its password holds the key file's JSON, or its extra holds the
+1. an explicit key file path (the run's `key_file` setting, `--key` on the CLI);
+2. the environment variable `PPRL_KEY_FILE` naming a key file;
+3. the Airflow connection `pprl_key`: its password holds the key file's JSON, or its extra holds the
    key file's fields (`{"key": ..., "kid": ...}`); any secrets backend Airflow is configured with
    serves it, and Airflow masks it in task logs;
-5. the Airflow variable `pprl_key` holding the key file's JSON.
+4. the Airflow variable `pprl_key` holding the key file's JSON.
+
+The key itself in the environment variable `PPRL_KEY` is refused (`KeyEnvironmentError`), whatever
+else is set: an environment variable has no file mode. Every child process inherits it (Airflow
+task processes, validation and token workers that must not hold the key) and any process of the
+same user can read it in /proc/<pid>/environ, so it cannot be held to the rule a key file is (0600,
+owner only). A key file or a secret store can.
 
     >>> test_key = b"pprl-v1 published TEST key #056."  # the published test key
     >>> LinkageKey(key=test_key, kid=key_id(test_key))
@@ -31,7 +36,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.errors import KeyFileError
+from pipeline.errors import KeyEnvironmentError, KeyFileError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,21 @@ KEY_BYTES = 32
 _KID_MESSAGE = b"pprl key id"
 AIRFLOW_CONN_ID = "pprl_key"
 AIRFLOW_VARIABLE = "pprl_key"
+# The key itself in the environment: refused (see the module docstring), named so the refusal can say so.
+KEY_VARIABLE = "PPRL_KEY"
+# A key file's path in the environment.
+KEY_FILE_VARIABLE = "PPRL_KEY_FILE"
+# Every environment variable that holds the key or says where it is, including the forms in which
+# Airflow's environment-variable secrets backend serves the connection and the variable. A child
+# process that does not load the key is started without all of them (pipeline.crypto.hmac_pool;
+# pipeline.validate.workers keeps a copy, checked equal by tests/test_key_boundary.py, because
+# validation must not import this module).
+KEY_ENVIRONMENT: tuple[str, ...] = (
+    KEY_VARIABLE,
+    KEY_FILE_VARIABLE,
+    f"AIRFLOW_CONN_{AIRFLOW_CONN_ID.upper()}",
+    f"AIRFLOW_VAR_{AIRFLOW_VARIABLE.upper()}",
+)
 
 
 @dataclass(frozen=True)
@@ -147,12 +167,11 @@ def _airflow_variable() -> str | None:
 
 def load_key(key_file: str | Path | None = None) -> LinkageKey:
     """Load the linkage key from the first source that has one (see module docstring)."""
-    if os.environ.get("PPRL_KEY"):
-        return _parse(os.environ["PPRL_KEY"], "environment variable PPRL_KEY")
+    refuse_key_in_environment()
     if key_file:
         return read_key_file(Path(key_file))
-    if os.environ.get("PPRL_KEY_FILE"):
-        return read_key_file(Path(os.environ["PPRL_KEY_FILE"]))
+    if os.environ.get(KEY_FILE_VARIABLE):
+        return read_key_file(Path(os.environ[KEY_FILE_VARIABLE]))
     value = _airflow_connection()
     if value:
         return _parse(value, f"Airflow connection {AIRFLOW_CONN_ID}")
@@ -160,6 +179,17 @@ def load_key(key_file: str | Path | None = None) -> LinkageKey:
     if value:
         return _parse(value, f"Airflow variable {AIRFLOW_VARIABLE}")
     raise KeyFileError(
-        "no linkage key: set the run's key_file, PPRL_KEY_FILE or PPRL_KEY, or the Airflow connection "
+        f"no linkage key: set the run's key_file (--key FILE) or {KEY_FILE_VARIABLE}, or the Airflow connection "
         f"{AIRFLOW_CONN_ID} or variable {AIRFLOW_VARIABLE}; make a key with `pipeline keys new --out FILE`"
     )
+
+
+def refuse_key_in_environment() -> None:
+    """Raise KeyEnvironmentError when `PPRL_KEY` is set (it is never read, so never shown)."""
+    if os.environ.get(KEY_VARIABLE):  # set but empty holds no key, and is no leak
+        raise KeyEnvironmentError(
+            f"environment variable {KEY_VARIABLE}: rule 'key only in a 0600 file or a secret store' broken: "
+            "an environment variable is inherited by every child process and readable in /proc/<pid>/environ, "
+            f"and no file mode protects it; unset {KEY_VARIABLE} and give the key as a 0600 file "
+            f"(--key FILE, the run's key_file, or {KEY_FILE_VARIABLE}) or in the Airflow connection {AIRFLOW_CONN_ID}"
+        )

@@ -1,6 +1,26 @@
-"""Stage 2: linkage on tokens. Deterministic ranks 1-5 (pipeline.link.deterministic)."""
+"""Stage 2: linkage on tokens. Deterministic ranks 1-5 (pipeline.link.deterministic).
 
-from pipeline.link.deterministic import RANK_RULES, candidate_pairs, link_deterministic, resolve_links
-from pipeline.link.stage import run_link
+The names below are imported on first use: a package that re-exports imports everything it names,
+and an import chain through here should bring only what its caller uses.
+"""
 
-__all__ = ["RANK_RULES", "candidate_pairs", "link_deterministic", "resolve_links", "run_link"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "RANK_RULES": "pipeline.link.deterministic",
+    "candidate_pairs": "pipeline.link.deterministic",
+    "link_deterministic": "pipeline.link.deterministic",
+    "resolve_links": "pipeline.link.deterministic",
+    "run_link": "pipeline.link.stage",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pipeline.link' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

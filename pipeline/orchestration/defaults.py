@@ -93,7 +93,7 @@ def run_params(*, filled_by_upstream: bool) -> dict[str, Param]:
         "key_file": Param(
             None, type=["null", "string"], title="Key file",
             description="Path of the 0600 linkage key file. Leave empty in production, where the key comes "
-            "from the PPRL_KEY environment variable or the Airflow variable pprl_key.",
+            "from the key file named by PPRL_KEY_FILE on the key holder's workers or the Airflow connection pprl_key.",
             section="Inputs",
         ),
         "publishing_key_file": Param(

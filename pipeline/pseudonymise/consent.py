@@ -256,7 +256,7 @@ def _write_quarantine(cfg: RunConfig, quarantined: pl.DataFrame) -> None:
     if quarantined.height:
         columns = load_contract("consent_register").column_names
         q = quarantined.select(*columns, pl.col("_reason").alias("quarantine_reason")).sort("participant_id")
-        io.write_table(q.to_arrow(), path)
+        io.write_table(q.to_arrow(), path, private=True)  # identifiable rows: 0600 in a 0700 folder
     elif path.exists():
         path.unlink()  # a rerun of the label must not leave the last run's quarantine behind
 

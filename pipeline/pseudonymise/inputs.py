@@ -14,8 +14,9 @@ from typing import Any
 import polars as pl
 
 from pipeline import io
-from pipeline.contracts import ContractError, check_frame, load_contract, parquet_files, scan_checked
-from pipeline.errors import Violation
+from pipeline.costs import scan_unit_costs
+from pipeline.contracts import ContractError, load_contract, parquet_files, scan_checked
+from pipeline.errors import InputOutsideFolderError, Violation
 from pipeline.settings import SOURCES, RunConfig
 
 log = logging.getLogger(__name__)
@@ -26,9 +27,36 @@ REQUIRED_INPUTS: tuple[str, ...] = ("consent_register", "survey", *SOURCES, "pos
 
 def input_path(cfg: RunConfig, dataset: str) -> Path:
     """`<dataset>.parquet` in the raw folder or, for an extract delivered in parts, the folder
-    `<dataset>/` of Parquet files (read in name order, checked together against the contract)."""
+    `<dataset>/` of Parquet files (read in name order, checked together against the contract).
+
+    Every input is found here, so this is where a symbolic link out of the input folder is refused
+    (InputOutsideFolderError): the input folder is what the key holder was given to read, and a
+    link would make the run read, hash and quarantine whatever file it points at, unseen.
+    """
     folder = cfg.raw / dataset
-    return folder if folder.is_dir() and not (cfg.raw / f"{dataset}.parquet").exists() else cfg.raw / f"{dataset}.parquet"
+    path = folder if folder.is_dir() and not (cfg.raw / f"{dataset}.parquet").exists() else cfg.raw / f"{dataset}.parquet"
+    for found in [path, *(parquet_files(path) if path.is_dir() else [])]:
+        _refuse_link_outside(cfg.raw, found)
+    return path
+
+
+def _refuse_link_outside(folder: Path, path: Path) -> None:
+    """Raise InputOutsideFolderError when `path`, links resolved, is not inside `folder`.
+
+    A link to another file inside the folder (a delivery kept in a subfolder, say) is allowed.
+    """
+    inside = Path(folder).resolve()
+    target = Path(path).resolve()
+    if target != inside and inside not in target.parents:
+        raise InputOutsideFolderError(
+            str(
+                Violation(
+                    str(path), None, "inside the input folder",
+                    f"it is a symbolic link to a file outside the input folder {folder}; copy the file into the "
+                    "input folder instead of linking to it (a link to a file inside the folder is allowed)",
+                )
+            )
+        )
 
 
 def input_files(cfg: RunConfig, dataset: str) -> list[Path]:
@@ -45,25 +73,6 @@ def input_hash(path: Path) -> str:
         return io.sha256_file(path)
     listing = "".join(f"{p.name} {io.sha256_file(p)}\n" for p in parquet_files(path))
     return hashlib.sha256(listing.encode()).hexdigest()
-
-
-def scan_unit_costs(path: Path) -> pl.LazyFrame:
-    """The unit-cost table: a CSV (the shipped one, or the user's own) checked against its contract."""
-    contract = load_contract("unit_costs")
-    path = Path(path)
-    if not path.exists():
-        raise ContractError([Violation(str(path), None, "file present", "no unit-cost table there; give the path of one that follows schemas/unit_costs.yaml")])
-    try:
-        df = pl.read_csv(path, schema_overrides=contract.polars_schema())
-    except Exception as exc:
-        raise ContractError([Violation(str(path), None, "readable CSV", f"could not read it as CSV ({type(exc).__name__}); check the header and types")]) from None
-    missing = [c for c in contract.column_names if c not in df.columns]
-    if missing:
-        raise ContractError([Violation(str(path), c, "column present", "add the column") for c in missing])
-    violations = check_frame(df.lazy().select(contract.column_names), contract, str(path))
-    if violations:
-        raise ContractError(violations)
-    return df.lazy().select(contract.column_names)
 
 
 def check_inputs(cfg: RunConfig) -> Path:

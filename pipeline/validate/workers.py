@@ -35,8 +35,10 @@ from typing import Any, BinaryIO
 
 WORKER_MODULE = "pipeline.validate.workers"
 _LENGTH = struct.Struct("<Q")
-# Environment variables that can hold the linkage key itself (pipeline.crypto.keys.load_key).
-_KEY_VARIABLES = ("PPRL_KEY", "AIRFLOW_CONN_PPRL_KEY", "AIRFLOW_VAR_PPRL_KEY")
+# Environment variables that hold the linkage key or say where it is: a copy of
+# pipeline.crypto.keys.KEY_ENVIRONMENT (validation must not import the keys module; a test checks
+# that the two agree). A validation worker is started without them.
+KEY_ENVIRONMENT: tuple[str, ...] = ("PPRL_KEY", "PPRL_KEY_FILE", "AIRFLOW_CONN_PPRL_KEY", "AIRFLOW_VAR_PPRL_KEY")
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 # A worker spends several seconds importing GX before its first batch: below this many rows in a
 # zone, this process alone finishes sooner.
@@ -148,7 +150,7 @@ class _ThisProcess:
 
 class _Worker:
     def __init__(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k.upper() not in _KEY_VARIABLES}
+        env = {k: v for k, v in os.environ.items() if k.upper() not in KEY_ENVIRONMENT}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
         # One core per worker: several workers each running Polars' and Arrow's thread pools on two
         # cores would only take turns.

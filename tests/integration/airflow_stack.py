@@ -471,7 +471,8 @@ class AirflowStack:
     def _airflow_env(self) -> dict[str, str]:
         """The settings docker-compose.yml gives every Airflow container, pointed at local services."""
         db = f"{DB_USER}:{self.db_password}@127.0.0.1:{self.pg_port}/{DB_NAME}"
-        # A key in the test's own environment (PPRL_KEY would win over any file) must not leak in.
+        # A key in the test's own environment must not leak in (PPRL_KEY would be refused, PPRL_KEY_FILE
+        # or PPRL_PUBLISHING_KEY_FILE name another key).
         env = {k: v for k, v in airflow_env(self.home, self.dags_folder).items() if not k.startswith(("PPRL_KEY", "PPRL_PUBLISHING"))}
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         from cryptography.fernet import Fernet
