@@ -204,8 +204,25 @@ def all_contract_names(schemas_dir: Path = SCHEMAS_DIR) -> list[str]:
 
 
 def load_mapping(path: Path) -> tuple[str, dict[str, str]]:
-    """A provider's column mapping: `dataset` and `columns` (provider name -> contract name)."""
-    spec = yaml.safe_load(Path(path).read_text())
+    """A provider's column mapping: `dataset` and `columns` (provider name -> contract name).
+
+    The file comes from a user, so it is read with `safe_load`, and anything that is not plain YAML
+    (a `!!python/...` tag asking to build an object, a syntax error, bytes that are not text) is
+    refused as a named violation rather than a traceback.
+    """
+    try:
+        spec = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        # The problem's line and column, never the text there (the file could hold anything).
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ContractError(
+            [Violation(str(path), None, "plain YAML",
+                       f"the mapping given with --mapping is not plain YAML{where} ({type(exc).__name__}): tags such as "
+                       "!!python/... are never accepted; write `dataset:` and a `columns:` dictionary of plain names")]
+        ) from None
+    except OSError as exc:
+        raise ContractError([Violation(str(path), None, "file present", f"cannot read the mapping given with --mapping ({exc.strerror})")]) from None
     if not isinstance(spec, dict) or "dataset" not in spec or not isinstance(spec.get("columns"), dict):
         raise ContractError(
             [Violation(str(path), None, "mapping format", "a mapping needs `dataset:` and a `columns:` dictionary")],

@@ -38,8 +38,13 @@ class Reference:
 
 
 def release_bytes(folder: Path) -> dict[str, bytes]:
-    """Every file of a release, by name, with its bytes (a release is a flat folder)."""
-    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir())}
+    """Every content file of a release, by name, with its bytes (a release is a flat folder).
+
+    Per-run files (provenance.json: who ran it, when) differ from run to run by design and are left out.
+    """
+    from pipeline.publish.provenance import PER_RUN_FILES
+
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.name not in PER_RUN_FILES}
 
 
 def file_hashes(folder: Path) -> dict[str, str]:

@@ -179,6 +179,10 @@ def test_a_replacement_publishes_its_reports_with_the_release(published) -> None
         assert (cfg.reports_dir / name).is_file(), name
     page = (cfg.reports_dir / "audit.html").read_text(encoding="utf-8")
     assert 'href="data_docs/index.html"' in page
+    # Nothing in the published reports points back into the staging folder they were written in.
+    staged = [name for name, _ in file_hashes(cfg.reports_dir).items()
+              if f"reports/.staging-{RELIABILITY_LABEL}" in (cfg.reports_dir / name).read_bytes().decode("utf-8", "ignore")]
+    assert staged == []
     assert audit_release(cfg.release_dir) == []
 
 

@@ -24,6 +24,7 @@ import polars as pl
 
 from pipeline import io
 from pipeline.publish.privacy import assess_release_privacy
+from pipeline.publish.provenance import PER_RUN_FILES
 
 MANIFEST = "manifest.json"
 
@@ -45,7 +46,9 @@ def _manifest_problems(release_dir: Path) -> tuple[dict | None, list[str]]:
 
 def _file_problems(release_dir: Path, files: dict) -> list[str]:
     problems = []
-    present = {p.name for p in release_dir.iterdir()} - {MANIFEST}
+    # Per-run files (provenance.json) differ from run to run, so the content manifest does not list
+    # them; they are bound to it by the manifest's hash they carry, and signed on their own.
+    present = {p.name for p in release_dir.iterdir()} - {MANIFEST} - set(PER_RUN_FILES)
     for name in sorted(present - set(files)):
         problems.append(f"{name}: not listed in the manifest, so it was added after publication; remove it or republish")
     for name, entry in sorted(files.items()):
