@@ -277,3 +277,14 @@ def test_a_mapping_that_is_not_yaml_is_refused_by_name(tmp_path) -> None:
     mapping.write_text("dataset: [unclosed\n")
     with pytest.raises(ContractError, match="plain YAML"):
         load_mapping(mapping)
+
+
+def test_audit_accepts_provenance_but_not_one_of_another_release(published) -> None:
+    cfg, _ = published
+    assert audit_release(cfg.release_dir) == []
+    path = cfg.release_dir / PROVENANCE
+    provenance = io.read_json(path)
+    io.write_json({**provenance, "manifest_sha256": "0" * 64}, path)
+    assert audit_release(cfg.release_dir) == [
+        f"{PROVENANCE}: names another manifest than this release's (its manifest_sha256 differs); restore it from the archived release"
+    ]

@@ -68,6 +68,22 @@ def _file_problems(release_dir: Path, files: dict) -> list[str]:
     return problems
 
 
+def _provenance_problems(release_dir: Path) -> list[str]:
+    """provenance.json, when there, must name the manifest beside it (it is copied from no other release)."""
+    from pipeline.publish.provenance import PROVENANCE
+
+    path = release_dir / PROVENANCE
+    if not path.is_file():
+        return []
+    try:
+        named = json.loads(path.read_text()).get("manifest_sha256")
+    except (ValueError, AttributeError):
+        return [f"{PROVENANCE}: not a JSON object; restore it from the archived release"]
+    if named != io.sha256_file(release_dir / MANIFEST):
+        return [f"{PROVENANCE}: names another manifest than this release's (its manifest_sha256 differs); restore it from the archived release"]
+    return []
+
+
 def audit_release(release_dir: Path) -> list[str]:
     """Every problem found, one sentence each naming the file (and column and rule); empty means OK."""
     release_dir = Path(release_dir)
@@ -75,6 +91,7 @@ def audit_release(release_dir: Path) -> list[str]:
     if manifest is None:
         return problems
     problems += _file_problems(release_dir, manifest["files"])
+    problems += _provenance_problems(release_dir)
     privacy = assess_release_privacy(release_dir)
     problems += [f"privacy rule broken: {v}" for v in privacy.blocking]
     at_publication = {r.get("rule"): r.get("result") for r in (manifest.get("privacy") or {}).get("rules", [])}
