@@ -349,15 +349,20 @@ def _not_parquet_detail(path: Path, exc: Exception) -> str:
     return f"the file is damaged ({type(exc).__name__} reading its footer); export it again as Parquet"
 
 
+def missing_file_detail(path: Path) -> str:
+    """What to do about an input file that is not there (naming a look-alike such as a CSV, if any)."""
+    path = Path(path)
+    others = sorted(p.name for p in path.parent.glob(f"{path.stem}.*") if p != path) if path.parent.is_dir() else []
+    if others:
+        return f"the file does not exist, but {', '.join(others)} does; deliver the extract as Parquet, named {path.name}"
+    return "the file does not exist; check the input folder"
+
+
 def read_parquet_schema(path: Path) -> pa.Schema:
     """The file's Arrow schema, or a ContractError saying the file is missing or not readable Parquet."""
     path = Path(path)
     if not path.exists():
-        others = sorted(p.name for p in path.parent.glob(f"{path.stem}.*") if p != path) if path.parent.is_dir() else []
-        detail = "the file does not exist; check the input folder"
-        if others:
-            detail = f"the file does not exist, but {', '.join(others)} does; deliver the extract as Parquet, named {path.name}"
-        raise ContractError([Violation(str(path), None, "file present", detail)])
+        raise ContractError([Violation(str(path), None, "file present", missing_file_detail(path))])
     if path.is_dir():
         raise ContractError([Violation(str(path), None, "readable Parquet", "a folder, not a Parquet file; give the path of a file")])
     try:

@@ -58,6 +58,7 @@ def _label_problems(cfg: RunConfig) -> list[Violation]:
 
 
 def _input_problems(cfg: RunConfig) -> list[Violation]:
+    from pipeline.contracts import missing_file_detail
     from pipeline.pseudonymise.inputs import REQUIRED_INPUTS, input_path
 
     raw = cfg.raw
@@ -76,7 +77,7 @@ def _input_problems(cfg: RunConfig) -> list[Violation]:
             out.append(
                 Violation(
                     str(path), None, "file present",
-                    f"does not exist; check the input folder ({setting('raw_dir')}): every run needs {dataset}.parquet "
+                    f"{missing_file_detail(path)} ({setting('raw_dir')}); every run needs {dataset}.parquet "
                     f"or a folder {dataset}/ of Parquet parts",
                 )
             )  # fmt: skip
