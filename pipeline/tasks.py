@@ -41,7 +41,7 @@ def preflight(conf: Conf, run: Run = None) -> str:
     # A new run of the label: the staging folder's reports, if any, are an earlier failed run's,
     # and mixing them with this run's would misdescribe it.
     shutil.rmtree(cfg.reports_staging_dir, ignore_errors=True)
-    record_run(cfg, "pprl_pseudonymise", run)
+    record_run(cfg, "pprl_pseudonymise", run, input_folder=cfg.raw_dir)
     return str(cfg.reports_staging_dir)
 
 

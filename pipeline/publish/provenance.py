@@ -67,11 +67,18 @@ def merge_run(
     return [r for r in runs if r.get("dag_id") != entry["dag_id"]] + [entry]
 
 
-def record_run(cfg: RunConfig, dag_id: str, run: Mapping[str, Any] | None = None) -> Path:
-    """Record the run of `dag_id` (first task of each DAG) in the run's reports staging folder."""
+def record_run(cfg: RunConfig, dag_id: str, run: Mapping[str, Any] | None = None, *, input_folder: str | None = None) -> Path:
+    """Record the run of `dag_id` (first task of each DAG) in the run's reports staging folder.
+
+    `input_folder` is given by the pseudonymise DAG's task, the one that reads it: publishing code
+    never touches the raw zone, not even its settings (tests/test_governance.py).
+    """
     path = cfg.reports_staging_dir / RUNS
     runs = io.read_json(path) if path.is_file() else []
-    return io.write_json(merge_run(runs, dag_id, run), path)
+    runs = merge_run(runs, dag_id, run)
+    if input_folder is not None:
+        runs[-1]["input_folder"] = input_folder
+    return io.write_json(runs, path)
 
 
 def provenance(cfg: RunConfig, manifest_sha256: str) -> dict[str, Any]:
@@ -87,7 +94,7 @@ def provenance(cfg: RunConfig, manifest_sha256: str) -> dict[str, Any]:
         "triggered_by": runs[0]["triggered_by"] if runs else os_user(),
         "started": min((r["started"] for r in runs), default=None),
         "finished": utc_now(),
-        "input_folder": cfg.raw_dir,
+        "input_folder": next((r["input_folder"] for r in runs if r.get("input_folder")), None),
         "work_folder": cfg.work_dir,
         "replaced_an_existing_release": cfg.release_dir.exists(),
     }
