@@ -19,7 +19,7 @@ from __future__ import annotations
 from airflow.sdk import PartitionedAssetTimetable, dag, get_current_context, task
 
 from pipeline.orchestration.assets import LINK_DAG, LINKED, PSEUDONYMISED
-from pipeline.orchestration.conf import announce, resolve_conf
+from pipeline.orchestration.conf import announce, resolve_conf, run_facts
 from pipeline.orchestration.defaults import default_args, run_params
 
 
@@ -41,7 +41,8 @@ def pprl_link():
     def link() -> str:
         from pipeline import tasks
 
-        return tasks.link(resolve_conf(get_current_context()))
+        context = get_current_context()
+        return tasks.link(resolve_conf(context), run=run_facts(context))
 
     @task(outlets=[LINKED])
     def validate_linked() -> str:

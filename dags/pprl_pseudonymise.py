@@ -6,6 +6,7 @@ the REST API or the CLI with the run settings below; the other two follow throug
 
 | task | calls | writes |
 | --- | --- | --- |
+| `preflight` | `pipeline.tasks.preflight` | nothing but the run's record: checks, before any work, that the label is free (or `replace_release` is set), the inputs, key file and unit-cost table are there; lists every problem at once |
 | `check_inputs` | `pipeline.tasks.check_inputs` | input manifest: every extract checked against its contract in `schemas/`, with hashes and row counts |
 | `consent_gate` | `pipeline.tasks.consent_gate` | pseudonymised persons: consented, not-withdrawn participants only, tokenised |
 | `pseudonymise_source` | `pipeline.tasks.pseudonymise_source` | one mapped task per service-use source (named by source in the UI) |
@@ -25,7 +26,7 @@ from __future__ import annotations
 from airflow.sdk import dag, get_current_context, task
 
 from pipeline.orchestration.assets import PSEUDONYMISE_DAG, PSEUDONYMISED
-from pipeline.orchestration.conf import announce, resolve_conf
+from pipeline.orchestration.conf import announce, resolve_conf, run_facts
 from pipeline.orchestration.defaults import default_args, run_params
 from pipeline.settings import SOURCES
 
@@ -43,6 +44,13 @@ from pipeline.settings import SOURCES
 def pprl_pseudonymise():
     # Each task resolves the run's conf itself instead of pulling it from an upstream task's XCom, so
     # any one task can be cleared and rerun on its own and still sees the same settings.
+    @task
+    def preflight() -> str:
+        from pipeline import tasks
+
+        context = get_current_context()
+        return tasks.preflight(resolve_conf(context), run=run_facts(context))
+
     @task
     def check_inputs() -> str:
         from pipeline import tasks
@@ -74,7 +82,7 @@ def pprl_pseudonymise():
         announce(context, PSEUDONYMISED, conf, path)
         return path
 
-    check_inputs() >> consent_gate() >> pseudonymise_source.expand(source=list(SOURCES)) >> validate_pseudonymised()
+    preflight() >> check_inputs() >> consent_gate() >> pseudonymise_source.expand(source=list(SOURCES)) >> validate_pseudonymised()
 
 
 pprl_pseudonymise()

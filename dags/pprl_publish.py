@@ -9,10 +9,11 @@ the settings carried on that asset event (the Params below are then ignored).
 | `build_cohort` | `pipeline.tasks.build_cohort` | matched MDT / comparator cohorts, balance diagnostics, service use and costs |
 | `stage_release` | `pipeline.tasks.stage_release` | the release in `releases/.staging-<release_label>/`, with manifest and data dictionary |
 | `validate_release` | `pipeline.tasks.validate_release` | privacy checks and Great Expectations on the staged release; a failure removes it and stops the run |
-| `publish_release` | `pipeline.tasks.publish_release` | hashes every file into the manifest, writes the audit page `reports/<release_label>/audit.html`, renames the staged folder to `releases/<release_label>/`; emits asset `pprl_release` |
+| `publish_release` | `pipeline.tasks.publish_release` | hashes every file into the manifest, writes `provenance.json` (run ids, who, when) and the audit page, renames the staged folder to `releases/<release_label>/` and the run's reports to `reports/<release_label>/`; emits asset `pprl_release` |
 
-Write-audit-publish: nothing appears under `releases/<release_label>/` until every check has passed,
-so a failed run leaves earlier releases untouched. An existing release is only replaced when the run
+Write-audit-publish: nothing appears under `releases/<release_label>/` or `reports/<release_label>/`
+until every check has passed, so a failed run leaves earlier releases and their reports untouched; its
+own reports are in `reports/.staging-<release_label>/`. An existing release is only replaced when the run
 sets `replace_release`. The return value of `publish_release` (see its XCom) is the release folder
 economists read.
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 from airflow.sdk import PartitionedAssetTimetable, dag, get_current_context, task
 
 from pipeline.orchestration.assets import LINKED, PUBLISH_DAG, RELEASE
-from pipeline.orchestration.conf import announce, resolve_conf
+from pipeline.orchestration.conf import announce, resolve_conf, run_facts
 from pipeline.orchestration.defaults import default_args, run_params
 
 
@@ -43,7 +44,8 @@ def pprl_publish():
     def build_cohort() -> str:
         from pipeline import tasks
 
-        return tasks.build_cohort(resolve_conf(get_current_context()))
+        context = get_current_context()
+        return tasks.build_cohort(resolve_conf(context), run=run_facts(context))
 
     @task
     def stage_release() -> str:

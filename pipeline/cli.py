@@ -33,6 +33,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from pipeline.orchestration.embedded import run_embedded
+    from pipeline.preflight import preflight
     from pipeline.settings import RunConfig
 
     conf = {"raw_dir": args.raw, "work_dir": args.work, "release_label": args.release, "key_file": args.key}
@@ -44,6 +45,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.replace:
         conf["replace_release"] = True
     cfg = RunConfig.from_conf(conf)
+    # Every problem a look can find (label taken, inputs, key file, unit costs) stops the run here, in
+    # a second, before Airflow starts; the DAG's own preflight task checks again for other triggers.
+    preflight(cfg)
     airflow_home = Path(args.airflow_home) if args.airflow_home else default_airflow_home(cfg)
     result = run_embedded(cfg.to_conf(), airflow_home)
     print()

@@ -204,8 +204,25 @@ def all_contract_names(schemas_dir: Path = SCHEMAS_DIR) -> list[str]:
 
 
 def load_mapping(path: Path) -> tuple[str, dict[str, str]]:
-    """A provider's column mapping: `dataset` and `columns` (provider name -> contract name)."""
-    spec = yaml.safe_load(Path(path).read_text())
+    """A provider's column mapping: `dataset` and `columns` (provider name -> contract name).
+
+    The file comes from a user, so it is read with `safe_load`, and anything that is not plain YAML
+    (a `!!python/...` tag asking to build an object, a syntax error, bytes that are not text) is
+    refused as a named violation rather than a traceback.
+    """
+    try:
+        spec = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        # The problem's line and column, never the text there (the file could hold anything).
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ContractError(
+            [Violation(str(path), None, "plain YAML",
+                       f"the mapping given with --mapping is not plain YAML{where} ({type(exc).__name__}): tags such as "
+                       "!!python/... are never accepted; write `dataset:` and a `columns:` dictionary of plain names")]
+        ) from None
+    except OSError as exc:
+        raise ContractError([Violation(str(path), None, "file present", f"cannot read the mapping given with --mapping ({exc.strerror})")]) from None
     if not isinstance(spec, dict) or "dataset" not in spec or not isinstance(spec.get("columns"), dict):
         raise ContractError(
             [Violation(str(path), None, "mapping format", "a mapping needs `dataset:` and a `columns:` dictionary")],
@@ -332,15 +349,20 @@ def _not_parquet_detail(path: Path, exc: Exception) -> str:
     return f"the file is damaged ({type(exc).__name__} reading its footer); export it again as Parquet"
 
 
+def missing_file_detail(path: Path) -> str:
+    """What to do about an input file that is not there (naming a look-alike such as a CSV, if any)."""
+    path = Path(path)
+    others = sorted(p.name for p in path.parent.glob(f"{path.stem}.*") if p != path) if path.parent.is_dir() else []
+    if others:
+        return f"the file does not exist, but {', '.join(others)} does; deliver the extract as Parquet, named {path.name}"
+    return "the file does not exist; check the input folder"
+
+
 def read_parquet_schema(path: Path) -> pa.Schema:
     """The file's Arrow schema, or a ContractError saying the file is missing or not readable Parquet."""
     path = Path(path)
     if not path.exists():
-        others = sorted(p.name for p in path.parent.glob(f"{path.stem}.*") if p != path) if path.parent.is_dir() else []
-        detail = "the file does not exist; check the input folder"
-        if others:
-            detail = f"the file does not exist, but {', '.join(others)} does; deliver the extract as Parquet, named {path.name}"
-        raise ContractError([Violation(str(path), None, "file present", detail)])
+        raise ContractError([Violation(str(path), None, "file present", missing_file_detail(path))])
     if path.is_dir():
         raise ContractError([Violation(str(path), None, "readable Parquet", "a folder, not a Parquet file; give the path of a file")])
     try:

@@ -71,3 +71,17 @@ class SignatureError(PipelineError):
 
 class ReleaseLogError(PipelineError):
     """The hash-chained release log is unreadable, broken, or does not record a release as published."""
+
+
+class PreflightError(ContractError):
+    """A run cannot start: its settings, inputs, key file or release label are not ready.
+
+    Raised before any work, with every problem listed. A ContractError, because each problem is a
+    Violation naming the file (or folder) and the rule, like a broken input contract.
+    """
+
+    def __init__(self, violations: list[Violation]):
+        super().__init__(violations)
+        lines = [f"the run cannot start: {len(self.violations)} problem(s), nothing was done:"]
+        lines += [f"  - {v}" for v in self.violations]
+        Exception.__init__(self, "\n".join(lines))

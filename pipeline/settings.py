@@ -17,7 +17,33 @@ from typing import Any, Literal
 from pipeline.errors import PipelineError
 
 SOURCES: tuple[str, ...] = ("hospital_apc", "hospital_ae", "hospital_op", "gp_events", "social_care")
-LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# A label names a folder in every zone, so the whole string must match: always `fullmatch`, never
+# `match` with `$`, which also matches before a trailing newline ("r1\n" would pass and show as "r1").
+LABEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# The same rule for JSON Schema (the Airflow trigger form): jsonschema searches with Python's `re`, where
+# `$` matches before a trailing newline too; "not followed by any character" ends the string in both
+# Python and the browser's ECMAScript.
+LABEL_SCHEMA_PATTERN = rf"^(?:{LABEL_PATTERN.pattern})(?![\s\S])"
+
+# How a user sets each run setting: the flag of `pipeline run`, or the Param of the Airflow trigger
+# form (the RunConfig field name). Messages name both, because the same code serves both (`setting`).
+CLI_FLAGS: dict[str, str] = {
+    "raw_dir": "--raw", "work_dir": "--work", "release_label": "--release", "key_file": "--key",
+    "replace_release": "--replace", "study_start": "--study-start", "study_end": "--study-end",
+    "extract_date": "--extract-date", "unit_costs": "--unit-costs",
+}  # fmt: skip
+
+
+def setting(name: str) -> str:
+    """How a message names a run setting, in the words of whoever set it.
+
+    >>> setting("raw_dir")
+    '--raw (Airflow Param raw_dir)'
+    >>> setting("ratio")
+    'Airflow Param ratio'
+    """
+    flag = CLI_FLAGS.get(name)
+    return f"{flag} (Airflow Param {name})" if flag else f"Airflow Param {name}"
 # The policies of RunConfig.small_groups; what each does is in pipeline.publish.disclosure.
 SMALL_GROUP_POLICIES: tuple[str, ...] = ("suppress", "coarsen", "block")
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -77,17 +103,18 @@ class RunConfig:
         if self.small_groups not in SMALL_GROUP_POLICIES:
             choices = ", ".join(repr(p) for p in SMALL_GROUP_POLICIES)
             raise PipelineError(f"small_groups must be one of {choices} (got {self.small_groups!r})")
-        if not LABEL_PATTERN.match(self.release_label):
+        if not isinstance(self.release_label, str) or not LABEL_PATTERN.fullmatch(self.release_label):
             raise PipelineError(
-                "release_label must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a letter or digit"
+                f"{setting('release_label')} must be 1-64 characters of letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit, and nothing else (no space or line break)"
             )
         for name in ("study_start", "study_end", "extract_date"):
             try:
                 dt.date.fromisoformat(getattr(self, name))
             except ValueError:
-                raise PipelineError(f"{name} must be a date written YYYY-MM-DD") from None
+                raise PipelineError(f"{setting(name)} must be a date written YYYY-MM-DD") from None
         if self.study_start >= self.study_end:
-            raise PipelineError("study_start must be before study_end")
+            raise PipelineError(f"{setting('study_start')} must be before {setting('study_end')}")
         if self.run_date is not None:
             try:
                 dt.date.fromisoformat(self.run_date)
@@ -153,7 +180,20 @@ class RunConfig:
 
     @property
     def reports_dir(self) -> Path:
+        """The published reports of the label: written only by publish_release, with the release.
+
+        Nothing else writes here; a run writes its reports to `reports_staging_dir`.
+        """
         return self.work / "reports" / self.release_label
+
+    @property
+    def reports_staging_dir(self) -> Path:
+        """Where this run writes its reports (validation, Data Docs, privacy, audit page, ...).
+
+        publish_release moves the folder to `reports_dir` in the same step as the release, so a failed
+        or refused run never changes the reports of a published release; its own stay here to read.
+        """
+        return self.work / "reports" / f".staging-{self.release_label}"
 
     @property
     def start(self) -> dt.date:

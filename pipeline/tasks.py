@@ -2,7 +2,11 @@
 pipeline.settings.RunConfig), does its work idempotently, and returns the path it wrote.
 
 DAG files in dags/ only wire these together; nothing here imports Airflow. Only the pseudonymise
-tasks load the key.
+tasks load the key. The first task of each DAG takes `run`, the Airflow facts of its DAG run
+(`pipeline.orchestration.conf.run_facts`; None without Airflow), for the release's provenance.
+
+Every report a run writes goes to `cfg.reports_staging_dir`; publish_release moves it to
+`cfg.reports_dir` with the release, so a failed run never changes a published release's reports.
 """
 
 from __future__ import annotations
@@ -13,10 +17,32 @@ from typing import Any
 from pipeline.settings import SOURCES, RunConfig
 
 Conf = dict[str, Any]
+Run = dict[str, Any] | None
 
 
 def _cfg(conf: Conf) -> RunConfig:
     return RunConfig.from_conf(conf)
+
+
+def preflight(conf: Conf, run: Run = None) -> str:
+    """Check the run can start (pipeline.preflight), before any work; then open its reports staging
+    folder afresh and record the run. Returns the reports staging folder."""
+    import shutil
+
+    from pipeline.preflight import preflight as check
+    from pipeline.publish.provenance import record_run
+    from pipeline.publish.release import finish_interrupted_publish
+
+    cfg = _cfg(conf)
+    # A publication killed between renaming the release and its reports is finished first, so the
+    # reports of the release in place are never mistaken for this run's leftovers.
+    finish_interrupted_publish(cfg)
+    check(cfg)
+    # A new run of the label: the staging folder's reports, if any, are an earlier failed run's,
+    # and mixing them with this run's would misdescribe it.
+    shutil.rmtree(cfg.reports_staging_dir, ignore_errors=True)
+    record_run(cfg, "pprl_pseudonymise", run, input_folder=cfg.raw_dir)
+    return str(cfg.reports_staging_dir)
 
 
 def check_inputs(conf: Conf) -> str:
@@ -64,7 +90,7 @@ def validate_pseudonymised(conf: Conf) -> str:
         quarantined = cfg.quarantine_dir / f"{dataset}.parquet"
         if quarantined.exists():
             raw[f"{dataset}{QUARANTINE_SUFFIX}"] = [quarantined]
-    validate_files("raw", raw, cfg.reports_dir, cfg.release_label, parameters=parameters)
+    validate_files("raw", raw, cfg.reports_staging_dir, cfg.release_label, parameters=parameters)
 
     d = cfg.pseudonymised_dir
     files: dict[str, list[Path]] = {"pseudo_persons": [d / "persons.parquet"], "survey": [d / "survey.parquet"]}
@@ -72,14 +98,20 @@ def validate_pseudonymised(conf: Conf) -> str:
     files["record_blocks"] = [records_path(d, s) for s in SOURCES]
     for s in SOURCES:
         files[payload_contract(s).name] = [d / "payload" / f"{s}.parquet"]
-    return str(validate_files("pseudonymised", files, cfg.reports_dir, cfg.release_label, parameters=parameters))
+    return str(validate_files("pseudonymised", files, cfg.reports_staging_dir, cfg.release_label, parameters=parameters))
 
 
-def link(conf: Conf) -> str:
+def link(conf: Conf, run: Run = None) -> str:
     """Deterministic ranks 1-5 over every source. Returns the link map path."""
     from pipeline.link import run_link
+    from pipeline.publish.provenance import record_run
 
-    return str(run_link(_cfg(conf)))
+    from pipeline.publish.release import finish_interrupted_publish
+
+    cfg = _cfg(conf)
+    finish_interrupted_publish(cfg)  # first task of its DAG: see preflight
+    record_run(cfg, "pprl_link", run)
+    return str(run_link(cfg))
 
 
 def validate_linked(conf: Conf) -> str:
@@ -87,13 +119,19 @@ def validate_linked(conf: Conf) -> str:
 
     cfg = _cfg(conf)
     files = {"link_map": [cfg.linked_dir / "link_map.parquet"]}
-    return str(validate_files("linked", files, cfg.reports_dir, cfg.release_label, parameters=run_parameters(cfg)))
+    return str(validate_files("linked", files, cfg.reports_staging_dir, cfg.release_label, parameters=run_parameters(cfg)))
 
 
-def build_cohort(conf: Conf) -> str:
-    from pipeline.cohort import build_cohort as run
+def build_cohort(conf: Conf, run: Run = None) -> str:
+    from pipeline.cohort import build_cohort as build
+    from pipeline.publish.provenance import record_run
 
-    return str(run(_cfg(conf)))
+    from pipeline.publish.release import finish_interrupted_publish
+
+    cfg = _cfg(conf)
+    finish_interrupted_publish(cfg)  # first task of its DAG: see preflight
+    record_run(cfg, "pprl_publish", run)
+    return str(build(cfg))
 
 
 def stage_release(conf: Conf) -> str:
@@ -116,7 +154,7 @@ def publish_release(conf: Conf) -> str:
 
 # The order the embedded runner and tests run the stages in, without Airflow.
 STAGES: tuple[str, ...] = (
-    "check_inputs", "consent_gate", "pseudonymise_source", "validate_pseudonymised",
+    "preflight", "check_inputs", "consent_gate", "pseudonymise_source", "validate_pseudonymised",
     "link", "validate_linked", "build_cohort", "stage_release", "validate_release", "publish_release",
 )  # fmt: skip
 

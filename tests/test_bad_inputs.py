@@ -34,7 +34,7 @@ from conftest import Reference, file_hashes
 from pipeline import io
 from pipeline.cli import main as cli_main
 from pipeline.crypto.keys import KEY_ENVIRONMENT, new_key_file
-from pipeline.errors import ContractError, KeyFileError, KeyMismatchError, PipelineError
+from pipeline.errors import ContractError, KeyFileError, KeyMismatchError, PipelineError, PreflightError
 from pipeline.pseudonymised import scan_record_tokens
 from pipeline.pseudonymise.records import QUARANTINE_REASON
 from pipeline.pseudonymise.row_rules import DATE_OF_BIRTH
@@ -264,6 +264,9 @@ KEY_FAULTS = {
 }
 
 
+PREFLIGHT_KEY_RULES = {"missing key file": "key file present", "group-readable key file": "key file private"}
+
+
 @pytest.mark.parametrize("case", list(KEY_FAULTS))
 def test_a_key_fault_stops_the_run_before_anything_is_tokenised(case, reference, earlier, secrets, tmp_path, monkeypatch, caplog):
     for name in KEY_ENVIRONMENT:
@@ -276,8 +279,16 @@ def test_a_key_fault_stops_the_run_before_anything_is_tokenised(case, reference,
     conf["key_file"] = str(key_file)
     caplog.set_level(logging.DEBUG, logger="pipeline")
 
-    with pytest.raises(KeyFileError) as failed:
+    # The pre-flight check finds it first, from the file's mode alone, before any work.
+    with pytest.raises(PreflightError) as refused:
         stage_runner.run_steps(conf)
+    (violation,) = refused.value.violations
+    assert violation.file == str(key_file) and violation.rule in PREFLIGHT_KEY_RULES[case]
+    assert_no_value_in(str(refused.value) + caplog.text, secrets)
+    assert not (work / "pseudonymised" / label).exists()
+    # A task cleared and rerun on its own skips the pre-flight check; the key holder's task refuses too.
+    with pytest.raises(KeyFileError) as failed:
+        stage_runner.run_steps(conf, first="check_inputs")
     assert str(failed.value) == f"{key_file}: " + ending.format(path=key_file)
     assert_no_value_in(str(failed.value) + caplog.text, secrets)
     # Stopped at the consent gate, the first task that needs the key: no token was written.

@@ -71,6 +71,7 @@ def leftovers(work: Path) -> list[str]:
     """Temporary files and folders a run must not leave behind once it has succeeded."""
     found = [p for p in work.rglob("*.tmp") if "data_docs" not in p.parts]
     found += list((work / "releases").glob(".staging-*")) + list((work / "releases").glob(".old-*"))
+    found += list((work / "reports").glob(".staging-*")) + list((work / "reports").glob(".old-*"))
     found += list((work / "linked").glob("*/.work")) + list(work.rglob(".publishing"))
     return sorted(str(p.relative_to(work)) for p in found)
 
@@ -115,7 +116,9 @@ def test_a_run_killed_in_the_middle_of_a_stage_reruns_to_the_same_release(refere
         # Nothing published, and nothing that looks like a release, before the rename at the end.
         assert not cfg.release_dir.exists()
     else:
-        assert final == cfg.reports_dir / "audit.html" and cfg.release_dir.is_dir() and not cfg.staging_dir.exists()
+        # Killed between the release's rename and its reports': the page is written into the run's
+        # reports, which are not yet in place.
+        assert final == cfg.reports_staging_dir / "audit.html" and cfg.release_dir.is_dir() and not cfg.staging_dir.exists()
 
     stage_runner.run_steps(conf, first=step)  # the retry of the killed task, then everything after it
 
@@ -146,7 +149,8 @@ def test_a_source_killed_while_pseudonymised_is_rewritten_identically(reference:
         return {p.name + p.parent.name: p.read_bytes() for p in files if p.exists()}
 
     assert outputs(RunConfig.from_conf(conf)) == outputs(reference.cfg)
-    assert leftovers(work) == []
+    # A run in progress keeps its reports in the staging folder until publication.
+    assert leftovers(work) == [f"reports/.staging-{RELIABILITY_LABEL}"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -165,10 +169,12 @@ def test_publishing_an_existing_label_is_refused_and_leaves_it_untouched(publish
     conf, work = published_copy
     cfg = RunConfig.from_conf(conf)
     before = file_hashes(cfg.release_dir)
-    with pytest.raises(ReleaseExistsError, match=f"release '{RELIABILITY_LABEL}' already exists.*set replace_release"):
+    reports = file_hashes(cfg.reports_dir)
+    with pytest.raises(ReleaseExistsError, match=f"release '{RELIABILITY_LABEL}' already exists.*--replace.*replace_release"):
         stage_runner.run_steps(conf, first="stage_release")
-    assert file_hashes(cfg.release_dir) == before
-    assert leftovers(work) == []
+    assert file_hashes(cfg.release_dir) == before and file_hashes(cfg.reports_dir) == reports
+    # Only the refused run's own reports are left, for the engineer to read.
+    assert leftovers(work) == [f"reports/.staging-{RELIABILITY_LABEL}"]
 
 
 def test_replacing_a_label_when_asked_gives_the_same_bytes_for_the_same_inputs(published_copy) -> None:

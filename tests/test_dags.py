@@ -121,6 +121,8 @@ def test_every_dag_has_the_run_params_with_descriptions(dagbag):
 
 def test_tasks_and_their_order(dagbag):
     pseudonymise = dagbag["dags"][PSEUDONYMISE_DAG]["tasks"]
+    assert pseudonymise["preflight"]["upstream"] == []
+    assert pseudonymise["check_inputs"]["upstream"] == ["preflight"]
     assert pseudonymise["consent_gate"]["upstream"] == ["check_inputs"]
     assert pseudonymise["pseudonymise_source"]["mapped"]
     assert pseudonymise["pseudonymise_source"]["upstream"] == ["consent_gate"]
@@ -330,7 +332,7 @@ from pathlib import Path
 import pipeline.tasks as tasks
 
 def stub(name):
-    def run(conf, *args):
+    def run(conf, *args, **airflow_facts):
         out = Path(conf["work_dir"]) / "stub" / conf["release_label"] / "-".join((name,) + args)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(conf, sort_keys=True))
@@ -342,7 +344,7 @@ for name in %r:
 """
 
 TASKS = (
-    "check_inputs", "consent_gate", "pseudonymise_source", "validate_pseudonymised", "link",
+    "preflight", "check_inputs", "consent_gate", "pseudonymise_source", "validate_pseudonymised", "link",
     "validate_linked", "build_cohort", "stage_release", "validate_release", "publish_release",
 )
 
@@ -361,7 +363,7 @@ def test_pipeline_dags_run_in_order_with_one_conf(tmp_path, monkeypatch):
     assert [run["state"] for run in result["dags"].values()] == ["success"] * 3
     labels = [task["label"] for task in result["dags"][PSEUDONYMISE_DAG]["tasks"]]
     assert sorted(labels) == sorted(
-        ["check_inputs", "consent_gate", "validate_pseudonymised"] + [f"pseudonymise_source[{s}]" for s in SOURCES]
+        ["preflight", "check_inputs", "consent_gate", "validate_pseudonymised"] + [f"pseudonymise_source[{s}]" for s in SOURCES]
     )
     stub = tmp_path / "work" / "stub" / "r1"
     assert result["release_path"] == str(stub / "publish_release")

@@ -82,7 +82,7 @@ def test_manual_downstream_run_without_inputs_says_what_to_set():
 
 
 def test_invalid_settings_are_refused_with_the_pipeline_message():
-    with pytest.raises(PipelineError, match="release_label must be"):
+    with pytest.raises(PipelineError, match=r"--release \(Airflow Param release_label\) must be"):
         resolve_conf({"params": form(release_label="no spaces please"), "dag_run": None})
 
 

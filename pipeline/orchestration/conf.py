@@ -17,6 +17,7 @@ without a metadata database.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -144,3 +145,22 @@ def _partition_key(context: Mapping[str, Any]) -> str | None:
     if key is None:
         key = getattr(context.get("dag_run"), "partition_key", None)
     return key
+
+
+def run_facts(context: Mapping[str, Any]) -> dict[str, Any]:
+    """Who started this DAG run and when, from the task context, for the release's provenance.
+
+    Read as plain attributes of `dag_run` (Airflow 3.3's DagRunProtocol: `run_id`, `run_type`,
+    `triggering_user_name`, `start_date`), so this stays testable without Airflow. These facts go
+    into `provenance.json`, never into the conf: the conf is part of the content manifest.
+    """
+    dag_run = context.get("dag_run")
+    started = getattr(dag_run, "start_date", None)
+    run_type = getattr(dag_run, "run_type", None)
+    return {
+        "dag_id": getattr(dag_run, "dag_id", None),
+        "run_id": getattr(dag_run, "run_id", None),
+        "run_type": getattr(run_type, "value", run_type),
+        "triggered_by": getattr(dag_run, "triggering_user_name", None),
+        "started": started.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if started else None,
+    }

@@ -12,7 +12,7 @@ from typing import Any
 
 from airflow.sdk import ExceptionRetryPolicy, Param, RetryAction, RetryRule
 
-from pipeline.settings import LABEL_PATTERN, MatchingOptions, RunConfig
+from pipeline.settings import LABEL_SCHEMA_PATTERN, MatchingOptions, RunConfig
 
 OWNER = "pprl"
 RETRIES = 2
@@ -72,7 +72,7 @@ def run_params(*, filled_by_upstream: bool) -> dict[str, Param]:
         ),
         "release_label": Param(
             **required,
-            pattern=LABEL_PATTERN.pattern,
+            pattern=LABEL_SCHEMA_PATTERN,
             title="Release label",
             description="Name of this run and its release: 1-64 letters, digits, '.', '_' or '-'. "
             "Every zone keeps one folder per label, so runs of different labels never share a file." + how,

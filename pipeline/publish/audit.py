@@ -35,6 +35,7 @@ from pipeline.publish import release_log, signing
 from pipeline.publish.disclosure import control_count
 from pipeline.publish.privacy import assess_release_privacy
 from pipeline.publish.signing import MANIFEST, TrustedKey, show_fingerprint, trusted_key
+from pipeline.publish.provenance import PER_RUN_FILES
 
 NO_TRUSTED_KEY = (
     "no trusted publishing key was given, so nothing shows who signed this release (anyone who altered it could "
@@ -82,6 +83,22 @@ def _file_problems(release_dir: Path, files: dict) -> list[str]:
     return problems
 
 
+def _provenance_problems(release_dir: Path) -> list[str]:
+    """provenance.json, when there, must name the manifest beside it (it is copied from no other release)."""
+    from pipeline.publish.provenance import PROVENANCE
+
+    path = release_dir / PROVENANCE
+    if not path.is_file():
+        return []
+    try:
+        named = json.loads(path.read_text()).get("manifest_sha256")
+    except (ValueError, AttributeError):
+        return [f"{PROVENANCE}: not a JSON object; restore it from the archived release"]
+    if named != io.sha256_file(release_dir / MANIFEST):
+        return [f"{PROVENANCE}: names another manifest than this release's (its manifest_sha256 differs); restore it from the archived release"]
+    return []
+
+
 def _signature_hex(release_dir: Path) -> str | None:
     """The signature `signature.json` holds, or None when it is missing or unreadable (reported by the signature check)."""
     try:
@@ -122,6 +139,7 @@ def audit_release(release_dir: Path, trusted: TrustedKey | None = None, log: Pat
         return problems
     problems += _signature_problems(release_dir, manifest, trusted, log)
     problems += _file_problems(release_dir, manifest["files"])
+    problems += _provenance_problems(release_dir)
     privacy = assess_release_privacy(release_dir)
     problems += [f"privacy rule broken: {v}" for v in privacy.blocking]
     at_publication = {r.get("rule"): r.get("result") for r in (manifest.get("privacy") or {}).get("rules", [])}

@@ -9,10 +9,16 @@
 2. `validate_release` runs the privacy checks (`pipeline.publish.privacy`) and Great Expectations on
    the staged files; if either fails, the staging folder is removed, nothing is published, and the
    error names every broken rule by file, column and expectation.
-3. `publish_release` records each file's hash in the manifest, signs it with the publishing key
-   (`pipeline.publish.signing`), renders the audit page (`reports/<label>/audit.html`), renames the
-   folder into place in one step and appends it to the release log (`pipeline.publish.release_log`).
-   An existing release is never overwritten unless replacing it was asked for.
+3. `publish_release` records each file's hash in the manifest, writes `provenance.json` (who, when,
+   from where: pipeline.publish.provenance), signs manifest and provenance with the publishing key
+   (`pipeline.publish.signing`), renders the audit page and renames the release into place, appends it
+   to the release log (`pipeline.publish.release_log`), then moves the run's reports
+   (`reports/.staging-<label>/` to `reports/<label>/`) in the same step. An existing release, and its
+   reports, are never overwritten unless replacing it was asked for.
+Evidence is never overwritten: every report of a run (validation summaries, Data Docs, privacy.json,
+the audit page) is written to the run's reports staging folder, and only publication moves it over
+the label's published reports. A failed or refused run leaves them byte for byte as they were, and
+its own reports stay in the staging folder for the engineer to read.
 """
 
 from __future__ import annotations
@@ -32,8 +38,11 @@ from pipeline.contracts import dictionary_records, load_contract, render_diction
 from pipeline.errors import ContractError, ReleaseExistsError, ValidationFailed
 from pipeline.publish import disclosure, release_log, signing, small_groups
 from pipeline.publish.privacy import assess_release_privacy
+from pipeline.publish.provenance import write_provenance
+# The exact figures behind the release's controlled manifest, for governance only (never released).
+from pipeline.publish.report import FIGURES
 from pipeline.pseudonymised import blocks_path
-from pipeline.settings import REPO_DIR, SOURCES, RunConfig
+from pipeline.settings import REPO_DIR, SOURCES, RunConfig, setting
 
 log = logging.getLogger(__name__)
 # Zones whose validation summaries the manifest keeps, in pipeline order.
@@ -41,8 +50,6 @@ VALIDATED_ZONES: tuple[str, ...] = ("raw", "pseudonymised", "linked", "release")
 # Settings that are paths on one machine, secrets' locations, or the day of the run: none of them
 # describes the release's content, so the content manifest leaves them out.
 PER_RUN_SETTINGS: frozenset[str] = frozenset({"raw_dir", "work_dir", "key_file", "publishing_key_file", "unit_costs", "run_date"})
-# The exact figures behind the release's controlled manifest, for governance only (never released).
-FIGURES = "figures.json"
 # The person-level table whose quasi-identifiers the small-group policy works on; people it drops
 # leave every release table.
 PERSON_TABLE = "cohort"
@@ -158,17 +165,17 @@ def _at_release_precision(lf: pl.LazyFrame, table: str) -> pl.LazyFrame:
 
 
 def write_manifest(cfg: RunConfig, exact: dict[str, Any]) -> None:
-    """Write the staged release's manifest with every count controlled, then the exact figures to
-    `reports/<label>/figures.json`, tied to that manifest by its SHA-256."""
+    """Write the staged release's manifest with every count controlled, then the exact figures to the
+    run's reports (`figures.json`, published to `reports/<label>/`), tied to that manifest by its SHA-256."""
     manifest = cfg.staging_dir / "manifest.json"
     io.write_json(disclosure.control_manifest(exact), manifest)
     figures = {"release_label": cfg.release_label, "manifest_sha256": io.sha256_file(manifest), "manifest": exact}
-    io.write_json(figures, cfg.reports_dir / FIGURES)
+    io.write_json(figures, cfg.reports_staging_dir / FIGURES)
 
 
 def exact_manifest(cfg: RunConfig) -> dict[str, Any]:
     """The exact figures of the staged release (what `write_manifest` last wrote)."""
-    path = cfg.reports_dir / FIGURES
+    path = cfg.reports_staging_dir / FIGURES
     if not path.is_file():
         raise ValidationFailed(f"{path}: the exact figures of the staged release are missing; run stage_release for this label again")
     return io.read_json(path)["manifest"]
@@ -224,18 +231,18 @@ def validate_release(cfg: RunConfig) -> Path:
     """Privacy checks and GX suites on the staged release; on any failure remove it and raise.
 
     Both run before either failure is raised, so one message lists everything to fix. The privacy
-    outcome is written to `reports/<label>/privacy.json` either way.
+    outcome is written to the run's `reports/.staging-<label>/privacy.json` either way.
     """
     from pipeline.validate import run_parameters, validate_files
 
-    staging = cfg.staging_dir
+    staging, reports = cfg.staging_dir, cfg.reports_staging_dir
     if not staging.is_dir():
         raise ValidationFailed(f"{staging}: nothing staged; run stage_release for this label first")
     problems: list[str] = []
-    summary_path = cfg.reports_dir / "validation" / "release.json"
+    summary_path = reports / "validation" / "release.json"
     try:
         privacy = assess_release_privacy(staging, _token_files(cfg))
-        io.write_json({"release_label": cfg.release_label, **privacy.to_json()}, cfg.reports_dir / "privacy.json")
+        io.write_json({"release_label": cfg.release_label, **privacy.to_json()}, reports / "privacy.json")
         if privacy.blocking:
             problems.append(
                 f"{len(privacy.blocking)} privacy rule(s) broken, so the release may not be published:\n"
@@ -245,7 +252,7 @@ def validate_release(cfg: RunConfig) -> Path:
             summary_path = validate_files(
                 "release",
                 {t: [staging / f"{t}.parquet"] for t in RELEASE_TABLES if (staging / f"{t}.parquet").exists()},
-                cfg.reports_dir,
+                reports,
                 cfg.release_label,
                 parameters=run_parameters(cfg),
             )
@@ -253,12 +260,14 @@ def validate_release(cfg: RunConfig) -> Path:
             problems.append(str(exc))
         if problems:
             raise ValidationFailed(
-                f"Release {cfg.release_label!r} refused; nothing was published and earlier releases are untouched.\n"
+                f"Release {cfg.release_label!r} refused; nothing was published and earlier releases and their reports are untouched.\n"
                 + "\n".join(problems)
+                + f"\nThis run's reports (privacy.json, validation/, data_docs/) are in {reports}."
             )
+        _carry_over_published_reports(cfg)
         manifest = exact_manifest(cfg)
         for zone in VALIDATED_ZONES:
-            path = cfg.reports_dir / "validation" / f"{zone}.json"
+            path = reports / "validation" / f"{zone}.json"
             if path.exists():
                 manifest["validation"][zone] = _validation_digest(io.read_json(path))
         manifest["privacy"] = privacy.to_json()
@@ -268,6 +277,34 @@ def validate_release(cfg: RunConfig) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return summary_path
+
+
+def _carry_over_published_reports(cfg: RunConfig) -> None:
+    """Copy into the run's reports the published reports of zones this run did not validate again.
+
+    A downstream DAG rerun by hand after publication (say pprl_link, to republish with a linkage fix)
+    validates only its own zones; the raw and pseudonymised zones it builds on are the ones the
+    published reports describe (a run that rewrites them validates them again, into the staging
+    folder). Carrying them over keeps the new release's manifest and reports whole.
+    """
+    from pipeline.validate.docs import write_landing_page
+
+    staged, published = cfg.reports_staging_dir, cfg.reports_dir
+    carried = False
+    for zone in VALIDATED_ZONES:
+        summary = published / "validation" / f"{zone}.json"
+        if (staged / "validation" / f"{zone}.json").exists() or not summary.is_file():
+            continue
+        io.copy_file(summary, staged / "validation" / f"{zone}.json")
+        site = published / "data_docs" / zone
+        if site.is_dir() and not (staged / "data_docs" / zone).exists():
+            building = staged / "data_docs" / f".building-{zone}-carried"
+            shutil.rmtree(building, ignore_errors=True)
+            shutil.copytree(site, building)
+            io.replace_dir(building, staged / "data_docs" / zone)
+        carried = True
+    if carried:
+        write_landing_page(staged)
 
 
 def _token_files(cfg: RunConfig) -> list[tuple[str, Path]]:
@@ -282,30 +319,29 @@ def _validation_digest(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if k in ("success", "parameters", "statistics", "datasets", "warnings")}
 
 
-# Written beside the audit page while a release is being renamed into place: the SHA-256 of the
-# manifest being published. A retry finding it, with that manifest in place and nothing staged, knows
-# the crash came after the rename and only the audit page is left to write.
+# Written into the run's reports staging folder while a release is being renamed into place: the
+# SHA-256 of the manifest being published. A retry finding it, with that manifest in place and nothing
+# staged, knows the crash came after the release's rename, and finishes moving the reports.
 PUBLISHING_MARK = ".publishing"
 
 
 def publish_release(cfg: RunConfig) -> Path:
-    """Hash every file into the manifest, render the audit page, and rename the release into place."""
-    from pipeline.publish.report import page_for, write_audit_page
+    """Hash every file into the manifest, record provenance, render the audit page, and rename the
+    release and then the run's reports into place."""
+    from pipeline.publish.report import page_for
 
     staging, final = cfg.staging_dir, cfg.release_dir
-    mark = cfg.reports_dir / PUBLISHING_MARK
-    if not staging.exists() and _renamed_before_a_crash(mark, final):
-        release_log.append_release(final)  # appends nothing if the crash came after the entry was written
-        write_audit_page(final, cfg.reports_dir)
-        mark.unlink()
-        log.info("release %s was in place; finished its audit page", cfg.release_label)
+    if not staging.exists() and finish_interrupted_publish(cfg):
+        log.info("release %s was in place; finished publishing its reports", cfg.release_label)
         return final
     if not staging.exists():
         raise ValidationFailed(f"{staging}: nothing staged; the release must be built and validated first")
     if final.exists() and not cfg.replace_release:
         shutil.rmtree(staging)
         raise ReleaseExistsError(
-            f"release {cfg.release_label!r} already exists at {final}; choose a new label, or set replace_release to replace it"
+            f"release {cfg.release_label!r} already exists at {final}; choose a new label, or replace it with "
+            f"{setting('replace_release')}. It and its reports in {cfg.reports_dir} are untouched; this run's "
+            f"reports (privacy.json, validation/, data_docs/) are in {cfg.reports_staging_dir}"
         )
     manifest = exact_manifest(cfg)
     if not manifest.get("privacy"):
@@ -319,24 +355,55 @@ def publish_release(cfg: RunConfig) -> Path:
     manifest["files"] = {
         p.name: {"sha256": io.sha256_file(p), **({"rows": pl.scan_parquet(p).select(pl.len()).collect().item()} if p.suffix == ".parquet" else {})}
         for p in sorted(staging.iterdir())
-        if p.name not in signing.NOT_IN_MANIFEST
+        # Per-run files and the signature are about the manifest, not content; a dot file is a
+        # temporary file of a killed attempt.
+        if p.name not in signing.NOT_IN_MANIFEST and not p.name.startswith(".")
     }
     manifest["signing"] = signing.signing_record(key)
     write_manifest(cfg, manifest)
-    # Signed once the manifest is final: the signature binds its hash and the per-run files.
+    write_provenance(cfg, staging)
+    # Signed once the manifest and provenance are final: the signature binds both hashes.
     signing.sign_release(staging, key)
     # Rendered before the rename, so a page that cannot be built stops publication; written after it,
-    # so the page on disk always describes the release that is in place.
-    page = page_for(staging / "manifest.json", cfg.reports_dir, final)
-    with io.atomic_path(mark) as tmp:
+    # so the page on disk always describes the release that is in place. Its links are relative to
+    # the published reports folder, where it ends up.
+    page = page_for(staging / "manifest.json", cfg.reports_dir, final, figures_dir=cfg.reports_staging_dir)
+    with io.atomic_path(cfg.reports_staging_dir / PUBLISHING_MARK) as tmp:
         tmp.write_text(io.sha256_file(staging / "manifest.json"))
     io.replace_dir(staging, final)
     release_log.append_release(final)
-    with io.atomic_path(cfg.reports_dir / "audit.html") as tmp:
-        tmp.write_text(page, encoding="utf-8")
-    mark.unlink()
+    _publish_reports(cfg, page)
     log.info("published release %s; audit page %s", cfg.release_label, cfg.reports_dir / "audit.html")
     return final
+
+
+def _publish_reports(cfg: RunConfig, page: str) -> None:
+    """Write the audit page into the run's reports and move them over the label's published reports."""
+    with io.atomic_path(cfg.reports_staging_dir / "audit.html") as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    io.replace_dir(cfg.reports_staging_dir, cfg.reports_dir)
+    (cfg.reports_dir / PUBLISHING_MARK).unlink()
+
+
+def finish_interrupted_publish(cfg: RunConfig) -> bool:
+    """Finish a publication killed after the release was renamed into place; True if there was one.
+
+    Killed before the reports moved, the mark is in the staging folder; killed after, in the
+    published one (only the mark, and perhaps the previous reports set aside, are left to clear).
+    """
+    from pipeline.publish.report import page_for
+
+    final = cfg.release_dir
+    if _renamed_before_a_crash(cfg.reports_staging_dir / PUBLISHING_MARK, final):
+        release_log.append_release(final)  # appends nothing if the crash came after the entry was written
+        _publish_reports(cfg, page_for(final / "manifest.json", cfg.reports_dir, final, figures_dir=cfg.reports_staging_dir))
+        return True
+    if _renamed_before_a_crash(cfg.reports_dir / PUBLISHING_MARK, final):
+        release_log.append_release(final)
+        io.recover_replace(cfg.reports_dir)
+        (cfg.reports_dir / PUBLISHING_MARK).unlink()
+        return True
+    return False
 
 
 def _renamed_before_a_crash(mark: Path, final: Path) -> bool:

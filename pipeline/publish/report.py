@@ -152,6 +152,32 @@ def _signing_rows(m: dict[str, Any]) -> list[tuple[str, str]]:
     return [("Publishing key fingerprint", show_fingerprint(fp) if fp else "not signed")]
 
 
+def _provenance(p: _Page, provenance: dict[str, Any] | None) -> None:
+    """Who ran the release, when and from where: provenance.json, kept apart from the manifest because
+    it differs from run to run. Unnumbered, so the numbered sections keep their numbers."""
+    if not provenance:
+        p.add('<section id="provenance"><h2>Who ran it, and when</h2><p class="note">This release has no '
+              "provenance.json (it was published before the pipeline recorded one).</p></section>")
+        return
+    rows = [
+        ("Run by", provenance.get("orchestrator")),
+        ("Triggered by", provenance.get("triggered_by")),
+        ("Started (UTC)", provenance.get("started")),
+        ("Finished (UTC)", provenance.get("finished")),
+        ("Input folder", provenance.get("input_folder")),
+        ("Replaced an earlier release of this label", "yes" if provenance.get("replaced_an_existing_release") else "no"),
+    ]
+    body = "".join(f"<tr><th scope=\"row\">{e(k)}</th><td class=\"mono\">{e(str(v))}</td></tr>" for k, v in rows)
+    runs = [
+        "<tr>" + "".join(f"<td class=\"mono\">{e(str(r.get(k) or ''))}</td>" for k in ("dag_id", "run_id", "triggered_by", "started")) + "</tr>"
+        for r in provenance.get("runs", [])
+    ]
+    p.add('<section id="provenance"><h2>Who ran it, and when</h2><table class="facts">' + body + "</table>"
+          + _table(["DAG", "Run id", "Triggered by", "Started (UTC)"], runs)
+          + "<p class=\"note\">From the release's provenance.json. Input file hashes and the code version are in "
+          "section 1 and the manifest, which is the same for every run of the same inputs.</p></section>")
+
+
 def _consent(p: _Page) -> None:
     """Every consent category, each row a part of the register (the parts add up to its size)."""
     errors = sorted(_get(p.m, ["consent", "register_errors"]) or {})
@@ -549,13 +575,16 @@ def render_audit_page(
     *,
     release_href: str | None = None,
     data_docs_href: str = "data_docs/index.html",
+    provenance: dict[str, Any] | None = None,
 ) -> str:
     """The whole page as one HTML string (no script; images only from the release, by relative link).
 
     `release_href` is the release folder relative to the page, for the love plot's link.
+    `provenance` is the release's provenance.json (who ran it, when), shown after section 1.
     """
     p = _Page(manifest, release_href)
     _identity(p, manifest_sha256, release_location)
+    _provenance(p, provenance)
     _consent(p)
     _stages(p)
     _quarantine(p)
@@ -599,11 +628,19 @@ def page_figures(manifest_path: Path, reports_dir: Path) -> dict[str, Any]:
     return io.read_json(manifest_path)
 
 
-def page_for(manifest_path: Path, reports_dir: Path, release_dir: Path) -> str:
-    """The page of a release whose manifest is at `manifest_path` and which is (or will be) at `release_dir`."""
+def page_for(manifest_path: Path, reports_dir: Path, release_dir: Path, figures_dir: Path | None = None) -> str:
+    """The page of a release whose manifest is at `manifest_path` and which is (or will be) at `release_dir`.
+
+    `reports_dir` is where the page is published (its links are relative to it); `figures_dir` holds
+    the exact figures (`figures.json`) while the run's reports are still staged (default `reports_dir`).
+    """
+    from pipeline.publish.provenance import PROVENANCE
+
     release_href = os.path.relpath(Path(release_dir).resolve(), Path(reports_dir).resolve())
+    provenance_path = Path(manifest_path).with_name(PROVENANCE)
     return render_audit_page(
-        page_figures(manifest_path, reports_dir), io.sha256_file(manifest_path), str(release_dir), release_href=Path(release_href).as_posix()
+        page_figures(manifest_path, figures_dir or reports_dir), io.sha256_file(manifest_path), str(release_dir), release_href=Path(release_href).as_posix(),
+        provenance=io.read_json(provenance_path) if provenance_path.is_file() else None,
     )
 
 

@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from pipeline import io
 from pipeline.errors import PublishingKeyError, SignatureError
+from pipeline.publish.provenance import PER_RUN_FILES
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,7 @@ ALGORITHM = "Ed25519"
 MANIFEST = "manifest.json"
 SIGNATURE_FILE = "signature.json"
 # Facts that differ from run to run (who, when, run id) live in files of their own beside the
-# manifest, so the manifest stays byte-identical; the signature binds them when they are present.
-PER_RUN_FILES: tuple[str, ...] = ("provenance.json",)
+# manifest (PER_RUN_FILES), so the manifest stays byte-identical; the signature binds them when present.
 # Files of a release the manifest's `files` does not list: they are about the manifest.
 NOT_IN_MANIFEST: tuple[str, ...] = (MANIFEST, SIGNATURE_FILE, *PER_RUN_FILES)
 STATEMENT_KIND = "pprl-release-statement/v1"

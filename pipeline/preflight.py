@@ -1,0 +1,124 @@
+"""Pre-flight: is the run ready to start? Checked before any work, every problem listed at once.
+
+It runs twice: in `pipeline run` before Airflow starts (so a wrong flag fails in about a second, not
+after minutes of pseudonymisation), and as the first task of the pseudonymise DAG (for runs triggered
+from the UI or the REST API). It only looks: it never reads an extract or the key, writes nothing,
+and the process calling it never holds the key (the key file is checked with `os.stat`/`os.access`).
+
+    >>> preflight(RunConfig.from_conf({"raw_dir": "/nonexistent", "work_dir": "/tmp/w", "release_label": "r1"}))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    pipeline.errors.PreflightError: the run cannot start: ...
+
+What it checks, and what it leaves to the stage that reads the thing:
+- the release label is not published yet, unless replacing it was asked for (`--replace`);
+- the input folder exists and holds every required input, as a file or a folder of Parquet parts
+  (`pipeline.pseudonymise.inputs`); whether they follow their contracts is check_inputs' business;
+- the key file, where one is named (the run's key file or PPRL_KEY_FILE), exists, is readable and is
+  private to its owner; a key from PPRL_KEY or Airflow's secret store is only read by the key holder's
+  tasks, which say so if it is missing;
+- the unit-cost table exists (its contract is checked by check_inputs);
+- the label matches LABEL_PATTERN in full (RunConfig refuses it first; checked again here so the
+  promise holds for any RunConfig).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from pipeline.errors import PreflightError, Violation
+from pipeline.settings import LABEL_PATTERN, RunConfig, setting
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Raise PreflightError listing every reason the run cannot start; return None when it can."""
+    problems = _label_problems(cfg) + _input_problems(cfg) + _key_problems(cfg) + _unit_cost_problems(cfg)
+    if problems:
+        raise PreflightError(problems)
+
+
+def _label_problems(cfg: RunConfig) -> list[Violation]:
+    label = cfg.release_label
+    if not LABEL_PATTERN.fullmatch(label):
+        return [Violation(setting("release_label"), None, "release label", "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")]
+    # `.old-<label>` is a release moved aside by a replacement that crashed half-way: it is put back
+    # before anything else happens, so it counts as published.
+    aside = cfg.release_dir.with_name(f".old-{label}")
+    if (cfg.release_dir.exists() or aside.exists()) and not cfg.replace_release:
+        return [
+            Violation(
+                str(cfg.release_dir), None, "release label not yet published",
+                f"release {label!r} already exists; choose a new label with {setting('release_label')}, or replace "
+                f"it with {setting('replace_release')} (its reports in {cfg.reports_dir} are then replaced too)",
+            )
+        ]  # fmt: skip
+    return []
+
+
+def _input_problems(cfg: RunConfig) -> list[Violation]:
+    from pipeline.contracts import missing_file_detail
+    from pipeline.pseudonymise.inputs import REQUIRED_INPUTS, input_path
+
+    raw = cfg.raw
+    if not raw.is_dir():
+        what = "is not a folder" if raw.exists() else "does not exist"
+        return [Violation(str(raw), None, "input folder present", f"the input folder {what}; check {setting('raw_dir')}")]
+    out = []
+    for dataset in REQUIRED_INPUTS:
+        path = input_path(cfg, dataset)
+        if path.is_dir():
+            if not any(path.glob("*.parquet")):
+                out.append(
+                    Violation(str(path), None, "file present", f"the folder of parts holds no *.parquet file; check the input folder ({setting('raw_dir')})")
+                )
+        elif not path.is_file():
+            out.append(
+                Violation(
+                    str(path), None, "file present",
+                    f"{missing_file_detail(path)} ({setting('raw_dir')}); every run needs {dataset}.parquet "
+                    f"or a folder {dataset}/ of Parquet parts",
+                )
+            )  # fmt: skip
+    return out
+
+
+def _key_problems(cfg: RunConfig) -> list[Violation]:
+    # The same order as pipeline.crypto.keys.load_key: PPRL_KEY wins over any file.
+    if os.environ.get("PPRL_KEY"):
+        return []
+    if cfg.key_file:
+        path, how = Path(cfg.key_file), setting("key_file")
+    elif os.environ.get("PPRL_KEY_FILE"):
+        path, how = Path(os.environ["PPRL_KEY_FILE"]), "the environment variable PPRL_KEY_FILE"
+    else:
+        return []
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return [Violation(str(path), None, "key file present", f"no key file there; check {how}, or make a key with `pipeline keys new --out FILE`")]
+    except OSError as exc:
+        return [Violation(str(path), None, "key file readable", f"cannot look at the key file ({exc.strerror}); check {how} and its folder's permissions")]
+    if not stat.S_ISREG(st.st_mode):
+        return [Violation(str(path), None, "key file present", f"this is not a file; check {how}")]
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return [
+            Violation(
+                str(path), None, "key file private",
+                f"readable or writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); run `chmod 600 {path}` "
+                f"and check who may have copied it ({how})",
+            )
+        ]  # fmt: skip
+    if not os.access(path, os.R_OK):
+        return [Violation(str(path), None, "key file readable", f"this user cannot read the key file; check {how} and its owner")]
+    return []
+
+
+def _unit_cost_problems(cfg: RunConfig) -> list[Violation]:
+    path = Path(cfg.unit_costs)
+    if path.is_file():
+        return []
+    return [
+        Violation(str(path), None, "file present", f"no unit-cost table there; check {setting('unit_costs')} (a CSV following schemas/unit_costs.yaml)")
+    ]
