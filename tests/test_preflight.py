@@ -183,7 +183,7 @@ def test_a_replacement_publishes_its_reports_with_the_release(published) -> None
     staged = [name for name, _ in file_hashes(cfg.reports_dir).items()
               if f"reports/.staging-{RELIABILITY_LABEL}" in (cfg.reports_dir / name).read_bytes().decode("utf-8", "ignore")]
     assert staged == []
-    assert audit_release(cfg.release_dir) == []
+    assert audit_release(cfg.release_dir, stage_runner.trusted(conf)) == []
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -281,10 +281,12 @@ def test_a_mapping_that_is_not_yaml_is_refused_by_name(tmp_path) -> None:
 
 def test_audit_accepts_provenance_but_not_one_of_another_release(published) -> None:
     cfg, _ = published
-    assert audit_release(cfg.release_dir) == []
+    trusted = stage_runner.trusted(cfg.to_conf())
+    assert audit_release(cfg.release_dir, trusted) == []
     path = cfg.release_dir / PROVENANCE
     provenance = io.read_json(path)
     io.write_json({**provenance, "manifest_sha256": "0" * 64}, path)
-    assert audit_release(cfg.release_dir) == [
-        f"{PROVENANCE}: names another manifest than this release's (its manifest_sha256 differs); restore it from the archived release"
-    ]
+    problems = audit_release(cfg.release_dir, trusted)
+    # The signature binds provenance.json, and the file itself names another manifest: both are said.
+    assert any("the signature does not verify" in p for p in problems)
+    assert f"{PROVENANCE}: names another manifest than this release's (its manifest_sha256 differs); restore it from the archived release" in problems

@@ -108,7 +108,8 @@ def test_the_release_records_the_publishing_key_and_its_signature(reference, cop
     signed = io.read_json(copy / signing.SIGNATURE_FILE)
     assert signed["statement"] == {
         "kind": signing.STATEMENT_KIND, "release_label": RELIABILITY_LABEL,
-        "manifest_sha256": io.sha256_file(copy / "manifest.json"), "per_run_files": {},
+        "manifest_sha256": io.sha256_file(copy / "manifest.json"),
+        "per_run_files": {"provenance.json": io.sha256_file(copy / "provenance.json")},
     }
     key.verify(bytes.fromhex(signed["signature"]), signing.canonical_json(signed["statement"]))
     # The publishing key is not the linkage key: neither the linkage key file nor its kid signs.
@@ -140,17 +141,18 @@ def test_a_changed_value_rehashed_into_the_manifest_fails_its_signature(referenc
 
 
 def test_a_per_run_file_is_bound_by_the_signature(reference, copy) -> None:
-    key = signing.read_publishing_key_file(reference.publishing_key_file)
-    (copy / "provenance.json").write_text('{"run_id": "manual__1"}\n')
-    problems = "\n".join(audit_release(copy, reference.trusted))
-    assert "the signature does not verify" in problems and "provenance.json was added" in problems
-    # Published with it, the signature binds it; it is not listed in the manifest's files.
-    signing.sign_release(copy, key)
-    release_log.append_release(copy, clock=fixed_clock())
-    assert audit_release(copy, reference.trusted) == []
-    (copy / "provenance.json").write_text('{"run_id": "manual__2"}\n')
+    """provenance.json (who ran it, when) is not in the manifest, so only the signature protects it."""
+    path = copy / "provenance.json"
+    provenance = io.read_json(path)
+    io.write_json({**provenance, "started": "2020-01-01T00:00:00Z"}, path)  # the run "happened" earlier
     problems = "\n".join(audit_release(copy, reference.trusted))
     assert "the signature does not verify" in problems and "provenance.json differs" in problems
+    path.unlink()
+    problems = "\n".join(audit_release(copy, reference.trusted))
+    assert "the signature does not verify" in problems and "provenance.json" in problems
+    # Signed again by the publisher with it restored, the release passes.
+    io.write_json(provenance, path)
+    assert audit_release(copy, reference.trusted) == []
 
 
 def test_a_removed_signature_is_flagged(reference, copy) -> None:
@@ -168,6 +170,10 @@ def resigned(copy) -> Path:
     """The attack of (a), then re-signed with the attacker's key and logged, so the copy is consistent."""
     change_a_cohort_value(copy)
     attacker = signing.PublishingKey(Ed25519PrivateKey.generate(), "attacker")
+    manifest = io.read_json(copy / "manifest.json")
+    io.write_json({**manifest, "signing": signing.signing_record(attacker)}, copy / "manifest.json")
+    provenance = io.read_json(copy / "provenance.json")  # made to name the forged manifest, too
+    io.write_json({**provenance, "manifest_sha256": io.sha256_file(copy / "manifest.json")}, copy / "provenance.json")
     signing.sign_release(copy, attacker)
     release_log.append_release(copy, clock=fixed_clock(5))
     assert audit_release(copy) == [NO_TRUSTED_KEY]  # it fits together; only trust can tell
