@@ -28,6 +28,7 @@ import os
 import stat
 from pathlib import Path
 
+from pipeline.crypto.keys import KEY_FILE_VARIABLE, KEY_VARIABLE
 from pipeline.errors import PreflightError, Violation
 from pipeline.settings import LABEL_PATTERN, RunConfig, setting
 
@@ -85,13 +86,15 @@ def _input_problems(cfg: RunConfig) -> list[Violation]:
 
 
 def _key_problems(cfg: RunConfig) -> list[Violation]:
-    # The same order as pipeline.crypto.keys.load_key: PPRL_KEY wins over any file.
-    if os.environ.get("PPRL_KEY"):
-        return []
+    # The same order as pipeline.crypto.keys.load_key, which refuses a key in PPRL_KEY outright.
+    if os.environ.get(KEY_VARIABLE):
+        return [Violation(f"environment variable {KEY_VARIABLE}", None, "key only in a 0600 file or a secret store",
+                          f"unset {KEY_VARIABLE} (every child process would inherit the key) and give the key as a "
+                          f"0600 file: {setting('key_file')} or {KEY_FILE_VARIABLE}")]  # fmt: skip
     if cfg.key_file:
         path, how = Path(cfg.key_file), setting("key_file")
-    elif os.environ.get("PPRL_KEY_FILE"):
-        path, how = Path(os.environ["PPRL_KEY_FILE"]), "the environment variable PPRL_KEY_FILE"
+    elif os.environ.get(KEY_FILE_VARIABLE):
+        path, how = Path(os.environ[KEY_FILE_VARIABLE]), f"the environment variable {KEY_FILE_VARIABLE}"
     else:
         return []
     try:

@@ -219,8 +219,11 @@ def test_a_retry_after_a_crash_past_the_rename_logs_the_release_once(published_c
     cfg = RunConfig.from_conf(conf)
     before = release_bytes(cfg.release_dir)
     log = work / "releases" / LOG_NAME
-    (cfg.reports_dir / "audit.html").unlink()
-    with io.atomic_path(cfg.reports_dir / PUBLISHING_MARK) as tmp:  # the state the crash leaves
+    # The state the crash leaves: the release renamed into place, the run's reports still staged with
+    # the publishing mark, the audit page not yet written.
+    os.replace(cfg.reports_dir, cfg.reports_staging_dir)
+    (cfg.reports_staging_dir / "audit.html").unlink()
+    with io.atomic_path(cfg.reports_staging_dir / PUBLISHING_MARK) as tmp:
         tmp.write_text(io.sha256_file(cfg.release_dir / "manifest.json"))
     if not logged_before_the_crash:
         log.write_bytes(b"")

@@ -354,7 +354,11 @@ def test_a_participant_withdrawn_after_a_release_is_absent_from_the_next(synthet
     work = tmp_path / "work"
     raw = tmp_path / "raw"
     shutil.copytree(base / "input" / "raw", raw)
-    conf = {"raw_dir": str(raw), "work_dir": str(work), "key_file": str(base / "key.json")}
+    from pipeline.publish.signing import new_publishing_key_file
+
+    publishing = tmp_path / "secrets" / "publishing.pem"
+    new_publishing_key_file(publishing)
+    conf = {"raw_dir": str(raw), "work_dir": str(work), "key_file": str(base / "key.json"), "publishing_key_file": str(publishing)}
     r1 = RunConfig.from_conf({**conf, "release_label": "r1", "run_date": "2026-06-30"})
     _run_all_stages(r1.to_conf())
     released = set(pl.read_parquet(r1.release_dir / "cohort.parquet").get_column("study_id"))
