@@ -14,6 +14,7 @@ Tokens are computed once per distinct value, never per row (`tokenise_distinct`)
 from __future__ import annotations
 
 import hmac
+import math
 from functools import lru_cache
 
 import polars as pl
@@ -45,6 +46,46 @@ FIELDS: dict[str, str] = {
     "rank5": "date_of_birth|sex|postcode",
 }
 COMPOSITE_SEPARATOR = "|"
+
+# A token keeps its value from anyone without the key, not how often it occurs: the k-th most frequent
+# token of a column is the k-th most common value, for anyone who knows the population (a sex ratio,
+# district sizes). So no token column may be made from fewer possible values than this, which public
+# tables never give frequencies for one by one and where most values are held by few people each.
+MIN_TOKEN_DOMAIN = 10_000
+# How many canonical values each field can take in a study population (docs/token-spec.md section 7).
+# A composite field takes the product of its parts'.
+DOMAINS: dict[str, int] = {
+    "nhs_number": 900_000_000,  # 10-digit numbers passing Modulus 11
+    "date_of_birth": 36_525,  # a century of dates
+    "date_of_birth_ym": 1_200,
+    "sex": 2,
+    "postcode": 1_700_000,  # live UK postcode units; a study area holds tens of thousands
+    "postcode_sector": 11_000,  # in the UK; a study area holds a few hundred
+    "postcode_district": 3_000,  # in the UK; a study area holds a few dozen
+    "name": 100_000,  # forenames and surnames in use in England
+    "name_soundex": 8_918,  # every Soundex code there is; far fewer are in use
+    "initial": 26,
+    "initials": 676,
+}
+COMPOSITES: dict[str, tuple[str, ...]] = {
+    "initials": ("initial", "initial"),
+    "rank1": ("nhs_number", "date_of_birth", "sex", "postcode"),
+    "rank2": ("nhs_number", "date_of_birth", "sex"),
+    "rank3": ("nhs_number", "date_of_birth_ym"),
+    "rank4": ("nhs_number", "postcode"),
+    "rank5": ("date_of_birth", "sex", "postcode"),
+}
+
+
+def is_composite(field: str) -> bool:
+    return field in COMPOSITES
+
+
+def field_domain(field: str) -> int:
+    """How many canonical values `field` can take: a composite the product of its parts'."""
+    if field in COMPOSITES:
+        return math.prod(field_domain(p) for p in COMPOSITES[field])
+    return DOMAINS[field]
 
 
 def _hkdf(key: bytes, info: bytes) -> bytes:
