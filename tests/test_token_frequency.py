@@ -20,7 +20,7 @@ from pipeline.pseudonymise.identifiers import TOKEN_COLUMNS, canonical_forms
 from pipeline.pseudonymised import TOKEN_BLOCK, blocks_path, records_path
 from pipeline.settings import SOURCES, RunConfig
 
-FIXED_KEY = b"pprl-v1 published TEST key #056."  # the published test key of tests/vectors/tokens_v2.json
+FIXED_KEY = b"pprl-v2 published TEST key #112."  # the published test key of tests/vectors/tokens_v2.json
 IDENTIFIERS = ["nhs_number", "given_name", "family_name", "date_of_birth", "sex", "postcode"]
 STAND_ALONE = [c.name for c in TOKEN_COLUMNS if not is_composite(c.field)]
 # The attack "beats chance" when it decodes more rows than guessing the population's commonest value
