@@ -42,7 +42,7 @@ from pipeline.pseudonymised import scan_record_tokens  # noqa: E402
 from pipeline.settings import SOURCES, RunConfig  # noqa: E402
 
 RESULTS = HERE / "results" / "linkage_quality.json"
-PLAIN_COLUMNS = ["uid", "nhs", "surname", "surname_phonetic", "forename", "forename_first", "forename_phonetic", "initials", "dob", "dob_ym", "dob_swap", "sex", "postcode", "pc_sector", "pc_district"]
+PLAIN_COLUMNS = ["uid", "nhs", "surname", "surname_phonetic", "forename", "forename_first", "forename_phonetic", "dob", "dob_sex", "postcode"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -73,7 +73,8 @@ def nhs_only(cfg: RunConfig, out: Path) -> Path:
 def plaintext_settings(prior: float) -> dict[str, Any]:
     import splink.comparison_library as cl
 
-    postcode, sex = comparisons()[3], comparisons()[4]
+    # Token spec v2 has no sex comparison (sex counts only in ours' dob|sex level), so neither has this.
+    postcode = comparisons()[3]
     return {
         "link_type": "link_only",
         "unique_id_column_name": "uid",
@@ -83,7 +84,6 @@ def plaintext_settings(prior: float) -> dict[str, Any]:
             cl.NameComparison("surname"),
             cl.DateOfBirthComparison("dob", input_is_string=False),
             postcode,
-            sex,
         ],
         "blocking_rules_to_generate_predictions": [{"blocking_rule": with_nhs_rule(r)} for r in BLOCKING_RULES],
         "retain_matching_columns": False,
@@ -98,7 +98,7 @@ def _plain(lf: pl.LazyFrame, keep: str) -> pl.LazyFrame:
 
     return canonical_forms(lf).select(
         keep, *[pl.col(t).alias(m) for m, t in COMPARISON_COLUMNS.items()]
-    ).with_columns(pl.col("dob").str.to_date(), pl.col("dob_swap").str.to_date())
+    ).with_columns(pl.col("dob").str.to_date())
 
 
 def _lists(lf: pl.LazyFrame) -> pl.LazyFrame:

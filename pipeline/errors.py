@@ -53,6 +53,10 @@ class KeyMismatchError(PipelineError):
     """Tokens made under different key ids were about to be linked."""
 
 
+class TokenSpecMismatchError(PipelineError):
+    """Tokens made under different token spec versions (docs/token-spec.md) were about to be linked."""
+
+
 class ValidationFailed(PipelineError):
     """A critical Great Expectations expectation failed; publication is blocked."""
 

@@ -1,4 +1,4 @@
-"""Keys, canonical forms and tokens (token spec v1, docs/token-spec.md): the published test vectors,
+"""Keys, canonical forms and tokens (token spec v2, docs/token-spec.md): the published test vectors,
 an independent implementation, property tests of every canonical form, the fast HMAC path, and
 where keys come from."""
 
@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import importlib.util
 import json
+import re
 import os
 import subprocess
 import string
@@ -27,7 +28,7 @@ from pipeline.errors import KeyFileError
 from pipeline.settings import REPO_DIR
 
 VECTORS_DIR = Path(__file__).resolve().parent / "vectors"
-FIXED_KEY = b"pprl-v1 published TEST key #056."  # the published test key of tests/vectors/tokens_v1.json
+FIXED_KEY = b"pprl-v2 published TEST key #112."  # the published test key of tests/vectors/tokens_v2.json
 
 
 def _load(name: str):
@@ -37,14 +38,14 @@ def _load(name: str):
     return module
 
 
-reference = _load("reference_v1")
-VECTORS = json.loads((VECTORS_DIR / "tokens_v1.json").read_text(encoding="utf-8"))
+reference = _load("reference_v2")
+VECTORS = json.loads((VECTORS_DIR / "tokens_v2.json").read_text(encoding="utf-8"))
 
 
 def independent_token(key: bytes, field: str, value: str) -> str:
     """The spec, written out with the standard library only: HKDF-SHA256 (RFC 5869) then HMAC."""
     prk = hmac.new(b"\x00" * 32, key, hashlib.sha256).digest()  # extract with the default all-zero salt
-    okm = hmac.new(prk, b"pprl/v1/" + field.encode() + b"\x01", hashlib.sha256).digest()  # expand, one block
+    okm = hmac.new(prk, b"pprl/v2/" + field.encode() + b"\x01", hashlib.sha256).digest()  # expand, one block
     return hmac.new(okm, value.encode(), hashlib.sha256).hexdigest()
 
 
@@ -53,9 +54,23 @@ def independent_token(key: bytes, field: str, value: str) -> str:
 
 def test_the_vectors_file_is_exactly_what_the_pipeline_makes():
     # A change to a canonical form or a token shows up here; regenerate deliberately with
-    # `python tests/vectors/make_tokens_v1.py` and say why in the change.
-    maker = _load("make_tokens_v1")
-    assert maker.render(maker.build()) == (VECTORS_DIR / "tokens_v1.json").read_text(encoding="utf-8")
+    # `python tests/vectors/make_tokens_v2.py` and say why in the change.
+    maker = _load("make_tokens_v2")
+    assert maker.render(maker.build()) == (VECTORS_DIR / "tokens_v2.json").read_text(encoding="utf-8")
+
+
+def test_no_vector_holds_ten_digits_a_scanner_could_take_for_an_nhs_number():
+    # The vectors are published: a run of ten digits (as a privacy scanner reads them, 3-3-4 spacing
+    # allowed) outside the 999 test range, inside a hex token, would look like a real NHS number.
+    nhs_like = re.compile(r"(?<![0-9])[0-9]{3}[ -]?[0-9]{3}[ -]?[0-9]{4}(?![0-9])")
+    text = (VECTORS_DIR / "tokens_v2.json").read_text(encoding="utf-8")
+    assert [m.group() for m in nhs_like.finditer(text) if not re.sub("[ -]", "", m.group()).startswith("999")] == []
+
+
+def test_no_v1_vectors_or_reference_are_left_beside_v2():
+    assert sorted(p.name for p in VECTORS_DIR.iterdir() if p.suffix in (".py", ".json")) == [
+        "make_tokens_v2.py", "reference_v2.py", "tokens_v2.json",
+    ]  # fmt: skip
 
 
 def test_the_test_key_and_its_kid():
@@ -92,18 +107,19 @@ def _scalar_canonical(column: str, raw: dict) -> str | None:
     def joined(*parts):
         return None if None in parts else "|".join(parts)
 
+    date, swap = normalise.canonical_date(dob), normalise.canonical_date_swapped(dob)
     return {
-        "tok_nhs": nhs, "tok_dob": normalise.canonical_date(dob), "tok_dob_ym": normalise.canonical_date_ym(dob),
-        "tok_dob_swap": normalise.canonical_date_swapped(dob), "tok_sex": sex, "tok_postcode": pc,
-        "tok_pc_sector": pc and normalise.postcode_sector(pc), "tok_pc_district": pc and normalise.postcode_district(pc),
+        "tok_nhs": nhs, "tok_dob": date, "tok_dob_sex": joined(date, sex), "tok_postcode": pc,
         "tok_surname": surname, "tok_forename": full, "tok_forename_first": first,
-        "tok_surname_phonetic": names.name_soundex(surname), "tok_forename_phonetic": names.name_soundex(first),
-        "tok_initials": names.initials(first, surname),
-        "tok_rank1": joined(nhs, normalise.canonical_date(dob), sex, pc),
-        "tok_rank2": joined(nhs, normalise.canonical_date(dob), sex),
+        "tok_surname_phonetic_initial": joined(names.name_soundex(surname), first and first[0]),
+        "tok_forename_phonetic_initial": joined(names.name_soundex(first), surname and surname[0]),
+        "tok_nhs_dob": joined(nhs, date),
+        "tok_nhs_dob_swap": joined(nhs, swap) if swap else joined(nhs, date, date and "unswappable"),
+        "tok_rank1": joined(nhs, date, sex, pc),
+        "tok_rank2": joined(nhs, date, sex),
         "tok_rank3": joined(nhs, normalise.canonical_date_ym(dob)),
         "tok_rank4": joined(nhs, pc),
-        "tok_rank5": joined(normalise.canonical_date(dob), sex, pc),
+        "tok_rank5": joined(date, sex, pc),
     }[column]  # fmt: skip
 
 
@@ -253,7 +269,7 @@ def test_the_key_loads_from_the_airflow_connection_password_or_extra(tmp_path):
 # --- tokens and the fast HMAC path ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("field,value", [("nhs_number", "9990000018"), ("date_of_birth", "1950-01-02"), ("postcode", "LS14AB"), ("sex", "F")])
+@pytest.mark.parametrize("field,value", [("nhs_number", "9990000018"), ("date_of_birth", "1950-01-02"), ("postcode", "LS14AB"), ("date_of_birth_sex", "1950-01-02|F")])
 def test_tokens_match_an_independent_implementation_of_the_spec(field, value):
     key = LinkageKey(key=FIXED_KEY, kid=key_id(FIXED_KEY))
     assert tokenise(key, field, value) == independent_token(FIXED_KEY, field, value)
@@ -262,8 +278,8 @@ def test_tokens_match_an_independent_implementation_of_the_spec(field, value):
 def test_tokenise_series_hashes_distinct_values_and_keeps_nulls():
     key = LinkageKey(key=FIXED_KEY, kid=key_id(FIXED_KEY))
     s = pl.Series("v", ["a", None, "b", "a"])
-    out = tokenise_series(key, "sex", s).to_list()
-    assert out[0] == out[3] == tokenise(key, "sex", "a") and out[1] is None
+    out = tokenise_series(key, "name", s).to_list()
+    assert out[0] == out[3] == tokenise(key, "name", "a") and out[1] is None
 
 
 @given(st.binary(min_size=1, max_size=100), st.lists(st.binary(max_size=80).filter(lambda b: b"\n" not in b), max_size=20))

@@ -19,6 +19,8 @@ import math
 
 import numpy as np
 import polars as pl
+
+from pipeline.crypto.tokens import token_file_metadata
 import pytest
 import yaml
 
@@ -68,16 +70,13 @@ def test_every_record_appears_once_and_pairs_of_other_records_do_not_leak():
 
 def hand_set_model() -> dict:
     """The model's settings with fixed m and u: the best level of each comparison m=0.9, u=0.001;
-    the other agreement levels m=0.04, u=0.01; 'all other' m=0.01, u=0.98 (sex: 0.98/0.5, 0.02/0.5)."""
+    the other agreement levels m=0.04, u=0.01; 'all other' m=0.01, u=0.98."""
     model = copy.deepcopy(splink_settings(ProbabilisticOptions(), prior=1e-4))
     for comparison in model["comparisons"]:
         levels = [lvl for lvl in comparison["comparison_levels"] if not lvl.get("is_null_level")]
         for i, lvl in enumerate(levels):
             best, last = i == 0, i == len(levels) - 1
-            if comparison["output_column_name"] == "sex":
-                lvl["m_probability"], lvl["u_probability"] = (0.98, 0.5) if best else (0.02, 0.5)
-            else:
-                lvl["m_probability"], lvl["u_probability"] = (0.9, 0.001) if best else (0.01, 0.98) if last else (0.04, 0.01)
+            lvl["m_probability"], lvl["u_probability"] = (0.9, 0.001) if best else (0.01, 0.98) if last else (0.04, 0.01)
             lvl.pop("tf_adjustment_column", None)
     return model
 
@@ -91,27 +90,26 @@ def coded(key: str, rows: list[dict]) -> pl.DataFrame:
 
 
 def person(uid: int, nhs: int | None, **over) -> dict:
-    # One person's tokens: surname 10, forenames 20 (phonetic 21, initials 22), dob 30 (ym 31, swap 32),
-    # sex 40, postcode 50 (sector 51, district 52). `over` replaces any of them.
+    # One person's tokens: surname 10 (phonetic with initial 11), forenames 20 (phonetic with initial
+    # 21), dob 30 (with sex 31), postcode 50. `over` replaces any of them.
     base = {
-        "tok_surname": 10, "tok_surname_phonetic": 11, "tok_forename": 20, "tok_forename_first": 20,
-        "tok_forename_phonetic": 21, "tok_initials": 22, "tok_dob": 30, "tok_dob_ym": 31, "tok_dob_swap": 32,
-        "tok_sex": 40, "tok_postcode": 50, "tok_pc_sector": 51, "tok_pc_district": 52,
+        "tok_surname": 10, "tok_surname_phonetic_initial": 11, "tok_forename": 20, "tok_forename_first": 20,
+        "tok_forename_phonetic_initial": 21, "tok_dob": 30, "tok_dob_sex": 31, "tok_postcode": 50,
     }  # fmt: skip
     return {"uid": uid, "tok_nhs": nhs, **base, **over}
 
 
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory) -> dict[int, dict[int, float]]:
-    participants = coded("uid", [person(1, nhs=100), person(2, nhs=None, tok_forename=29, tok_forename_first=29, tok_forename_phonetic=28, tok_initials=27)])
+    participants = coded("uid", [person(1, nhs=100), person(2, nhs=None, tok_forename=29, tok_forename_first=29, tok_forename_phonetic_initial=28)])
     records = coded(
         "uid",
         [
             person(11, nhs=None),  # no NHS number, everything else as participant 1 (and 2's surname, dob)
             person(12, nhs=999),  # an NHS number that contradicts participant 1's
-            person(13, nhs=None, tok_postcode=59, tok_pc_sector=58, tok_pc_district=52),  # moved within the district
-            person(14, nhs=None, tok_dob=32, tok_dob_swap=30, tok_dob_ym=33),  # day and month swapped
-            person(15, nhs=None, tok_surname=19, tok_surname_phonetic=18, tok_dob=39, tok_dob_swap=None, tok_dob_ym=38, tok_forename_phonetic=26),
+            person(13, nhs=None, tok_postcode=59),  # moved house
+            person(14, nhs=None, tok_dob=32, tok_dob_sex=33),  # day and month swapped: the date disagrees
+            person(15, nhs=None, tok_surname=19, tok_surname_phonetic_initial=18, tok_dob=39, tok_dob_sex=38, tok_forename_phonetic_initial=26),
         ],
     )
     pairs = score_pairs(
@@ -228,10 +226,10 @@ def hard_run(tmp_path_factory):
         truth_persons.select("participant_id", "age_at_index", "sex", ((pl.col("imd_decile") + 1) // 2).cast(pl.Int8).alias("imd_quintile"), "site"),
         on="participant_id",
     )
-    persons.write_parquet(cfg.pseudonymised_dir / "persons.parquet", metadata={"pprl_kid": "test"}, mkdir=True)
+    persons.write_parquet(cfg.pseudonymised_dir / "persons.parquet", metadata=token_file_metadata("test"), mkdir=True)
     for s in SOURCES:
         tokens = _tokenised(pl.scan_parquet(base / "input" / "raw" / f"{s}.parquet"), ["record_id"]).sort("record_id")
-        write_token_files(tokens, cfg.pseudonymised_dir, s, {"pprl_kid": "test"})
+        write_token_files(tokens, cfg.pseudonymised_dir, s, token_file_metadata("test"))
     options = ProbabilisticOptions(u_max_pairs=2e5, em_max_pairs=2e5)
     out = run_link(cfg, options)
     return {"cfg": cfg, "link_map": out, "truth": base / "input" / "truth"}

@@ -1,7 +1,9 @@
 """Spec tests for deterministic linkage: small tables written out, the expected link beside each record.
 
 Token values here are short stand-ins ("n1" for an NHS-number token, ...): the rules only compare
-tokens for equality, so readable stand-ins test exactly the same logic.
+tokens for equality, so readable stand-ins test exactly the same logic. The tables give each
+identifier's stand-in; `frame` joins them into the composite tokens the ranks compare (token spec v2:
+tok_rank1..5, tok_nhs_dob and its swap), as pseudonymisation does, a composite being null when a part is.
 """
 
 import polars as pl
@@ -9,11 +11,27 @@ import pytest
 
 from pipeline.link.deterministic import link_deterministic
 
-TOKENS = ["tok_nhs", "tok_dob", "tok_dob_ym", "tok_dob_swap", "tok_sex", "tok_postcode"]
+PARTS = ["nhs", "dob", "dob_ym", "swap", "sex", "postcode"]
+
+
+def _joined(*parts: str) -> pl.Expr:
+    return pl.concat_str([pl.col(p) for p in parts], separator="|", ignore_nulls=False)
 
 
 def frame(key: str, rows: list[tuple]) -> pl.LazyFrame:
-    return pl.DataFrame(rows, schema={c: pl.String for c in [key, *TOKENS]}, orient="row").lazy()
+    """The composite tokens of rows of identifier stand-ins (a swap of None: the date has none)."""
+    parts = pl.DataFrame(rows, schema={c: pl.String for c in [key, *PARTS]}, orient="row")
+    return parts.lazy().select(
+        key,
+        pl.col("nhs").alias("tok_nhs"),
+        _joined("nhs", "dob").alias("tok_nhs_dob"),
+        pl.when(pl.col("swap").is_not_null()).then(_joined("nhs", "swap")).otherwise(_joined("nhs", "dob") + "|unswappable").alias("tok_nhs_dob_swap"),
+        _joined("nhs", "dob", "sex", "postcode").alias("tok_rank1"),
+        _joined("nhs", "dob", "sex").alias("tok_rank2"),
+        _joined("nhs", "dob_ym").alias("tok_rank3"),
+        _joined("nhs", "postcode").alias("tok_rank4"),
+        _joined("dob", "sex", "postcode").alias("tok_rank5"),
+    )
 
 
 PERSONS = frame(

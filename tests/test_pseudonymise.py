@@ -28,14 +28,14 @@ from pipeline.pseudonymise.records import QUARANTINE_REASON
 from pipeline.pseudonymised import blocks_path, records_path, scan_record_tokens
 from pipeline.settings import SOURCES, RunConfig
 
-FIXED_KEY = b"pprl-v1 published TEST key #056."  # the published test key of tests/vectors/tokens_v1.json
+FIXED_KEY = b"pprl-v2 published TEST key #112."  # the published test key of tests/vectors/tokens_v2.json
 TOKEN_COLUMNS = list(load_contract("token_blocks").column_names[1:])
 IDENTIFIERS = ["nhs_number", "given_name", "family_name", "date_of_birth", "sex", "postcode"]
 
 
 def _reference():
-    path = Path(__file__).resolve().parent / "vectors" / "reference_v1.py"
-    spec = importlib.util.spec_from_file_location("reference_v1", path)
+    path = Path(__file__).resolve().parent / "vectors" / "reference_v2.py"
+    spec = importlib.util.spec_from_file_location("reference_v2", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -78,7 +78,7 @@ def spy(monkeypatch):
 def test_the_token_columns_are_the_contract_and_use_every_field():
     from pipeline.crypto.tokens import FIELDS
 
-    assert [c.name for c in identifiers.TOKEN_COLUMNS] == TOKEN_COLUMNS == list(load_contract("pseudo_persons").column_names[1:20])
+    assert [c.name for c in identifiers.TOKEN_COLUMNS] == TOKEN_COLUMNS == list(load_contract("pseudo_persons").column_names[1 : 1 + len(TOKEN_COLUMNS)])
     assert {c.field for c in identifiers.TOKEN_COLUMNS} == set(FIELDS)
 
 
@@ -240,7 +240,7 @@ def _identifier_records(df: pl.DataFrame) -> list[dict]:
 
 
 def test_an_independent_implementation_reproduces_every_token_in_the_pseudonymised_zone(synthetic):
-    """tests/vectors/reference_v1.py (HKDF and HMAC from `cryptography`, nothing from `pipeline`),
+    """tests/vectors/reference_v2.py (HKDF and HMAC from `cryptography`, nothing from `pipeline`),
     given each row's raw identifiers, makes exactly the tokens the stage wrote."""
     base, cfg = synthetic
     raw = cfg.raw
@@ -313,6 +313,43 @@ def test_linking_tokens_made_under_a_different_kid_is_refused(synthetic, tmp_pat
         f"hospital_op: {kid}, persons: {kid}, social_care: {kid}); re-pseudonymise every source with the same key before linking"
     )
     assert not (other.linked_dir / "link_map.parquet").exists()
+
+
+def test_linking_tokens_of_another_token_spec_version_is_refused(synthetic, tmp_path):
+    # A token file from spec v1 (or one recording no version) among v2 files: same key, but its tokens
+    # hash other canonical values under other field keys, so they must never meet.
+    from pipeline.errors import TokenSpecMismatchError
+    from pipeline.link.stage import run_link
+
+    base, cfg = synthetic
+    other = config(base, "mixed-specs", base / "key.json")
+    shutil.copytree(cfg.pseudonymised_dir, other.pseudonymised_dir)
+    for path, spec in ((blocks_path(other.pseudonymised_dir, "gp_events"), "v1"), (other.pseudonymised_dir / "persons.parquet", None)):
+        metadata = {k: v for k, v in io.parquet_metadata(path).items() if k != "pprl_spec"} | ({"pprl_spec": spec} if spec else {})
+        pl.read_parquet(path).write_parquet(path, metadata=metadata)
+    with pytest.raises(TokenSpecMismatchError) as err:
+        run_link(other)
+    assert str(err.value) == (
+        "tokens were made under a token spec other than v2 (gp_events: v1/v2, persons: none); "
+        "re-pseudonymise every source with this pipeline (token spec v2) before linking"
+    )
+    assert not (other.linked_dir / "link_map.parquet").exists()
+
+
+def test_every_token_file_records_the_token_spec_version(synthetic):
+    _, cfg = synthetic
+    d = cfg.pseudonymised_dir
+    files = [d / "persons.parquet"] + [blocks_path(d, s) for s in SOURCES] + [records_path(d, s) for s in SOURCES]
+    assert {io.parquet_metadata(p)["pprl_spec"] for p in files} == {"v2"}
+
+
+def test_a_missing_day_and_month_swap_is_not_told_by_a_missing_token(synthetic):
+    # Spec v1 left tok_dob_swap empty when the day was over 12. The v2 swap token exists exactly when
+    # the NHS number and date of birth do, whatever the day.
+    _, cfg = synthetic
+    for s in SOURCES:
+        tokens = pl.read_parquet(blocks_path(cfg.pseudonymised_dir, s))
+        assert tokens.get_column("tok_nhs_dob_swap").is_null().equals(tokens.get_column("tok_nhs_dob").is_null())
 
 
 def test_a_group_readable_key_file_stops_the_stage_before_anything_is_written(synthetic, tmp_path):

@@ -133,8 +133,10 @@ def date_swapped_expr(col: str) -> pl.Expr:
     """Day and month swapped as YYYY-MM-DD; null where the swap is not a date or changes nothing."""
     d = pl.col(col)
     day, month = d.dt.day(), d.dt.month()
-    swapped = pl.date(d.dt.year(), day, month)
     valid = (day <= 12) & (day != month)
+    # Month 1 where there is no swap: Polars may build the date for every row before `when` picks,
+    # and a day over 12 as the month would raise.
+    swapped = pl.date(d.dt.year(), pl.when(valid).then(day).otherwise(1), month)
     return pl.when(valid).then(swapped.dt.strftime("%Y-%m-%d")).otherwise(None)
 
 

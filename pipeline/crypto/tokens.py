@@ -1,11 +1,15 @@
-"""Tokens, token spec v1 (docs/token-spec.md): HMAC-SHA256 under a per-field key derived with HKDF-SHA256.
+"""Tokens, token spec v2 (docs/token-spec.md): HMAC-SHA256 under a per-field key derived with HKDF-SHA256.
 
-    field key = HKDF-SHA256(key, length=32, salt=None, info=b"pprl/v1/" + FIELD)
+    field key = HKDF-SHA256(key, length=32, salt=None, info=b"pprl/v2/" + FIELD)
     token     = hex(HMAC-SHA256(field key, canonical value as UTF-8))
 
 Composite fields join their canonical parts with "|". Release study IDs use a separate derivation
-(info b"pprl/v1/release/" + label), so two releases cannot be joined on their IDs (their rows' content
+(info b"pprl/v2/release/" + label), so two releases cannot be joined on their IDs (their rows' content
 still can be: docs/governance.md) and no linkage token ever reaches a release.
+
+A field with few possible values (sex, a postcode district, initials) is never a token on its own,
+since the frequency of its tokens gives it away: it only appears inside a composite whose combined
+values number at least MIN_TOKEN_DOMAIN (`field_domain`).
 
 Tokens are computed once per distinct value, never per row (`tokenise_distinct`): an extract of
 50 million rows has only about as many distinct NHS numbers as people.
@@ -14,6 +18,7 @@ Tokens are computed once per distinct value, never per row (`tokenise_distinct`)
 from __future__ import annotations
 
 import hmac
+import math
 from functools import lru_cache
 
 import polars as pl
@@ -23,21 +28,20 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pipeline.crypto.hmac_pool import hex_hmac
 from pipeline.crypto.keys import LinkageKey
 
-SPEC_VERSION = "v1"
+SPEC_VERSION = "v2"
+# Parquet metadata keys every token file carries: the key id and the spec version its tokens follow.
+KID_METADATA, SPEC_METADATA = "pprl_kid", "pprl_spec"
 # Every field a token may be made for, with what its canonical value is. The field name is part of
 # the key derivation, so adding a field never changes an existing token; changing what a field's
 # canonical value means needs a new field name (which is why the phonetic field names its algorithm).
 FIELDS: dict[str, str] = {
     "nhs_number": "10 digits passing Modulus 11",
-    "date_of_birth": "YYYY-MM-DD (also the day-and-month-swapped date, so it meets the true date)",
-    "date_of_birth_ym": "YYYY-MM",
-    "sex": "F or M",
+    "date_of_birth": "YYYY-MM-DD",
+    "date_of_birth_sex": "date_of_birth|sex",
     "postcode": "postcode unit, upper case without spaces",
-    "postcode_sector": "postcode unit without its last two characters",
-    "postcode_district": "postcode unit without its last three characters (the outward code)",
     "name": "a canonical name: surname, all forenames joined, or the first forename",
-    "name_soundex": "American Soundex of a canonical surname or first forename",
-    "initials": "initial of the first forename then of the surname",
+    "name_soundex_initial": "Soundex of the surname|initial of the first forename, or Soundex of the first forename|initial of the surname",
+    "nhs_dob": "nhs_number|date_of_birth (also the day-and-month-swapped date, or the date and the marker 'unswappable')",
     "rank1": "nhs_number|date_of_birth|sex|postcode",
     "rank2": "nhs_number|date_of_birth|sex",
     "rank3": "nhs_number|date_of_birth_ym",
@@ -45,6 +49,49 @@ FIELDS: dict[str, str] = {
     "rank5": "date_of_birth|sex|postcode",
 }
 COMPOSITE_SEPARATOR = "|"
+
+# A token keeps its value from anyone without the key, not how often it occurs: the k-th most frequent
+# token of a column is the k-th most common value, for anyone who knows the population (a sex ratio,
+# district sizes). So no token column may be made from fewer possible values than this, which public
+# tables never give frequencies for one by one and where most values are held by few people each.
+MIN_TOKEN_DOMAIN = 10_000
+# How many canonical values each field can take in the population a study draws from, an area the
+# size of an integrated care board (docs/token-spec.md section 7): geography counts what such an area
+# holds, not the country. A composite field takes the product of its parts'.
+DOMAINS: dict[str, int] = {
+    "nhs_number": 900_000_000,  # 10-digit numbers passing Modulus 11
+    "date_of_birth": 36_525,  # a century of dates
+    "date_of_birth_ym": 1_200,
+    "sex": 2,
+    "postcode": 30_000,  # units in a study area (1.7 million in the UK)
+    "postcode_sector": 300,  # sectors in a study area (about 11,000 in the UK)
+    "postcode_district": 40,  # districts in a study area (about 3,000 in the UK)
+    "name": 100_000,  # forenames and surnames in use in England
+    "name_soundex": 8_918,  # every Soundex code there is; far fewer are in use
+    "initial": 26,
+    "initials": 676,
+}
+COMPOSITES: dict[str, tuple[str, ...]] = {
+    "date_of_birth_sex": ("date_of_birth", "sex"),
+    "name_soundex_initial": ("name_soundex", "initial"),
+    "nhs_dob": ("nhs_number", "date_of_birth"),
+    "rank1": ("nhs_number", "date_of_birth", "sex", "postcode"),
+    "rank2": ("nhs_number", "date_of_birth", "sex"),
+    "rank3": ("nhs_number", "date_of_birth_ym"),
+    "rank4": ("nhs_number", "postcode"),
+    "rank5": ("date_of_birth", "sex", "postcode"),
+}
+
+
+def is_composite(field: str) -> bool:
+    return field in COMPOSITES
+
+
+def field_domain(field: str) -> int:
+    """How many canonical values `field` can take: a composite the product of its parts'."""
+    if field in COMPOSITES:
+        return math.prod(field_domain(p) for p in COMPOSITES[field])
+    return DOMAINS[field]
 
 
 def _hkdf(key: bytes, info: bytes) -> bytes:
@@ -54,7 +101,7 @@ def _hkdf(key: bytes, info: bytes) -> bytes:
 @lru_cache(maxsize=256)
 def _field_key(key: bytes, field: str) -> bytes:
     if field not in FIELDS:
-        raise ValueError(f"no token field {field!r}; token spec v1 fields are {tuple(FIELDS)}")
+        raise ValueError(f"no token field {field!r}; token spec v2 fields are {tuple(FIELDS)}")
     return _hkdf(key, b"pprl/" + SPEC_VERSION.encode() + b"/" + field.encode())
 
 
@@ -101,3 +148,9 @@ def study_ids(key: LinkageKey, release_label: str, participant_ids: list[str]) -
     """Study IDs of one release: 'S' + the first 16 hex digits of HMAC(release key, participant id)."""
     rk = release_key(key, release_label)
     return ["S" + hmac.digest(rk, p.encode("utf-8"), "sha256").hex()[:16] for p in participant_ids]
+
+
+def token_file_metadata(kid: str) -> dict[str, str]:
+    """The Parquet metadata every token file carries: the key id and the spec version of its tokens.
+    The link stage refuses files that differ in either."""
+    return {KID_METADATA: kid, SPEC_METADATA: SPEC_VERSION}

@@ -13,6 +13,9 @@ it agrees with more than one participant, it is a conflict: it stays unlinked an
 silently resolved.
 
 The plan (which columns must agree at each rank) is data; `candidate_pairs` runs it with Polars joins.
+Each rank compares one composite token (token spec v2: `tok_rankN` joins the rank's identifiers), so
+sex, which has no token of its own, takes part only inside them. Rank 3's swap arm compares
+`tok_nhs_dob_swap` (NHS number and the swapped date) with `tok_nhs_dob`.
 """
 
 from __future__ import annotations
@@ -34,14 +37,14 @@ class RankRule:
 _SAME = lambda *cols: tuple((c, c) for c in cols)  # noqa: E731 - a tiny helper that reads like the table
 
 RANK_RULES: tuple[RankRule, ...] = (
-    RankRule("1", _SAME("tok_nhs", "tok_dob", "tok_sex", "tok_postcode")),
-    RankRule("2", _SAME("tok_nhs", "tok_dob", "tok_sex")),
-    RankRule("3", _SAME("tok_nhs", "tok_dob_ym")),
+    RankRule("1", _SAME("tok_rank1")),
+    RankRule("2", _SAME("tok_rank2")),
+    RankRule("3", _SAME("tok_rank3")),
     # Day and month swapped on either side: the swapped token of one equals the true token of the other.
-    RankRule("3", (("tok_nhs", "tok_nhs"), ("tok_dob_swap", "tok_dob"))),
-    RankRule("3", (("tok_nhs", "tok_nhs"), ("tok_dob", "tok_dob_swap"))),
-    RankRule("4", _SAME("tok_nhs", "tok_postcode")),
-    RankRule("5", _SAME("tok_dob", "tok_sex", "tok_postcode"), nhs_must_not_contradict=True),
+    RankRule("3", (("tok_nhs_dob_swap", "tok_nhs_dob"),)),
+    RankRule("3", (("tok_nhs_dob", "tok_nhs_dob_swap"),)),
+    RankRule("4", _SAME("tok_rank4")),
+    RankRule("5", _SAME("tok_rank5"), nhs_must_not_contradict=True),
 )
 DETERMINISTIC_RANKS: tuple[str, ...] = ("1", "2", "3", "4", "5")
 

@@ -7,9 +7,12 @@ schemas/_tokens.yaml: rename a token column there and nothing else changes. Insi
 column carries the model's name, so a saved model reads the same whatever the tokens are called.
 
 Every comparison is exact agreement of tokens (a keyed hash hides how close two names are), so
-closeness is expressed by agreement on coarser tokens: the full name, then its phonetic code, then
-the initials; the date of birth, then its day-month swap, then its year and month; the postcode unit,
-then its sector, then its district.
+closeness is expressed by agreement on coarser tokens, as ordered levels of one comparison (so
+correlated tokens are never counted twice): the full name, then the first forename, then its
+phonetic code with the other name's initial; the date of birth with sex, then the date alone. Token
+spec v2 has no token of a field with few values (sex, postcode sector or district, initials, year and
+month of birth: docs/token-spec.md), so sex counts only beside the date of birth, and a postcode
+agrees as a unit or not at all.
 
     >>> ProbabilisticOptions().threshold_match_probability
     0.9
@@ -25,23 +28,18 @@ from typing import Any, Literal
 COMPARISON_COLUMNS: dict[str, str] = {
     "nhs": "tok_nhs",
     "surname": "tok_surname",
-    "surname_phonetic": "tok_surname_phonetic",
+    "surname_phonetic": "tok_surname_phonetic_initial",  # Soundex of the surname | forename initial
     "forename": "tok_forename",  # every forename, joined
     "forename_first": "tok_forename_first",
-    "forename_phonetic": "tok_forename_phonetic",
-    "initials": "tok_initials",
+    "forename_phonetic": "tok_forename_phonetic_initial",  # Soundex of the first forename | surname initial
     "dob": "tok_dob",
-    "dob_ym": "tok_dob_ym",
-    "dob_swap": "tok_dob_swap",
-    "sex": "tok_sex",
+    "dob_sex": "tok_dob_sex",
     "postcode": "tok_postcode",
-    "pc_sector": "tok_pc_sector",
-    "pc_district": "tok_pc_district",
 }
 # Every address a participant is known at: the register's, plus those on the participant's records
 # linked by NHS number (ranks 1-4). A record carries its one address in the same list form.
-ADDRESS_LISTS: dict[str, str] = {"postcodes": "postcode", "pc_sectors": "pc_sector", "pc_districts": "pc_district"}
-MODEL_VERSION = "1"
+ADDRESS_LISTS: dict[str, str] = {"postcodes": "postcode"}
+MODEL_VERSION = "2"  # 2: token spec v2 (no sex, sector, district, initials, swap or year-month tokens)
 
 # A candidate pair is never formed where both sides have an NHS number and the numbers differ: the
 # same rule as rank 5 ("where the NHS numbers do not contradict").
@@ -119,7 +117,7 @@ _ELSE = {"sql_condition": "ELSE", "label_for_charts": "all other"}
 
 
 def comparisons(tf: bool = True) -> list[dict[str, Any]]:
-    """The five comparisons of the model, as Splink comparison dictionaries."""
+    """The four comparisons of the model, as Splink comparison dictionaries."""
 
     def t(col: str) -> str | None:
         return col if tf else None
@@ -127,55 +125,43 @@ def comparisons(tf: bool = True) -> list[dict[str, Any]]:
     return [
         {
             "output_column_name": "forename",
-            "comparison_description": "forenames: all, first, first's phonetic code, initials",
+            "comparison_description": "forenames: all, first, first's phonetic code with the surname's initial",
             "comparison_levels": [
                 _level(_either_null("forename_first"), "forename missing", null=True),
                 _level(_eq("forename"), "all forenames agree", tf=t("forename")),
                 _level(_eq("forename_first"), "first forename agrees", tf=t("forename_first")),
-                _level(_eq("forename_phonetic"), "first forenames sound alike"),
-                _level(_eq("initials"), "initials agree"),
+                _level(_eq("forename_phonetic"), "first forenames sound alike, surname initials agree"),
                 _ELSE,
             ],
         },
         {
             "output_column_name": "surname",
-            "comparison_description": "surname, then its phonetic code",
+            "comparison_description": "surname, then its phonetic code with the forename's initial",
             "comparison_levels": [
                 _level(_either_null("surname"), "surname missing", null=True),
                 _level(_eq("surname"), "surname agrees", tf=t("surname")),
-                _level(_eq("surname_phonetic"), "surnames sound alike"),
+                _level(_eq("surname_phonetic"), "surnames sound alike, forename initials agree"),
                 _ELSE,
             ],
         },
         {
+            # Sex has no token of its own (token spec v2): it counts as the best level of the date of
+            # birth, so a pair agreeing on both is not credited twice for correlated evidence.
             "output_column_name": "dob",
-            "comparison_description": "date of birth, day and month swapped, year and month",
+            "comparison_description": "date of birth and sex, then date of birth",
             "comparison_levels": [
                 _level(_either_null("dob"), "date of birth missing", null=True),
-                _level(_eq("dob"), "date of birth agrees"),
-                # The swap token of one side equals the true token of the other (either way round).
-                _level('"dob_l" = "dob_swap_r" OR "dob_swap_l" = "dob_r"', "day and month swapped"),
-                _level(_eq("dob_ym"), "year and month agree"),
+                _level(_eq("dob_sex"), "date of birth and sex agree"),
+                _level(_eq("dob"), "date of birth agrees, sex differs or is unknown"),
                 _ELSE,
             ],
         },
         {
             "output_column_name": "postcode",
-            "comparison_description": "postcode unit, sector, district, against every known address of the participant",
+            "comparison_description": "postcode unit, against every known address of the participant",
             "comparison_levels": [
                 _level('"postcodes_l" IS NULL OR "postcodes_r" IS NULL', "postcode missing", null=True),
                 _level(_shares("postcodes"), "postcode unit agrees"),
-                _level(_shares("pc_sectors"), "postcode sector agrees"),
-                _level(_shares("pc_districts"), "postcode district agrees"),
-                _ELSE,
-            ],
-        },
-        {
-            "output_column_name": "sex",
-            "comparison_description": "sex",
-            "comparison_levels": [
-                _level(_either_null("sex"), "sex missing", null=True),
-                _level(_eq("sex"), "sex agrees"),
                 _ELSE,
             ],
         },
@@ -190,11 +176,8 @@ def comparisons(tf: bool = True) -> list[dict[str, Any]]:
 BLOCKING_RULES: tuple[str, ...] = (
     "l.dob = r.dob AND l.forename_phonetic = r.forename_phonetic",
     "l.dob = r.dob AND l.surname_phonetic = r.surname_phonetic",
-    # Day and month swapped on one side.
-    "l.dob = r.dob_swap AND l.surname_phonetic = r.surname_phonetic",
-    "l.dob = r.dob_swap AND l.forename_phonetic = r.forename_phonetic",
-    # Date of birth wrong altogether: the same name in the same postcode district.
-    "l.forename_phonetic = r.forename_phonetic AND l.surname_phonetic = r.surname_phonetic AND l.pc_district = r.pc_district",
+    # Date of birth wrong (day and month swapped included): names that sound alike at the same postcode.
+    "l.forename_phonetic = r.forename_phonetic AND l.surname_phonetic = r.surname_phonetic AND l.postcode = r.postcode",
 )
 # EM sessions: each blocks on some identifiers and estimates m for the others.
 TRAINING_RULES: tuple[str, ...] = (

@@ -11,8 +11,9 @@ token). Codes only ever meet codes made in the same process, are never written o
 different tokens of one field share a code with probability below 1e-7 at a million distinct values.
 
 A profile's key is the hash of the codes of its *key columns*: the tokens every other token is made
-from (NHS number, date of birth, sex, postcode, surname, forenames). The others (phonetic codes,
-initials, year-month, swapped date, sector, district) are functions of those under the token spec,
+from (NHS number, date of birth, date of birth with sex, postcode, surname, forenames). The others
+(phonetic codes with initials, NHS number with the date or the swapped date, the rank composites) are
+functions of those under the token spec,
 so they add no distinctness and the pass that maps records to profiles need not read them. A clash
 of two profiles' keys, or derived tokens that differ under one key (files not made to the spec),
 is detected and refused.

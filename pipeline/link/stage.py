@@ -24,7 +24,8 @@ import pyarrow.parquet as pq
 
 from pipeline import io
 from pipeline.contracts import load_contract, to_arrow
-from pipeline.errors import KeyMismatchError, PipelineError
+from pipeline.crypto.tokens import KID_METADATA, SPEC_METADATA, SPEC_VERSION
+from pipeline.errors import KeyMismatchError, PipelineError, TokenSpecMismatchError
 from pipeline.link.deterministic import DETERMINISTIC_RANKS, link_deterministic
 from pipeline.link.model import ADDRESS_LISTS, COMPARISON_COLUMNS, ProbabilisticOptions
 from pipeline.link.probabilistic import (
@@ -41,10 +42,13 @@ from pipeline.settings import SOURCES, RunConfig
 
 log = logging.getLogger(__name__)
 
-# Token columns the deterministic ranks need (schemas/_tokens.yaml, version 1).
-DETERMINISTIC_COLUMNS: tuple[str, ...] = ("tok_nhs", "tok_dob", "tok_dob_ym", "tok_dob_swap", "tok_sex", "tok_postcode")
-# The tokens every other token is made from (token spec v1): a profile is the combination of these.
-KEY_COLUMNS: tuple[str, ...] = ("tok_nhs", "tok_dob", "tok_sex", "tok_postcode", "tok_surname", "tok_forename")
+# Token columns the deterministic ranks need (schemas/_tokens.yaml, token spec v2).
+DETERMINISTIC_COLUMNS: tuple[str, ...] = (
+    "tok_nhs", "tok_nhs_dob", "tok_nhs_dob_swap", "tok_rank1", "tok_rank2", "tok_rank3", "tok_rank4", "tok_rank5",
+)  # fmt: skip
+# Tokens every other token is a function of (token spec v2): a profile is the combination of these.
+# Sex has no token of its own; with the date of birth, tok_dob_sex carries it wherever a token uses it.
+KEY_COLUMNS: tuple[str, ...] = ("tok_nhs", "tok_dob", "tok_dob_sex", "tok_postcode", "tok_surname", "tok_forename")
 # Ranks whose links rest on the NHS number; the addresses on their records are a participant's own.
 NHS_RANKS: tuple[str, ...] = ("1", "2", "3", "4")
 WORK_DIR = ".work"
@@ -69,7 +73,7 @@ def common_kid(files: dict[str, Path]) -> str:
     A source's token blocks and record blocks are reported together, under the source's name."""
     kids: dict[str, set[str | None]] = {}
     for name, p in files.items():
-        kids.setdefault(name.removesuffix(RECORDS), set()).add(io.parquet_metadata(p).get("pprl_kid"))
+        kids.setdefault(name.removesuffix(RECORDS), set()).add(io.parquet_metadata(p).get(KID_METADATA))
     distinct = set().union(*kids.values())
     if len(distinct) != 1 or None in distinct:
         raise KeyMismatchError(
@@ -78,6 +82,23 @@ def common_kid(files: dict[str, Path]) -> str:
             + "); re-pseudonymise every source with the same key before linking"
         )
     return distinct.pop()
+
+
+def check_spec_version(files: dict[str, Path]) -> str:
+    """The token spec version every token file follows (Parquet metadata `pprl_spec`); this stage reads
+    version SPEC_VERSION only. TokenSpecMismatchError if a file follows another or records none (a
+    file written before spec v2): tokens of different versions never meet, whatever they hash."""
+    specs: dict[str, set[str | None]] = {}
+    for name, p in files.items():
+        specs.setdefault(name.removesuffix(RECORDS), set()).add(io.parquet_metadata(p).get(SPEC_METADATA))
+    wrong = {n: s for n, s in specs.items() if s != {SPEC_VERSION}}
+    if wrong:
+        raise TokenSpecMismatchError(
+            f"tokens were made under a token spec other than {SPEC_VERSION} ("
+            + ", ".join(f"{n}: {'/'.join(sorted(v or 'none' for v in vs))}" for n, vs in sorted(wrong.items()))
+            + f"); re-pseudonymise every source with this pipeline (token spec {SPEC_VERSION}) before linking"
+        )
+    return SPEC_VERSION
 
 
 def model_token_columns(files: dict[str, Path]) -> tuple[list[str], list[str]]:
@@ -113,7 +134,7 @@ def _deterministic_pass(
         "%s: %d profiles (%.1fs), ranks 1-5 (%.1fs), written (%.1fs)",
         source, profiles.height, t_profiles, t_ranks, time.perf_counter() - t - t_profiles - t_ranks,
     )  # fmt: skip
-    cols = [c for c in ("tok_postcode", "tok_pc_sector", "tok_pc_district") if c in columns]
+    cols = [c for c in ("tok_postcode",) if c in columns]
     return (
         det.filter(pl.col("rank").is_in(NHS_RANKS))
         .join(profiles.select(PROFILE_KEY, *cols), on=PROFILE_KEY)
@@ -126,6 +147,7 @@ def run_link(cfg: RunConfig, options: ProbabilisticOptions | None = None) -> Pat
     options = options or ProbabilisticOptions()
     files = token_files(cfg)
     kid = common_kid(files)
+    check_spec_version(files)
     columns, missing = model_token_columns(files)
     out_dir = cfg.linked_dir
     work = out_dir / WORK_DIR

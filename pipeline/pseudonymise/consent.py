@@ -40,7 +40,7 @@ from pipeline import io
 from pipeline.contracts import load_contract
 from pipeline.crypto.keys import LinkageKey
 from pipeline.crypto.normalise import nhs_number_expr, postcode_expr
-from pipeline.crypto.tokens import study_ids
+from pipeline.crypto.tokens import study_ids, token_file_metadata
 from pipeline.errors import PipelineError
 from pipeline.pseudonymise.identifiers import NO_USABLE_IDENTIFIER, tokenise_identifiers
 from pipeline.pseudonymise.inputs import scan_input
@@ -230,7 +230,7 @@ def run_consent_gate(cfg: RunConfig, key: LinkageKey) -> Path:
     )
     contract = load_contract("pseudo_persons")
     out_dir = cfg.pseudonymised_dir
-    io.write_frame(good.select(contract.column_names), contract, out_dir / "persons.parquet", {"pprl_kid": key.kid})
+    io.write_frame(good.select(contract.column_names), contract, out_dir / "persons.parquet", token_file_metadata(key.kid))
 
     # The survey answers of kept participants only; survey rows carry no direct identifier.
     survey_out = survey.join(good.select("participant_id"), on="participant_id", how="semi").sort("response_id")

@@ -6,7 +6,7 @@ function serves the consent register and every service-use source. `TOKEN_COLUMN
 reader checks against docs/token-spec.md: each token column, its field, and its canonical value.
 
     >>> [c.name for c in TOKEN_COLUMNS][:4]
-    ['tok_nhs', 'tok_dob', 'tok_dob_ym', 'tok_dob_swap']
+    ['tok_nhs', 'tok_dob', 'tok_dob_sex', 'tok_postcode']
 """
 
 from __future__ import annotations
@@ -49,28 +49,40 @@ def _joined(*parts: pl.Expr) -> pl.Expr:
 # token columns read them: Polars does not share a repeated subexpression between the many places
 # a composite or a filter would otherwise repeat it, and the NHS number's check is costly.
 _NHS, _DOB, _DOB_YM, _SEX, _POSTCODE = "_b_nhs", "_b_dob", "_b_dob_ym", "_b_sex", "_b_postcode"
-_BASE_FORMS = (_NHS, _DOB, _DOB_YM, _SEX, _POSTCODE)
+_DOB_SWAP = "_b_dob_swap"
+_BASE_FORMS = (_NHS, _DOB, _DOB_YM, _SEX, _POSTCODE, _DOB_SWAP)
 _nhs, _dob, _sex, _postcode = pl.col(_NHS), pl.col(_DOB), pl.col(_SEX), pl.col(_POSTCODE)
+
+# The day-and-month-swapped date exists only for some dates (day 12 or less, not equal to the month).
+# A token made only when it exists would tell by its absence that the day is over 12, so the swap
+# token is always made when the NHS number and date are known: from the date and this marker when
+# there is no swap. The marker's extra part keeps it from ever equalling an `nhs_dob` of a real date.
+UNSWAPPABLE = "unswappable"
+_swap = pl.col(_DOB_SWAP)
 
 TOKEN_COLUMNS: tuple[TokenColumn, ...] = (
     TokenColumn("tok_nhs", "nhs_number", _nhs),
     TokenColumn("tok_dob", "date_of_birth", _dob),
-    TokenColumn("tok_dob_ym", "date_of_birth_ym", pl.col(_DOB_YM)),
-    # Under the date_of_birth field on purpose: the swapped date of one record must equal the token
-    # of the other record's true date of birth when one of the two has day and month swapped.
-    TokenColumn("tok_dob_swap", "date_of_birth", normalise.date_swapped_expr("date_of_birth")),
-    TokenColumn("tok_sex", "sex", _sex),
+    # Sex has two values, so it is only ever tokenised with the date of birth (token spec v2).
+    TokenColumn("tok_dob_sex", "date_of_birth_sex", _joined(_dob, _sex)),
     TokenColumn("tok_postcode", "postcode", _postcode),
-    TokenColumn("tok_pc_sector", "postcode_sector", _postcode.str.head(-2)),
-    TokenColumn("tok_pc_district", "postcode_district", _postcode.str.head(-3)),
     # Every name token is under the one field `name`, so a first forename meets the same name given
     # as someone's only forename, and a forename meets a surname when a record has the two swapped.
     TokenColumn("tok_surname", "name", pl.col(_SURNAME)),
     TokenColumn("tok_forename", "name", pl.col(_FORENAMES)),
     TokenColumn("tok_forename_first", "name", pl.col(_FIRST)),
-    TokenColumn("tok_surname_phonetic", "name_soundex", pl.col(_SURNAME_SDX)),
-    TokenColumn("tok_forename_phonetic", "name_soundex", pl.col(_FIRST_SDX)),
-    TokenColumn("tok_initials", "initials", pl.concat_str([pl.col(_FIRST).str.head(1), pl.col(_SURNAME).str.head(1)])),
+    # A Soundex code alone is one of a few hundred in use and is decoded by its frequency; with the
+    # other name's initial it is one of tens of thousands. One field for both, so the two meet when a
+    # record has forename and surname swapped.
+    TokenColumn("tok_surname_phonetic_initial", "name_soundex_initial", _joined(pl.col(_SURNAME_SDX), pl.col(_FIRST).str.head(1))),
+    TokenColumn("tok_forename_phonetic_initial", "name_soundex_initial", _joined(pl.col(_FIRST_SDX), pl.col(_SURNAME).str.head(1))),
+    # Rank 3's day-and-month-swap arm: the swapped token of one record equals the true one of the other.
+    TokenColumn("tok_nhs_dob", "nhs_dob", _joined(_nhs, _dob)),
+    TokenColumn(
+        "tok_nhs_dob_swap",
+        "nhs_dob",
+        pl.when(_swap.is_not_null()).then(_joined(_nhs, _swap)).otherwise(_joined(_nhs, _dob, pl.lit(UNSWAPPABLE))),
+    ),
     TokenColumn("tok_rank1", "rank1", _joined(_nhs, _dob, _sex, _postcode)),
     TokenColumn("tok_rank2", "rank2", _joined(_nhs, _dob, _sex)),
     TokenColumn("tok_rank3", "rank3", _joined(_nhs, pl.col(_DOB_YM))),
@@ -94,6 +106,7 @@ def _with_base_forms(lf: pl.LazyFrame) -> pl.LazyFrame:
         normalise.date_expr("date_of_birth").alias(_DOB),
         normalise.date_ym_expr("date_of_birth").alias(_DOB_YM),
         normalise.sex_expr("sex").alias(_SEX),
+        normalise.date_swapped_expr("date_of_birth").alias(_DOB_SWAP),
     )
 
 

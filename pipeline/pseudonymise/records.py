@@ -30,6 +30,7 @@ import polars as pl
 from pipeline import io
 from pipeline.contracts import Contract, load_contract
 from pipeline.crypto.keys import LinkageKey
+from pipeline.crypto.tokens import token_file_metadata
 from pipeline.pseudonymise.identifiers import number_token_blocks, tokenise_blocks, with_unusable_flag
 from pipeline.pseudonymise.inputs import scan_input
 from pipeline.pseudonymise.row_rules import rules_for
@@ -105,7 +106,7 @@ def _write_tokens(raw: pl.LazyFrame, key: LinkageKey, source: str, out: Path) ->
     records/<source>.parquet (each row's block), in parts when it is big; return the identifier counts."""
     tokens_path, records_path = blocks_path(out, source), record_blocks_path(out, source)
     blocks_contract, records_contract = load_contract("token_blocks"), load_contract("record_blocks")
-    metadata = {"pprl_kid": key.kid, "source": source}
+    metadata = {**token_file_metadata(key.kid), "source": source}
     keep = ~pl.col(SET_ASIDE)
     parts = max(1, math.ceil(raw.select(pl.len()).collect().item() / ROWS_PER_PART))
     if parts == 1:

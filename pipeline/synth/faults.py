@@ -11,7 +11,7 @@ rows and scattered back. The kinds of fault and what the pipeline is expected to
 | nickname         | Bill for William                              | probabilistic (name-phonetic etc.) |
 | surname_part     | Jones for Smith-Jones                         | probabilistic                      |
 | typo_given/family| one character substituted, dropped, swapped   | probabilistic                      |
-| dob_swap         | day and month of birth swapped                | rank 3 (tok_dob_swap)              |
+| dob_swap         | day and month of birth swapped                | rank 3 (tok_nhs_dob_swap)          |
 | sex_unknown      | U                                             | ranks without sex                  |
 | postcode_format  | no space and/or lower case                    | none needed after canonicalisation |
 | postcode_moved   | a different postcode from the register's (house move) | ranks without postcode     |

@@ -1,12 +1,12 @@
-"""Write tokens_v1.json, the published test vectors of token spec v1, from the pipeline's own code path.
+"""Write tokens_v2.json, the published test vectors of token spec v2, from the pipeline's own code path.
 
-    .venv/bin/python tests/vectors/make_tokens_v1.py          # rewrites tests/vectors/tokens_v1.json
+    .venv/bin/python tests/vectors/make_tokens_v2.py          # rewrites tests/vectors/tokens_v2.json
 
 Each vector is (token column, field, raw identifiers, canonical string, token) under a fixed,
 published test key that must never be used for real data. The canonical strings and tokens come
 from `pipeline.pseudonymise.identifiers` exactly as a run makes them. tests/test_crypto.py checks
 that this script still writes the checked-in file (so a change to a canonical form or a token
-cannot slip in unnoticed) and that tests/vectors/reference_v1.py, written from the spec alone,
+cannot slip in unnoticed) and that tests/vectors/reference_v2.py, written from the spec alone,
 reproduces every vector.
 """
 
@@ -22,10 +22,12 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-OUT = HERE / "tokens_v1.json"
-# Published, never for real data: 32 ASCII bytes, easy to type in any language. #056 is the first
-# number whose vectors hold no run of ten digits that a data scanner could take for an NHS number.
-TEST_KEY = b"pprl-v1 published TEST key #056."
+OUT = HERE / "tokens_v2.json"
+# Published, never for real data: 32 ASCII bytes, easy to type in any language. #112 is the first
+# number whose v2 vectors hold no run of ten digits, outside the 999 test range, that a data scanner
+# could take for an NHS number (tests/test_crypto.py checks it). Spec v1's vectors used #056, whose v2
+# vectors would hold such runs.
+TEST_KEY = b"pprl-v2 published TEST key #112."
 TEST_KEY_CREATED = "2026-01-01T00:00:00+00:00"
 
 FULL = {"nhs_number": "999 000 0018", "date_of_birth": "1950-03-07", "sex": "female", "postcode": "ls1 4ab",
@@ -45,17 +47,20 @@ CASES: list[tuple[str, dict[str, str]]] = [
     ("tok_nhs", {"nhs_number": "999000001８"}),  # a full-width digit
     ("tok_dob", {"date_of_birth": "1950-03-07"}),
     ("tok_dob", {"date_of_birth": "1929-12-31"}),
-    ("tok_dob_ym", {"date_of_birth": "1950-03-07"}),
-    ("tok_dob_swap", {"date_of_birth": "1950-03-07"}),
-    ("tok_dob_swap", {"date_of_birth": "1950-07-03"}),
-    ("tok_dob_swap", {"date_of_birth": "1950-03-03"}),  # swapping changes nothing
-    ("tok_dob_swap", {"date_of_birth": "1950-03-25"}),  # 25 is no month
-    ("tok_sex", {"sex": "F"}),
-    ("tok_sex", {"sex": " female "}),
-    ("tok_sex", {"sex": "2"}),
-    ("tok_sex", {"sex": "M"}),
-    ("tok_sex", {"sex": "1"}),
-    ("tok_sex", {"sex": "U"}),
+    ("tok_dob_sex", {"date_of_birth": "1950-03-07", "sex": "F"}),
+    ("tok_dob_sex", {"date_of_birth": "1950-03-07", "sex": " female "}),
+    ("tok_dob_sex", {"date_of_birth": "1950-03-07", "sex": "2"}),
+    ("tok_dob_sex", {"date_of_birth": "1950-03-07", "sex": "M"}),
+    ("tok_dob_sex", {"date_of_birth": "1950-03-07", "sex": "1"}),
+    ("tok_dob_sex", {"date_of_birth": "1950-03-07", "sex": "U"}),  # sex unknown: no composite
+    ("tok_dob_sex", {"sex": "F"}),  # no date: no composite
+    ("tok_nhs_dob", {"nhs_number": "9990000018", "date_of_birth": "1950-03-07"}),
+    ("tok_nhs_dob", {"nhs_number": "9990000018", "date_of_birth": "1950-07-03"}),
+    ("tok_nhs_dob_swap", {"nhs_number": "9990000018", "date_of_birth": "1950-07-03"}),  # equals the tok_nhs_dob above
+    ("tok_nhs_dob_swap", {"nhs_number": "9990000018", "date_of_birth": "1950-03-07"}),
+    ("tok_nhs_dob_swap", {"nhs_number": "9990000018", "date_of_birth": "1950-03-03"}),  # swapping changes nothing
+    ("tok_nhs_dob_swap", {"nhs_number": "9990000018", "date_of_birth": "1950-03-25"}),  # 25 is no month
+    ("tok_nhs_dob_swap", {"date_of_birth": "1950-03-07"}),  # no NHS number: no composite
     ("tok_postcode", {"postcode": "ls1 4ab"}),
     ("tok_postcode", {"postcode": "LS14AB"}),
     ("tok_postcode", {"postcode": "SW1A 1AA"}),
@@ -63,10 +68,6 @@ CASES: list[tuple[str, dict[str, str]]] = [
     ("tok_postcode", {"postcode": "DN55 1PT"}),
     ("tok_postcode", {"postcode": "ZZ99 3VZ"}),  # NHS pseudo-postcode: no fixed abode
     ("tok_postcode", {"postcode": "LS1 4A"}),
-    ("tok_pc_sector", {"postcode": "ls1 4ab"}),
-    ("tok_pc_sector", {"postcode": "SW1A 1AA"}),
-    ("tok_pc_district", {"postcode": "ls1 4ab"}),
-    ("tok_pc_district", {"postcode": "SW1A 1AA"}),
     ("tok_surname", {"family_name": "Smith"}),
     ("tok_surname", {"family_name": "O'Brien-Smith"}),
     ("tok_surname", {"family_name": "D\u2019Souza"}),
@@ -85,18 +86,17 @@ CASES: list[tuple[str, dict[str, str]]] = [
     ("tok_forename_first", {"given_name": "Mary"}),
     ("tok_forename_first", {"given_name": "Dr Zoë  Mary\u2013Jane"}),
     ("tok_forename_first", {"given_name": "J.R.R."}),
-    ("tok_surname_phonetic", {"family_name": "Ashcraft"}),
-    ("tok_surname_phonetic", {"family_name": "Tymczak"}),
-    ("tok_surname_phonetic", {"family_name": "Pfister"}),
-    ("tok_surname_phonetic", {"family_name": "Honeyman"}),
-    ("tok_surname_phonetic", {"family_name": "Lee"}),
-    ("tok_surname_phonetic", {"family_name": "O'Brien-Smith"}),
-    ("tok_forename_phonetic", {"given_name": "Robert"}),
-    ("tok_forename_phonetic", {"given_name": "Rupert"}),
-    ("tok_forename_phonetic", {"given_name": "Mary-Jane"}),
-    ("tok_initials", {"given_name": "Mary-Jane", "family_name": "O'Brien"}),
-    ("tok_initials", {"given_name": "Mr John", "family_name": "Smith"}),
-    ("tok_initials", {"given_name": "John"}),  # no surname: no initials
+    ("tok_surname_phonetic_initial", {"given_name": "Mary", "family_name": "Ashcraft"}),
+    ("tok_surname_phonetic_initial", {"given_name": "Mary", "family_name": "Tymczak"}),
+    ("tok_surname_phonetic_initial", {"given_name": "Mary", "family_name": "Pfister"}),
+    ("tok_surname_phonetic_initial", {"given_name": "Mary", "family_name": "Honeyman"}),
+    ("tok_surname_phonetic_initial", {"given_name": "Mary", "family_name": "Lee"}),
+    ("tok_surname_phonetic_initial", {"given_name": "Mary-Jane", "family_name": "O'Brien-Smith"}),
+    ("tok_surname_phonetic_initial", {"family_name": "Lee"}),  # no forename: no composite
+    ("tok_forename_phonetic_initial", {"given_name": "Robert", "family_name": "Lee"}),
+    ("tok_forename_phonetic_initial", {"given_name": "Rupert", "family_name": "Lee"}),
+    ("tok_forename_phonetic_initial", {"given_name": "Mr John", "family_name": "Smith"}),
+    ("tok_forename_phonetic_initial", {"given_name": "Lee", "family_name": "Mary"}),  # names swapped: equals Mary Lee's surname one
     *[(f"tok_rank{r}", FULL) for r in range(1, 6)],
     ("tok_rank1", {**FULL, "sex": "U"}),  # a part is unknown: no composite
     ("tok_rank5", {**FULL, "nhs_number": None}),
@@ -130,7 +130,7 @@ def build() -> dict[str, Any]:
         for i, (column, raw) in enumerate(CASES)
     ]
     return {
-        "spec": "pprl token spec v1 (docs/token-spec.md)",
+        "spec": "pprl token spec v2 (docs/token-spec.md)",
         "warning": "TEST KEY: published so anyone can check an implementation; never use it for real data",
         "key_file": {"kid": key.kid, "key": base64.b64encode(TEST_KEY).decode(), "created": TEST_KEY_CREATED},
         "field_keys": {f: field_key(key, f).hex() for f in FIELDS},

@@ -1,11 +1,11 @@
-"""A second, independent implementation of token spec v1, written from docs/token-spec.md alone.
+"""A second, independent implementation of token spec v2, written from docs/token-spec.md alone.
 
 It imports nothing from `pipeline`: HKDF and HMAC come from the `cryptography` package, and the
 canonical forms (Soundex included) are written out here. Tests check that it reproduces the test
-vectors in tokens_v1.json and every token the pipeline writes to the pseudonymised zone. A
+vectors in tokens_v2.json and every token the pipeline writes to the pseudonymised zone. A
 provider porting the spec to another language can read it as a worked example.
 
-    python tests/vectors/reference_v1.py KEY_FILE < records.jsonl   # one JSON object of tokens per line
+    python tests/vectors/reference_v2.py KEY_FILE < records.jsonl   # one JSON object of tokens per line
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def kid(key: bytes) -> str:
 
 
 def field_key(key: bytes, field: str) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"pprl/v1/" + field.encode()).derive(key)
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"pprl/v2/" + field.encode()).derive(key)
 
 
 def token(key: bytes, field: str, canonical: str) -> str:
@@ -40,7 +40,7 @@ def token(key: bytes, field: str, canonical: str) -> str:
 
 def study_id(key: bytes, release_label: str, participant_id: str) -> str:
     release = HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=None, info=b"pprl/v1/release/" + release_label.encode("utf-8")
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"pprl/v2/release/" + release_label.encode("utf-8")
     ).derive(key)
     h = hmac.HMAC(release, hashes.SHA256())
     h.update(participant_id.encode("utf-8"))
@@ -179,21 +179,20 @@ def canonical_values(record: dict) -> dict[str, tuple[str, str | None]]:
     (dates as YYYY-MM-DD strings)."""
     n, d, s, p = nhs_number(record.get("nhs_number")), dob(record.get("date_of_birth")), sex(record.get("sex")), postcode(record.get("postcode"))
     sn, first = surname(record.get("family_name")), forename_first(record.get("given_name"))
+    swap = dob_swap(record.get("date_of_birth"))
     return {
         "tok_nhs": ("nhs_number", n),
         "tok_dob": ("date_of_birth", d),
-        "tok_dob_ym": ("date_of_birth_ym", dob_ym(record.get("date_of_birth"))),
-        "tok_dob_swap": ("date_of_birth", dob_swap(record.get("date_of_birth"))),
-        "tok_sex": ("sex", s),
+        "tok_dob_sex": ("date_of_birth_sex", composite(d, s)),
         "tok_postcode": ("postcode", p),
-        "tok_pc_sector": ("postcode_sector", p and p[:-2]),
-        "tok_pc_district": ("postcode_district", p and p[:-3]),
         "tok_surname": ("name", sn),
         "tok_forename": ("name", forenames(record.get("given_name"))),
         "tok_forename_first": ("name", first),
-        "tok_surname_phonetic": ("name_soundex", soundex(sn)),
-        "tok_forename_phonetic": ("name_soundex", soundex(first)),
-        "tok_initials": ("initials", first[0] + sn[0] if first and sn else None),
+        "tok_surname_phonetic_initial": ("name_soundex_initial", composite(soundex(sn), first and first[0])),
+        "tok_forename_phonetic_initial": ("name_soundex_initial", composite(soundex(first), sn and sn[0])),
+        "tok_nhs_dob": ("nhs_dob", composite(n, d)),
+        # Always made when NHS number and date are known, so its absence never says the day is over 12.
+        "tok_nhs_dob_swap": ("nhs_dob", composite(n, swap) if swap else composite(n, d, d and "unswappable")),
         "tok_rank1": ("rank1", composite(n, d, s, p)),
         "tok_rank2": ("rank2", composite(n, d, s)),
         "tok_rank3": ("rank3", composite(n, d and d[:7])),
@@ -210,7 +209,7 @@ def read_key_file(path: str) -> bytes:
     spec = json.loads(open(path).read())
     key = base64.b64decode(spec["key"], validate=True)
     if len(key) != 32 or spec.get("kid", kid(key)) != kid(key):
-        raise SystemExit(f"{path}: not a token spec v1 key")
+        raise SystemExit(f"{path}: not a token spec v2 key")
     return key
 
 
