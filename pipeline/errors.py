@@ -71,3 +71,8 @@ class SignatureError(PipelineError):
 
 class ReleaseLogError(PipelineError):
     """The hash-chained release log is unreadable, broken, or does not record a release as published."""
+
+
+class PathOutsideRootsError(PipelineError):
+    """A path setting (`raw_dir`, `work_dir`, `key_file`, ...) resolves outside the data roots the
+    deployment allows (`PPRL_DATA_ROOTS`)."""

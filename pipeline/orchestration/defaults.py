@@ -15,6 +15,10 @@ from airflow.sdk import ExceptionRetryPolicy, Param, RetryAction, RetryRule
 from pipeline.settings import LABEL_PATTERN, MatchingOptions, RunConfig
 
 OWNER = "pprl"
+# The Celery queue of the key holder's tasks (every task of pprl_pseudonymise: they read raw/ and
+# the key). Only the key holder's worker consumes it, and only that worker mounts the key and raw/
+# (docker-compose.yml, service airflow-keyholder); every other task goes to Airflow's default queue.
+KEY_HOLDER_QUEUE = "keyholder"
 RETRIES = 2
 RETRY_DELAY = dt.timedelta(seconds=30)
 
@@ -33,9 +37,13 @@ RETRY_POLICY = ExceptionRetryPolicy(
 )
 
 
-def default_args() -> dict[str, Any]:
-    """Task defaults for every pipeline DAG: owner, retries with a short delay, the retry policy."""
-    return {"owner": OWNER, "retries": RETRIES, "retry_delay": RETRY_DELAY, "retry_policy": RETRY_POLICY}
+def default_args(*, queue: str | None = None) -> dict[str, Any]:
+    """Task defaults for every pipeline DAG: owner, retries with a short delay, the retry policy, and
+    the Celery queue when it is not the default one (the key holder's DAG passes KEY_HOLDER_QUEUE)."""
+    args = {"owner": OWNER, "retries": RETRIES, "retry_delay": RETRY_DELAY, "retry_policy": RETRY_POLICY}
+    if queue is not None:
+        args["queue"] = queue
+    return args
 
 
 def _default(cls: type, name: str) -> Any:
