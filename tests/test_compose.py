@@ -233,7 +233,7 @@ def _command(service: dict) -> list[str]:
 
 
 def test_the_key_holder_serves_only_its_queue_and_no_other_worker_serves_it(services):
-    from pipeline.orchestration.defaults import KEY_HOLDER_QUEUE
+    from pipeline.orchestration import KEY_HOLDER_QUEUE
 
     assert _command(services["airflow-keyholder"]) == ["airflow", "celery", "worker", "--queues", KEY_HOLDER_QUEUE]
     for name, service in services.items():

@@ -12,13 +12,12 @@ from typing import Any
 
 from airflow.sdk import ExceptionRetryPolicy, Param, RetryAction, RetryRule
 
+__all__ = ["KEY_HOLDER_QUEUE", "default_args", "run_params"]
+
+from pipeline.orchestration import KEY_HOLDER_QUEUE
 from pipeline.settings import LABEL_PATTERN, MatchingOptions, RunConfig
 
 OWNER = "pprl"
-# The Celery queue of the key holder's tasks (every task of pprl_pseudonymise: they read raw/ and
-# the key). Only the key holder's worker consumes it, and only that worker mounts the key and raw/
-# (docker-compose.yml, service airflow-keyholder); every other task goes to Airflow's default queue.
-KEY_HOLDER_QUEUE = "keyholder"
 RETRIES = 2
 RETRY_DELAY = dt.timedelta(seconds=30)
 
