@@ -534,6 +534,10 @@ class AirflowStack:
             AIRFLOW__API__SECRET_KEY=secrets.token_urlsafe(32),
             AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_urlsafe(48),
             AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK="False",
+            # Celery names its processes with setproctitle, which by default writes the title over the
+            # process's environment block; then /proc/<pid>/environ no longer shows what a worker was
+            # started with, and the test that reads it (for keys that must not be there) would see nothing.
+            SPT_NOENV="1",
         )
         if self.data_roots:
             env[DATA_ROOTS_VARIABLE] = os.pathsep.join(str(p) for p in self.data_roots)
