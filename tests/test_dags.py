@@ -138,6 +138,10 @@ def test_only_the_key_holders_tasks_go_to_its_queue(dagbag):
     queues = {(dag_id, task_id): t["queue"] for dag_id, d in dagbag["dags"].items() for task_id, t in d["tasks"].items()}
     keyholder = {key for key, queue in queues.items() if queue == "keyholder"}
     assert keyholder == {(PSEUDONYMISE_DAG, task) for task in dagbag["dags"][PSEUDONYMISE_DAG]["tasks"]}
+    # And they are the tasks pipeline.tasks runs in child processes of their own.
+    from pipeline.tasks import KEY_HOLDER_TASKS
+
+    assert set(dagbag["dags"][PSEUDONYMISE_DAG]["tasks"]) == set(KEY_HOLDER_TASKS)
     assert {queue for key, queue in queues.items() if key not in keyholder} == {"default"}
 
 

@@ -117,8 +117,10 @@ def main() -> int:
     sys.stdout.flush()
     replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
-    # Ends with its caller however the caller ends, even by SIGKILL (Linux).
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    # Ends with its caller however the caller ends, even by SIGKILL (Linux only; elsewhere the caller's
+    # `finally` stops it on every end but SIGKILL).
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     try:
         request = json.load(sys.stdin)
         os.environ[KEY_HOLDER_PROCESS] = IN_PROCESS  # the child runs the task itself, never a grandchild
