@@ -12,7 +12,10 @@ the REST API or the CLI with the run settings below; the other two follow throug
 | `pseudonymise_source` | `pipeline.tasks.pseudonymise_source` | one mapped task per service-use source (named by source in the UI) |
 | `validate_pseudonymised` | `pipeline.tasks.validate_pseudonymised` | validation report of the `pseudonymised/` zone; emits asset `pprl_pseudonymised` |
 
-Only these tasks read `raw/` and the linkage key. Everything is written under
+Only these tasks read `raw/` and the linkage key. They run on the Celery queue `keyholder`, served
+by the key holder's worker alone, the only one that mounts the key and `raw/`; in the embedded
+default each runs in a child process of its own, so the key never reaches the process that links
+and publishes. Everything is written under
 `<work_dir>/<zone>/<release_label>/`, so runs with different labels never touch each other's files,
 and rerunning a task (clear it in the UI) overwrites its own output.
 
@@ -27,7 +30,7 @@ from airflow.sdk import dag, get_current_context, task
 
 from pipeline.orchestration.assets import PSEUDONYMISE_DAG, PSEUDONYMISED
 from pipeline.orchestration.conf import announce, resolve_conf, run_facts
-from pipeline.orchestration.defaults import default_args, run_params
+from pipeline.orchestration.defaults import KEY_HOLDER_QUEUE, default_args, run_params
 from pipeline.settings import SOURCES
 
 
@@ -35,7 +38,7 @@ from pipeline.settings import SOURCES
     dag_id=PSEUDONYMISE_DAG,
     schedule=None,
     params=run_params(filled_by_upstream=False),
-    default_args=default_args(),
+    default_args=default_args(queue=KEY_HOLDER_QUEUE),
     # Nothing here runs on a clock, so unpaused is safe: a run starts only when someone triggers it.
     is_paused_upon_creation=False,
     tags=["pprl", "pseudonymise"],

@@ -89,3 +89,8 @@ class PreflightError(ContractError):
         lines = [f"the run cannot start: {len(self.violations)} problem(s), nothing was done:"]
         lines += [f"  - {v}" for v in self.violations]
         Exception.__init__(self, "\n".join(lines))
+
+
+class PathOutsideRootsError(PipelineError):
+    """A path setting (`raw_dir`, `work_dir`, `key_file`, ...) resolves outside the data roots the
+    deployment allows (`PPRL_DATA_ROOTS`)."""

@@ -9,12 +9,13 @@ and XCom, and written into the release manifest.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PathOutsideRootsError, PipelineError
 
 SOURCES: tuple[str, ...] = ("hospital_apc", "hospital_ae", "hospital_op", "gp_events", "social_care")
 # A label names a folder in every zone, so the whole string must match: always `fullmatch`, never
@@ -48,6 +49,12 @@ def setting(name: str) -> str:
 SMALL_GROUP_POLICIES: tuple[str, ...] = ("suppress", "coarsen", "block")
 REPO_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_UNIT_COSTS = REPO_DIR / "reference" / "unit_costs.csv"
+# The settings that name a path on the worker. Anyone who may trigger a DAG sets them, so where a
+# deployment lists its data roots they must resolve inside one of them (`confine_to_data_roots`).
+PATH_SETTINGS: tuple[str, ...] = ("raw_dir", "work_dir", "unit_costs", "key_file", "publishing_key_file")
+# Colon-separated folders a run's paths may resolve into; unset or empty allows any path (one
+# analyst's own machine). docker-compose.yml sets it to /data:/run/secrets.
+DATA_ROOTS_VARIABLE = "PPRL_DATA_ROOTS"
 
 
 @dataclass(frozen=True)
@@ -136,10 +143,11 @@ class RunConfig:
             if "exact" in m:
                 m["exact"] = tuple(m["exact"])
             m = MatchingOptions(**m)
-        for p in ("raw_dir", "work_dir", "unit_costs", "key_file", "publishing_key_file"):
+        for p in PATH_SETTINGS:
             if conf.get(p) is None:
                 continue
             conf[p] = str(Path(conf[p]).expanduser().resolve())
+        confine_to_data_roots(conf, data_roots())
         return cls(matching=m, **conf)
 
     def to_conf(self) -> dict[str, Any]:
@@ -206,3 +214,39 @@ class RunConfig:
     @property
     def extract(self) -> dt.date:
         return dt.date.fromisoformat(self.extract_date)
+
+
+def data_roots(environ: dict[str, str] | None = None) -> tuple[Path, ...]:
+    """The folders `PPRL_DATA_ROOTS` lists (colon-separated), resolved; empty when it is unset."""
+    value = (os.environ if environ is None else environ).get(DATA_ROOTS_VARIABLE, "")
+    return tuple(Path(part).expanduser().resolve() for part in value.split(os.pathsep) if part.strip())
+
+
+def confine_to_data_roots(conf: dict[str, Any], roots: tuple[Path, ...]) -> None:
+    """Refuse a path setting that resolves (symbolic links and `..` followed) outside every root.
+
+    With no roots nothing is checked. The bundled unit-cost table is allowed wherever the code is
+    installed: it is the default, not a path anyone chose.
+
+        >>> confine_to_data_roots({"work_dir": "/data/work"}, (Path("/data"),))
+        >>> confine_to_data_roots({"work_dir": "/etc"}, (Path("/data"),))
+        Traceback (most recent call last):
+        ...
+        pipeline.errors.PathOutsideRootsError: run setting work_dir: rule 'inside the data roots' broken: ...
+    """
+    if not roots:
+        return
+    for name in PATH_SETTINGS:
+        value = conf.get(name)
+        if value is None:
+            continue
+        path = Path(value).expanduser().resolve()
+        if name == "unit_costs" and path == DEFAULT_UNIT_COSTS.resolve():
+            continue
+        if not any(path == root or path.is_relative_to(root) for root in roots):
+            listed = ", ".join(str(root) for root in roots)
+            raise PathOutsideRootsError(
+                f"run setting {name}: rule 'inside the data roots' broken: it resolves outside every folder "
+                f"{DATA_ROOTS_VARIABLE} allows ({listed}); give a path under one of them, or ask the "
+                "deployment's administrator to add a root"
+            )

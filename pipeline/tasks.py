@@ -2,7 +2,9 @@
 pipeline.settings.RunConfig), does its work idempotently, and returns the path it wrote.
 
 DAG files in dags/ only wire these together; nothing here imports Airflow. Only the pseudonymise
-tasks load the key. The first task of each DAG takes `run`, the Airflow facts of its DAG run
+tasks (the key holder's, `KEY_HOLDER_TASKS`) read raw/ or load the key, and each of them runs in a
+fresh child interpreter (pipeline.orchestration.key_holder), so the process that calls them, the
+one that links and publishes in the embedded default, never holds the key. The first task of each DAG takes `run`, the Airflow facts of its DAG run
 (`pipeline.orchestration.conf.run_facts`; None without Airflow), for the release's provenance.
 
 Every report a run writes goes to `cfg.reports_staging_dir`; publish_release moves it to
@@ -45,15 +47,55 @@ def preflight(conf: Conf, run: Run = None) -> str:
     return str(cfg.reports_staging_dir)
 
 
+# The tasks of pprl_pseudonymise: they read raw/ and the key, and run on the key holder's worker.
+KEY_HOLDER_TASKS: tuple[str, ...] = ("check_inputs", "consent_gate", "pseudonymise_source", "validate_pseudonymised")
+
+
+def _in_key_holder(task: str, conf: Conf, *args: str) -> str:
+    """Run a key holder's task in a child interpreter of its own, or here when the deployment says so
+    (see pipeline.orchestration.key_holder for when, and why)."""
+    from pipeline.orchestration import key_holder
+
+    _cfg(conf)  # Bad settings are refused here, without starting a child.
+    if key_holder.mode() == key_holder.IN_PROCESS:
+        return run_key_holder_task(task, conf, *args)
+    return key_holder.run_in_key_holder(task, conf, *args)
+
+
+def run_key_holder_task(task: str, conf: Conf, *args: str) -> str:
+    """The work of one key holder's task, in this process (the child calls this)."""
+    if task not in KEY_HOLDER_TASKS:
+        raise ValueError(f"{task} is not a key holder's task")
+    return globals()[f"_{task}"](conf, *args)
+
+
 def check_inputs(conf: Conf) -> str:
     """Check every input file against its contract; write and return the input manifest (hashes, rows)."""
+    return _in_key_holder("check_inputs", conf)
+
+
+def consent_gate(conf: Conf) -> str:
+    """Keep consented, not-withdrawn participants; tokenise them. Returns pseudonymised persons path."""
+    return _in_key_holder("consent_gate", conf)
+
+
+def pseudonymise_source(conf: Conf, source: str) -> str:
+    """Tokenise one service-use source. Returns the source's pseudonymised folder."""
+    return _in_key_holder("pseudonymise_source", conf, source)
+
+
+def validate_pseudonymised(conf: Conf) -> str:
+    """Validate raw/'s consent register and quarantine files, then the pseudonymised zone."""
+    return _in_key_holder("validate_pseudonymised", conf)
+
+
+def _check_inputs(conf: Conf) -> str:
     from pipeline.pseudonymise import check_inputs as run
 
     return str(run(_cfg(conf)))
 
 
-def consent_gate(conf: Conf) -> str:
-    """Keep consented, not-withdrawn participants; tokenise them. Returns pseudonymised persons path."""
+def _consent_gate(conf: Conf) -> str:
     from pipeline.crypto.keys import load_key
     from pipeline.pseudonymise import run_consent_gate
 
@@ -61,8 +103,7 @@ def consent_gate(conf: Conf) -> str:
     return str(run_consent_gate(cfg, load_key(cfg.key_file)))
 
 
-def pseudonymise_source(conf: Conf, source: str) -> str:
-    """Tokenise one service-use source. Returns the source's pseudonymised folder."""
+def _pseudonymise_source(conf: Conf, source: str) -> str:
     from pipeline.crypto.keys import load_key
     from pipeline.pseudonymise import pseudonymise_source as run
 
@@ -70,7 +111,7 @@ def pseudonymise_source(conf: Conf, source: str) -> str:
     return str(run(cfg, load_key(cfg.key_file), source))
 
 
-def validate_pseudonymised(conf: Conf) -> str:
+def _validate_pseudonymised(conf: Conf) -> str:
     """Validate the raw zone's consent register and quarantine files, then the pseudonymised zone.
 
     Both run here, in the key holder's DAG, because only its tasks may read raw/. The service-use
@@ -158,4 +199,4 @@ STAGES: tuple[str, ...] = (
     "link", "validate_linked", "build_cohort", "stage_release", "validate_release", "publish_release",
 )  # fmt: skip
 
-__all__ = ["SOURCES", "STAGES"]
+__all__ = ["KEY_HOLDER_TASKS", "SOURCES", "STAGES"]

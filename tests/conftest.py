@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from pipeline import io
+from pipeline.orchestration.key_holder import IN_PROCESS, KEY_HOLDER_PROCESS
 from pipeline.settings import RunConfig
+
+# The tests call the key holder's tasks in their own process, where they can watch its writes and
+# scan its logs; tests/test_key_holder.py and every embedded run (which always uses child
+# processes, pipeline.orchestration.embedded.airflow_env) cover the child processes.
+os.environ[KEY_HOLDER_PROCESS] = IN_PROCESS
 
 RELIABILITY_LABEL = "ref-1"
 

@@ -27,6 +27,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline import io, tasks  # noqa: E402
+from pipeline.orchestration.key_holder import IN_PROCESS, KEY_HOLDER_PROCESS  # noqa: E402
+
+# The key holder's tasks run here, not in child interpreters of their own: the watcher below sees
+# only this process's writes through pipeline.io.atomic_path, and the crash tests stop this process
+# at one of them. The child path is tested in tests/test_key_holder.py and by every embedded run.
+os.environ[KEY_HOLDER_PROCESS] = IN_PROCESS
 from pipeline.settings import SOURCES  # noqa: E402
 
 STEPS: tuple[str, ...] = tuple(

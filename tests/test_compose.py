@@ -27,7 +27,8 @@ ENV_EXAMPLE = REPO_DIR / ".env.example"
 DOCKERFILE = REPO_DIR / "Dockerfile"
 DOCKERIGNORE = REPO_DIR / ".dockerignore"
 
-AIRFLOW_SERVICES = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-worker")
+AIRFLOW_SERVICES = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-keyholder", "airflow-worker")
+WORKERS = ("airflow-keyholder", "airflow-worker")
 LONG_RUNNING = ("postgres", "redis", *AIRFLOW_SERVICES)
 SECRET_SETTINGS = ("POSTGRES_PASSWORD", "AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY", "AIRFLOW_FERNET_KEY", "AIRFLOW_ADMIN_PASSWORD")
 ZONE_MOUNTS = {
@@ -199,16 +200,19 @@ def test_long_running_services_have_healthchecks_and_restart(services):
     for name in LONG_RUNNING:
         assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
         assert services[name].get("restart") == "always", f"{name} is not restarted"
-    for name in ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-worker"):
+    for name in AIRFLOW_SERVICES:
         assert services[name]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
         assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
-def test_workers_scale_and_only_they_hold_the_key(compose, services):
-    worker = services["airflow-worker"]
-    assert "container_name" not in worker and "ports" not in worker, "--scale needs no fixed name and no host port"
-    assert worker["secrets"] == ["pprl_key", "pprl_publishing_key"]
-    assert worker["environment"]["PPRL_KEY_FILE"] == "/run/secrets/pprl_key"
+def test_workers_scale_and_only_the_key_holder_holds_the_key(compose, services):
+    for name in WORKERS:
+        worker = services[name]
+        assert "container_name" not in worker and "ports" not in worker, f"{name}: --scale needs no fixed name and no host port"
+    keyholder, worker = services["airflow-keyholder"], services["airflow-worker"]
+    assert keyholder["secrets"] == ["pprl_key"]
+    assert keyholder["environment"]["PPRL_KEY_FILE"] == "/run/secrets/pprl_key"
+    assert worker["secrets"] == ["pprl_publishing_key"]
     assert worker["environment"]["PPRL_PUBLISHING_KEY_FILE"] == "/run/secrets/pprl_publishing_key"
     assert compose["secrets"]["pprl_key"] == {"file": read_env_file(ENV_EXAMPLE)["PPRL_KEY_FILE_HOST"]}
     assert compose["secrets"]["pprl_publishing_key"] == {"file": read_env_file(ENV_EXAMPLE)["PPRL_PUBLISHING_KEY_FILE_HOST"]}
@@ -216,22 +220,83 @@ def test_workers_scale_and_only_they_hold_the_key(compose, services):
         environment = service.get("environment", {})
         # Only the key file's path may be in a worker's environment, never the key (pipeline.crypto.keys).
         carried = set(KEY_ENVIRONMENT) & set(environment)
-        assert carried <= ({KEY_FILE_VARIABLE} if name == "airflow-worker" else set()), f"{name} carries {sorted(carried)}"
+        assert carried <= ({KEY_FILE_VARIABLE} if name == "airflow-keyholder" else set()), f"{name} carries {sorted(carried)}"
+        if name != "airflow-keyholder":
+            assert "pprl_key" not in service.get("secrets", []), f"{name} must not get the linkage key"
         if name != "airflow-worker":
-            assert "secrets" not in service, f"{name} must not get the key"
+            assert "pprl_publishing_key" not in service.get("secrets", []), f"{name} must not get the publishing key"
             assert "PPRL_PUBLISHING_KEY_FILE" not in environment, f"{name} must not get the publishing key"
 
 
-def test_zones_reports_and_logs_live_on_named_volumes(compose, services):
-    worker_mounts = dict(reversed(m.split(":")[:2]) for m in services["airflow-worker"]["volumes"])
-    for path, volume in ZONE_MOUNTS.items():
-        assert worker_mounts.get(path) == volume, f"{path} should be on volume {volume}"
+def _command(service: dict) -> list[str]:
+    return service["command"] if isinstance(service["command"], list) else service["command"].split()
+
+
+def test_the_key_holder_serves_only_its_queue_and_no_other_worker_serves_it(services):
+    from pipeline.orchestration import KEY_HOLDER_QUEUE
+
+    assert _command(services["airflow-keyholder"]) == ["airflow", "celery", "worker", "--queues", KEY_HOLDER_QUEUE]
+    for name, service in services.items():
+        if name != "airflow-keyholder" and "command" in service:
+            assert KEY_HOLDER_QUEUE not in " ".join(_command(service)), f"{name} must not serve the key holder's queue"
+    assert "--queues" not in _command(services["airflow-worker"]), "airflow-worker serves Airflow's default queue"
+
+
+def _mounts(service: dict) -> dict[str, tuple[str, str]]:
+    """Mount point -> (volume, mode) of a service's volume mounts."""
+    found = {}
+    for mount in service.get("volumes", []):
+        source, target, *mode = mount.split(":")
+        found[target] = (source, mode[0] if mode else "rw")
+    return found
+
+
+# Which zones each service mounts, and how (DESIGN.md's zone table). A service not listed mounts none.
+ZONE_ACCESS = {
+    "airflow-keyholder": {
+        "/data/raw": ("pprl-raw", "rw"),
+        "/data/work/raw": ("pprl-quarantine", "rw"),
+        "/data/work/pseudonymised": ("pprl-pseudonymised", "rw"),
+        "/data/work/reports": ("pprl-reports", "rw"),
+    },
+    "airflow-worker": {
+        "/data/work/pseudonymised": ("pprl-pseudonymised", "ro"),
+        "/data/work/linked": ("pprl-linked", "rw"),
+        "/data/work/releases": ("pprl-releases", "rw"),
+        "/data/work/reports": ("pprl-reports", "rw"),
+    },
+    # Makes every zone's folders and hands them to AIRFLOW_UID; runs no task and gets no secret.
+    "airflow-init": {path: (volume, "rw") for path, volume in ZONE_MOUNTS.items()},
+}
+
+
+def test_each_service_mounts_only_the_zones_it_needs(compose, services):
+    for name, service in services.items():
+        zones = {target: mount for target, mount in _mounts(service).items() if mount[0] in ZONE_MOUNTS.values()}
+        assert zones == ZONE_ACCESS.get(name, {}), f"{name} mounts {zones}"
+    assert "secrets" not in services["airflow-init"]
+    # raw/, the quarantine and the linkage key: the key holder's worker alone among the running services.
+    for name, service in services.items():
+        sources = {source for source, _ in _mounts(service).values()}
+        if name not in ("airflow-keyholder", "airflow-init"):
+            assert not sources & {"pprl-raw", "pprl-quarantine"}, f"{name} must not mount raw/ or the quarantine"
+    for volume in ZONE_MOUNTS.values():
         assert volume in compose["volumes"]
+
+
+def test_run_paths_are_confined_to_the_data_volumes_and_the_secrets(compose, services):
+    from pipeline.orchestration.key_holder import IN_PROCESS, KEY_HOLDER_PROCESS
+    from pipeline.settings import DATA_ROOTS_VARIABLE
+
+    assert compose["x-airflow-common"]["environment"][DATA_ROOTS_VARIABLE] == "/data:/run/secrets"
+    for name in WORKERS:
+        assert services[name]["environment"][DATA_ROOTS_VARIABLE] == "/data:/run/secrets", name
+    assert services["airflow-keyholder"]["environment"][KEY_HOLDER_PROCESS] == IN_PROCESS
+
+
+def test_logs_live_on_a_named_volume_shared_by_every_airflow_service(services):
     for name in AIRFLOW_SERVICES:
         assert "airflow-logs:/opt/airflow/logs" in services[name]["volumes"], f"{name} does not share the logs volume"
-    for name in ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"):
-        mounted = {m.split(":")[0] for m in services[name]["volumes"]}
-        assert not mounted & set(ZONE_MOUNTS.values()), f"{name} runs no task and needs no data"
 
 
 def test_only_the_ui_is_published_and_on_loopback_by_default(services, env):

@@ -51,6 +51,7 @@ for dag in bag.dags.values():
                 "owner": t.owner, "retries": t.retries, "retry_delay": t.retry_delay.total_seconds(),
                 "retry_policy": t.retry_policy is not None, "mapped": t.is_mapped,
                 "upstream": sorted(t.upstream_task_ids), "outlets": [asset(o) for o in t.outlets],
+                "queue": t.queue,
             }
             for t in dag.tasks
         },
@@ -132,6 +133,18 @@ def test_tasks_and_their_order(dagbag):
     assert publish["publish_release"]["upstream"] == ["validate_release"]
     assert publish["validate_release"]["upstream"] == ["stage_release"]
     assert publish["stage_release"]["upstream"] == ["build_cohort"]
+
+
+def test_only_the_key_holders_tasks_go_to_its_queue(dagbag):
+    """Every task of pprl_pseudonymise (raw/ and the key) runs on the key holder's worker; no other task does."""
+    queues = {(dag_id, task_id): t["queue"] for dag_id, d in dagbag["dags"].items() for task_id, t in d["tasks"].items()}
+    keyholder = {key for key, queue in queues.items() if queue == "keyholder"}
+    assert keyholder == {(PSEUDONYMISE_DAG, task) for task in dagbag["dags"][PSEUDONYMISE_DAG]["tasks"]}
+    # And they are the tasks pipeline.tasks runs in child processes of their own.
+    from pipeline.tasks import KEY_HOLDER_TASKS
+
+    assert set(dagbag["dags"][PSEUDONYMISE_DAG]["tasks"]) == set(KEY_HOLDER_TASKS)
+    assert {queue for key, queue in queues.items() if key not in keyholder} == {"default"}
 
 
 def test_assets_chain_the_dags(dagbag):

@@ -12,6 +12,9 @@ from typing import Any
 
 from airflow.sdk import ExceptionRetryPolicy, Param, RetryAction, RetryRule
 
+__all__ = ["KEY_HOLDER_QUEUE", "default_args", "run_params"]
+
+from pipeline.orchestration import KEY_HOLDER_QUEUE
 from pipeline.settings import LABEL_SCHEMA_PATTERN, MatchingOptions, RunConfig
 
 OWNER = "pprl"
@@ -33,9 +36,13 @@ RETRY_POLICY = ExceptionRetryPolicy(
 )
 
 
-def default_args() -> dict[str, Any]:
-    """Task defaults for every pipeline DAG: owner, retries with a short delay, the retry policy."""
-    return {"owner": OWNER, "retries": RETRIES, "retry_delay": RETRY_DELAY, "retry_policy": RETRY_POLICY}
+def default_args(*, queue: str | None = None) -> dict[str, Any]:
+    """Task defaults for every pipeline DAG: owner, retries with a short delay, the retry policy, and
+    the Celery queue when it is not the default one (the key holder's DAG passes KEY_HOLDER_QUEUE)."""
+    args = {"owner": OWNER, "retries": RETRIES, "retry_delay": RETRY_DELAY, "retry_policy": RETRY_POLICY}
+    if queue is not None:
+        args["queue"] = queue
+    return args
 
 
 def _default(cls: type, name: str) -> Any:

@@ -29,6 +29,7 @@ from typing import Any
 from pipeline.errors import PipelineError
 from pipeline.orchestration import PIPELINE_DAGS
 from pipeline.orchestration.embedded_child import IMPORT_FAILED
+from pipeline.orchestration.key_holder import CHILD, KEY_HOLDER_PROCESS
 from pipeline.settings import REPO_DIR, RunConfig
 
 DAGS_FOLDER = REPO_DIR / "dags"
@@ -106,6 +107,8 @@ def airflow_env(airflow_home: Path, dags_folder: Path, base: Mapping[str, str] |
     Inherited Airflow settings (AIRFLOW__*, AIRFLOW_HOME, AIRFLOW_CONFIG) are dropped, so a shell set
     up for a production Airflow cannot point the embedded run at its database. Connections and
     variables given as AIRFLOW_CONN_* / AIRFLOW_VAR_* are kept: that is how a key reaches a run.
+    The key holder's tasks always run in child processes of their own here (whatever the caller's
+    environment says), since dag.test() runs linkage and publishing in the same process after them.
     """
     home = Path(airflow_home).resolve()
     env = {
@@ -122,6 +125,7 @@ def airflow_env(airflow_home: Path, dags_folder: Path, base: Mapping[str, str] |
         AIRFLOW__LOGGING__BASE_LOG_FOLDER=str(home / "logs"),
         PYTHONPATH=os.pathsep.join(pythonpath),
     )
+    env[KEY_HOLDER_PROCESS] = CHILD
     return env
 
 

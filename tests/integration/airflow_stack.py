@@ -3,6 +3,10 @@
 The same parts as docker-compose.yml: Postgres (metadata database and Celery result backend), Redis
 (Celery broker), the api-server, scheduler and dag-processor, and Celery workers, each a process of
 its own, all bound to 127.0.0.1 on free ports, with a private AIRFLOW_HOME and the repository's dags/.
+As in docker-compose.yml, one worker, `keyholder`, serves the key holder's queue with the linkage key;
+the others (`worker1`, ...) serve the default queue with the publishing key only. With `confined`,
+those others run without any capability (see `drop_capabilities`): they cannot open a file another
+user owns, such as a key file or a raw/ folder given to that user.
 The auth manager is FAB, as in docker-compose.yml, and the REST API is used the way a data engineer
 uses it: a token from `POST /auth/token`, then `/api/v2`.
 
@@ -42,7 +46,11 @@ from typing import Any
 import httpx
 import psutil
 
+from pipeline.crypto.keys import KEY_FILE_VARIABLE
+from pipeline.orchestration import KEY_HOLDER_QUEUE
 from pipeline.orchestration.embedded import DAGS_FOLDER, airflow_env
+from pipeline.orchestration.key_holder import IN_PROCESS, KEY_HOLDER_PROCESS
+from pipeline.settings import DATA_ROOTS_VARIABLE
 
 FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 ADMIN_USER = "admin"
@@ -119,11 +127,40 @@ _PR_SET_PDEATHSIG = 1
 # Loaded here, in the parent, so that the forked child only makes the system call (no dlopen,
 # no import) between fork and exec, where little is safe.
 _LIBC = ctypes.CDLL(None, use_errno=True)
+_PR_CAPBSET_DROP = 24
+_CAP_LAST = int(Path("/proc/sys/kernel/cap_last_cap").read_text()) if Path("/proc/sys/kernel/cap_last_cap").exists() else 40
 
 
 def _die_with_parent() -> None:
     """In the child, before exec: get SIGTERM when the test process dies, however it dies (Linux)."""
     _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def drop_capabilities() -> None:
+    """In the child, before exec: empty the capability bounding set, so the program it runs has none.
+
+    Run by root, the program keeps uid 0 but loses CAP_DAC_OVERRIDE and every other capability: the
+    kernel then lets it open only files whose owner, group or mode allow uid 0 as such, and no other
+    process's /proc/<pid>/environ or memory that holds more capabilities than it does. The test runs
+    the link and publish workers this way, as a stand-in for the uid of their own that a deployment
+    gives them (Python here may live where no other uid can run it).
+    """
+    for cap in range(_CAP_LAST + 1):
+        if _LIBC.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            os._exit(126)
+
+
+def _confined_preexec() -> None:
+    _die_with_parent()
+    drop_capabilities()
+
+
+def can_confine() -> tuple[bool, str]:
+    """Whether workers can be started without capabilities here (root, and the kernel lets it)."""
+    if os.geteuid() != 0:
+        return False, "not running as root, so there are no capabilities to drop and no other owner to give the key"
+    done = subprocess.run([sys.executable, "-c", "pass"], preexec_fn=drop_capabilities, capture_output=True, timeout=60)
+    return (done.returncode == 0, "" if done.returncode == 0 else f"dropping capabilities failed ({done.returncode})")
 
 
 @dataclass
@@ -150,14 +187,14 @@ class Service:
 
 def start_process(
     name: str, argv: list[str], log_dir: Path, env: Mapping[str, str], *, cwd: Path, user: str | None = None,
-    ports: tuple[int, ...] = (), stop_signal: int = signal.SIGTERM,
+    ports: tuple[int, ...] = (), stop_signal: int = signal.SIGTERM, confined: bool = False,
 ) -> Service:
     log_path = log_dir / f"{name}.log"
     log = open(log_path, "ab")
     try:
         process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=dict(env), cwd=cwd,
-            start_new_session=True, preexec_fn=_die_with_parent, user=user,
+            start_new_session=True, preexec_fn=_confined_preexec if confined else _die_with_parent, user=user,
         )
     finally:
         log.close()
@@ -300,14 +337,17 @@ class AirflowStack:
     """Postgres, Redis and Airflow with the CeleryExecutor; a context manager that always cleans up."""
 
     def __init__(
-        self, root: Path, *, binaries: ServerBinaries, key_file: Path, workers: int = 2, worker_concurrency: int = 2,
+        self, root: Path, *, binaries: ServerBinaries, key_file: Path, workers: int = 1, worker_concurrency: int = 2,
         dags_folder: Path = DAGS_FOLDER, progress: Callable[[str], None] = lambda line: None, publishing_key_file: Path | None = None,
+        confined: bool = False, data_roots: tuple[Path, ...] = (),
     ):
         self.root = Path(root)
         self.binaries = binaries
         self.key_file = Path(key_file)
         self.publishing_key_file = Path(publishing_key_file) if publishing_key_file else None
-        self.workers = workers
+        self.workers = workers  # besides the key holder's
+        self.confined = confined
+        self.data_roots = tuple(Path(p) for p in data_roots)
         self.worker_concurrency = worker_concurrency
         self.dags_folder = Path(dags_folder)
         self.progress = progress
@@ -494,7 +534,13 @@ class AirflowStack:
             AIRFLOW__API__SECRET_KEY=secrets.token_urlsafe(32),
             AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_urlsafe(48),
             AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK="False",
+            # Celery names its processes with setproctitle, which by default writes the title over the
+            # process's environment block; then /proc/<pid>/environ no longer shows what a worker was
+            # started with, and the test that reads it (for keys that must not be there) would see nothing.
+            SPT_NOENV="1",
         )
+        if self.data_roots:
+            env[DATA_ROOTS_VARIABLE] = os.pathsep.join(str(p) for p in self.data_roots)
         return env
 
     def _airflow_cli(self, args: list[str], timeout: float) -> None:
@@ -530,16 +576,24 @@ class AirflowStack:
         self.services.append(api)
         self.services.append(start_process("scheduler", [*airflow, "scheduler"], self.log_dir, self.env, cwd=self.home))
         self.services.append(start_process("dag-processor", [*airflow, "dag-processor"], self.log_dir, self.env, cwd=self.home))
+        # As docker-compose.yml: the key holder's worker alone gets the linkage key and serves its
+        # queue (in-process, as airflow-keyholder); the others serve the default queue and get the
+        # publishing key only. Workers on one machine need their own Celery hostnames and log-server ports.
+        log_port = free_port()
+        env = {**self.env, KEY_FILE_VARIABLE: str(self.key_file), KEY_HOLDER_PROCESS: IN_PROCESS,
+               "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(log_port)}  # fmt: skip
+        argv = [*airflow, "celery", "worker", "--queues", KEY_HOLDER_QUEUE, "--celery-hostname", "keyholder@%h"]
+        self.services.append(start_process("keyholder", argv, self.log_dir, env, cwd=self.home, ports=(log_port,)))
+        self.worker_names.append("keyholder")
         for number in range(1, self.workers + 1):
             log_port = free_port()
             name = f"worker{number}"
-            # Only workers run tasks, so only they get the key, as in docker-compose.yml. Two
-            # workers on one machine need their own Celery hostnames and log-server ports.
-            env = {**self.env, "PPRL_KEY_FILE": str(self.key_file), "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(log_port)}
+            env = {**self.env, "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(log_port)}
             if self.publishing_key_file:  # the publish task signs with it, as PPRL_PUBLISHING_KEY_FILE in docker-compose.yml
                 env["PPRL_PUBLISHING_KEY_FILE"] = str(self.publishing_key_file)
             argv = [*airflow, "celery", "worker", "--celery-hostname", f"{name}@%h"]
-            self.services.append(start_process(name, argv, self.log_dir, env, cwd=self.home, ports=(log_port,)))
+            service = start_process(name, argv, self.log_dir, env, cwd=self.home, ports=(log_port,), confined=self.confined)
+            self.services.append(service)
             self.worker_names.append(name)
         self.api = RestApi(f"http://127.0.0.1:{self.api_port}", ADMIN_USER, self.admin_password)
         wait_until("the api-server to issue a token", lambda: bool(self.api.token()), 120, self.services)
@@ -578,6 +632,9 @@ class AirflowStack:
     def check_alive(self) -> None:
         for service in self.services:
             service.check_alive()
+
+    def worker(self, name: str) -> Service:
+        return next(s for s in self.services if s.name == name)
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float) -> dict[str, Any]:
         """Poll one run until it finishes; fail with its task states and the services' state."""
@@ -641,7 +698,7 @@ def main() -> None:
     parser.add_argument("--key", type=Path, required=True, help="the 0600 linkage key file the workers use")
     parser.add_argument("--publishing-key", type=Path, help="the 0600 publishing key file the workers sign releases with")
     parser.add_argument("--root", type=Path, help="folder for the services' files (default: a new temporary one)")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1, help="workers of the default queue, besides the key holder's")
     args = parser.parse_args()
     binaries, missing = find_server_binaries()
     if binaries is None:

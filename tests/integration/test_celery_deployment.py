@@ -1,7 +1,16 @@
 """The production deployment's parts for real: Postgres, Redis, the api-server, scheduler, dag-processor
 and two Celery workers, as processes on this machine (no Docker), driven over the REST API.
 
+The workers are split as in docker-compose.yml: `keyholder` serves the key holder's queue with the
+linkage key; `worker1` serves the default queue (link, publish) with the publishing key only, and,
+run as root, without any capability, while the linkage key file and the raw/ folders belong to
+another user (`nobody`), 0600 and 0700: the kernel keeps them from it, as separate mounts keep them
+from airflow-worker in docker-compose.yml.
+
 What it shows:
+- the link and publish worker has no key in its environment, cannot open the key file or list
+  raw/, cannot read the key holder's environment, and ran only link and publish tasks; the key
+  holder ran every pseudonymise task;
 - a run triggered with `POST /api/v2/dags/pprl_pseudonymise/dagRuns` chains through the assets to
   `pprl_link` and `pprl_publish`, and its release is byte for byte the release the embedded default
   (`run_embedded`, dag.test on SQLite) makes from the same inputs, key and label;
@@ -25,9 +34,13 @@ import time
 from pathlib import Path
 
 import pytest
-from airflow_stack import AirflowStack, Service, ServiceError, find_server_binaries, start_process, stop_service
+import psutil
+from airflow_stack import (
+    AirflowStack, Service, ServiceError, can_confine, drop_capabilities, find_server_binaries, start_process, stop_service,
+)  # fmt: skip
 
-from pipeline.orchestration import LINK_DAG, PSEUDONYMISE_DAG, PUBLISH_DAG
+from pipeline.crypto.keys import KEY_ENVIRONMENT, KEY_FILE_VARIABLE
+from pipeline.orchestration import KEY_HOLDER_QUEUE, LINK_DAG, PSEUDONYMISE_DAG, PUBLISH_DAG
 from pipeline.publish.release_log import LOG_NAME
 from pipeline.settings import RunConfig
 
@@ -38,6 +51,8 @@ LABEL_A, SEED_A = "it-2026-a", 101
 LABEL_B, SEED_B = "it-2026-b", 202
 RUN_TIMEOUT = 420  # seconds for one DAG run; a loaded two-core machine needs about a tenth of it
 ZONES = ("pseudonymised", "linked", "releases", "reports")
+# Owner of the key file and the raw/ folders when the link and publish worker is confined.
+OTHER_UID = 65534  # nobody
 
 # Runs in a background process: the embedded default makes a reference release.
 EMBEDDED_REFERENCE = """
@@ -89,7 +104,20 @@ def inputs(tmp_path_factory):
     new_key_file(key_file)
     publishing_key_file = base / "secrets" / "publishing.pem"
     new_publishing_key_file(publishing_key_file)
-    return {"raw": {LABEL_A: base / "a" / "raw", LABEL_B: base / "b" / "raw"}, "key_file": key_file, "publishing_key_file": publishing_key_file}
+    raw = {LABEL_A: base / "a" / "raw", LABEL_B: base / "b" / "raw"}
+    confined, why = can_confine()
+    if confined:
+        # Another user's key file (0600) and raw/ folders (0700, files 0600): the key holder and the
+        # embedded references, root with every capability, read them; a worker without
+        # CAP_DAC_OVERRIDE cannot.
+        for folder in raw.values():
+            for path in [folder, *folder.rglob("*")]:
+                os.chown(path, OTHER_UID, OTHER_UID)
+                path.chmod(0o700 if path.is_dir() else 0o600)
+        os.chown(key_file, OTHER_UID, OTHER_UID)
+    elif os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"the link and publish worker cannot be confined here: {why}", pytrace=False)
+    return {"base": base, "raw": raw, "key_file": key_file, "publishing_key_file": publishing_key_file, "confined": confined, "why": why}
 
 
 def conf_for(inputs, label: str, work: Path, *, with_key_file: bool) -> dict:
@@ -118,8 +146,9 @@ def deployment(request, binaries, inputs, tmp_path_factory):
             )  # fmt: skip
             references[label] = (service, RunConfig.from_conf(conf).release_dir)
         stack = AirflowStack(
-            root / "stack", binaries=binaries, key_file=inputs["key_file"], workers=2, worker_concurrency=2,
-            publishing_key_file=inputs["publishing_key_file"],
+            root / "stack", binaries=binaries, key_file=inputs["key_file"], workers=1, worker_concurrency=2,
+            publishing_key_file=inputs["publishing_key_file"], confined=inputs["confined"],
+            data_roots=(root, inputs["base"]),
         )
         request.addfinalizer(lambda: _stop(request, stack, started))
         stack.start()
@@ -235,6 +264,7 @@ def _parquet_difference(got: Path, want: Path) -> str:
 def test_a_run_triggered_over_the_rest_api_publishes_the_same_release_as_the_embedded_default(deployment, inputs, request):
     stack = deployment["stack"]
     work = deployment["root"] / "work-alone"
+    before = stack.celery_task_counts()
     started = time.monotonic()
     results = run_pipeline(stack, {LABEL_A: conf_for(inputs, LABEL_A, work, with_key_file=False)})
     _say(request, f"one run through the three DAGs on Celery: {time.monotonic() - started:.0f}s")
@@ -242,6 +272,70 @@ def test_a_run_triggered_over_the_rest_api_publishes_the_same_release_as_the_emb
     assert results[LABEL_A][PUBLISH_DAG]["partition_key"] == LABEL_A
     assert_same_release(work / "releases" / LABEL_A, deployment["reference"][LABEL_A])
     assert sorted(p.name for p in (work / "releases").iterdir()) == sorted([LABEL_A, LOG_NAME]), "a staging folder was left behind"
+
+    # Every pseudonymise task went to the key holder's queue and ran on its worker; every other task
+    # ran on the link and publish worker. Each try of a task is one Celery task.
+    after = stack.celery_task_counts()
+    ran = {worker: after.get(worker, 0) - before.get(worker, 0) for worker in stack.worker_names}
+    tries: dict[str, int] = {"keyholder": 0, "worker1": 0}
+    for dag_id, run in results[LABEL_A].items():
+        for ti in stack.api.task_instances(dag_id, run["dag_run_id"]):
+            expected = KEY_HOLDER_QUEUE if dag_id == PSEUDONYMISE_DAG else "default"
+            assert ti["queue"] == expected, f"{dag_id}.{ti['task_id']} went to queue {ti['queue']}"
+            tries["keyholder" if dag_id == PSEUDONYMISE_DAG else "worker1"] += ti["try_number"]
+    assert ran == tries, f"Celery tasks per worker {ran}; task tries per queue {tries}"
+
+
+def _family(service: Service) -> list[psutil.Process]:
+    root = psutil.Process(service.process.pid)
+    return [root, *root.children(recursive=True)]
+
+
+# Runs under the link and publish worker's confinement: what can it open?
+PROBE = """
+import json, os, sys
+def attempt(action, path):
+    try:
+        action(path)
+        return "allowed"
+    except PermissionError:
+        return "refused"
+print(json.dumps({
+    "key file": attempt(lambda p: open(p, "rb").read(), sys.argv[1]),
+    "raw/": attempt(os.listdir, sys.argv[2]),
+    "raw extract": attempt(lambda p: open(p, "rb").read(1), sys.argv[3]),
+    "key holder's environment": attempt(lambda p: open(p, "rb").read(), sys.argv[4]),
+}))
+"""
+
+
+def test_the_link_and_publish_worker_has_no_key_and_cannot_open_the_key_or_raw(deployment, inputs):
+    if not inputs["confined"]:
+        pytest.skip(f"the link and publish worker cannot be confined here: {inputs['why']}")
+    stack = deployment["stack"]
+    keyholder, worker = stack.worker("keyholder"), stack.worker("worker1")
+
+    # No key, and no pointer to one, in the environment of the worker or any process it started
+    # (read by the test, which runs as root with every capability). The key holder's shows the check
+    # can fail: it carries the key file's path.
+    for proc in _family(worker):
+        with contextlib.suppress(psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):  # a task process that just ended
+            carried = sorted(set(KEY_ENVIRONMENT) & set(proc.environ()))
+            assert carried == [], f"worker1 process {proc.pid} ({proc.name()}) carries {carried}"
+            status = dict(line.split(":\t", 1) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines() if ":\t" in line)
+            assert int(status["CapEff"], 16) == 0 and int(status["CapBnd"], 16) == 0, f"worker1 process {proc.pid} holds capabilities"
+    assert psutil.Process(keyholder.process.pid).environ()[KEY_FILE_VARIABLE] == str(inputs["key_file"])
+
+    # What a process confined as the worker is can open: not the key file, not raw/ nor a file in
+    # it, not the key holder's environment. The same probe with every capability opens all four.
+    raw = inputs["raw"][LABEL_A]
+    extract = next(p for p in raw.rglob("*.parquet"))
+    argv = [sys.executable, "-c", PROBE, str(inputs["key_file"]), str(raw), str(extract), f"/proc/{keyholder.process.pid}/environ"]
+    confined = subprocess.run(argv, preexec_fn=drop_capabilities, capture_output=True, text=True, timeout=120)
+    assert confined.returncode == 0, confined.stderr[-2000:]
+    assert set(json.loads(confined.stdout).values()) == {"refused"}, confined.stdout
+    privileged = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert set(json.loads(privileged.stdout).values()) == {"allowed"}, privileged.stdout
 
 
 def test_two_labels_triggered_at_once_both_succeed_and_keep_to_their_own_files(deployment, inputs, request):

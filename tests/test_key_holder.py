@@ -1,0 +1,130 @@
+"""The key holder's tasks run in child interpreters of their own, so the key never reaches the process
+that links and publishes (the embedded default runs all of them in one process, `dag.test()`).
+
+The attack: a process runs the pseudonymise tasks and then linkage, as dag.test() does; afterwards
+it must hold no key module, and so no key. The run is made in a fresh interpreter, the only honest
+way to see what it imported; its pseudonymised zone must be byte for byte the in-process run's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import RELIABILITY_LABEL, file_hashes
+
+from pipeline import errors
+from pipeline.orchestration import key_holder
+from pipeline.orchestration.embedded import DAGS_FOLDER, airflow_env
+from pipeline.settings import SOURCES
+
+REPO_DIR = Path(__file__).resolve().parents[1]
+
+# Runs in a fresh interpreter, as the embedded default's dag.test() process would: every key
+# holder's task, then link, then reports which key modules the process has loaded.
+PARENT = """
+import json, sys
+from pipeline import tasks
+conf = json.loads(sys.argv[1])
+outputs = [tasks.check_inputs(conf), tasks.consent_gate(conf)]
+outputs += [tasks.pseudonymise_source(conf, s) for s in json.loads(sys.argv[2])]
+outputs += [tasks.validate_pseudonymised(conf), tasks.link(conf)]
+loaded = sorted(m for m in sys.modules if m.startswith(("pipeline.crypto", "pipeline.pseudonymise.")) or m == "pipeline.pseudonymise")
+print(json.dumps({"outputs": outputs, "key_modules": loaded}))
+"""
+
+
+def _child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != key_holder.KEY_HOLDER_PROCESS}
+    return {**env, **extra}
+
+
+def test_the_process_that_links_never_loads_the_key(reference, tmp_path):
+    conf = reference.conf(tmp_path / "work")
+    done = subprocess.run(
+        [sys.executable, "-c", PARENT, json.dumps(conf), json.dumps(list(SOURCES))],
+        cwd=REPO_DIR, env=_child_env(), capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["key_modules"] == [], f"the linking process loaded {report['key_modules']}"
+    # The children did the work: every output is there, and the zone is the in-process run's, byte for byte.
+    assert all(Path(p).exists() for p in report["outputs"])
+    label = f"pseudonymised/{RELIABILITY_LABEL}"
+    assert file_hashes(tmp_path / "work" / label) == file_hashes(reference.snapshots["link"] / label)
+
+
+def test_in_process_the_same_run_would_load_the_key(reference, tmp_path):
+    """The check above can fail: run in the caller, the consent gate leaves the key module loaded."""
+    conf = reference.conf(tmp_path / "work")
+    code = "import json, sys; from pipeline import tasks; tasks.check_inputs(json.loads(sys.argv[1])); " \
+        "tasks.consent_gate(json.loads(sys.argv[1])); print('pipeline.crypto.keys' in sys.modules)"  # fmt: skip
+    env = _child_env(**{key_holder.KEY_HOLDER_PROCESS: key_holder.IN_PROCESS})
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(conf)], cwd=REPO_DIR, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "True"
+
+
+# (what is wrong, how to make it so) -> the error must cross from the child as the same class and text.
+ERROR_CASES = {
+    "no key file": lambda conf, tmp: {**conf, "key_file": str(tmp / "missing.key.json")},
+    "key file readable by others": lambda conf, tmp: {**conf, "key_file": _exposed_key(tmp)},
+    "no raw folder": lambda conf, tmp: {**conf, "raw_dir": str(tmp / "no-such-raw")},
+}
+
+
+def _exposed_key(tmp: Path) -> str:
+    from pipeline.crypto.keys import new_key_file
+
+    path = tmp / "exposed.key.json"
+    new_key_file(path)
+    path.chmod(0o644)
+    return str(path)
+
+
+@pytest.mark.parametrize("case", ERROR_CASES)
+def test_a_pipeline_error_in_the_child_reaches_the_caller_as_the_same_error(case, reference, tmp_path, monkeypatch):
+    conf = ERROR_CASES[case](reference.conf(tmp_path / "work"), tmp_path)
+    task = "check_inputs" if case == "no raw folder" else "consent_gate"
+    from pipeline import tasks
+
+    with pytest.raises(errors.PipelineError) as here:
+        tasks.run_key_holder_task(task, conf)
+    monkeypatch.setenv(key_holder.KEY_HOLDER_PROCESS, key_holder.CHILD)
+    with pytest.raises(errors.PipelineError) as there:
+        getattr(tasks, task)(conf)
+    assert type(there.value) is type(here.value)
+    assert str(there.value) == str(here.value)
+    assert "Traceback" not in str(there.value)
+    assert getattr(there.value, "violations", None) == getattr(here.value, "violations", None)
+
+
+ROUND_TRIPS = [
+    errors.KeyFileError("key.json: the key file is readable by group or others; run `chmod 600 key.json`"),
+    errors.ContractError([errors.Violation("survey.parquet", "eq5d_mobility", "in 1-5", "3 row(s) outside; fix the extract")]),
+    errors.PipelineError("plain"),
+    type("LocalError", (errors.PipelineError,), {})("a class pipeline.errors does not hold"),
+]
+
+
+@pytest.mark.parametrize("err", ROUND_TRIPS, ids=lambda e: type(e).__name__)
+def test_errors_cross_as_json(err):
+    back = key_holder.rebuild_error(json.loads(json.dumps(key_holder.describe(err))))
+    expected = type(err) if getattr(errors, type(err).__name__, None) is type(err) else errors.PipelineError
+    assert type(back) is expected and str(back) == str(err)
+    assert getattr(back, "violations", None) == getattr(err, "violations", None)
+
+
+def test_an_unknown_mode_is_refused(monkeypatch):
+    monkeypatch.setenv(key_holder.KEY_HOLDER_PROCESS, "thread")
+    with pytest.raises(errors.PipelineError, match="PPRL_KEY_HOLDER_PROCESS: rule 'one of child, in-process' broken"):
+        key_holder.mode()
+
+
+def test_the_embedded_default_always_uses_child_processes(tmp_path):
+    base = {"PATH": "/bin", key_holder.KEY_HOLDER_PROCESS: key_holder.IN_PROCESS}
+    assert airflow_env(tmp_path, DAGS_FOLDER, base)[key_holder.KEY_HOLDER_PROCESS] == key_holder.CHILD
