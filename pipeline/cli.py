@@ -39,7 +39,7 @@ def _run(args: argparse.Namespace) -> int:
     conf = {"raw_dir": args.raw, "work_dir": args.work, "release_label": args.release, "key_file": args.key}
     if args.publishing_key:
         conf["publishing_key_file"] = args.publishing_key
-    for name in ("study_start", "study_end", "extract_date", "unit_costs", "small_groups"):
+    for name in ("study_start", "study_end", "extract_date", "unit_costs", "small_groups", "run_date"):
         if getattr(args, name):
             conf[name] = getattr(args, name)
     if args.replace:
@@ -136,9 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--key", help="0600 key file (or set PPRL_KEY_FILE, or the Airflow connection pprl_key)")
     r.add_argument("--publishing-key", help="0600 publishing key file that signs the release (or set PPRL_PUBLISHING_KEY_FILE)")
     r.add_argument("--release", required=True, help="release label")
-    r.add_argument("--study-start")
-    r.add_argument("--study-end")
-    r.add_argument("--extract-date")
+    r.add_argument("--study-start", help="first day of the study window, YYYY-MM-DD (default 2021-04-01)")
+    r.add_argument("--study-end", help="last day of the study window, YYYY-MM-DD (default 2026-03-31)")
+    r.add_argument("--extract-date", help="the day the extracts were taken, YYYY-MM-DD (default 2026-03-31)")
+    r.add_argument(
+        "--run-date",
+        help="the day of the run, YYYY-MM-DD (default: today, UTC): withdrawals dated up to it are counted as "
+        "withdrawn, later ones as register errors; either way the person is not linked",
+    )
     r.add_argument("--unit-costs", help="CSV following schemas/unit_costs.yaml (default: reference/unit_costs.csv)")
     r.add_argument("--replace", action="store_true", help="replace an existing release of the same label")
     r.add_argument(

@@ -31,7 +31,8 @@ LABEL_SCHEMA_PATTERN = rf"^(?:{LABEL_PATTERN.pattern})(?![\s\S])"
 CLI_FLAGS: dict[str, str] = {
     "raw_dir": "--raw", "work_dir": "--work", "release_label": "--release", "key_file": "--key",
     "replace_release": "--replace", "study_start": "--study-start", "study_end": "--study-end",
-    "extract_date": "--extract-date", "unit_costs": "--unit-costs",
+    "extract_date": "--extract-date", "unit_costs": "--unit-costs", "run_date": "--run-date",
+    "publishing_key_file": "--publishing-key", "small_groups": "--small-groups",
 }  # fmt: skip
 
 
@@ -109,7 +110,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.small_groups not in SMALL_GROUP_POLICIES:
             choices = ", ".join(repr(p) for p in SMALL_GROUP_POLICIES)
-            raise PipelineError(f"small_groups must be one of {choices} (got {self.small_groups!r})")
+            raise PipelineError(f"{setting('small_groups')} must be one of {choices} (got {self.small_groups!r})")
         if not isinstance(self.release_label, str) or not LABEL_PATTERN.fullmatch(self.release_label):
             raise PipelineError(
                 f"{setting('release_label')} must be 1-64 characters of letters, digits, '.', '_' or '-', "
@@ -126,9 +127,11 @@ class RunConfig:
             try:
                 dt.date.fromisoformat(self.run_date)
             except (TypeError, ValueError):
-                raise PipelineError("run_date must be a date written YYYY-MM-DD, or left empty for today") from None
+                raise PipelineError(f"{setting('run_date')} must be a date written YYYY-MM-DD, or left empty for today") from None
             if dt.date.fromisoformat(self.run_date) < self.extract:
-                raise PipelineError("run_date must be on or after extract_date: a run cannot be made before its extract was taken")
+                raise PipelineError(
+                    f"{setting('run_date')} must be on or after {setting('extract_date')}: a run cannot be made before its extract was taken"
+                )
 
     @classmethod
     def from_conf(cls, conf: dict[str, Any]) -> RunConfig:

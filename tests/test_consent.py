@@ -205,3 +205,22 @@ def test_the_audit_page_shows_every_consent_category(attack):
         assert f'[[&quot;consent&quot;, &quot;{key}&quot;]]' in section, key
     for reason in REGISTER_ERRORS.values():
         assert f'[[&quot;consent&quot;, &quot;register_errors&quot;, &quot;{reason}&quot;]]' in section, reason
+
+
+@pytest.mark.parametrize("run_date", ["2026-03-31", "2026-04-01", "2026-07-01", "2027-01-01", "2099-12-31"])
+def test_no_run_date_keeps_anyone_whose_register_row_holds_a_withdrawal(run_date) -> None:
+    """The attack: pin an early run date so that later withdrawals are 'not received yet'. Whatever the
+    run date, a withdrawal dated after it is a register error, set aside: nobody with a withdrawal
+    date in the register is ever kept."""
+    day = dt.date.fromisoformat
+    register = pl.DataFrame(
+        {
+            "participant_id": ["P1", "P2", "P3", "P4"],
+            "nhs_number": ["9990000018", "9990000026", "9990000034", "9990000042"],
+            "consent_status": ["consented"] * 4,
+            "consent_date": [day("2025-01-01")] * 4,
+            "withdrawal_date": [day("2026-04-01"), day("2026-06-30"), day("2026-11-30"), None],
+        }
+    )
+    kept, _, _ = apply_consent_gate(register, day("2026-03-31"), day(run_date))
+    assert kept.get_column("participant_id").to_list() == ["P4"]

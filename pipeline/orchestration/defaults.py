@@ -15,7 +15,7 @@ from airflow.sdk import ExceptionRetryPolicy, Param, RetryAction, RetryRule
 __all__ = ["KEY_HOLDER_QUEUE", "default_args", "run_params"]
 
 from pipeline.orchestration import KEY_HOLDER_QUEUE
-from pipeline.settings import LABEL_SCHEMA_PATTERN, MatchingOptions, RunConfig
+from pipeline.settings import LABEL_SCHEMA_PATTERN, SMALL_GROUP_POLICIES, MatchingOptions, RunConfig
 
 OWNER = "pprl"
 RETRIES = 2
@@ -97,6 +97,12 @@ def run_params(*, filled_by_upstream: bool) -> dict[str, Param]:
             _default(RunConfig, "extract_date"), **date, title="Extract date",
             description="Date the extracts were taken (YYYY-MM-DD).", section="Study window",
         ),
+        "run_date": Param(
+            None, type=["null", "string"], format="date", title="Run date",
+            description="The day the run counts withdrawals up to (YYYY-MM-DD): every withdrawal received by "
+            "then excludes the person, whatever the extract date. Leave empty for today (UTC).",
+            section="Study window",
+        ),
         "key_file": Param(
             None, type=["null", "string"], title="Key file",
             description="Path of the 0600 linkage key file. Leave empty in production, where the key comes "
@@ -119,6 +125,14 @@ def run_params(*, filled_by_upstream: bool) -> dict[str, Param]:
             _default(RunConfig, "replace_release"), type="boolean", title="Replace an existing release",
             description="Publish over an existing release with this label. Off: the run stops before "
             "touching a release that already exists.",
+            section="Release",
+        ),
+        "small_groups": Param(
+            _default(RunConfig, "small_groups"), type="string", enum=list(SMALL_GROUP_POLICIES),
+            title="Small quasi-identifier groups",
+            description="What publishing does about a row-level group of fewer than MIN_GROUP_SIZE people: "
+            "suppress (withhold quasi-identifiers of those rows, then drop who is still too few), coarsen "
+            "(merge age bands and IMD first), or block (refuse the release).",
             section="Release",
         ),
         "ratio": Param(
