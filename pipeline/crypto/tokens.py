@@ -101,3 +101,26 @@ def study_ids(key: LinkageKey, release_label: str, participant_ids: list[str]) -
     """Study IDs of one release: 'S' + the first 16 hex digits of HMAC(release key, participant id)."""
     rk = release_key(key, release_label)
     return ["S" + hmac.digest(rk, p.encode("utf-8"), "sha256").hex()[:16] for p in participant_ids]
+
+
+# Provider record IDs. A record's ID leaves raw/ only as this keyed token of (source, record ID): the
+# link map and the payload files need a key per record to join on, and a provider's own ID in clear
+# would let anyone holding the provider's extract (or its later deliveries) read off which of its
+# records are a participant's. Keyed, only the key holder can go from a record ID to its token.
+RECORD_FIELD_INFO = b"pprl/record/v1"
+
+
+def record_token_key(key: LinkageKey) -> bytes:
+    """The HMAC key of record tokens: HKDF-SHA256(key, info=b"pprl/record/v1"), apart from every
+    identifier field's key, so a record token can never equal an identifier token."""
+    return _hkdf(key.key, RECORD_FIELD_INFO)
+
+
+def tokenise_record_ids(record_key: bytes, source: str, record_ids: pl.Series) -> pl.Series:
+    """Record tokens: hex HMAC-SHA256(record key, "<source>|<record ID>") of each ID, in order.
+
+    >>> k = b"k" * 32
+    >>> import hmac; tokenise_record_ids(k, "gp_events", pl.Series(["GP1"])).item() == hmac.new(k, b"gp_events|GP1", "sha256").hexdigest()
+    True
+    """
+    return hex_hmac(record_key, (source + COMPOSITE_SEPARATOR + record_ids).alias(record_ids.name))
