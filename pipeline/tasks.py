@@ -96,7 +96,7 @@ def validate_pseudonymised(conf: Conf) -> str:
 
 
 def link(conf: Conf, run: Run = None) -> str:
-    """Deterministic ranks 1-5 over every source. Returns the link map path."""
+    """Deterministic ranks 1-5, then the probabilistic rank P, over every source. Returns the link map path."""
     from pipeline.link import run_link
     from pipeline.publish.provenance import record_run
 

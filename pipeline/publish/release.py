@@ -294,8 +294,8 @@ def validate_release(cfg: RunConfig) -> Path:
 def _carry_over_published_reports(cfg: RunConfig) -> None:
     """Copy into the run's reports the published reports of zones this run did not validate again.
 
-    A downstream DAG rerun by hand after publication (say pprl_link, to republish with a linkage fix)
-    validates only its own zones; the raw and pseudonymised zones it builds on are the ones the
+    A downstream DAG rerun by hand after publication (say pprl_link, to republish with a linkage fix,
+    possible only when the label kept its working files: pipeline.zones) validates only its own zones; the raw and pseudonymised zones it builds on are the ones the
     published reports describe (a run that rewrites them validates them again, into the staging
     folder). Carrying them over keeps the new release's manifest and reports whole.
     """
