@@ -21,6 +21,7 @@ if str(REPO) not in sys.path:
 import pyarrow.parquet as pq  # noqa: E402
 
 from pipeline.settings import SOURCES, RunConfig  # noqa: E402
+from pipeline.zones import counts_file, persons_file  # noqa: E402
 
 CACHE = HERE / ".cache"
 
@@ -47,19 +48,27 @@ def prepare(persons: int, profile: str, seed: int, label: str = "bench", log=pri
     marker = cfg.pseudonymised_dir / ".complete"
     if not marker.exists():
         t = time.perf_counter()
-        if not (cfg.pseudonymised_dir / "persons.parquet").exists():
+        if not (persons_file(cfg)).exists():
             run_consent_gate(cfg, key)
         for s in SOURCES:
-            if (cfg.pseudonymised_dir / "counts" / f"{s}.json").exists():
+            if (counts_file(cfg, s)).exists():
                 continue  # written last, atomically, by an interrupted earlier preparation
             pseudonymise_source(cfg, key, s)
             log(f"  {s}: {time.perf_counter() - t:.0f}s")
         marker.write_text(f"pseudonymised in {time.perf_counter() - t:.1f}s\n")
         log(f"pseudonymised in {time.perf_counter() - t:.0f}s")
-    have = set(pq.read_schema(cfg.pseudonymised_dir / "persons.parquet").names)
+    have = set(pq.read_schema(persons_file(cfg)).names)
     lacking = sorted(set(COMPARISON_COLUMNS.values()) - have)
     if lacking:
         raise SystemExit(
             f"the cached pseudonymised files lack {lacking}: delete {cfg.pseudonymised_dir} to pseudonymise again"
         )
     return cfg, base / "truth"
+
+
+def record_tokens(cfg: RunConfig):
+    """The run's record tokeniser, so the ground truth's record IDs meet the link map's record tokens."""
+    from pipeline.crypto.keys import read_key_file
+    from pipeline.pseudonymise.records import record_tokeniser
+
+    return record_tokeniser(read_key_file(cfg.key_file))

@@ -34,12 +34,12 @@ sys.path.insert(0, str(HERE.parent))
 
 import polars as pl  # noqa: E402
 
-from linkage_inputs import prepare  # noqa: E402
+from linkage_inputs import prepare, record_tokens  # noqa: E402
 from pipeline.link.model import BLOCKING_RULES, TRAINING_RULES, ProbabilisticOptions, comparisons, with_nhs_rule  # noqa: E402
 from pipeline.link.probabilistic import link_probabilistic, resolve_probabilistic, with_known_addresses  # noqa: E402
 from pipeline.link.quality import evaluate_against_truth, headline, in_probabilistic_scope  # noqa: E402
-from pipeline.pseudonymised import scan_record_tokens  # noqa: E402
 from pipeline.settings import SOURCES, RunConfig  # noqa: E402
+from pipeline.zones import linkage_summary_file, persons_file, scan_record_tokens  # noqa: E402
 
 RESULTS = HERE / "results" / "linkage_quality.json"
 PLAIN_COLUMNS = ["uid", "nhs", "surname", "surname_phonetic", "forename", "forename_first", "forename_phonetic", "dob", "dob_sex", "postcode"]
@@ -50,7 +50,7 @@ PLAIN_COLUMNS = ["uid", "nhs", "surname", "surname_phonetic", "forename", "foren
 
 
 def nhs_only(cfg: RunConfig, out: Path) -> Path:
-    persons = pl.scan_parquet(cfg.pseudonymised_dir / "persons.parquet").select("participant_id", "tok_nhs").drop_nulls("tok_nhs")
+    persons = pl.scan_parquet(persons_file(cfg)).select("participant_id", "tok_nhs").drop_nulls("tok_nhs")
     unique = persons.group_by("tok_nhs").agg(pl.col("participant_id").first(), pl.len().alias("_n")).filter(pl.col("_n") == 1)
     parts = []
     for s in SOURCES:
@@ -113,7 +113,7 @@ def plaintext_yardstick(cfg: RunConfig, ours: Path, out: Path, options: Probabil
 
     t0 = time.perf_counter()
     raw = cfg.raw
-    persons = pl.read_parquet(cfg.pseudonymised_dir / "persons.parquet", columns=["participant_id"]).sort("participant_id").with_row_index("uid")
+    persons = pl.read_parquet(persons_file(cfg), columns=["participant_id"]).sort("participant_id").with_row_index("uid")
     register = pl.scan_parquet(raw / "consent_register.parquet").join(persons.lazy().select("participant_id"), on="participant_id")
     participants = _lists(_plain(register, "participant_id")).join(persons.lazy(), on="participant_id").collect()
     participants = participants.with_columns(pl.col("uid").cast(pl.UInt64))
@@ -206,7 +206,7 @@ def run(persons: int, seed: int, profile: str, sweep: bool) -> dict[str, Any]:
     logging.basicConfig(level=logging.WARNING)
     log = print
     cfg, truth = prepare(persons, profile, seed, log=log)
-    persons_file = cfg.pseudonymised_dir / "persons.parquet"
+    persons_path = persons_file(cfg)
     options = ProbabilisticOptions()
     bench_dir = cfg.work / "bench-linkage-quality"
     bench_dir.mkdir(parents=True, exist_ok=True)
@@ -214,15 +214,15 @@ def run(persons: int, seed: int, profile: str, sweep: bool) -> dict[str, Any]:
 
     t = time.perf_counter()
     nhs = nhs_only(cfg, bench_dir / "nhs_only.parquet")
-    methods["nhs_only"] = {"seconds": {"total": round(time.perf_counter() - t, 1)}, "scores": _scores(evaluate_against_truth(nhs, truth, persons_file))}
+    methods["nhs_only"] = {"seconds": {"total": round(time.perf_counter() - t, 1)}, "scores": _scores(evaluate_against_truth(nhs, truth, persons_path, record_tokens(cfg)))}
 
     t = time.perf_counter()
     ours = run_link(cfg, options)
     total = time.perf_counter() - t
-    summary = json.loads((cfg.linked_dir / "linkage_summary.json").read_text())
+    summary = json.loads(linkage_summary_file(cfg).read_text())
     methods["tokens"] = {
         "seconds": {"total": round(total, 1), **summary["seconds"]},
-        "scores": _scores(evaluate_against_truth(ours, truth, persons_file)),
+        "scores": _scores(evaluate_against_truth(ours, truth, persons_path, record_tokens(cfg))),
         "models": summary["probabilistic"]["sources"],
     }
     log(f"tokens: {total:.0f}s")
@@ -231,7 +231,7 @@ def run(persons: int, seed: int, profile: str, sweep: bool) -> dict[str, Any]:
     det_seconds = summary["seconds"]["profiles_and_ranks_1_5"]
     methods["plaintext"] = {
         "seconds": {"ranks_1_5_from_tokens_run": det_seconds, "probabilistic_on_plaintext": round(p_seconds, 1), "total": round(det_seconds + p_seconds, 1)},
-        "scores": _scores(evaluate_against_truth(plain, truth, persons_file)),
+        "scores": _scores(evaluate_against_truth(plain, truth, persons_path, record_tokens(cfg))),
     }
 
     results: dict[str, Any] = {
@@ -246,11 +246,11 @@ def run(persons: int, seed: int, profile: str, sweep: bool) -> dict[str, Any]:
         results[f"f1_points_behind_plaintext_{scope}"] = round(100 * (plain_f1 - ours_f1), 2)
 
     if sweep:
-        results["threshold_sweep"] = threshold_sweep(cfg, truth, persons_file, options)
+        results["threshold_sweep"] = threshold_sweep(cfg, truth, persons_path, options)
     return results
 
 
-def threshold_sweep(cfg: RunConfig, truth: Path, persons_file: Path, base: ProbabilisticOptions) -> list[dict[str, Any]]:
+def threshold_sweep(cfg: RunConfig, truth: Path, persons_path: Path, base: ProbabilisticOptions) -> list[dict[str, Any]]:
     """Our linkage at several thresholds (a fresh run each, into linked/<label>-t<threshold>)."""
     import dataclasses
     import os
@@ -265,7 +265,7 @@ def threshold_sweep(cfg: RunConfig, truth: Path, persons_file: Path, base: Proba
             os.symlink(cfg.pseudonymised_dir, link)
         c = RunConfig.from_conf({**cfg.to_conf(), "release_label": label})
         out = run_link(c, dataclasses.replace(base, threshold_match_probability=threshold))
-        s = _scores(evaluate_against_truth(out, truth, persons_file))
+        s = _scores(evaluate_against_truth(out, truth, persons_path, record_tokens(cfg)))
         rows.append({"threshold": threshold, "all": s["all"]["all"], "probabilistic": s["probabilistic"]["all"]})
         print(f"threshold {threshold}: all {s['all']['all']}, probabilistic {s['probabilistic']['all']}")
     return rows

@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from linkage_inputs import prepare  # noqa: E402
+from linkage_inputs import prepare, record_tokens  # noqa: E402
 
 RESULTS = HERE / "results"
 CHILD = """
@@ -34,6 +34,7 @@ import json, logging, sys
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 logging.getLogger("splink").setLevel(logging.WARNING)
 from pipeline.settings import RunConfig
+from pipeline.zones import link_map_file, linkage_summary_file, persons_file
 from pipeline.link.stage import run_link
 run_link(RunConfig.from_conf(json.loads(sys.argv[1])))
 """
@@ -63,17 +64,17 @@ def main() -> None:
 
     import polars as pl
 
-    from pipeline.pseudonymised import records_path
+    from pipeline.zones import records_path
 
     cfg, truth = prepare(args.persons, "hard", args.seed)
     rows = sum(
         pl.scan_parquet(records_path(cfg.pseudonymised_dir, s)).select(pl.len()).collect().item()
         for s in ("hospital_apc", "hospital_ae", "hospital_op", "gp_events", "social_care")
     )
-    participants = pl.scan_parquet(cfg.pseudonymised_dir / "persons.parquet").select(pl.len()).collect().item()
+    participants = pl.scan_parquet(persons_file(cfg)).select(pl.len()).collect().item()
     print(f"{args.persons:,} people, {participants:,} participants, {rows:,} service-use records; load average {os.getloadavg()[0]:.1f}")
     run = measure(cfg)
-    summary = json.loads((cfg.linked_dir / "linkage_summary.json").read_text())
+    summary = json.loads(linkage_summary_file(cfg).read_text())
     result = {
         "persons": args.persons,
         "participants": participants,
@@ -94,7 +95,7 @@ def main() -> None:
     if not args.no_truth:
         from pipeline.link.quality import evaluate_against_truth, headline
 
-        ev = headline(evaluate_against_truth(cfg.linked_dir / "link_map.parquet", truth, cfg.pseudonymised_dir / "persons.parquet"))
+        ev = headline(evaluate_against_truth(link_map_file(cfg), truth, persons_file(cfg), record_tokens(cfg)))
         result["quality"] = {
             f"{r['scope']}/{r['source']}": {k: (round(r[k], 5) if isinstance(r[k], float) else r[k]) for k in ("tp", "fp", "fn", "precision", "recall", "f1")}
             for r in ev.iter_rows(named=True)

@@ -44,6 +44,8 @@ def _run(args: argparse.Namespace) -> int:
             conf[name] = getattr(args, name)
     if args.replace:
         conf["replace_release"] = True
+    if args.retain_working_files is not None:
+        conf.update(retain_working_files=True, retention_reason=args.retain_working_files)
     cfg = RunConfig.from_conf(conf)
     # Every problem a look can find (label taken, inputs, key file, unit costs) stops the run here, in
     # a second, before Airflow starts; the DAG's own preflight task checks again for other triggers.
@@ -150,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--small-groups", choices=["suppress", "coarsen", "block"],
         help="what to do when fewer than 8 people share a combination of quasi-identifiers: withhold their values "
         "(suppress, the default), merge age bands and IMD for everyone (coarsen), or refuse to publish (block)",
+    )
+    r.add_argument(
+        "--retain-working-files", metavar="REASON",
+        help="keep pseudonymised/<label>/ and linked/<label>/ after publication (removed by default), for the "
+        "reason given, which the manifest records",
     )
     r.add_argument("--airflow-home", help="private AIRFLOW_HOME (default WORK/.airflow/<label>)")
     r.set_defaults(func=_run)

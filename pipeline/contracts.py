@@ -138,6 +138,13 @@ class Contract:
     def polars_schema(self) -> dict[str, pl.DataType]:
         return {c.name: c.polars_type for c in self.columns}
 
+    def with_column(self, column: Column) -> Contract:
+        """The contract with its column of the same name replaced by `column` (a derived zone's
+        record_id, say, which holds a token where the raw extract held the provider's ID)."""
+        self.column(column.name)  # KeyError if there is no such column
+        columns = tuple(column if c.name == column.name else c for c in self.columns)
+        return Contract(name=self.name, zone=self.zone, description=self.description, primary_key=self.primary_key, columns=columns)
+
     def restricted_to(self, classes: tuple[str, ...], name: str, zone: str) -> Contract:
         """A derived contract keeping only columns of the given classes (plus the primary key)."""
         keep = tuple(c for c in self.columns if c.column_class in classes or c.name in self.primary_key)

@@ -148,6 +148,37 @@ def sink_frame(lf: pl.LazyFrame, contract: Contract, path: Path, metadata: dict[
     return Path(path)
 
 
+def sink_lazy(lf: pl.LazyFrame, path: Path, metadata: dict[str, str] | None = None, private: bool = False) -> Path:
+    """Stream a lazy frame with no contract of its own (quarantined rows, the monthly panel) to
+    Parquet with the fixed writer settings; `private`: see `atomic_path`."""
+    with atomic_path(path, private=private) as tmp:
+        lf.sink_parquet(tmp, compression="zstd", compression_level=3, row_group_size=SINK_ROW_GROUP_ROWS, metadata=metadata)
+    return Path(path)
+
+
+def write_scratch(frame: pl.DataFrame | pl.LazyFrame, path: Path) -> Path:
+    """Write a stage's scratch file (read back by the same task, then removed with its folder): fast
+    compression, since nobody keeps it; a lazy frame is streamed."""
+    with atomic_path(path) as tmp:
+        if isinstance(frame, pl.LazyFrame):
+            frame.sink_parquet(tmp, compression="lz4")
+        else:
+            frame.write_parquet(tmp, compression="lz4")
+    return Path(path)
+
+
+@contextlib.contextmanager
+def parquet_writer(path: Path, schema: pa.Schema, settings: dict[str, Any] | None = None) -> Iterator[pq.ParquetWriter]:
+    """A Parquet writer with the fixed settings (or `settings`) that appends tables to one file,
+    renamed into place when the block ends without an error."""
+    with atomic_path(path) as tmp:
+        writer = pq.ParquetWriter(tmp, schema, **(settings or PARQUET_OPTIONS))
+        try:
+            yield writer
+        finally:
+            writer.close()
+
+
 def _sink_schema(contract: Contract) -> pa.Schema:
     """The contract's Arrow schema as Polars writes it (large strings), keeping descriptions and nullability."""
     schema = contract.arrow_schema()

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from pipeline import zones
 from pipeline.errors import PathOutsideRootsError, PipelineError
 
 SOURCES: tuple[str, ...] = ("hospital_apc", "hospital_ae", "hospital_op", "gp_events", "social_care")
@@ -33,6 +34,7 @@ CLI_FLAGS: dict[str, str] = {
     "replace_release": "--replace", "study_start": "--study-start", "study_end": "--study-end",
     "extract_date": "--extract-date", "unit_costs": "--unit-costs", "run_date": "--run-date",
     "publishing_key_file": "--publishing-key", "small_groups": "--small-groups",
+    "retain_working_files": "--retain-working-files", "retention_reason": "--retain-working-files",
 }  # fmt: skip
 
 
@@ -106,8 +108,28 @@ class RunConfig:
     # The default lets a realistic study publish; a governance officer who wants to see every small
     # group before anything is changed runs "block".
     small_groups: Literal["suppress", "coarsen", "block"] = "suppress"
+    # Once the label is published its working files (pseudonymised/<label>/, linked/<label>/) are
+    # removed (pipeline.zones.purge_working_files): tokens and link map kept after a release would let
+    # a later label's tokens re-link people who withdrew in between. A run that must keep them (to
+    # rerun linkage for the label, or for an audit) says why; the reason goes into the manifest's
+    # settings, so the release records that its working files were kept and on whose word.
+    retain_working_files: bool = False
+    retention_reason: str | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.retention_reason, str) and not self.retention_reason.strip():
+            # An empty field of the Airflow trigger form is no reason.
+            object.__setattr__(self, "retention_reason", None)
+        if self.retain_working_files and not (isinstance(self.retention_reason, str) and self.retention_reason.strip()):
+            raise PipelineError(
+                f"keeping the working files needs a reason: give it with {setting('retain_working_files')} "
+                "REASON (Airflow Params retain_working_files and retention_reason), for the manifest"
+            )
+        if self.retention_reason is not None and not self.retain_working_files:
+            raise PipelineError(
+                "retention_reason is given but retain_working_files is not set; set both (the CLI's "
+                f"{setting('retain_working_files')} REASON does) or neither"
+            )
         if self.small_groups not in SMALL_GROUP_POLICIES:
             choices = ", ".join(repr(p) for p in SMALL_GROUP_POLICIES)
             raise PipelineError(f"{setting('small_groups')} must be one of {choices} (got {self.small_groups!r})")
@@ -158,8 +180,7 @@ class RunConfig:
         d["matching"]["exact"] = list(self.matching.exact)
         return d
 
-    # Zone layout. Each zone is a top-level folder so access can be granted per zone; inside it every
-    # run has its own folder named by release label, so concurrent runs never share a file.
+    # Zone layout: the folders are declared in pipeline.zones, with every file in them.
     @property
     def raw(self) -> Path:
         return Path(self.raw_dir)
@@ -170,41 +191,33 @@ class RunConfig:
 
     @property
     def quarantine_dir(self) -> Path:
-        return self.work / "raw" / "quarantine" / self.release_label
+        return zones.quarantine_dir(self.work, self.release_label)
 
     @property
     def pseudonymised_dir(self) -> Path:
-        return self.work / "pseudonymised" / self.release_label
+        return zones.zone_dir(self.work, "pseudonymised", self.release_label)
 
     @property
     def linked_dir(self) -> Path:
-        return self.work / "linked" / self.release_label
+        return zones.zone_dir(self.work, "linked", self.release_label)
 
     @property
     def staging_dir(self) -> Path:
-        """Where the release is built and checked before it is renamed into `releases/`."""
-        return self.work / "releases" / f".staging-{self.release_label}"
+        return zones.staging_dir(self.work, self.release_label)
 
     @property
     def release_dir(self) -> Path:
-        return self.work / "releases" / self.release_label
+        return zones.release_dir(self.work, self.release_label)
 
     @property
     def reports_dir(self) -> Path:
-        """The published reports of the label: written only by publish_release, with the release.
-
-        Nothing else writes here; a run writes its reports to `reports_staging_dir`.
-        """
-        return self.work / "reports" / self.release_label
+        """Written only by publish_release, with the release (pipeline.zones.reports_dir)."""
+        return zones.reports_dir(self.work, self.release_label)
 
     @property
     def reports_staging_dir(self) -> Path:
-        """Where this run writes its reports (validation, Data Docs, privacy, audit page, ...).
-
-        publish_release moves the folder to `reports_dir` in the same step as the release, so a failed
-        or refused run never changes the reports of a published release; its own stay here to read.
-        """
-        return self.work / "reports" / f".staging-{self.release_label}"
+        """Where this run writes its reports until publication (pipeline.zones.reports_staging_dir)."""
+        return zones.reports_staging_dir(self.work, self.release_label)
 
     @property
     def start(self) -> dt.date:

@@ -118,32 +118,26 @@ def _validate_pseudonymised(conf: Conf) -> str:
     extracts themselves were checked against their contracts by check_inputs; their business rules
     run on their pseudonymised payloads (the same rows, less the quarantined ones checked here).
     """
-    from pipeline.pseudonymise import payload_contract
     from pipeline.pseudonymise.inputs import input_files
-    from pipeline.pseudonymised import blocks_path, records_path
     from pipeline.validate import run_parameters, validate_files
     from pipeline.validate.suites import QUARANTINE_SUFFIX, QUARANTINED_DATASETS
+    from pipeline.zones import quarantine_file, validated_files
 
     cfg = _cfg(conf)
     parameters = run_parameters(cfg)
     raw: dict[str, list[Path]] = {"consent_register": input_files(cfg, "consent_register")}
     for dataset in QUARANTINED_DATASETS:
-        quarantined = cfg.quarantine_dir / f"{dataset}.parquet"
+        quarantined = quarantine_file(cfg, dataset)
         if quarantined.exists():
             raw[f"{dataset}{QUARANTINE_SUFFIX}"] = [quarantined]
     validate_files("raw", raw, cfg.reports_staging_dir, cfg.release_label, parameters=parameters)
 
-    d = cfg.pseudonymised_dir
-    files: dict[str, list[Path]] = {"pseudo_persons": [d / "persons.parquet"], "survey": [d / "survey.parquet"]}
-    files["token_blocks"] = [blocks_path(d, s) for s in SOURCES]
-    files["record_blocks"] = [records_path(d, s) for s in SOURCES]
-    for s in SOURCES:
-        files[payload_contract(s).name] = [d / "payload" / f"{s}.parquet"]
+    files = validated_files(cfg, "pseudonymised", SOURCES)
     return str(validate_files("pseudonymised", files, cfg.reports_staging_dir, cfg.release_label, parameters=parameters))
 
 
 def link(conf: Conf, run: Run = None) -> str:
-    """Deterministic ranks 1-5 over every source. Returns the link map path."""
+    """Deterministic ranks 1-5, then the probabilistic rank P, over every source. Returns the link map path."""
     from pipeline.link import run_link
     from pipeline.publish.provenance import record_run
 
@@ -157,9 +151,10 @@ def link(conf: Conf, run: Run = None) -> str:
 
 def validate_linked(conf: Conf) -> str:
     from pipeline.validate import run_parameters, validate_files
+    from pipeline.zones import validated_files
 
     cfg = _cfg(conf)
-    files = {"link_map": [cfg.linked_dir / "link_map.parquet"]}
+    files = validated_files(cfg, "linked", SOURCES)
     return str(validate_files("linked", files, cfg.reports_staging_dir, cfg.release_label, parameters=run_parameters(cfg)))
 
 

@@ -19,6 +19,9 @@ from pipeline.settings import RunConfig
 os.environ[KEY_HOLDER_PROCESS] = IN_PROCESS
 
 RELIABILITY_LABEL = "ref-1"
+# Settings for a run whose tests read its working zones (pseudonymised/, linked/) after publication,
+# which removes them by default (pipeline.zones.purge_working_files).
+RETAIN = {"retain_working_files": True, "retention_reason": "the tests read the working zones after publication"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,20 @@ class Reference:
              "publishing_key_file": str(self.publishing_key_file), **extra}
         ).to_conf()
 
+    def published_work(self, work: Path) -> Path:
+        """A copy of the published reference run's work folder at `work`, with the label's working
+        zones put back from before publication (as a run that kept them would have them)."""
+        shutil.copytree(self.cfg.work, work, symlinks=True)
+        before = self.snapshots["publish_release"]
+        for zone in ("pseudonymised", "linked"):
+            shutil.copytree(before / zone / RELIABILITY_LABEL, work / zone / RELIABILITY_LABEL, symlinks=True)
+        return work
+
+    @property
+    def before_publication(self) -> RunConfig:
+        """The reference run as it was before publication, working zones included (a snapshot)."""
+        return RunConfig.from_conf({**self.cfg.to_conf(), "work_dir": str(self.snapshots["publish_release"])})
+
     @property
     def release(self) -> Path:
         return self.cfg.release_dir
@@ -51,6 +68,32 @@ class Reference:
         from pipeline.publish.signing import public_key_path, trusted_key
 
         return trusted_key(public_key_file=public_key_path(self.publishing_key_file))
+
+
+def record_tokens(key_file: Path, source: str, record_ids) -> set[str]:
+    """The record tokens (pipeline.crypto.tokens.tokenise_record_ids) of a source's provider record IDs."""
+    import polars as pl
+
+    from pipeline.crypto.keys import load_key
+    from pipeline.crypto.tokens import record_token_key, tokenise_record_ids
+
+    ids = pl.Series("record_id", sorted(record_ids), dtype=pl.String)
+    return set(tokenise_record_ids(record_token_key(load_key(str(key_file))), source, ids).to_list())
+
+
+def tokenised_truth(truth, key):
+    """The generator's truth (a frame with source and record_id) with each provider record ID replaced
+    by its record token under `key`, as the pseudonymised and linked zones hold it."""
+    import polars as pl
+
+    from pipeline.crypto.tokens import record_token_key, tokenise_record_ids
+
+    record_key = record_token_key(key)
+    parts = [
+        part.with_columns(record_id=tokenise_record_ids(record_key, source, part.get_column("record_id")))
+        for (source,), part in truth.group_by("source", maintain_order=True)
+    ]
+    return pl.concat(parts)
 
 
 def release_bytes(folder: Path) -> dict[str, bytes]:

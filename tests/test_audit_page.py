@@ -20,6 +20,7 @@ from typing import Any
 
 import polars as pl
 import pytest
+from conftest import RETAIN
 
 from pipeline import io
 from pipeline.pseudonymise.consent import REGISTER_ERRORS
@@ -97,7 +98,7 @@ def parse(dom: str) -> Figures:
 def cfg(tmp_path_factory) -> RunConfig:
     import stage_runner
 
-    conf = stage_runner.new_run(tmp_path_factory.mktemp("audit-page"), LABEL, persons=400, seed=31)
+    conf = {**stage_runner.new_run(tmp_path_factory.mktemp("audit-page"), LABEL, persons=400, seed=31), **RETAIN}
     stage_runner.run_steps(conf)
     return RunConfig.from_conf(conf)
 

@@ -260,7 +260,8 @@ ZONE_ACCESS = {
         "/data/work/reports": ("pprl-reports", "rw"),
     },
     "airflow-worker": {
-        "/data/work/pseudonymised": ("pprl-pseudonymised", "ro"),
+        # Written too: publication removes a label's working files once it is published.
+        "/data/work/pseudonymised": ("pprl-pseudonymised", "rw"),
         "/data/work/linked": ("pprl-linked", "rw"),
         "/data/work/releases": ("pprl-releases", "rw"),
         "/data/work/reports": ("pprl-reports", "rw"),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from conftest import RETAIN
 
 from pipeline import io
 from pipeline.publish import disclosure
@@ -127,7 +128,7 @@ def attack(tmp_path_factory):
     """A hard-profile run of 300 people (seed 3: three withdrawals received after the extract date,
     and one register error of each kind), the run date pinned."""
     base = tmp_path_factory.mktemp("consent_attack")
-    conf = new_run(base, "attack", persons=300, seed=3, profile="hard")
+    conf = {**new_run(base, "attack", persons=300, seed=3, profile="hard"), **RETAIN}
     conf["run_date"] = ATTACK_RUN_DATE
     run_steps(conf)
     cfg = RunConfig.from_conf(conf)

@@ -33,6 +33,7 @@ from pipeline.publish.release_log import LOG_NAME, read_log
 from pipeline.publish.release import PUBLISHING_MARK
 from pipeline.publish.report import page_for
 from pipeline.settings import SOURCES, RunConfig
+from pipeline.zones import WORKING_ZONES
 
 RUNNER = Path(stage_runner.__file__).resolve()
 ZONES = ("raw/quarantine", "pseudonymised", "linked", "releases", "reports")
@@ -148,7 +149,7 @@ def test_a_source_killed_while_pseudonymised_is_rewritten_identically(reference:
         files += [cfg.quarantine_dir / f"{source}.parquet"]
         return {p.name + p.parent.name: p.read_bytes() for p in files if p.exists()}
 
-    assert outputs(RunConfig.from_conf(conf)) == outputs(reference.cfg)
+    assert outputs(RunConfig.from_conf(conf)) == outputs(reference.before_publication)
     # A run in progress keeps its reports in the staging folder until publication.
     assert leftovers(work) == [f"reports/.staging-{RELIABILITY_LABEL}"]
 
@@ -159,9 +160,8 @@ def test_a_source_killed_while_pseudonymised_is_rewritten_identically(reference:
 
 @pytest.fixture()
 def published_copy(reference: Reference, tmp_path) -> tuple[dict, Path]:
-    """A copy of the reference work folder, its release published."""
-    work = tmp_path / "work"
-    shutil.copytree(reference.cfg.work, work, symlinks=True)
+    """A copy of the reference work folder, its release published, its working zones kept."""
+    work = reference.published_work(tmp_path / "work")
     return reference.conf(work), work
 
 
@@ -251,10 +251,14 @@ def test_two_labels_run_at_the_same_time_on_one_work_folder_without_touching_eac
         assert child.wait(timeout=CHILD_TIMEOUT) == 0, (tmp_path / f"{label}.log").read_text()[-3000:]
 
     # Each zone holds one folder per label and nothing else (quarantine only when rows were set aside),
-    # besides the release log the two publications shared, one entry each.
+    # besides the release log the two publications shared, one entry each; the working zones hold
+    # none, each label's working files having been removed once it was published.
     for zone in ZONES:
         found = sorted(p.name for p in (work / zone).iterdir() if p.name != LOG_NAME) if (work / zone).exists() else []
-        assert found == (sorted(labels) if zone != "raw/quarantine" or found else []), zone
+        if zone in WORKING_ZONES:
+            assert found == [], zone
+        else:
+            assert found == (sorted(labels) if zone != "raw/quarantine" or found else []), zone
     assert sorted(e["release_label"] for e in read_log(work / "releases" / LOG_NAME)) == sorted(labels)
     # The same inputs and key give the same bytes, run alone or beside another label.
     same = RunConfig.from_conf(reference.conf(work, RELIABILITY_LABEL))

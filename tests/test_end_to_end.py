@@ -8,6 +8,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from conftest import RETAIN, tokenised_truth
 
 from pipeline import io
 from pipeline.cohort.service_use import service_use
@@ -36,7 +37,7 @@ def run(tmp_path_factory):
     new_publishing_key_file(base / "secrets" / "publishing.pem")
     cfg = RunConfig.from_conf(
         {"raw_dir": str(base / "input" / "raw"), "work_dir": str(base / "work"), "release_label": LABEL, "key_file": str(base / "secrets" / "key.json"),
-         "publishing_key_file": str(base / "secrets" / "publishing.pem")}
+         "publishing_key_file": str(base / "secrets" / "publishing.pem"), **RETAIN}
     )
     lines: list[str] = []
     result = run_embedded(cfg.to_conf(), base / "airflow", progress=lines.append)
@@ -89,7 +90,7 @@ def test_release_holds_no_identifier_and_no_token(run):
 
 def test_link_map_matches_ground_truth_exactly_on_the_clean_profile(run):
     kept = kept_participants(run).get_column("participant_id")
-    truth = pl.read_parquet(run["truth"] / "record_links.parquet").select(
+    truth = tokenised_truth(pl.read_parquet(run["truth"] / "record_links.parquet"), run["key"]).select(
         "source", "record_id", pl.when(pl.col("participant_id").is_in(kept.implode())).then(pl.col("participant_id")).alias("expected")
     )
     link_map = pl.read_parquet(run["cfg"].linked_dir / "link_map.parquet")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from conftest import RETAIN
 
 from pipeline import io
 from pipeline.cohort.outputs import RELEASE_TABLES
@@ -39,7 +40,7 @@ def cfg(tmp_path_factory) -> RunConfig:
     """A run built up to the cohort stage; nothing staged or published yet."""
     import stage_runner
 
-    conf = stage_runner.new_run(tmp_path_factory.mktemp("governance"), LABEL, persons=400, seed=23)
+    conf = {**stage_runner.new_run(tmp_path_factory.mktemp("governance"), LABEL, persons=400, seed=23), **RETAIN}
     stage_runner.run_steps(conf, last="build_cohort")
     return RunConfig.from_conf(conf)
 

@@ -52,7 +52,7 @@ KEY_MODULES: frozenset[str] = frozenset(
 
 
 def _is_key_module(name: str) -> bool:
-    # Not a prefix test: pipeline.pseudonymised (the zone's file layout) is shared by every stage.
+    # Not a prefix test: only the pseudonymise package itself and its modules hold the key.
     return name in KEY_MODULES or name == "pipeline.pseudonymise" or name.startswith("pipeline.pseudonymise.")
 
 

@@ -41,9 +41,9 @@ FAST_SECONDS = 10
 
 @pytest.fixture()
 def published(reference: Reference, tmp_path) -> tuple[RunConfig, dict[str, str]]:
-    """A copy of the reference work folder, its release published; and the hash of every file in it."""
-    work = tmp_path / "work"
-    shutil.copytree(reference.cfg.work, work, symlinks=True)
+    """A copy of the reference work folder, its release published and its working zones kept; and the
+    hash of every file in it."""
+    work = reference.published_work(tmp_path / "work")
     cfg = RunConfig.from_conf(reference.conf(work))
     return cfg, file_hashes(work)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
+from conftest import RETAIN
 
 from pipeline.crypto import names, normalise
 from pipeline.crypto.keys import new_key_file
@@ -48,7 +49,7 @@ def run(tmp_path_factory):
     new_publishing_key_file(base / "publishing.pem")
     cfg = RunConfig.from_conf(
         {"raw_dir": str(base / "input" / "raw"), "work_dir": str(base / "work"), "release_label": LABEL, "key_file": str(base / "key.json"),
-         "publishing_key_file": str(base / "publishing.pem")}
+         "publishing_key_file": str(base / "publishing.pem"), **RETAIN}
     )
     lines: list[str] = []
     run_embedded(cfg.to_conf(), base / "airflow", progress=lines.append)

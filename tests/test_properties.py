@@ -28,7 +28,7 @@ from pipeline.crypto.keys import LinkageKey, key_id, read_key_file
 from pipeline.link.deterministic import link_deterministic
 from pipeline.link.stage import DETERMINISTIC_COLUMNS, run_link
 from pipeline.pseudonymise import pseudonymise_source, run_consent_gate
-from pipeline.pseudonymised import blocks_path, records_path, scan_record_tokens
+from pipeline.zones import blocks_path, link_map_file, persons_file, records_path, scan_record_tokens
 from pipeline.pseudonymise.identifiers import TOKEN_COLUMN_NAMES, canonical_forms, tokenise_identifiers
 from pipeline.settings import SOURCES, RunConfig
 
@@ -142,8 +142,8 @@ def test_a_source_gives_the_same_tokens_whatever_its_row_order_or_parts(referenc
 @QUICK
 def test_deterministic_ranks_do_not_depend_on_row_order(reference: Reference, seed):
     rnd = random.Random(seed)
-    d = reference.cfg.pseudonymised_dir
-    persons = pl.read_parquet(d / "persons.parquet", columns=["participant_id", *DETERMINISTIC_COLUMNS])
+    d = reference.before_publication.pseudonymised_dir
+    persons = pl.read_parquet(persons_file(reference.before_publication), columns=["participant_id", *DETERMINISTIC_COLUMNS])
     records = scan_record_tokens(d, "hospital_apc").select("record_id", *DETERMINISTIC_COLUMNS).collect()
 
     def shuffled(df: pl.DataFrame) -> pl.DataFrame:
@@ -173,4 +173,4 @@ def test_the_link_map_does_not_depend_on_row_order_or_file_partitioning(referenc
         for source in SOURCES:
             pseudonymise_source(cfg, linkage_key, source)
         link_map = pl.read_parquet(run_link(cfg))
-    assert link_map.equals(pl.read_parquet(reference.cfg.linked_dir / "link_map.parquet"))
+    assert link_map.equals(pl.read_parquet(link_map_file(reference.before_publication)))

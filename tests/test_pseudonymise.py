@@ -25,8 +25,8 @@ from pipeline.pseudonymise import check_inputs, pseudonymise_source, run_consent
 from pipeline.pseudonymise import identifiers
 from pipeline.pseudonymise.consent import REGISTER_ERRORS
 from pipeline.pseudonymise.records import QUARANTINE_REASON
-from pipeline.pseudonymised import blocks_path, records_path, scan_record_tokens
 from pipeline.settings import SOURCES, RunConfig
+from pipeline.zones import blocks_path, payload_file, records_path, scan_record_tokens
 
 FIXED_KEY = b"pprl-v2 published TEST key #112."  # the published test key of tests/vectors/tokens_v2.json
 TOKEN_COLUMNS = list(load_contract("token_blocks").column_names[1:])
@@ -42,6 +42,18 @@ def _reference():
 
 
 reference = _reference()
+
+
+def record_token(source: str, record_id: str, key: bytes = None) -> str:
+    """A record token made here, from `cryptography` and `hmac` alone: HMAC-SHA256 under
+    HKDF-SHA256(key, info=b"pprl/record/v1") of "<source>|<record ID>"."""
+    import hmac
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    field_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"pprl/record/v1").derive(key or FIXED_KEY)
+    return hmac.new(field_key, f"{source}|{record_id}".encode(), "sha256").hexdigest()
 
 
 def write_key(path: Path, key: bytes = FIXED_KEY) -> LinkageKey:
@@ -192,10 +204,8 @@ def test_invalid_nhs_numbers_become_no_nhs_number_and_are_counted_never_tokenise
     cfg, asked = records_run
     tokens = scan_record_tokens(cfg.pseudonymised_dir, "social_care").collect()
     valid = reference.token(FIXED_KEY, "nhs_number", "9990000018")
-    assert dict(tokens.select("record_id", "tok_nhs").iter_rows()) == {
-        "SC000000001": valid, "SC000000002": None, "SC000000003": None,
-        "SC000000004": None, "SC000000005": None, "SC000000006": valid,
-    }  # fmt: skip
+    expected = {"SC000000001": valid, "SC000000002": None, "SC000000003": None, "SC000000004": None, "SC000000005": None, "SC000000006": valid}
+    assert dict(tokens.select("record_id", "tok_nhs").iter_rows()) == {record_token("social_care", r): t for r, t in expected.items()}
     assert asked["nhs_number"] == {"9990000018"}
     counts = io.read_json(cfg.pseudonymised_dir / "counts" / "social_care.json")["counts"]
     assert {k: counts[k] for k in ("rows", "nhs_number_missing", "nhs_number_invalid", "quarantined", "pseudonymised")} == {
@@ -211,8 +221,9 @@ def test_records_with_no_usable_identifier_are_quarantined_with_the_reason(recor
         ("SC000000008", QUARANTINE_REASON),
     ]
     assert QUARANTINE_REASON == "no usable identifier (no valid NHS number, date of birth or postcode)"
-    payload = pl.read_parquet(cfg.pseudonymised_dir / "payload" / "social_care.parquet")
-    assert payload.get_column("record_id").to_list() == [f"SC00000000{i}" for i in range(1, 7)]
+    payload = pl.read_parquet(payload_file(cfg, "social_care"))
+    # The provider's record IDs stay in raw/: the payload knows each record by its keyed token only.
+    assert payload.get_column("record_id").to_list() == [record_token("social_care", f"SC00000000{i}") for i in range(1, 7)]
     assert not set(payload.columns) & set(IDENTIFIERS)
 
 
@@ -239,6 +250,10 @@ def _identifier_records(df: pl.DataFrame) -> list[dict]:
     return df.select(*IDENTIFIERS).with_columns(pl.col("date_of_birth").cast(pl.String)).to_dicts()
 
 
+def _with_record_tokens(delivered: pl.DataFrame, source: str) -> pl.DataFrame:
+    return delivered.with_columns(record_id=pl.Series([record_token(source, r) for r in delivered.get_column("record_id")], dtype=pl.String))
+
+
 def test_an_independent_implementation_reproduces_every_token_in_the_pseudonymised_zone(synthetic):
     """tests/vectors/reference_v2.py (HKDF and HMAC from `cryptography`, nothing from `pipeline`),
     given each row's raw identifiers, makes exactly the tokens the stage wrote."""
@@ -247,7 +262,7 @@ def test_an_independent_implementation_reproduces_every_token_in_the_pseudonymis
     pairs = [
         (pl.read_parquet(cfg.pseudonymised_dir / "persons.parquet"), pl.read_parquet(raw / "consent_register.parquet"), "participant_id")
     ] + [
-        (scan_record_tokens(cfg.pseudonymised_dir, s).collect(), pl.read_parquet(raw / f"{s}.parquet"), "record_id")
+        (scan_record_tokens(cfg.pseudonymised_dir, s).collect(), _with_record_tokens(pl.read_parquet(raw / f"{s}.parquet"), s), "record_id")
         for s in SOURCES
     ]
     cache: dict[tuple, dict] = {}
@@ -391,11 +406,13 @@ def test_a_participant_withdrawn_after_a_release_is_absent_from_the_next(synthet
     work = tmp_path / "work"
     raw = tmp_path / "raw"
     shutil.copytree(base / "input" / "raw", raw)
+    from conftest import RETAIN
+
     from pipeline.publish.signing import new_publishing_key_file
 
-    publishing = tmp_path / "secrets" / "publishing.pem"
-    new_publishing_key_file(publishing)
-    conf = {"raw_dir": str(raw), "work_dir": str(work), "key_file": str(base / "key.json"), "publishing_key_file": str(publishing)}
+    new_publishing_key_file(tmp_path / "publishing.pem")
+    conf = {"raw_dir": str(raw), "work_dir": str(work), "key_file": str(base / "key.json"),
+            "publishing_key_file": str(tmp_path / "publishing.pem"), **RETAIN}  # fmt: skip
     r1 = RunConfig.from_conf({**conf, "release_label": "r1", "run_date": "2026-06-30"})
     _run_all_stages(r1.to_conf())
     released = set(pl.read_parquet(r1.release_dir / "cohort.parquet").get_column("study_id"))

@@ -28,8 +28,10 @@ from pathlib import Path
 
 import polars as pl
 
+from pipeline import io
 from pipeline.contracts import load_contract
 from pipeline.settings import SOURCES, RunConfig
+from pipeline.zones import link_map_file, payload_file
 
 
 def payload_columns(source: str) -> list[str]:
@@ -51,9 +53,9 @@ def linked_events(cfg: RunConfig, work: Path | None = None) -> dict[str, pl.Lazy
     the monthly panel, duplicate counts), and joining 50 million payload rows to the link map on
     record_id each time cost more than writing the result once. The caller removes `work`.
     """
-    link_map = pl.scan_parquet(cfg.linked_dir / "link_map.parquet").filter(pl.col("participant_id").is_not_null())
+    link_map = pl.scan_parquet(link_map_file(cfg)).filter(pl.col("participant_id").is_not_null())
     events = {
-        s: pl.scan_parquet(cfg.pseudonymised_dir / "payload" / f"{s}.parquet").join(
+        s: pl.scan_parquet(payload_file(cfg, s)).join(
             link_map.filter(pl.col("source") == s).select("record_id", "participant_id"), on="record_id", how="inner"
         )
         for s in SOURCES
@@ -62,7 +64,7 @@ def linked_events(cfg: RunConfig, work: Path | None = None) -> dict[str, pl.Lazy
         return events
     work.mkdir(parents=True, exist_ok=True)
     for s, lf in events.items():
-        lf.sink_parquet(work / f"{s}.parquet", compression="lz4")
+        io.write_scratch(lf, work / f"{s}.parquet")
     return {s: pl.scan_parquet(work / f"{s}.parquet") for s in SOURCES}
 
 

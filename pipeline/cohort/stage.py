@@ -30,6 +30,7 @@ from pipeline.cohort.samples import MATCHES_SCHEMA, SampleMatch, match_sample, s
 from pipeline.cohort.service_use import service_use
 from pipeline.costs import DEFAULT_VALUE_SET, read_value_set, scan_unit_costs
 from pipeline.settings import RunConfig
+from pipeline.zones import COHORT_SCRATCH, cohort_dir, cohort_summary_file, persons_file, survey_file
 
 log = logging.getLogger(__name__)
 MAIN_SAMPLE = "all"
@@ -68,14 +69,14 @@ def with_main_sample(cohort: pl.DataFrame, main: SampleMatch | None) -> pl.DataF
 
 
 def build_cohort(cfg: RunConfig) -> Path:
-    out = cfg.linked_dir / "cohort"
-    persons = pl.read_parquet(cfg.pseudonymised_dir / "persons.parquet")
+    out = cohort_dir(cfg)
+    persons = pl.read_parquet(persons_file(cfg))
     value_set = read_value_set(value_set_path(cfg))
     costs = scan_unit_costs(Path(cfg.unit_costs))
-    outcomes = survey_outcomes(pl.scan_parquet(cfg.pseudonymised_dir / "survey.parquet"), value_set).collect()
+    outcomes = survey_outcomes(pl.scan_parquet(survey_file(cfg)), value_set).collect()
     eligible, counts = eligible_persons(persons, baseline_answers(outcomes), cfg.start, cfg.end, cfg.extract)
 
-    work = out / ".events"
+    work = out / COHORT_SCRATCH
     shutil.rmtree(work, ignore_errors=True)
     events = linked_events(cfg, work)
     use = service_use(events, eligible.lazy(), costs, cfg.extract).collect()
@@ -100,8 +101,7 @@ def build_cohort(cfg: RunConfig) -> Path:
         .join(cohort.lazy().select("participant_id", "arm", "matched_set", "match_weight"), on="participant_id", how="left")
         .sort("participant_id", "month")
     )
-    with io.atomic_path(out / "panel.parquet") as tmp:
-        panel.sink_parquet(tmp, compression="zstd", compression_level=3)
+    io.sink_lazy(panel, out / "panel.parquet")
     eligible_outcomes = outcomes.join(cohort.select("participant_id"), on="participant_id", how="semi").sort("participant_id", "wave")
     io.write_table(eligible_outcomes.to_arrow(), out / "outcomes.parquet")
 
@@ -122,7 +122,7 @@ def build_cohort(cfg: RunConfig) -> Path:
     counts["duplicate_records_removed"] = duplicate_counts(events, eligible.lazy())
     counts["samples"] = {name: {**m.counts(), "max_abs_smd_after": _max_abs_smd(m.balance, name)} for name, m in matched.items() if m}
     shutil.rmtree(work, ignore_errors=True)
-    io.write_json(_summary(cfg, counts, value_set.name), out / "cohort.json")
+    io.write_json(_summary(cfg, counts, value_set.name), cohort_summary_file(cfg))
     log.info("cohort: %d eligible, %d MDT matched", counts["eligible"], counts["matched_mdt"])
     return out
 

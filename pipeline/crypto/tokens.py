@@ -154,3 +154,26 @@ def token_file_metadata(kid: str) -> dict[str, str]:
     """The Parquet metadata every token file carries: the key id and the spec version of its tokens.
     The link stage refuses files that differ in either."""
     return {KID_METADATA: kid, SPEC_METADATA: SPEC_VERSION}
+
+
+# Provider record IDs. A record's ID leaves raw/ only as this keyed token of (source, record ID): the
+# link map and the payload files need a key per record to join on, and a provider's own ID in clear
+# would let anyone holding the provider's extract (or its later deliveries) read off which of its
+# records are a participant's. Keyed, only the key holder can go from a record ID to its token.
+RECORD_FIELD_INFO = f"pprl/{SPEC_VERSION}/record".encode()
+
+
+def record_token_key(key: LinkageKey) -> bytes:
+    """The HMAC key of record tokens: HKDF-SHA256(key, info=b"pprl/v2/record"), apart from every
+    identifier field's key, so a record token can never equal an identifier token."""
+    return _hkdf(key.key, RECORD_FIELD_INFO)
+
+
+def tokenise_record_ids(record_key: bytes, source: str, record_ids: pl.Series) -> pl.Series:
+    """Record tokens: hex HMAC-SHA256(record key, "<source>|<record ID>") of each ID, in order.
+
+    >>> k = b"k" * 32
+    >>> import hmac; tokenise_record_ids(k, "gp_events", pl.Series(["GP1"])).item() == hmac.new(k, b"gp_events|GP1", "sha256").hexdigest()
+    True
+    """
+    return hex_hmac(record_key, (source + COMPOSITE_SEPARATOR + record_ids).alias(record_ids.name))

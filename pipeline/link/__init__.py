@@ -1,4 +1,5 @@
-"""Stage 2: linkage on tokens. Deterministic ranks 1-5 (pipeline.link.deterministic).
+"""Stage 2: linkage on tokens. Deterministic ranks 1-5 (pipeline.link.deterministic), then the
+probabilistic rank P for what they leave (pipeline.link.probabilistic); pipeline.link.stage runs both.
 
 The names below are imported on first use: a package that re-exports imports everything it names,
 and an import chain through here should bring only what its caller uses.

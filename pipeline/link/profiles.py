@@ -25,8 +25,9 @@ from pathlib import Path
 
 import polars as pl
 
+from pipeline import io
 from pipeline.errors import PipelineError
-from pipeline.pseudonymised import TOKEN_BLOCK
+from pipeline.zones import TOKEN_BLOCK
 
 PROFILE_KEY = "profile_key"
 
@@ -50,9 +51,12 @@ def build_profiles(
     profile_key and the codes of `columns`, sorted by profile_key.
     """
     coded = blocks.select(TOKEN_BLOCK, *token_codes(columns)).with_columns(profile_key(key_columns)).collect()
-    records.join(coded.lazy().select(TOKEN_BLOCK, PROFILE_KEY), on=TOKEN_BLOCK, how="left", maintain_order="left").select(
-        "record_id", PROFILE_KEY
-    ).sink_parquet(records_path, compression="lz4")
+    io.write_scratch(
+        records.join(coded.lazy().select(TOKEN_BLOCK, PROFILE_KEY), on=TOKEN_BLOCK, how="left", maintain_order="left").select(
+            "record_id", PROFILE_KEY
+        ),
+        records_path,
+    )
     orphans = pl.scan_parquet(records_path).select(pl.col(PROFILE_KEY).null_count()).collect().item()
     if orphans:
         raise PipelineError(

@@ -20,6 +20,7 @@ linkage fails more often for some groups than others.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -171,12 +172,25 @@ def summary_figures(quality: pl.DataFrame) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------
 # Ground truth (synthetic data only; never called by the pipeline).
 
+# (source, provider record IDs) -> their record tokens, in order.
+RecordTokens = Callable[[str, pl.Series], pl.Series]
 
-def truth_frame(truth_dir: Path, persons: pl.LazyFrame) -> pl.LazyFrame:
+
+def truth_frame(truth_dir: Path, persons: pl.LazyFrame, record_tokens: RecordTokens | None = None) -> pl.LazyFrame:
     """source, record_id, expected: the participant a record truly belongs to when that participant
-    passed the consent gate (is in pseudonymised persons), else null (the record must stay unlinked)."""
+    passed the consent gate (is in pseudonymised persons), else null (the record must stay unlinked).
+
+    A link map made by the pipeline holds record tokens, not the providers' record IDs the truth
+    holds: `record_tokens(source, ids)` turns one into the other (the key holder's
+    pipeline.pseudonymise.records.record_tokeniser; this module never holds the key)."""
     kept = persons.select("participant_id")
     truth = pl.scan_parquet(Path(truth_dir) / "record_links.parquet").select("source", "record_id", "participant_id")
+    if record_tokens is not None:
+        parts = [
+            part.with_columns(record_id=record_tokens(source, part.get_column("record_id")))
+            for (source,), part in truth.collect().group_by("source", maintain_order=True)
+        ]
+        truth = pl.concat(parts).lazy()
     return truth.join(kept.with_columns(_kept=pl.lit(True)), on="participant_id", how="left").select(
         "source", "record_id", pl.when(pl.col("_kept")).then(pl.col("participant_id")).alias("expected")
     )
@@ -212,7 +226,7 @@ def in_probabilistic_scope() -> pl.Expr:
     )
 
 
-def evaluate_against_truth(link_map: Path, truth_dir: Path, persons: Path) -> pl.DataFrame:
+def evaluate_against_truth(link_map: Path, truth_dir: Path, persons: Path, record_tokens: RecordTokens | None = None) -> pl.DataFrame:
     """Precision, recall and F1 of a link map against the generator's ground truth.
 
     Rows: scope ("all", "deterministic" = ranks 1-5 and their conflicts, "probabilistic" = the
@@ -223,7 +237,7 @@ def evaluate_against_truth(link_map: Path, truth_dir: Path, persons: Path) -> pl
     """
     p = pl.scan_parquet(persons)
     lm = pl.scan_parquet(link_map).select("source", "record_id", "participant_id", "rank", "match_weight", "conflict")
-    joined = lm.join(truth_frame(truth_dir, p), on=["source", "record_id"], how="left").with_columns(
+    joined = lm.join(truth_frame(truth_dir, p, record_tokens), on=["source", "record_id"], how="left").with_columns(
         scope_p=in_probabilistic_scope()
     )
     groups = person_groups(p.select("participant_id", "age_at_index", "sex", "imd_quintile", "site"))

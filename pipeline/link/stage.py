@@ -6,9 +6,9 @@ key and never `raw/`, and refuses tokens made under different key ids.
 2. The addresses on records linked by NHS number (ranks 1-4) are added to each participant's known
    addresses (pipeline.link.model.ProbabilisticOptions.addresses).
 3. The probabilistic step links what the ranks left unlinked (pipeline.link.probabilistic), with a
-   Splink model per source saved as linked/<label>/splink_model_<source>.json.
-4. linked/<label>/link_map.parquet (one row per record), linkage_quality.parquet and
-   linkage_summary.json (pipeline.link.quality).
+   Splink model per source saved in linked/<label>/ (pipeline.zones.splink_model_file).
+4. The link map (one row per record), the linkage quality report and the linkage summary
+   (pipeline.link.quality), at the paths pipeline.zones declares.
 """
 
 from __future__ import annotations
@@ -37,7 +37,16 @@ from pipeline.link.probabilistic import (
     with_known_addresses,
 )
 from pipeline.link.profiles import PROFILE_KEY, build_profiles, token_codes
-from pipeline.pseudonymised import blocks_path, records_path
+from pipeline.zones import (
+    LINK_SCRATCH,
+    blocks_path,
+    link_map_file,
+    linkage_quality_file,
+    linkage_summary_file,
+    persons_file,
+    records_path,
+    splink_model_file,
+)
 from pipeline.settings import SOURCES, RunConfig
 
 log = logging.getLogger(__name__)
@@ -51,15 +60,13 @@ DETERMINISTIC_COLUMNS: tuple[str, ...] = (
 KEY_COLUMNS: tuple[str, ...] = ("tok_nhs", "tok_dob", "tok_dob_sex", "tok_postcode", "tok_surname", "tok_forename")
 # Ranks whose links rest on the NHS number; the addresses on their records are a participant's own.
 NHS_RANKS: tuple[str, ...] = ("1", "2", "3", "4")
-WORK_DIR = ".work"
 # token_files' name of a source's record blocks file: the source's name and this.
 RECORDS = " records"
-WRITER_OPTIONS = {"compression": "zstd", "compression_level": 3, "write_statistics": True}
 ROW_GROUP = 1_000_000
 
 
 def token_files(cfg: RunConfig) -> dict[str, Path]:
-    files = {"persons": cfg.pseudonymised_dir / "persons.parquet"}
+    files = {"persons": persons_file(cfg)}
     files.update({s: blocks_path(cfg.pseudonymised_dir, s) for s in SOURCES})
     files.update({f"{s}{RECORDS}": records_path(cfg.pseudonymised_dir, s) for s in SOURCES})
     missing = [str(p) for p in files.values() if not p.exists()]
@@ -129,7 +136,7 @@ def _deterministic_pass(
     ).collect()
     det = det.rename({"record_id": PROFILE_KEY})
     t_ranks = time.perf_counter() - t - t_profiles
-    profiles.join(det, on=PROFILE_KEY, how="left").write_parquet(work / f"{source}.profiles.parquet", compression="lz4")
+    io.write_scratch(profiles.join(det, on=PROFILE_KEY, how="left"), work / f"{source}.profiles.parquet")
     log.info(
         "%s: %d profiles (%.1fs), ranks 1-5 (%.1fs), written (%.1fs)",
         source, profiles.height, t_profiles, t_ranks, time.perf_counter() - t - t_profiles - t_ranks,
@@ -150,7 +157,7 @@ def run_link(cfg: RunConfig, options: ProbabilisticOptions | None = None) -> Pat
     check_spec_version(files)
     columns, missing = model_token_columns(files)
     out_dir = cfg.linked_dir
-    work = out_dir / WORK_DIR
+    work = out_dir / LINK_SCRATCH
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     timings: dict[str, float] = {}
@@ -190,30 +197,26 @@ def run_link(cfg: RunConfig, options: ProbabilisticOptions | None = None) -> Pat
     # record_id) without sorting 50 million rows at once.
     t = time.perf_counter()
     contract = load_contract("link_map")
-    out = out_dir / "link_map.parquet"
+    out = link_map_file(cfg)
     schema = contract.arrow_schema()
     schema = schema.with_metadata({**(schema.metadata or {}), b"pprl_kid": kid.encode()})
-    with io.atomic_path(out) as tmp:
-        writer = pq.ParquetWriter(tmp, schema, **WRITER_OPTIONS)
-        try:
-            for source in sorted(SOURCES):
-                profiles = pl.read_parquet(work / f"{source}.profiles.parquet")
-                if probabilistic:
-                    result, models[source] = _probabilistic_pass(source, profiles, participants, known, persons, options, out_dir, work)
-                else:
-                    result = profiles.select(PROFILE_KEY, "participant_id", "rank", "match_probability", "conflict").with_columns(
-                        match_weight=pl.lit(None, dtype=pl.Float64)
-                    )
-                del profiles
-                records = pl.read_parquet(work / f"{source}.records.parquet")
-                if not records.get_column("record_id").is_sorted():
-                    records = records.sort("record_id")
-                link = records.join(result, on=PROFILE_KEY, how="left", maintain_order="left").with_columns(source=pl.lit(source))
-                del records, result
-                writer.write_table(to_arrow(link, contract).replace_schema_metadata(schema.metadata), row_group_size=ROW_GROUP)
-                del link
-        finally:
-            writer.close()
+    with io.parquet_writer(out, schema) as writer:
+        for source in sorted(SOURCES):
+            profiles = pl.read_parquet(work / f"{source}.profiles.parquet")
+            if probabilistic:
+                result, models[source] = _probabilistic_pass(source, profiles, participants, known, persons, options, cfg, work)
+            else:
+                result = profiles.select(PROFILE_KEY, "participant_id", "rank", "match_probability", "conflict").with_columns(
+                    match_weight=pl.lit(None, dtype=pl.Float64)
+                )
+            del profiles
+            records = pl.read_parquet(work / f"{source}.records.parquet")
+            if not records.get_column("record_id").is_sorted():
+                records = records.sort("record_id")
+            link = records.join(result, on=PROFILE_KEY, how="left", maintain_order="left").with_columns(source=pl.lit(source))
+            del records, result
+            writer.write_table(to_arrow(link, contract).replace_schema_metadata(schema.metadata), row_group_size=ROW_GROUP)
+            del link
     timings["probabilistic_and_link_map"] = round(time.perf_counter() - t, 1)
 
     from pipeline.link.quality import linkage_quality, summary_figures
@@ -221,7 +224,7 @@ def run_link(cfg: RunConfig, options: ProbabilisticOptions | None = None) -> Pat
     t = time.perf_counter()
     pseudo = pl.scan_parquet(files["persons"]).select("participant_id", "age_at_index", "sex", "imd_quintile", "site")
     quality = linkage_quality(pl.scan_parquet(out), pseudo)
-    io.write_frame(quality, load_contract("linkage_quality"), out_dir / "linkage_quality.parquet", {"pprl_kid": kid})
+    io.write_frame(quality, load_contract("linkage_quality"), linkage_quality_file(cfg), {"pprl_kid": kid})
     timings["quality_report"] = round(time.perf_counter() - t, 1)
 
     summary = _summary(quality, persons.height, kid)
@@ -234,7 +237,7 @@ def run_link(cfg: RunConfig, options: ProbabilisticOptions | None = None) -> Pat
     shutil.rmtree(work, ignore_errors=True)
     timings["total"] = round(time.perf_counter() - t0, 1)
     summary["seconds"] = timings
-    io.write_json(summary, out_dir / "linkage_summary.json")
+    io.write_json(summary, linkage_summary_file(cfg))
     log.info("linked %d sources for %d participants in %.0fs", len(SOURCES), persons.height, timings["total"])
     return out
 
@@ -246,7 +249,7 @@ def _probabilistic_pass(
     known: pl.DataFrame,
     persons: pl.DataFrame,
     options: ProbabilisticOptions,
-    out_dir: Path,
+    cfg: RunConfig,
     work: Path,
 ) -> tuple[pl.DataFrame, SourceModel]:
     """Profile results of one source: the deterministic ones, plus rank P for the unlinked profiles."""
@@ -266,7 +269,7 @@ def _probabilistic_pass(
         participants,
         known,
         options,
-        out_dir / f"splink_model_{source}.json",
+        splink_model_file(cfg, source),
         work / "duckdb",
     )
     pairs = pairs.join(persons.select(pl.col("uid").cast(pl.UInt64).alias("participant_uid"), "participant_id"), on="participant_uid")

@@ -135,6 +135,18 @@ def run_params(*, filled_by_upstream: bool) -> dict[str, Param]:
             "(merge age bands and IMD first), or block (refuse the release).",
             section="Release",
         ),
+        "retain_working_files": Param(
+            _default(RunConfig, "retain_working_files"), type="boolean", title="Keep working files",
+            description="Keep pseudonymised/<label>/ and linked/<label>/ after publication (to rerun linkage "
+            "for this label, or for an audit). Off: they are removed once the release is published. "
+            "Needs a reason, recorded in the manifest.",
+            section="Release",
+        ),
+        "retention_reason": Param(
+            _default(RunConfig, "retention_reason"), type=["null", "string"], title="Why the working files are kept",
+            description="Required when keeping the working files; recorded in the release manifest's settings.",
+            section="Release",
+        ),
         "ratio": Param(
             _default(MatchingOptions, "ratio"), type="integer", minimum=1, title="Matching ratio (1:k)",
             description="Comparators matched to each MDT participant.", section="Matching",

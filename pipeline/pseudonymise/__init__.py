@@ -11,7 +11,6 @@ from typing import Any
 
 _EXPORTS = {
     "check_inputs": "pipeline.pseudonymise.inputs",
-    "payload_contract": "pipeline.pseudonymise.records",
     "pseudonymise_source": "pipeline.pseudonymise.records",
     "run_consent_gate": "pipeline.pseudonymise.consent",
 }

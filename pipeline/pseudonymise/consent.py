@@ -46,6 +46,7 @@ from pipeline.pseudonymise.identifiers import NO_USABLE_IDENTIFIER, tokenise_ide
 from pipeline.pseudonymise.inputs import scan_input
 from pipeline.pseudonymise.row_rules import DATE_OF_BIRTH
 from pipeline.settings import RunConfig
+from pipeline.zones import consent_file, persons_file, quarantine_file, survey_file
 
 log = logging.getLogger(__name__)
 
@@ -229,12 +230,11 @@ def run_consent_gate(cfg: RunConfig, key: LinkageKey) -> Path:
         study_id=pl.Series(study_ids(key, cfg.release_label, good.get_column("participant_id").to_list()), dtype=pl.String)
     )
     contract = load_contract("pseudo_persons")
-    out_dir = cfg.pseudonymised_dir
-    io.write_frame(good.select(contract.column_names), contract, out_dir / "persons.parquet", token_file_metadata(key.kid))
+    io.write_frame(good.select(contract.column_names), contract, persons_file(cfg), token_file_metadata(key.kid))
 
     # The survey answers of kept participants only; survey rows carry no direct identifier.
     survey_out = survey.join(good.select("participant_id"), on="participant_id", how="semi").sort("response_id")
-    io.write_frame(survey_out, load_contract("survey"), out_dir / "survey.parquet")
+    io.write_frame(survey_out, load_contract("survey"), survey_file(cfg))
 
     _write_quarantine(cfg, quarantined)
     counts.update(_quarantine_counts(quarantined))
@@ -247,12 +247,12 @@ def run_consent_gate(cfg: RunConfig, key: LinkageKey) -> Path:
         counts["same_person_excluded"], register_errors.height, good.height, quarantined.height,
     )  # fmt: skip
     # The run date differs from run to run, so it stays outside the counts that go into the manifest.
-    io.write_json({"kid": key.kid, "run_date": run_date.isoformat(), "consent": counts}, out_dir / "consent.json")
-    return out_dir / "persons.parquet"
+    io.write_json({"kid": key.kid, "run_date": run_date.isoformat(), "consent": counts}, consent_file(cfg))
+    return persons_file(cfg)
 
 
 def _write_quarantine(cfg: RunConfig, quarantined: pl.DataFrame) -> None:
-    path = cfg.quarantine_dir / "consent_register.parquet"
+    path = quarantine_file(cfg, "consent_register")
     if quarantined.height:
         columns = load_contract("consent_register").column_names
         q = quarantined.select(*columns, pl.col("_reason").alias("quarantine_reason")).sort("participant_id")

@@ -20,7 +20,7 @@ import polars as pl
 from pipeline.crypto import names, normalise
 from pipeline.crypto.keys import LinkageKey
 from pipeline.crypto.tokens import COMPOSITE_SEPARATOR, tokenise_distinct
-from pipeline.pseudonymised import TOKEN_BLOCK
+from pipeline.zones import TOKEN_BLOCK
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ from pipeline.costs import scan_unit_costs
 from pipeline.contracts import ContractError, load_contract, parquet_files, scan_checked
 from pipeline.errors import InputOutsideFolderError, Violation
 from pipeline.settings import SOURCES, RunConfig
+from pipeline.zones import inputs_file
 
 log = logging.getLogger(__name__)
 
@@ -115,4 +116,4 @@ def check_inputs(cfg: RunConfig) -> Path:
         violations += exc.violations
     if violations:
         raise ContractError(violations)
-    return io.write_json({"release_label": cfg.release_label, "files": files}, cfg.pseudonymised_dir / "inputs.json")
+    return io.write_json({"release_label": cfg.release_label, "files": files}, inputs_file(cfg))

@@ -6,7 +6,8 @@ Tokens are written once per token block, a distinct combination of the 19 token 
 (schemas/token_blocks.yaml), and each record gets the number of its block (schemas/record_blocks.yaml):
 a person's records mostly repeat the same identifiers, so 48 million rows need 6.2 million rows of
 tokens, which is what writing and validating them costs. The payload file holds record_id and the
-payload columns of the source's contract. No direct identifier leaves this step. Record-level files
+payload columns of the source's contract. No direct identifier leaves this step, nor the provider's
+record ID: from here on `record_id` holds the record's keyed token (`with_record_tokens`). Record-level files
 are streamed to Parquet: the extract is never collected whole.
 
 Memory follows the number of distinct identifier blocks: their canonical forms while they are
@@ -28,14 +29,14 @@ from pathlib import Path
 import polars as pl
 
 from pipeline import io
-from pipeline.contracts import Contract, load_contract
+from pipeline.contracts import load_contract
 from pipeline.crypto.keys import LinkageKey
-from pipeline.crypto.tokens import token_file_metadata
+from pipeline.crypto.tokens import record_token_key, token_file_metadata, tokenise_record_ids
 from pipeline.pseudonymise.identifiers import number_token_blocks, tokenise_blocks, with_unusable_flag
 from pipeline.pseudonymise.inputs import scan_input
 from pipeline.pseudonymise.row_rules import rules_for
-from pipeline.pseudonymised import blocks_path
-from pipeline.pseudonymised import records_path as record_blocks_path
+from pipeline.zones import blocks_path, counts_file, payload_contract, payload_file, quarantine_file
+from pipeline.zones import records_path as record_blocks_path
 from pipeline.settings import SOURCES, RunConfig
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,13 @@ SET_ASIDE = "_set_aside"
 ROWS_PER_PART = 16_000_000
 
 
-def payload_contract(source: str) -> Contract:
-    """The pseudonymised payload of a source: record_id plus its payload columns."""
-    return load_contract(source).restricted_to(("payload",), name=f"{source}_payload", zone="pseudonymised")
+def with_record_tokens(lf: pl.LazyFrame, key: LinkageKey, source: str) -> pl.LazyFrame:
+    """`lf` with its provider record IDs replaced by their record tokens (pipeline.crypto.tokens),
+    batch by batch as the frame streams, in order."""
+    record_key = record_token_key(key)
+    return lf.with_columns(
+        pl.col("record_id").map_batches(lambda ids: tokenise_record_ids(record_key, source, ids), return_dtype=pl.String, is_elementwise=True)
+    )
 
 
 def pseudonymise_source(cfg: RunConfig, key: LinkageKey, source: str) -> Path:
@@ -70,25 +75,23 @@ def pseudonymise_source(cfg: RunConfig, key: LinkageKey, source: str) -> Path:
     # Rows keep the order of the delivered extract (part by part when in parts), so the same extract
     # always gives the same bytes without a sort, which would hold every row in memory at once.
     # The payload needs no token, so its plan skips the token join.
-    io.sink_frame(raw.filter(~pl.col(SET_ASIDE)), payload_contract(source), out / "payload" / f"{source}.parquet")
+    io.sink_frame(with_record_tokens(raw.filter(~pl.col(SET_ASIDE)), key, source), payload_contract(source), payload_file(cfg, source))
 
     quarantined = raw.filter(pl.col(SET_ASIDE))
     reasons = dict(sorted(quarantined.group_by("_reason").len().collect().iter_rows()))
     n_quarantined = sum(reasons.values())
-    qpath = cfg.quarantine_dir / f"{source}.parquet"
+    qpath = quarantine_file(cfg, source)
     if n_quarantined:
         src_contract = load_contract(source)
-        with io.atomic_path(qpath, private=True) as tmp:  # identifiable rows: 0600 in a 0700 folder
-            quarantined.select(*src_contract.column_names, pl.col("_reason").alias("quarantine_reason")).sort(
-                "record_id"
-            ).sink_parquet(tmp, compression="zstd", compression_level=3)
+        rows = quarantined.select(*src_contract.column_names, pl.col("_reason").alias("quarantine_reason")).sort("record_id")
+        io.sink_lazy(rows, qpath, private=True)  # identifiable rows: 0600 in a 0700 folder
     elif qpath.exists():
         qpath.unlink()  # a rerun of the label must not leave the last run's quarantine behind
 
     counts["quarantined"] = int(n_quarantined)
     counts["quarantine_reasons"] = {str(k): int(v) for k, v in reasons.items()}
     counts["pseudonymised"] = counts["rows"] - int(n_quarantined)
-    io.write_json({"source": source, "kid": key.kid, "counts": counts}, out / "counts" / f"{source}.json")
+    io.write_json({"source": source, "kid": key.kid, "counts": counts}, counts_file(cfg, source))
     log.info("pseudonymised %s: %d rows, %d quarantined", source, counts["rows"], n_quarantined)
     return out
 
@@ -112,7 +115,7 @@ def _write_tokens(raw: pl.LazyFrame, key: LinkageKey, source: str, out: Path) ->
     if parts == 1:
         records, blocks, counts = tokenise_blocks(raw, key, keep=keep)
         io.sink_frame(blocks.lazy(), blocks_contract, tokens_path, metadata)
-        io.sink_frame(records, records_contract, records_path, metadata)
+        io.sink_frame(with_record_tokens(records, key, source), records_contract, records_path, metadata)
         return counts
 
     # Parts by the date of birth: records with the same tokens have the same date of birth (the token
@@ -127,7 +130,7 @@ def _write_tokens(raw: pl.LazyFrame, key: LinkageKey, source: str, out: Path) ->
         for part in range(parts):
             records, blocks, counts = tokenise_blocks(raw.filter(part_of == part), key, keep=keep, first_block=first_block)
             io.sink_frame(blocks.lazy(), blocks_contract, folder / f"tokens-{part:04d}.parquet")
-            io.sink_frame(records, records_contract, folder / f"records-{part:04d}.parquet")
+            io.sink_frame(with_record_tokens(records, key, source), records_contract, folder / f"records-{part:04d}.parquet")
             first_block += blocks.height
             totals = {k: totals.get(k, 0) + v for k, v in counts.items()}
             del records, blocks
@@ -139,3 +142,10 @@ def _write_tokens(raw: pl.LazyFrame, key: LinkageKey, source: str, out: Path) ->
             shutil.rmtree(folder)
     log.info("tokenised %s in %d parts", source, parts)
     return totals
+
+
+def record_tokeniser(key: LinkageKey):
+    """`(source, record IDs) -> record tokens` under `key`, for comparing the synthetic ground truth
+    (providers' record IDs) with a link map (pipeline.link.quality.evaluate_against_truth)."""
+    record_key = record_token_key(key)
+    return lambda source, ids: tokenise_record_ids(record_key, source, ids)

@@ -97,7 +97,17 @@ def provenance(cfg: RunConfig, manifest_sha256: str) -> dict[str, Any]:
         "input_folder": next((r["input_folder"] for r in runs if r.get("input_folder")), None),
         "work_folder": cfg.work_dir,
         "replaced_an_existing_release": cfg.release_dir.exists(),
+        # The day that decided which withdrawals the run honoured. Its other record, the consent
+        # counts file, is a working file removed after publication (pipeline.zones).
+        "run_date": _run_date(cfg),
     }
+
+
+def _run_date(cfg: RunConfig) -> str | None:
+    from pipeline.zones import consent_file
+
+    path = consent_file(cfg)
+    return io.read_json(path).get("run_date") if path.is_file() else cfg.run_date
 
 
 def write_provenance(cfg: RunConfig, release_dir: Path) -> Path:

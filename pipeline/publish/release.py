@@ -13,8 +13,10 @@
    from where: pipeline.publish.provenance), signs manifest and provenance with the publishing key
    (`pipeline.publish.signing`), renders the audit page and renames the release into place, appends it
    to the release log (`pipeline.publish.release_log`), then moves the run's reports
-   (`reports/.staging-<label>/` to `reports/<label>/`) in the same step. An existing release, and its
-   reports, are never overwritten unless replacing it was asked for.
+   (`reports/.staging-<label>/` to `reports/<label>/`) in the same step, and removes the label's
+   working files (`pseudonymised/<label>/`, `linked/<label>/`: pipeline.zones.purge_working_files)
+   unless the run keeps them with a reason. An existing release, and its reports, are never
+   overwritten unless replacing it was asked for.
 Evidence is never overwritten: every report of a run (validation summaries, Data Docs, privacy.json,
 the audit page) is written to the run's reports staging folder, and only publication moves it over
 the label's published reports. A failed or refused run leaves them byte for byte as they were, and
@@ -41,7 +43,17 @@ from pipeline.publish.privacy import assess_release_privacy
 from pipeline.publish.provenance import write_provenance
 # The exact figures behind the release's controlled manifest, for governance only (never released).
 from pipeline.publish.report import FIGURES
-from pipeline.pseudonymised import blocks_path
+from pipeline.zones import (
+    blocks_path,
+    cohort_dir,
+    cohort_summary_file,
+    consent_file,
+    counts_file,
+    inputs_file,
+    linkage_summary_file,
+    persons_file,
+    purge_working_files,
+)
 from pipeline.settings import REPO_DIR, SOURCES, RunConfig, setting
 
 log = logging.getLogger(__name__)
@@ -85,8 +97,8 @@ def stage_release(cfg: RunConfig) -> Path:
     if staging.exists():
         shutil.rmtree(staging)  # a previous attempt's leftovers; the staging folder is never published as is
     staging.mkdir(parents=True)
-    ids = pl.scan_parquet(cfg.pseudonymised_dir / "persons.parquet").select("participant_id", "study_id")
-    built = cfg.linked_dir / "cohort"
+    ids = pl.scan_parquet(persons_file(cfg)).select("participant_id", "study_id")
+    built = cohort_dir(cfg)
     controlled: dict[str, Any] = {}
     people, small = _person_table(cfg, built)
     for name in RELEASE_TABLES:
@@ -184,19 +196,18 @@ def exact_manifest(cfg: RunConfig) -> dict[str, Any]:
 def _manifest(cfg: RunConfig, controlled: dict[str, Any], small: dict[str, Any]) -> dict[str, Any]:
     """Everything a governance officer needs to trace the release, with exact figures (the release
     holds them controlled); no timestamps, so reruns are byte-identical."""
-    pdir, ldir = cfg.pseudonymised_dir, cfg.linked_dir
-    consent = io.read_json(pdir / "consent.json")
+    consent = io.read_json(consent_file(cfg))
     return {
         "release_label": cfg.release_label,
         "code_version": code_version(),
         "kid": consent["kid"],
-        # run_date differs from run to run: it is recorded in pseudonymised/<label>/consent.json instead.
+        # run_date differs from run to run: it is recorded in the release's provenance.json instead.
         "settings": {k: v for k, v in cfg.to_conf().items() if k not in PER_RUN_SETTINGS},
-        "inputs": io.read_json(pdir / "inputs.json")["files"],
+        "inputs": io.read_json(inputs_file(cfg))["files"],
         "consent": consent["consent"],
-        "pseudonymisation": {s: io.read_json(pdir / "counts" / f"{s}.json")["counts"] for s in SOURCES},
-        "linkage": _without_timings(io.read_json(ldir / "linkage_summary.json")),
-        "cohort": io.read_json(ldir / "cohort" / "cohort.json")["counts"],
+        "pseudonymisation": {s: io.read_json(counts_file(cfg, s))["counts"] for s in SOURCES},
+        "linkage": _without_timings(io.read_json(linkage_summary_file(cfg))),
+        "cohort": io.read_json(cohort_summary_file(cfg))["counts"],
         "validation": {},
         "privacy": {},
         "disclosure_control": {
@@ -219,7 +230,8 @@ def _manifest(cfg: RunConfig, controlled: dict[str, Any], small: dict[str, Any])
 
 def _without_timings(summary: Any) -> Any:
     """`summary` without its "seconds" entries (at any depth): how long a step took differs from run
-    to run, and the manifest must not. The timings stay in linked/<label>/linkage_summary.json."""
+    to run, and the manifest must not. The timings stay in the linkage summary, a working file
+    (pipeline.zones.linkage_summary_file) removed after publication unless the run keeps it."""
     if isinstance(summary, dict):
         return {k: _without_timings(v) for k, v in summary.items() if k != "seconds"}
     if isinstance(summary, list):
@@ -282,8 +294,8 @@ def validate_release(cfg: RunConfig) -> Path:
 def _carry_over_published_reports(cfg: RunConfig) -> None:
     """Copy into the run's reports the published reports of zones this run did not validate again.
 
-    A downstream DAG rerun by hand after publication (say pprl_link, to republish with a linkage fix)
-    validates only its own zones; the raw and pseudonymised zones it builds on are the ones the
+    A downstream DAG rerun by hand after publication (say pprl_link, to republish with a linkage fix,
+    possible only when the label kept its working files: pipeline.zones) validates only its own zones; the raw and pseudonymised zones it builds on are the ones the
     published reports describe (a run that rewrites them validates them again, into the staging
     folder). Carrying them over keeps the new release's manifest and reports whole.
     """
@@ -309,7 +321,7 @@ def _carry_over_published_reports(cfg: RunConfig) -> None:
 
 def _token_files(cfg: RunConfig) -> list[tuple[str, Path]]:
     """Files of linkage tokens and participant keys that study IDs must differ from (pseudonymised zone)."""
-    files = [("pseudo_persons", cfg.pseudonymised_dir / "persons.parquet")]
+    files = [("pseudo_persons", persons_file(cfg))]
     files += [("token_blocks", blocks_path(cfg.pseudonymised_dir, s)) for s in SOURCES]
     return [(name, path) for name, path in files if path.exists()]
 
@@ -378,10 +390,16 @@ def publish_release(cfg: RunConfig) -> Path:
 
 
 def _publish_reports(cfg: RunConfig, page: str) -> None:
-    """Write the audit page into the run's reports and move them over the label's published reports."""
+    """Write the audit page into the run's reports, move them over the label's published reports,
+    and remove the label's working files (pipeline.zones.purge_working_files).
+
+    The mark goes last: a crash before it leaves the retry (`finish_interrupted_publish`) something
+    to finish, the purge included, so a published label never keeps its working files by accident.
+    """
     with io.atomic_path(cfg.reports_staging_dir / "audit.html") as tmp:
         tmp.write_text(page, encoding="utf-8")
     io.replace_dir(cfg.reports_staging_dir, cfg.reports_dir)
+    purge_working_files(cfg)
     (cfg.reports_dir / PUBLISHING_MARK).unlink()
 
 
@@ -401,6 +419,7 @@ def finish_interrupted_publish(cfg: RunConfig) -> bool:
     if _renamed_before_a_crash(cfg.reports_dir / PUBLISHING_MARK, final):
         release_log.append_release(final)
         io.recover_replace(cfg.reports_dir)
+        purge_working_files(cfg)
         (cfg.reports_dir / PUBLISHING_MARK).unlink()
         return True
     return False

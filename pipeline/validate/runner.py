@@ -2,8 +2,7 @@
 
     summary = validate_files(
         "pseudonymised",
-        {"pseudo_persons": [p / "persons.parquet"], "token_blocks": [p / "tokens/hospital_apc.parquet"],
-         "hospital_apc_payload": [p / "payload/hospital_apc.parquet"]},
+        validated_files(cfg, "pseudonymised", SOURCES),  # pipeline.zones: {contract name: [files]}
         reports_dir, run_name="r1", parameters=run_parameters(cfg),  # the study window, for rules that name it
     )
 

@@ -23,6 +23,7 @@ from pipeline.contracts import Column, Contract, all_contract_names, load_contra
 from pipeline.settings import SOURCES
 from pipeline.validate._gx import ExpectationConfiguration, gx
 from pipeline.validate.parameters import check_known, parameter_names
+from pipeline.zones import payload_contract
 
 EXPECTATIONS_DIR = Path(__file__).resolve().parents[2] / "expectations"
 STRUCTURAL_DIR = EXPECTATIONS_DIR / "structural"
@@ -54,9 +55,7 @@ def validated_contract(dataset: str) -> Contract:
     extract set aside in raw/quarantine/, as delivered plus the reason they were set aside.
     """
     if dataset.endswith(PAYLOAD_SUFFIX) and dataset.removesuffix(PAYLOAD_SUFFIX) in SOURCES:
-        source = dataset.removesuffix(PAYLOAD_SUFFIX)
-        # The same derivation pipeline.pseudonymise uses to write the payload files.
-        return load_contract(source).restricted_to(("payload",), name=dataset, zone="pseudonymised")
+        return payload_contract(dataset.removesuffix(PAYLOAD_SUFFIX))
     if dataset.endswith(QUARANTINE_SUFFIX) and dataset.removesuffix(QUARANTINE_SUFFIX) in QUARANTINED_DATASETS:
         base = load_contract(dataset.removesuffix(QUARANTINE_SUFFIX))
         return Contract(
