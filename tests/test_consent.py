@@ -112,7 +112,7 @@ def test_the_run_date_is_today_in_utc_unless_pinned_and_never_before_the_extract
     assert resolve_run_date(RunConfig.from_conf({**base, "run_date": "2026-04-02"}), today=D(2030, 1, 1)) == D(2026, 4, 2)
     with pytest.raises(PipelineError, match=r"run_date\) must be on or after --extract-date"):
         RunConfig.from_conf({**base, "run_date": "2026-03-30"})
-    with pytest.raises(PipelineError, match="run_date must be a date written YYYY-MM-DD"):
+    with pytest.raises(PipelineError, match=r"run_date\) must be a date written YYYY-MM-DD"):
         RunConfig.from_conf({**base, "run_date": "15/06/2026"})
     with pytest.raises(PipelineError, match="before extract_date 2027-01-01"):
         resolve_run_date(RunConfig.from_conf({**base, "extract_date": "2027-01-01"}), today=D(2026, 12, 6))
