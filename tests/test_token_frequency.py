@@ -17,7 +17,7 @@ from pipeline.crypto.keys import LinkageKey, key_id, new_key_file
 from pipeline.crypto.tokens import FIELDS, MIN_TOKEN_DOMAIN, field_domain, is_composite
 from pipeline.pseudonymise import check_inputs, pseudonymise_source, run_consent_gate
 from pipeline.pseudonymise.identifiers import TOKEN_COLUMNS, canonical_forms
-from pipeline.pseudonymised import TOKEN_BLOCK, blocks_path, records_path
+from pipeline.zones import TOKEN_BLOCK, blocks_path, records_path
 from pipeline.settings import SOURCES, RunConfig
 
 FIXED_KEY = b"pprl-v2 published TEST key #112."  # the published test key of tests/vectors/tokens_v2.json
