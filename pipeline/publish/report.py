@@ -17,6 +17,7 @@ the smallest quasi-identifier group of each row-level table, which the officer m
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import os
@@ -79,9 +80,10 @@ def figure_value(manifest: dict[str, Any], paths: list[list[Any]]) -> int | None
 class _Page:
     """Collects the page's sections; `num` renders one controlled figure with its provenance."""
 
-    def __init__(self, manifest: dict[str, Any], release_href: str | None = None):
+    def __init__(self, manifest: dict[str, Any], release_href: str | None = None, love_plot: bytes | None = None):
         self.m = manifest
         self.release_href = release_href
+        self.love_plot = love_plot
         self.parts: list[str] = []
 
     def num(self, *paths: list[Any]) -> str:
@@ -285,10 +287,11 @@ def _cohort(p: _Page) -> str:
         if "rows" in p.m["files"][name]
     ]
     plot = ""
-    if LOVE_PLOT in p.m.get("files", {}) and p.release_href:
-        src = e(f"{p.release_href}/{LOVE_PLOT}")
+    if LOVE_PLOT in p.m.get("files", {}) and p.love_plot:
+        # Embedded, not linked: a copied reports folder (or the page filed alone) still shows it.
+        src = "data:image/png;base64," + base64.b64encode(p.love_plot).decode("ascii")
         plot = (f'<figure><img src="{src}" alt="Love plot: standardised mean difference of each covariate before and after matching" '
-                f'style="max-width:100%"><figcaption>Covariate balance before and after matching (<a href="{src}">love plot</a>). '
+                f'style="max-width:100%"><figcaption>Covariate balance before and after matching (the release\u2019s {e(LOVE_PLOT)}). '
                 "A standardised mean difference of 0.1 or less is the usual mark of good balance.</figcaption></figure>")
     return ("<h3>From participants to the released cohort</h3>"
             + _table(["", "Count"], rows, "figures") + "".join(tables) + plot)
@@ -576,13 +579,14 @@ def render_audit_page(
     release_href: str | None = None,
     data_docs_href: str = "data_docs/index.html",
     provenance: dict[str, Any] | None = None,
+    love_plot: bytes | None = None,
 ) -> str:
-    """The whole page as one HTML string (no script; images only from the release, by relative link).
+    """The whole page as one HTML string (no script, no link out of the reports folder).
 
-    `release_href` is the release folder relative to the page, for the love plot's link.
+    `love_plot` is the release's love_plot.png, embedded as a data URI when the manifest lists it.
     `provenance` is the release's provenance.json (who ran it, when), shown after section 1.
     """
-    p = _Page(manifest, release_href)
+    p = _Page(manifest, release_href, love_plot)
     _identity(p, manifest_sha256, release_location)
     _provenance(p, provenance)
     _consent(p)
@@ -628,6 +632,15 @@ def page_figures(manifest_path: Path, reports_dir: Path) -> dict[str, Any]:
     return io.read_json(manifest_path)
 
 
+def _love_plot_bytes(manifest_path: Path) -> bytes | None:
+    """The love plot beside a release manifest, if the manifest lists it with these very bytes."""
+    plot = manifest_path.with_name(LOVE_PLOT)
+    listed = io.read_json(manifest_path).get("files", {}).get(LOVE_PLOT, {})
+    if not plot.is_file() or listed.get("sha256") != io.sha256_file(plot):
+        return None
+    return plot.read_bytes()
+
+
 def page_for(manifest_path: Path, reports_dir: Path, release_dir: Path, figures_dir: Path | None = None) -> str:
     """The page of a release whose manifest is at `manifest_path` and which is (or will be) at `release_dir`.
 
@@ -641,6 +654,7 @@ def page_for(manifest_path: Path, reports_dir: Path, release_dir: Path, figures_
     return render_audit_page(
         page_figures(manifest_path, figures_dir or reports_dir), io.sha256_file(manifest_path), str(release_dir), release_href=Path(release_href).as_posix(),
         provenance=io.read_json(provenance_path) if provenance_path.is_file() else None,
+        love_plot=_love_plot_bytes(Path(manifest_path)),
     )
 
 

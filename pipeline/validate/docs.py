@@ -7,7 +7,8 @@ site, into a folder we choose. A file context inside reports_dir would also pers
 results there, which a rerun would have to clean, for no use: the JSON summary is the record.
 
 GX's index page draws its table with JavaScript from public CDNs, which a secure research
-environment cannot reach, so a script-free table of the same results is added to it.
+environment cannot reach; pipeline.validate.offline_pages strips every page of its scripts and
+network links, and a script-free table of the same results is added to the index page here.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def build_site(context: Any) -> None:
 
 _STYLE = """
 <style>
-  #pipeline-static-results, .pipeline-landing { font-family: system-ui, sans-serif; margin: 1rem 0 2rem 0; }
+  #pipeline-static-results, .pipeline-landing { font-family: system-ui, sans-serif; margin: 1rem 0 2rem 0; overflow-x: auto; }
   #pipeline-static-results table, .pipeline-landing table { border-collapse: collapse; margin: .5rem 0 1rem 0; }
   #pipeline-static-results th, #pipeline-static-results td,
   .pipeline-landing th, .pipeline-landing td { border: 1px solid #bbb; padding: 4px 10px; text-align: left; }
@@ -90,16 +91,6 @@ _STYLE = """
   .pipeline-failed { color: #b00020; font-weight: bold; }
   .pipeline-warning { color: #8a5a00; font-weight: bold; }
   .pipeline-passed { color: #1b5e20; font-weight: bold; }
-</style>
-"""
-
-
-# Font Awesome, which draws GX's pass and fail icons, comes from a CDN; these glyphs stand in for it.
-_ICON_STYLE = """
-<style>
-  i.fas.fa-check-circle.text-success::before { content: "\\2714"; color: #1b5e20; font-family: system-ui, sans-serif; font-style: normal; }
-  i.fas.fa-times.text-danger::before { content: "\\2718"; color: #b00020; font-family: system-ui, sans-serif; font-style: normal; }
-  i.fas.fa-exclamation-triangle.text-warning::before { content: "\\26A0"; color: #8a5a00; font-family: system-ui, sans-serif; font-style: normal; }
 </style>
 """
 
@@ -112,11 +103,20 @@ def _status(critical: int, warnings: int) -> str:
     return '<span class="pipeline-passed">passed</span>'
 
 
+def _severity(severity: str) -> str:
+    """A failed expectation's severity as the pages show it: a warning in amber, anything else as a failure."""
+    if severity == "warning":
+        return '<span class="pipeline-warning">\u26a0 Warning</span>'
+    return f'<span class="pipeline-failed">\u2718 Failed ({html.escape(severity)})</span>'
+
+
 def _cell(value: Any) -> str:
     return f"<td>{html.escape('' if value is None else str(value))}</td>"
 
 
-def _results_section(zone: str, run_name: str, outcomes: list[FileOutcome], pages: dict[tuple[str, str], list[tuple[str, str]]]) -> str:
+def _results_section(
+    zone: str, run_name: str, outcomes: list[FileOutcome], pages: dict[tuple[str, str], list[tuple[str, str]]], suites: list[str] = ()
+) -> str:
     e = html.escape
     rows = []
     for o in outcomes:
@@ -128,7 +128,7 @@ def _results_section(zone: str, run_name: str, outcomes: list[FileOutcome], page
     failures = [f for o in outcomes for f in o.failures]
     failure_rows = [
         f"<tr>{_cell(f.dataset)}{_cell(f.file)}{_cell(f.column or '(table)')}{_cell(f.expectation)}"
-        f"{_cell(f.severity)}{_cell(f.rule)}{_cell('could not evaluate' if f.could_not_evaluate else f.unexpected_count)}</tr>"
+        f"<td>{_severity(f.severity)}</td>{_cell(f.rule)}{_cell('could not evaluate' if f.could_not_evaluate else f.unexpected_count)}</tr>"
         for f in failures
     ]
     failure_table = (
@@ -144,7 +144,9 @@ def _results_section(zone: str, run_name: str, outcomes: list[FileOutcome], page
         "a warning is for review.</p>"
         "<table><tr><th>dataset</th><th>file</th><th>rows</th><th>result</th><th>expectations</th>"
         "<th>failed critical</th><th>failed warning</th><th>GX result pages</th></tr>" + "".join(rows) + "</table>"
-        f"<h3>Failed expectations</h3>{failure_table}</section>"
+        f"<h3>Failed expectations</h3>{failure_table}"
+        + ("<h3>Expectation suites</h3><p>" + " ".join(f'<a href="{e(s)}">{e(Path(s).stem)}</a>' for s in suites) + "</p>" if suites else "")
+        + "</section>"
     )
 
 
@@ -152,21 +154,15 @@ def add_static_results(site_dir: Path, zone: str, run_name: str, outcomes: list[
     """Put a script-free table of the run's results at the top of the GX index page."""
     index = Path(site_dir) / "index.html"
     page = index.read_text()
-    section = _results_section(zone, run_name, outcomes, pages)
+    # GX's own list of suites is drawn by a script, which the offline pages go without.
+    suites = sorted(p.relative_to(site_dir).as_posix() for p in (Path(site_dir) / "expectations").rglob("*.html"))
+    section = _results_section(zone, run_name, outcomes, pages, suites)
     anchor = '<div id="section-1"'
     if anchor in page:
         page = page.replace(anchor, section + anchor, 1)
     else:  # a GX upgrade changed the page; the section still goes first in the body
         page = page.replace("<body>", "<body>" + section, 1)
     index.write_text(page)
-
-
-def add_offline_icons(site_dir: Path) -> None:
-    """Make every page's pass and fail icons visible without Font Awesome."""
-    for page in Path(site_dir).rglob("*.html"):
-        text = page.read_text()
-        if "</head>" in text:
-            page.write_text(text.replace("</head>", _ICON_STYLE + "</head>", 1))
 
 
 @contextlib.contextmanager

@@ -24,12 +24,12 @@ import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline import io
-from pipeline.validate import docs
+from pipeline.validate import docs, offline_pages
 from pipeline.validate._gx import RunIdentifier
 from pipeline.validate.batches import DEFAULT_MAX_BATCH_ROWS, BatchSpan, plan_batches
 from pipeline.validate.outcomes import FileOutcome, add_results, raise_if_blocking
@@ -67,6 +67,8 @@ class _Session:
     context: Any
     run_id: RunIdentifier
     zone: str
+    # What GX draws on each validation page, expectation by expectation, with our severity beside it.
+    statuses: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
 
 def _open_session(staging: Path, datasets: list[str], run_id: RunIdentifier, zone: str) -> _Session:
@@ -113,13 +115,16 @@ def _record_file(
     for span, (result, _) in zip(plan.spans, batch_results, strict=True):
         batch_id = batch_id_stem if span.whole_file else f"{batch_id_stem}.rowgroups-{span.first}-{span.stop - 1}"
         description = f"{dataset} / {label} / {span.label}"
-        pages.append((span.label, docs.store_result(session.context, result, session.run_id, batch_id, description)))
+        page = docs.store_result(session.context, result, session.run_id, batch_id, description)
+        session.statuses[page] = offline_pages.page_statuses(result)
+        pages.append((span.label, page))
         results.append(result)
     rows = sum(s.rows for s in plan.spans)
     if plan.cross_row:
         whole = whole_file_result(plan.cross_row, plan.path, rows, dataset, results[0].meta)
         description = f"{dataset} / {label} / uniqueness over the whole file"
         page = docs.store_result(session.context, whole, session.run_id, f"{batch_id_stem}.whole-file", description)
+        session.statuses[page] = offline_pages.page_statuses(whole)
         pages.append(("uniqueness over the whole file", page))
         results.append(whole)
     outcome = FileOutcome(zone=session.zone, dataset=dataset, file=label, path=str(plan.path), rows=rows, batches=[s.label for s in plan.spans])
@@ -220,7 +225,7 @@ def validate_files(
             started = time.perf_counter()
             docs.build_site(session.context)
             log.info("Data Docs for zone %s built in %.2fs", zone, time.perf_counter() - started)
-        docs.add_offline_icons(staging)
+        offline_pages.make_site_self_contained(staging, session.statuses)
         docs.add_static_results(staging, zone, run_name, outcomes, pages)
         io.replace_dir(staging, docs_root / zone)
     finally:
