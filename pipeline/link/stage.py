@@ -46,6 +46,7 @@ from pipeline.zones import (
     persons_file,
     records_path,
     splink_model_file,
+    study_persons_file,
 )
 from pipeline.settings import SOURCES, RunConfig
 
@@ -222,7 +223,8 @@ def run_link(cfg: RunConfig, options: ProbabilisticOptions | None = None) -> Pat
     from pipeline.link.quality import linkage_quality, summary_figures
 
     t = time.perf_counter()
-    pseudo = pl.scan_parquet(files["persons"]).select("participant_id", "age_at_index", "sex", "imd_quintile", "site")
+    # The covariates the quality report groups by are on the study side; its study IDs are not read.
+    pseudo = pl.scan_parquet(study_persons_file(cfg)).select("participant_id", "age_at_index", "sex", "imd_quintile", "site")
     quality = linkage_quality(pl.scan_parquet(out), pseudo)
     io.write_frame(quality, load_contract("linkage_quality"), linkage_quality_file(cfg), {"pprl_kid": kid})
     timings["quality_report"] = round(time.perf_counter() - t, 1)
