@@ -240,9 +240,10 @@ def hard_run(tmp_path_factory):
 
 def test_stage_on_the_hard_profile_is_precise_and_finds_what_ranks_1_to_5_miss(hard_run):
     from pipeline.link.quality import evaluate_against_truth, headline
+    from pipeline.zones import study_persons_file
 
     cfg = hard_run["cfg"]
-    ev = headline(evaluate_against_truth(hard_run["link_map"], hard_run["truth"], cfg.pseudonymised_dir / "persons.parquet"))
+    ev = headline(evaluate_against_truth(hard_run["link_map"], hard_run["truth"], study_persons_file(cfg)))
     rows = {(r["scope"], r["source"]): r for r in ev.iter_rows(named=True)}
     for (scope, source), r in rows.items():
         if scope == "all":
