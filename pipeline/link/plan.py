@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.link.model import COMPARISON_COLUMNS, ProbabilisticOptions
-from pipeline.settings import SOURCES
+from pipeline.settings import SOURCES, LinkageOptions
 from pipeline.zones import (
     LINK_SCRATCH,
     blocks_path,
@@ -87,8 +87,24 @@ class LinkPlan:
         return files
 
 
+def probabilistic_options(linkage: LinkageOptions) -> ProbabilisticOptions:
+    """The run's linkage choices (RunConfig.linkage) with the engine's own settings at their defaults.
+
+    >>> probabilistic_options(LinkageOptions()) == ProbabilisticOptions()
+    True
+    """
+    return ProbabilisticOptions(
+        threshold_match_probability=linkage.threshold,
+        addresses=linkage.addresses,
+        u_max_pairs=linkage.u_max_pairs,
+        em_max_pairs=linkage.em_max_pairs,
+        seed=linkage.seed,
+    )
+
+
 def plan_link(cfg: RunConfig, options: ProbabilisticOptions | None = None) -> LinkPlan:
-    """The plan of the link stage for `cfg`'s label; reads nothing."""
+    """The plan of the link stage for `cfg`'s label; reads nothing. `options` (benchmarks and tests
+    that tune the engine) replaces the run's own, `probabilistic_options(cfg.linkage)`."""
     return LinkPlan(
         sources=SOURCES,
         persons=persons_file(cfg),
@@ -104,5 +120,5 @@ def plan_link(cfg: RunConfig, options: ProbabilisticOptions | None = None) -> Li
         key_columns=KEY_COLUMNS,
         address_ranks=NHS_RANKS,
         wanted_columns=tuple(dict.fromkeys([*DETERMINISTIC_COLUMNS, *COMPARISON_COLUMNS.values()])),
-        options=options or ProbabilisticOptions(),
+        options=options or probabilistic_options(cfg.linkage),
     )
