@@ -221,6 +221,9 @@ def test_records_with_no_usable_identifier_are_quarantined_with_the_reason(recor
         ("SC000000008", QUARANTINE_REASON),
     ]
     assert QUARANTINE_REASON == "no usable identifier (no valid NHS number, date of birth or postcode)"
+    from pipeline.publish.report import SOURCE_QUARANTINE_REASON  # the audit page's copy of it
+
+    assert SOURCE_QUARANTINE_REASON == QUARANTINE_REASON
     payload = pl.read_parquet(payload_file(cfg, "social_care"))
     # The provider's record IDs stay in raw/: the payload knows each record by its keyed token only.
     assert payload.get_column("record_id").to_list() == [record_token("social_care", f"SC00000000{i}") for i in range(1, 7)]
