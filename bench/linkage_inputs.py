@@ -21,7 +21,7 @@ if str(REPO) not in sys.path:
 import pyarrow.parquet as pq  # noqa: E402
 
 from pipeline.settings import SOURCES, RunConfig  # noqa: E402
-from pipeline.zones import counts_file, persons_file  # noqa: E402
+from pipeline.zones import counts_file, persons_file, study_persons_file  # noqa: E402
 
 CACHE = HERE / ".cache"
 
@@ -48,7 +48,7 @@ def prepare(persons: int, profile: str, seed: int, label: str = "bench", log=pri
     marker = cfg.pseudonymised_dir / ".complete"
     if not marker.exists():
         t = time.perf_counter()
-        if not (persons_file(cfg)).exists():
+        if not (persons_file(cfg).exists() and study_persons_file(cfg).exists()):
             run_consent_gate(cfg, key)
         for s in SOURCES:
             if (counts_file(cfg, s)).exists():

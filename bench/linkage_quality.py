@@ -39,7 +39,7 @@ from pipeline.link.model import BLOCKING_RULES, TRAINING_RULES, ProbabilisticOpt
 from pipeline.link.probabilistic import link_probabilistic, resolve_probabilistic, with_known_addresses  # noqa: E402
 from pipeline.link.quality import evaluate_against_truth, headline, in_probabilistic_scope  # noqa: E402
 from pipeline.settings import SOURCES, RunConfig  # noqa: E402
-from pipeline.zones import linkage_summary_file, persons_file, scan_record_tokens  # noqa: E402
+from pipeline.zones import linkage_summary_file, persons_file, scan_record_tokens, study_persons_file  # noqa: E402
 
 RESULTS = HERE / "results" / "linkage_quality.json"
 PLAIN_COLUMNS = ["uid", "nhs", "surname", "surname_phonetic", "forename", "forename_first", "forename_phonetic", "dob", "dob_sex", "postcode"]
@@ -206,7 +206,7 @@ def run(persons: int, seed: int, profile: str, sweep: bool) -> dict[str, Any]:
     logging.basicConfig(level=logging.WARNING)
     log = print
     cfg, truth = prepare(persons, profile, seed, log=log)
-    persons_path = persons_file(cfg)
+    persons_path = study_persons_file(cfg)  # participant IDs with the covariates the scores break down by
     options = ProbabilisticOptions()
     bench_dir = cfg.work / "bench-linkage-quality"
     bench_dir.mkdir(parents=True, exist_ok=True)

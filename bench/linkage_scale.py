@@ -34,7 +34,7 @@ import json, logging, sys
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 logging.getLogger("splink").setLevel(logging.WARNING)
 from pipeline.settings import RunConfig
-from pipeline.zones import link_map_file, linkage_summary_file, persons_file
+from pipeline.zones import link_map_file, linkage_summary_file, persons_file, study_persons_file
 from pipeline.link.stage import run_link
 run_link(RunConfig.from_conf(json.loads(sys.argv[1])))
 """
@@ -95,7 +95,7 @@ def main() -> None:
     if not args.no_truth:
         from pipeline.link.quality import evaluate_against_truth, headline
 
-        ev = headline(evaluate_against_truth(link_map_file(cfg), truth, persons_file(cfg), record_tokens(cfg)))
+        ev = headline(evaluate_against_truth(link_map_file(cfg), truth, study_persons_file(cfg), record_tokens(cfg)))
         result["quality"] = {
             f"{r['scope']}/{r['source']}": {k: (round(r[k], 5) if isinstance(r[k], float) else r[k]) for k in ("tp", "fp", "fn", "precision", "recall", "f1")}
             for r in ev.iter_rows(named=True)

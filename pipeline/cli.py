@@ -42,6 +42,8 @@ def _run(args: argparse.Namespace) -> int:
     for name in ("study_start", "study_end", "extract_date", "unit_costs", "small_groups", "run_date"):
         if getattr(args, name):
             conf[name] = getattr(args, name)
+    if args.link_threshold is not None:
+        conf["linkage"] = {"threshold": args.link_threshold}
     if args.replace:
         conf["replace_release"] = True
     if args.retain_working_files is not None:
@@ -157,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--retain-working-files", metavar="REASON",
         help="keep pseudonymised/<label>/ and linked/<label>/ after publication (removed by default), for the "
         "reason given, which the manifest records",
+    )
+    r.add_argument(
+        "--link-threshold", type=float, metavar="P",
+        help="match probability a record needs to link to a participant in the probabilistic step, "
+        "at least 0.5 and below 1 (default 0.9)",
     )
     r.add_argument("--airflow-home", help="private AIRFLOW_HOME (default WORK/.airflow/<label>)")
     r.set_defaults(func=_run)

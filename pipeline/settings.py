@@ -35,6 +35,7 @@ CLI_FLAGS: dict[str, str] = {
     "extract_date": "--extract-date", "unit_costs": "--unit-costs", "run_date": "--run-date",
     "publishing_key_file": "--publishing-key", "small_groups": "--small-groups",
     "retain_working_files": "--retain-working-files", "retention_reason": "--retain-working-files",
+    "link_threshold": "--link-threshold",
 }  # fmt: skip
 
 
@@ -77,6 +78,62 @@ class MatchingOptions:
             raise PipelineError(f"matching caliper must be positive, in SDs of the logit (got {self.caliper_sd})")
 
 
+# Each probabilistic linkage option's flat name: the trigger form's Param and the word messages use.
+LINKAGE_PARAMS: dict[str, str] = {
+    "link_threshold": "threshold", "link_addresses": "addresses", "link_u_max_pairs": "u_max_pairs",
+    "link_em_max_pairs": "em_max_pairs", "link_seed": "seed",
+}  # fmt: skip
+LINKAGE_ADDRESSES: tuple[str, ...] = ("register", "register_and_linked")
+
+
+@dataclass(frozen=True)
+class LinkageOptions:
+    """The probabilistic linkage choices a study makes; pipeline.link.plan hands them to
+    pipeline.link.model.ProbabilisticOptions, which holds them with the engine's own settings. The
+    defaults are the values every earlier release was linked with, so leaving them alone changes
+    nothing.
+
+        >>> LinkageOptions(threshold=0.95).threshold
+        0.95
+    """
+
+    # A record links to the one participant whose match probability reaches this; two or more
+    # reaching it make a conflict, left unlinked. Higher: fewer false links, more records unlinked.
+    threshold: float = 0.9
+    # Participant addresses for the postcode comparison: the register's only, or also those on
+    # records linked by NHS number (ranks 1-4), so a house move is not counted against a match.
+    addresses: Literal["register", "register_and_linked"] = "register_and_linked"
+    # Random pairs per source for estimating u (chance agreement among non-matches).
+    u_max_pairs: float = 3e6
+    # Blocked pairs each EM session samples per source (None: all of them).
+    em_max_pairs: float | None = 5e5
+    # Seed of every random draw of the model (u pairs, EM samples, training profiles).
+    seed: int = 2026
+
+    def __post_init__(self) -> None:
+        def bad(name: str, rule: str) -> PipelineError:
+            flat = next(k for k, v in LINKAGE_PARAMS.items() if v == name)
+            return PipelineError(f"{setting(flat)} must be {rule} (got {getattr(self, name)!r})")
+
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, int | float) or not 0.5 <= self.threshold < 1:
+            raise bad("threshold", "a match probability of at least 0.5 and below 1")
+        if self.addresses not in LINKAGE_ADDRESSES:
+            raise bad("addresses", "one of " + ", ".join(repr(a) for a in LINKAGE_ADDRESSES))
+        if isinstance(self.u_max_pairs, bool) or not isinstance(self.u_max_pairs, int | float) or self.u_max_pairs < 1e4:
+            raise bad("u_max_pairs", "a number of at least 10,000, for a usable estimate of u")
+        if self.em_max_pairs is not None and (
+            isinstance(self.em_max_pairs, bool) or not isinstance(self.em_max_pairs, int | float) or self.em_max_pairs < 1e3
+        ):
+            raise bad("em_max_pairs", "a number of at least 1,000, or empty for all blocked pairs")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise bad("seed", "a whole number")
+        # Numbers as floats whichever way they were typed (3000000 on the form, 3e6 here), so the
+        # manifest's settings read the same for the same choice.
+        for name in ("threshold", "u_max_pairs", "em_max_pairs"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, float(getattr(self, name)))
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything a run needs to know. Paths are absolute strings so the config crosses XCom."""
@@ -101,6 +158,7 @@ class RunConfig:
     # instead (see pipeline.publish.signing.load_publishing_key). Kept out of the manifest, as key_file.
     publishing_key_file: str | None = None
     matching: MatchingOptions = field(default_factory=MatchingOptions)
+    linkage: LinkageOptions = field(default_factory=LinkageOptions)
     # What publication does about a combination of quasi-identifiers shared by fewer than
     # MIN_GROUP_SIZE people in a row-level table (pipeline.publish.disclosure.SMALL_GROUP_POLICIES):
     # "suppress" (default) withholds those rows' least important quasi-identifiers and drops people no
@@ -168,12 +226,20 @@ class RunConfig:
             if "exact" in m:
                 m["exact"] = tuple(m["exact"])
             m = MatchingOptions(**m)
+        link = conf.pop("linkage", None) or {}
+        if not isinstance(link, LinkageOptions):
+            unknown_options = set(link) - {f.name for f in fields(LinkageOptions)}
+            if unknown_options:
+                raise PipelineError(
+                    f"unknown linkage options {sorted(unknown_options)}; known ones are {sorted(f.name for f in fields(LinkageOptions))}"
+                )
+            link = LinkageOptions(**link)
         for p in PATH_SETTINGS:
             if conf.get(p) is None:
                 continue
             conf[p] = str(Path(conf[p]).expanduser().resolve())
         confine_to_data_roots(conf, data_roots())
-        return cls(matching=m, **conf)
+        return cls(matching=m, linkage=link, **conf)
 
     def to_conf(self) -> dict[str, Any]:
         d = asdict(self)

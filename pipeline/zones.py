@@ -4,7 +4,7 @@ Each zone is a top-level folder of the work folder so access can be granted per 
 run has its own folder named by release label, so concurrent runs never share a file:
 
     raw/quarantine/<label>/   rows set aside, with reasons (identifiable; the key holder's only)
-    pseudonymised/<label>/    tokens, payload, consent and pseudonymisation counts
+    pseudonymised/<label>/    tokens, study IDs and covariates (never in one file), payload, counts
     linked/<label>/           link map, linkage quality, the cohort tables built for the release
     releases/<label>/         the published release (and `.staging-<label>/` while it is built)
     reports/<label>/          the published reports (and `.staging-<label>/` while a run writes them)
@@ -120,7 +120,11 @@ class ZoneFile:
 ZONE_FILES: dict[str, ZoneFile] = {
     "inputs": ZoneFile("pseudonymised", "inputs.json", None, "check_inputs"),
     "consent": ZoneFile("pseudonymised", "consent.json", None, "consent_gate"),
+    # The participants are written in two halves so that no file holds participant ID, study ID and
+    # tokens together: the link stage needs the tokens, the cohort and the release the study ID and
+    # covariates, and neither needs the other's half to do its work.
     "persons": ZoneFile("pseudonymised", "persons.parquet", "pseudo_persons", "consent_gate"),
+    "study_persons": ZoneFile("pseudonymised", "study_persons.parquet", "study_persons", "consent_gate"),
     "survey": ZoneFile("pseudonymised", "survey.parquet", "survey", "consent_gate"),
     "token_blocks": ZoneFile("pseudonymised", "tokens/{source}.parquet", "token_blocks", "pseudonymise_source"),
     "record_blocks": ZoneFile("pseudonymised", "records/{source}.parquet", "record_blocks", "pseudonymise_source"),
@@ -150,7 +154,13 @@ def consent_file(cfg: RunConfig) -> Path:
 
 
 def persons_file(cfg: RunConfig) -> Path:
+    """persons.parquet: participant_id and the linkage tokens (schemas/pseudo_persons.yaml)."""
     return ZONE_FILES["persons"].path(cfg)
+
+
+def study_persons_file(cfg: RunConfig) -> Path:
+    """study_persons.parquet: participant_id, study_id and covariates, no token (schemas/study_persons.yaml)."""
+    return ZONE_FILES["study_persons"].path(cfg)
 
 
 def survey_file(cfg: RunConfig) -> Path:

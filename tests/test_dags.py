@@ -101,10 +101,14 @@ def test_every_dag_has_tags_docs_and_owner_with_retries(dagbag):
 
 
 def test_every_dag_has_the_run_params_with_descriptions(dagbag):
-    expected = {
-        "raw_dir", "work_dir", "release_label", "study_start", "study_end", "extract_date", "key_file",
-        "publishing_key_file", "unit_costs", "replace_release", "ratio", "caliper_sd", "replace", "exact",
-    }
+    from dataclasses import fields
+
+    from pipeline.orchestration.conf import MATCHING_PARAMS
+    from pipeline.settings import LINKAGE_PARAMS
+
+    # One Param per RunConfig setting, the nested matching and linkage options flat.
+    expected = {f.name for f in fields(RunConfig)} - {"matching", "linkage"} | set(MATCHING_PARAMS) | set(LINKAGE_PARAMS)
+    assert {"ratio", "link_threshold", "small_groups", "run_date"} <= expected
     for dag_id, dag in dagbag["dags"].items():
         assert set(dag["params"]) == expected, dag_id
         for name, param in dag["params"].items():

@@ -21,6 +21,7 @@ from pipeline.publish import disclosure
 from pipeline.publish.privacy import check_release_privacy
 from pipeline.costs import scan_unit_costs
 from pipeline.settings import SOURCES, RunConfig
+from pipeline.zones import study_persons_file
 
 pytestmark = pytest.mark.e2e
 LABEL = "e2e-clean"
@@ -122,7 +123,7 @@ def test_released_service_use_equals_service_use_of_the_true_links(run):
         for s in SOURCES
     }
     cohort_ids = pl.read_parquet(cfg.release_dir / "cohort.parquet").get_column("study_id")
-    persons = pl.read_parquet(cfg.pseudonymised_dir / "persons.parquet").filter(pl.col("study_id").is_in(cohort_ids.implode()))
+    persons = pl.read_parquet(study_persons_file(cfg)).filter(pl.col("study_id").is_in(cohort_ids.implode()))
     expected = (
         service_use(events, persons.lazy(), scan_unit_costs(Path(cfg.unit_costs)), cfg.extract)
         .collect()
@@ -141,7 +142,7 @@ def test_released_service_use_equals_service_use_of_the_true_links(run):
 def test_emergency_admissions_counted_independently_agree(run):
     """A second, plain count of emergency admissions after index per participant, from raw + truth."""
     cfg = run["cfg"]
-    persons = pl.read_parquet(cfg.pseudonymised_dir / "persons.parquet")
+    persons = pl.read_parquet(study_persons_file(cfg))
     truth = pl.read_parquet(run["truth"] / "record_links.parquet").filter(pl.col("source") == "hospital_apc")
     apc = pl.read_parquet(run["raw"] / "hospital_apc.parquet").join(truth.select("record_id", "participant_id"), on="record_id")
     index = dict(zip(persons.get_column("participant_id"), persons.get_column("index_date"), strict=True))

@@ -214,6 +214,7 @@ def hard_run(tmp_path_factory):
     from pipeline.link.stage import run_link
     from pipeline.settings import SOURCES, RunConfig
     from pipeline.synth import generate
+    from pipeline.zones import persons_file, study_persons_file
 
     base = tmp_path_factory.mktemp("hard")
     generate(base / "input", persons=PERSONS_N, seed=41, profile="hard")
@@ -222,11 +223,13 @@ def hard_run(tmp_path_factory):
     register = pl.scan_parquet(base / "input" / "raw" / "consent_register.parquet").filter(
         (pl.col("consent_status") == "consented") & (pl.col("withdrawal_date").is_null() | (pl.col("withdrawal_date") > cfg.extract))
     )
-    persons = _tokenised(register, ["participant_id"]).join(
+    persons = _tokenised(register, ["participant_id"])
+    persons.write_parquet(persons_file(cfg), metadata=token_file_metadata("test"), mkdir=True)
+    # The covariates the quality report groups by, on the study side (pipeline.zones.study_persons_file).
+    persons.select("participant_id").join(
         truth_persons.select("participant_id", "age_at_index", "sex", ((pl.col("imd_decile") + 1) // 2).cast(pl.Int8).alias("imd_quintile"), "site"),
         on="participant_id",
-    )
-    persons.write_parquet(cfg.pseudonymised_dir / "persons.parquet", metadata=token_file_metadata("test"), mkdir=True)
+    ).write_parquet(study_persons_file(cfg))
     for s in SOURCES:
         tokens = _tokenised(pl.scan_parquet(base / "input" / "raw" / f"{s}.parquet"), ["record_id"]).sort("record_id")
         write_token_files(tokens, cfg.pseudonymised_dir, s, token_file_metadata("test"))
@@ -237,9 +240,10 @@ def hard_run(tmp_path_factory):
 
 def test_stage_on_the_hard_profile_is_precise_and_finds_what_ranks_1_to_5_miss(hard_run):
     from pipeline.link.quality import evaluate_against_truth, headline
+    from pipeline.zones import study_persons_file
 
     cfg = hard_run["cfg"]
-    ev = headline(evaluate_against_truth(hard_run["link_map"], hard_run["truth"], cfg.pseudonymised_dir / "persons.parquet"))
+    ev = headline(evaluate_against_truth(hard_run["link_map"], hard_run["truth"], study_persons_file(cfg)))
     rows = {(r["scope"], r["source"]): r for r in ev.iter_rows(named=True)}
     for (scope, source), r in rows.items():
         if scope == "all":

@@ -30,6 +30,8 @@ def form(**changes) -> dict:
         "raw_dir": "/d/raw", "work_dir": "/d/work", "release_label": "r1", "study_start": "2021-04-01",
         "study_end": "2026-03-31", "extract_date": "2026-03-31", "key_file": None, "publishing_key_file": None, "unit_costs": None,
         "replace_release": False, "ratio": 1, "caliper_sd": 0.2, "replace": False, "exact": ["site", "sex"],
+        "link_threshold": 0.9, "link_addresses": "register_and_linked", "link_u_max_pairs": 3e6,
+        "link_em_max_pairs": 5e5, "link_seed": 2026,
     }
     return {**params, **changes}
 
@@ -68,6 +70,47 @@ def test_matching_options_set_both_ways_are_refused():
     explicit = {"ratio": 4, "matching": {"ratio": 2}}
     with pytest.raises(PipelineError, match="both under 'matching' and flat"):
         conf_from_params({**form(), **explicit}, explicit=explicit)
+
+
+def test_linkage_options_travel_flat_on_the_form_and_nested_in_the_conf():
+    context = {"params": form(link_threshold=0.95, link_em_max_pairs=None), "dag_run": SimpleNamespace(conf={})}
+    conf = resolve_conf(context)
+    assert conf == canonical(linkage={"threshold": 0.95, "em_max_pairs": None})
+    assert RunConfig.from_conf(conf).linkage.threshold == 0.95
+    explicit = {"link_seed": 7, "linkage": {"seed": 8}}
+    with pytest.raises(PipelineError, match="both under 'linkage' and flat"):
+        conf_from_params({**form(), **explicit}, explicit=explicit)
+
+
+def test_the_forms_defaults_are_todays_linkage_so_releases_do_not_change():
+    from pipeline.link.model import ProbabilisticOptions
+    from pipeline.link.plan import plan_link, probabilistic_options
+    from pipeline.orchestration.defaults import run_params
+    from pipeline.settings import LINKAGE_PARAMS, LinkageOptions
+
+    params = run_params(filled_by_upstream=False)
+    assert {LINKAGE_PARAMS[n]: params[n].value for n in LINKAGE_PARAMS} == vars(LinkageOptions())
+    # The options the link stage ran with before they became settings.
+    assert probabilistic_options(LinkageOptions()) == ProbabilisticOptions()
+    assert plan_link(RunConfig.from_conf(canonical())).options == ProbabilisticOptions()
+
+
+@pytest.mark.parametrize(
+    ("linkage", "message"),
+    [
+        ({"threshold": 1.0}, r"--link-threshold \(Airflow Param link_threshold\) must be a match probability of at least 0.5 and below 1 \(got 1.0\)"),
+        ({"threshold": 0.4}, r"--link-threshold .* at least 0.5"),
+        ({"threshold": "high"}, r"--link-threshold .* \(got 'high'\)"),
+        ({"addresses": "anywhere"}, r"Airflow Param link_addresses must be one of 'register', 'register_and_linked'"),
+        ({"u_max_pairs": 100}, r"Airflow Param link_u_max_pairs must be a number of at least 10,000"),
+        ({"em_max_pairs": 10}, r"Airflow Param link_em_max_pairs must be a number of at least 1,000, or empty"),
+        ({"seed": 1.5}, r"Airflow Param link_seed must be a whole number"),
+        ({"thresold": 0.9}, r"unknown linkage options \['thresold'\]"),
+    ],
+)
+def test_bad_linkage_options_are_refused_naming_the_flag_or_param(linkage, message):
+    with pytest.raises(PipelineError, match=message):
+        canonical(linkage=linkage)
 
 
 def test_empty_param_means_the_pipeline_default():
@@ -153,3 +196,13 @@ def test_report_turns_child_events_into_progress_lines(tmp_path):
         f"Full log: {tmp_path / 'run.log'}"
     )
     assert (raised.value.dag_id, raised.value.task, raised.value.log_file) == ("pprl_link", "link", tmp_path / "run.log")
+
+
+def test_the_command_line_takes_the_threshold_and_refuses_a_bad_one_by_its_flag(tmp_path, capsys):
+    from pipeline.cli import build_parser, main
+
+    args = build_parser().parse_args(["run", "--raw", "r", "--work", "w", "--release", "r1", "--link-threshold", "0.97"])
+    assert args.link_threshold == 0.97
+    code = main(["run", "--raw", str(tmp_path), "--work", str(tmp_path / "w"), "--release", "r1", "--link-threshold", "1.5"])
+    assert code == 2 and "--link-threshold" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()

@@ -28,6 +28,7 @@ from pipeline.crypto import names, normalise
 from pipeline.crypto.keys import new_key_file
 from pipeline.publish.signing import new_publishing_key_file
 from pipeline.settings import SOURCES, RunConfig
+from pipeline.zones import study_persons_file
 
 pytestmark = pytest.mark.e2e
 LABEL = "privacy"
@@ -153,6 +154,6 @@ def test_no_parquet_file_outside_raw_has_an_identifier_column(run):
 
 
 def test_the_pseudonymised_persons_hold_age_and_deprivation_not_birth_date_and_postcode(run):
-    persons = pl.read_parquet(run["cfg"].pseudonymised_dir / "persons.parquet")
+    persons = pl.read_parquet(study_persons_file(run["cfg"]))
     assert {"age_at_index", "imd_quintile"} <= set(persons.columns)
     assert persons.get_column("age_at_index").min() >= 55

@@ -26,7 +26,7 @@ from pipeline.pseudonymise import identifiers
 from pipeline.pseudonymise.consent import REGISTER_ERRORS
 from pipeline.pseudonymise.records import QUARANTINE_REASON
 from pipeline.settings import SOURCES, RunConfig
-from pipeline.zones import blocks_path, payload_file, records_path, scan_record_tokens
+from pipeline.zones import blocks_path, payload_file, records_path, persons_file, scan_record_tokens, study_persons_file
 
 FIXED_KEY = b"pprl-v2 published TEST key #112."  # the published test key of tests/vectors/tokens_v2.json
 TOKEN_COLUMNS = list(load_contract("token_blocks").column_names[1:])
@@ -46,13 +46,13 @@ reference = _reference()
 
 def record_token(source: str, record_id: str, key: bytes = None) -> str:
     """A record token made here, from `cryptography` and `hmac` alone: HMAC-SHA256 under
-    HKDF-SHA256(key, info=b"pprl/record/v1") of "<source>|<record ID>"."""
+    HKDF-SHA256(key, info=b"pprl/v2/record") of "<source>|<record ID>"."""
     import hmac
 
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-    field_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"pprl/record/v1").derive(key or FIXED_KEY)
+    field_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"pprl/v2/record").derive(key or FIXED_KEY)
     return hmac.new(field_key, f"{source}|{record_id}".encode(), "sha256").hexdigest()
 
 
@@ -221,6 +221,9 @@ def test_records_with_no_usable_identifier_are_quarantined_with_the_reason(recor
         ("SC000000008", QUARANTINE_REASON),
     ]
     assert QUARANTINE_REASON == "no usable identifier (no valid NHS number, date of birth or postcode)"
+    from pipeline.publish.report import SOURCE_QUARANTINE_REASON  # the audit page's copy of it
+
+    assert SOURCE_QUARANTINE_REASON == QUARANTINE_REASON
     payload = pl.read_parquet(payload_file(cfg, "social_care"))
     # The provider's record IDs stay in raw/: the payload knows each record by its keyed token only.
     assert payload.get_column("record_id").to_list() == [record_token("social_care", f"SC00000000{i}") for i in range(1, 7)]
@@ -260,7 +263,8 @@ def test_an_independent_implementation_reproduces_every_token_in_the_pseudonymis
     base, cfg = synthetic
     raw = cfg.raw
     pairs = [
-        (pl.read_parquet(cfg.pseudonymised_dir / "persons.parquet"), pl.read_parquet(raw / "consent_register.parquet"), "participant_id")
+        # The participants' token side: the file the link stage reads (study IDs live apart from it).
+        (pl.read_parquet(persons_file(cfg)), pl.read_parquet(raw / "consent_register.parquet"), "participant_id")
     ] + [
         (scan_record_tokens(cfg.pseudonymised_dir, s).collect(), _with_record_tokens(pl.read_parquet(raw / f"{s}.parquet"), s), "record_id")
         for s in SOURCES
@@ -416,7 +420,7 @@ def test_a_participant_withdrawn_after_a_release_is_absent_from_the_next(synthet
     r1 = RunConfig.from_conf({**conf, "release_label": "r1", "run_date": "2026-06-30"})
     _run_all_stages(r1.to_conf())
     released = set(pl.read_parquet(r1.release_dir / "cohort.parquet").get_column("study_id"))
-    persons1 = pl.read_parquet(r1.pseudonymised_dir / "persons.parquet")
+    persons1 = pl.read_parquet(study_persons_file(r1))
     sid1 = dict(zip(persons1.get_column("participant_id"), persons1.get_column("study_id"), strict=True))
     leaver = next(p for p in sorted(sid1) if sid1[p] in released)
 

@@ -92,7 +92,7 @@ def pattern_example(pattern: str, i: int) -> str:
 
 # Where a dataset's business rules need more than the contract's bounds.
 OVERRIDES: dict[str, dict[str, Any]] = {
-    "pseudo_persons": {"age_at_index": 70},
+    "study_persons": {"age_at_index": 70},
     "consent_register": {"mdt_id": None},  # comparators are on no MDT caseload
     "link_map": {"conflict": False},  # a record in conflict has no participant
     "social_care": {"service_type": "home_care"},
@@ -356,9 +356,9 @@ def test_rerun_overwrites_and_leaves_no_gx_project(tmp_path: Path, monkeypatch: 
 
 def test_zones_share_a_reports_folder(tmp_path: Path) -> None:
     apc = write(apc_rows(), "hospital_apc", tmp_path / "in" / "hospital_apc.parquet")
-    persons = write(clean_frame("pseudo_persons"), "pseudo_persons", tmp_path / "in" / "persons.parquet")
+    persons = write(clean_frame("study_persons"), "study_persons", tmp_path / "in" / "study_persons.parquet")
     validate_files("raw", {"hospital_apc": [apc]}, tmp_path / "reports", "r1", parameters=WINDOW)
-    validate_files("pseudonymised", {"pseudo_persons": [persons]}, tmp_path / "reports", "r1", parameters=WINDOW)
+    validate_files("pseudonymised", {"study_persons": [persons]}, tmp_path / "reports", "r1", parameters=WINDOW)
     landing = (tmp_path / "reports" / "data_docs" / "index.html").read_text()
     assert 'href="raw/index.html"' in landing and 'href="pseudonymised/index.html"' in landing
 
@@ -412,26 +412,26 @@ def test_scrub_keeps_counts_only() -> None:
 
 
 def test_a_rule_with_run_parameters_checks_this_runs_window(tmp_path: Path) -> None:
-    df = clean_frame("pseudo_persons").with_columns(
+    df = clean_frame("study_persons").with_columns(
         index_date=pl.Series([dt.date(2022, 1, 1), dt.date(2019, 7, 14), dt.date(2026, 3, 31)])
     )
-    path = write(df, "pseudo_persons", tmp_path / "in" / "persons.parquet")
+    path = write(df, "study_persons", tmp_path / "in" / "study_persons.parquet")
     reports = tmp_path / "reports"
     with pytest.raises(ValidationFailed) as failed:
-        validate_files("pseudonymised", {"pseudo_persons": [path]}, reports, "r1", parameters=WINDOW)
-    assert "dataset pseudo_persons" in str(failed.value) and "column index_date" in str(failed.value)
+        validate_files("pseudonymised", {"study_persons": [path]}, reports, "r1", parameters=WINDOW)
+    assert "dataset study_persons" in str(failed.value) and "column index_date" in str(failed.value)
     assert "study window" in str(failed.value)
     assert_absent(["2019-07-14", "2019, 7, 14"], str(failed.value), all_report_text(reports))
     # A later window moves the boundary: the same file passes when the window starts before 2019.
     earlier = {**WINDOW, "study_start": dt.date(2019, 1, 1)}
-    summary = io.read_json(validate_files("pseudonymised", {"pseudo_persons": [path]}, reports, "r2", parameters=earlier))
+    summary = io.read_json(validate_files("pseudonymised", {"study_persons": [path]}, reports, "r2", parameters=earlier))
     assert summary["success"] and summary["parameters"]["study_start"] == "2019-01-01"
 
 
 def test_a_missing_run_parameter_is_refused_before_anything_runs(tmp_path: Path) -> None:
-    path = write(clean_frame("pseudo_persons"), "pseudo_persons", tmp_path / "in" / "persons.parquet")
+    path = write(clean_frame("study_persons"), "study_persons", tmp_path / "in" / "study_persons.parquet")
     with pytest.raises(ValueError, match=r"need run parameter\(s\) \['study_end', 'study_start'\]"):
-        validate_files("pseudonymised", {"pseudo_persons": [path]}, tmp_path / "reports", "r1")
+        validate_files("pseudonymised", {"study_persons": [path]}, tmp_path / "reports", "r1")
     assert not (tmp_path / "reports").exists()
 
 
@@ -455,7 +455,7 @@ def test_every_zone_has_the_window_rules_it_needs() -> None:
             if e.expectation_type == "expect_column_values_to_be_between" and isinstance(e.configuration.kwargs.get("min_value"), dict)
         }
 
-    assert window_rules("pseudo_persons") == {"index_date": "critical"}
+    assert window_rules("study_persons") == {"index_date": "critical"}
     assert window_rules("survey") == {"survey_date": "critical"}
     assert window_rules("hospital_apc_payload") == {"admission_date": "warning"}
     assert window_rules("gp_events_payload") == {"event_date": "warning"}

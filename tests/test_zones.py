@@ -26,7 +26,7 @@ from pipeline.errors import PipelineError
 from pipeline.publish.release import PUBLISHING_MARK
 from pipeline.settings import SOURCES, RunConfig
 from pipeline.validate.suites import validated_contract
-from pipeline.zones import WORKING_ZONES, ZONE_FILES, link_map_file, payload_file, persons_file
+from pipeline.zones import WORKING_ZONES, ZONE_FILES, link_map_file, payload_file, persons_file, study_persons_file
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = {"raw_dir": "/d/raw", "work_dir": "/d/work", "release_label": "r1"}
@@ -80,6 +80,53 @@ def test_keeping_working_files_needs_a_reason_and_a_reason_needs_keeping() -> No
     assert RunConfig.from_conf({**CONF, "retention_reason": ""}).retention_reason is None
     kept = RunConfig.from_conf({**CONF, **RETAIN})
     assert RunConfig.from_conf(kept.to_conf()) == kept
+
+
+# ---------------------------------------------------------------------------------------------------
+# Study IDs never beside tokens
+
+
+# participant_id is a `token`-class column (an internal key) and is what joins the two halves of the
+# participants; every other token column is a keyed hash (linkage or record token).
+JOIN_KEY = "participant_id"
+
+
+def study_ids_beside_tokens(columns: dict[str, str | None]) -> tuple[list[str], list[str]]:
+    """(study ID columns, token columns) of a file, given each column's contract class; both are
+    non-empty when the file holds study IDs and tokens together."""
+    keys = sorted(c for c, cls in columns.items() if cls == "key" or c == "study_id")
+    tokens = sorted(c for c, cls in columns.items() if c != JOIN_KEY and (cls == "token" or c.startswith("tok_")))
+    return keys, tokens
+
+
+def test_the_check_finds_a_study_id_beside_a_token() -> None:
+    assert study_ids_beside_tokens({"participant_id": "token", "study_id": "key", "tok_nhs": "token"}) == (["study_id"], ["tok_nhs"])
+    assert study_ids_beside_tokens({"participant_id": "token", "study_id": "key", "age_at_index": "quasi_identifier"})[1] == []
+    assert study_ids_beside_tokens({"participant_id": "token", "tok_nhs": "token"})[0] == []
+
+
+@pytest.mark.parametrize("name", sorted(n for n, f in ZONE_FILES.items() if f.zone == "pseudonymised" and f.contract))
+def test_no_pseudonymised_contract_puts_study_ids_beside_tokens(name) -> None:
+    f = ZONE_FILES[name]
+    contract = validated_contract(f.contract_name("gp_events") if f.per_source else f.contract_name())
+    keys, tokens = study_ids_beside_tokens({c.name: c.column_class for c in contract.columns})
+    assert not (keys and tokens), f"{f.relative} holds study IDs {keys} beside tokens {tokens}"
+
+
+def test_no_pseudonymised_file_holds_study_ids_beside_tokens(reference: Reference) -> None:
+    """The attack: one file of the zone read alone turns a released study ID into the person's
+    linkage tokens. Every Parquet file the run wrote there is checked, declared or not."""
+    folder = reference.before_publication.pseudonymised_dir
+    files = sorted(folder.rglob("*.parquet"))
+    assert persons_file(reference.before_publication) in files and study_persons_file(reference.before_publication) in files
+    for path in files:
+        schema = pq.read_schema(path)
+        classes = {f.name: (f.metadata or {}).get(b"class", b"").decode() or None for f in schema}
+        keys, tokens = study_ids_beside_tokens(classes)
+        assert not (keys and tokens), f"{path.relative_to(folder)} holds study IDs {keys} beside tokens {tokens}"
+    # The two halves still join: every participant with tokens has a study ID, and no one else.
+    ids = pl.read_parquet(study_persons_file(reference.before_publication), columns=[JOIN_KEY])
+    assert ids.equals(pl.read_parquet(persons_file(reference.before_publication), columns=[JOIN_KEY]))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from pipeline.cohort.samples import MATCHES_SCHEMA, SampleMatch, match_sample, s
 from pipeline.cohort.service_use import service_use
 from pipeline.costs import DEFAULT_VALUE_SET, read_value_set, scan_unit_costs
 from pipeline.settings import RunConfig
-from pipeline.zones import COHORT_SCRATCH, cohort_dir, cohort_summary_file, persons_file, survey_file
+from pipeline.zones import COHORT_SCRATCH, cohort_dir, cohort_summary_file, study_persons_file, survey_file
 
 log = logging.getLogger(__name__)
 MAIN_SAMPLE = "all"
@@ -70,7 +70,7 @@ def with_main_sample(cohort: pl.DataFrame, main: SampleMatch | None) -> pl.DataF
 
 def build_cohort(cfg: RunConfig) -> Path:
     out = cohort_dir(cfg)
-    persons = pl.read_parquet(persons_file(cfg))
+    persons = pl.read_parquet(study_persons_file(cfg))
     value_set = read_value_set(value_set_path(cfg))
     costs = scan_unit_costs(Path(cfg.unit_costs))
     outcomes = survey_outcomes(pl.scan_parquet(survey_file(cfg)), value_set).collect()

@@ -114,15 +114,6 @@ def tokenise(key: LinkageKey, field: str, canonical: str) -> str:
     return hmac.digest(_field_key(key.key, field), canonical.encode("utf-8"), "sha256").hex()
 
 
-def tokenise_composite(key: LinkageKey, field: str, parts: list[str]) -> str:
-    """The token of a composite field: its canonical parts joined with "|"."""
-    return tokenise(key, field, COMPOSITE_SEPARATOR.join(parts))
-
-
-def tokenise_many(key: LinkageKey, field: str, values: list[str]) -> list[str]:
-    return hex_hmac(_field_key(key.key, field), pl.Series(values, dtype=pl.String)).to_list()
-
-
 def tokenise_distinct(key: LinkageKey, field: str, distinct: pl.Series) -> pl.Series:
     """Tokens of a Series of distinct canonical values without nulls, in order, on every core."""
     return hex_hmac(_field_key(key.key, field), distinct)

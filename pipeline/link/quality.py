@@ -233,7 +233,8 @@ def evaluate_against_truth(link_map: Path, truth_dir: Path, persons: Path, recor
     records the probabilistic step considered), source (each and "all"), breakdown / category
     ("all", or by age band, sex, IMD quintile and site of the true participant). A link to the wrong
     participant counts as a false positive and a false negative; any link of a record whose person
-    is not a kept participant is a false positive.
+    is not a kept participant is a false positive. `persons` is the study side of the participants
+    (pipeline.zones.study_persons_file): participant IDs and the covariates of the breakdowns.
     """
     p = pl.scan_parquet(persons)
     lm = pl.scan_parquet(link_map).select("source", "record_id", "participant_id", "rank", "match_weight", "conflict")

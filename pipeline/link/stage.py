@@ -1,6 +1,9 @@
 """Stage 2: link every source's records to the participants. Reads only `pseudonymised/`, never the
 key and never `raw/`, and refuses tokens made under different key ids.
 
+What the stage reads, writes and runs with is decided first, from the run's settings alone
+(pipeline.link.plan); `execute_link` then runs that plan:
+
 1. Each source's records are grouped into identity profiles (pipeline.link.profiles) and the
    deterministic ranks 1-5 run on the profiles (pipeline.link.deterministic).
 2. The addresses on records linked by NHS number (ranks 1-4) are added to each participant's known
@@ -36,39 +39,19 @@ from pipeline.link.probabilistic import (
     resolve_probabilistic,
     with_known_addresses,
 )
+# DETERMINISTIC_COLUMNS is imported from here by tests and benchmarks; pipeline.link.plan owns it.
+from pipeline.link.plan import DETERMINISTIC_COLUMNS, QUALITY_COVARIATES, RECORDS, LinkPlan, plan_link  # noqa: F401
 from pipeline.link.profiles import PROFILE_KEY, build_profiles, token_codes
-from pipeline.zones import (
-    LINK_SCRATCH,
-    blocks_path,
-    link_map_file,
-    linkage_quality_file,
-    linkage_summary_file,
-    persons_file,
-    records_path,
-    splink_model_file,
-)
 from pipeline.settings import SOURCES, RunConfig
 
 log = logging.getLogger(__name__)
 
-# Token columns the deterministic ranks need (schemas/_tokens.yaml, token spec v2).
-DETERMINISTIC_COLUMNS: tuple[str, ...] = (
-    "tok_nhs", "tok_nhs_dob", "tok_nhs_dob_swap", "tok_rank1", "tok_rank2", "tok_rank3", "tok_rank4", "tok_rank5",
-)  # fmt: skip
-# Tokens every other token is a function of (token spec v2): a profile is the combination of these.
-# Sex has no token of its own; with the date of birth, tok_dob_sex carries it wherever a token uses it.
-KEY_COLUMNS: tuple[str, ...] = ("tok_nhs", "tok_dob", "tok_dob_sex", "tok_postcode", "tok_surname", "tok_forename")
-# Ranks whose links rest on the NHS number; the addresses on their records are a participant's own.
-NHS_RANKS: tuple[str, ...] = ("1", "2", "3", "4")
-# token_files' name of a source's record blocks file: the source's name and this.
-RECORDS = " records"
 ROW_GROUP = 1_000_000
 
 
-def token_files(cfg: RunConfig) -> dict[str, Path]:
-    files = {"persons": persons_file(cfg)}
-    files.update({s: blocks_path(cfg.pseudonymised_dir, s) for s in SOURCES})
-    files.update({f"{s}{RECORDS}": records_path(cfg.pseudonymised_dir, s) for s in SOURCES})
+def check_token_files(plan: LinkPlan) -> dict[str, Path]:
+    """The plan's token files, all of which must exist."""
+    files = plan.token_files()
     missing = [str(p) for p in files.values() if not p.exists()]
     if missing:
         raise PipelineError(f"pseudonymised files missing: {missing}; run the pprl_pseudonymise DAG for this label first")
@@ -108,31 +91,92 @@ def check_spec_version(files: dict[str, Path]) -> str:
     return SPEC_VERSION
 
 
-def model_token_columns(files: dict[str, Path]) -> tuple[list[str], list[str]]:
+def model_token_columns(plan: LinkPlan, files: dict[str, Path]) -> tuple[list[str], list[str]]:
     """(token columns to read, comparison token columns missing from some file). The probabilistic
     step needs every column of pipeline.link.model.COMPARISON_COLUMNS."""
     present = set.intersection(*[set(pq.read_schema(p).names) for name, p in files.items() if not name.endswith(RECORDS)])
-    missing_det = [c for c in DETERMINISTIC_COLUMNS if c not in present]
+    missing_det = [c for c in plan.deterministic_columns if c not in present]
     if missing_det:
         raise PipelineError(f"token files lack {missing_det} (schemas/_tokens.yaml); re-pseudonymise with this version")
-    wanted = list(dict.fromkeys([*DETERMINISTIC_COLUMNS, *COMPARISON_COLUMNS.values()]))
-    return [c for c in wanted if c in present], [c for c in wanted if c not in present]
+    return [c for c in plan.wanted_columns if c in present], [c for c in plan.wanted_columns if c not in present]
 
 
-def _deterministic_pass(
-    source: str, files: dict[str, Path], columns: list[str], persons: pl.DataFrame, work: Path
-) -> pl.DataFrame:
-    """Profiles and ranks 1-5 for one source. Writes the record -> profile map and the coded
-    profiles with their deterministic result to `work`; returns the NHS-linked profiles' addresses."""
+def run_link(cfg: RunConfig, options: ProbabilisticOptions | None = None) -> Path:
+    """Link every source of `cfg`'s label (the plan of pipeline.link.plan); returns the link map."""
+    return execute_link(plan_link(cfg, options))
+
+
+def execute_link(plan: LinkPlan) -> Path:
+    """Run a plan: check the token files, rank every source's profiles, add rank P, and write the
+    link map, the linkage quality report and the summary."""
+    files = check_token_files(plan)
+    kid = common_kid(files)
+    check_spec_version(files)
+    columns, missing = model_token_columns(plan, files)
+    shutil.rmtree(plan.work, ignore_errors=True)
+    plan.work.mkdir(parents=True)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    persons = (
+        pl.scan_parquet(plan.persons)
+        .select("participant_id", *token_codes(columns))
+        .sort("participant_id")
+        .with_row_index("uid")
+        .collect()
+    )
+    addresses = [_deterministic_pass(plan, source, columns, persons) for source in plan.sources]
+    timings["profiles_and_ranks_1_5"] = round(time.perf_counter() - t0, 1)
+
+    probabilistic = not missing
+    if missing:
+        log.warning("probabilistic linkage skipped: token files lack %s (pipeline.link.model.COMPARISON_COLUMNS)", missing)
+    participants = known = None
+    if probabilistic:
+        participants, known = _participant_frames(plan, persons, addresses)
+    del addresses
+
     t = time.perf_counter()
-    key_columns = [c for c in KEY_COLUMNS if c in columns]
-    records, blocks = files[f"{source}{RECORDS}"], files[source]
+    models = _write_link_map(plan, kid, persons, participants, known)
+    timings["probabilistic_and_link_map"] = round(time.perf_counter() - t, 1)
+
+    from pipeline.link.quality import linkage_quality, summary_figures
+
+    t = time.perf_counter()
+    covariates = pl.scan_parquet(plan.study_persons).select("participant_id", *QUALITY_COVARIATES)
+    quality = linkage_quality(pl.scan_parquet(plan.link_map), covariates)
+    io.write_frame(quality, load_contract("linkage_quality"), plan.quality, {"pprl_kid": kid})
+    timings["quality_report"] = round(time.perf_counter() - t, 1)
+
+    summary = _summary(quality, persons.height, kid)
+    summary["probabilistic"] = {
+        "status": "run" if probabilistic else f"skipped: token files lack {missing}; re-pseudonymise to add them",
+        **model_metadata(plan.options),
+        "sources": {s: m.as_dict() for s, m in models.items()},
+    }
+    summary["quality"] = summary_figures(quality)
+    shutil.rmtree(plan.work, ignore_errors=True)
+    timings["total"] = round(time.perf_counter() - t0, 1)
+    summary["seconds"] = timings
+    io.write_json(summary, plan.summary)
+    log.info("linked %d sources for %d participants in %.0fs", len(plan.sources), persons.height, timings["total"])
+    return plan.link_map
+
+
+def _deterministic_pass(plan: LinkPlan, source: str, columns: list[str], persons: pl.DataFrame) -> pl.DataFrame:
+    """Profiles and ranks 1-5 for one source. Writes the record -> profile map and the coded
+    profiles with their deterministic result to the work folder; returns the addresses of the
+    profiles linked by the plan's address ranks (the NHS number's)."""
+    t = time.perf_counter()
+    work = plan.work
+    key_columns = [c for c in plan.key_columns if c in columns]
+    records, blocks = plan.records[source], plan.blocks[source]
     profiles = build_profiles(
         pl.scan_parquet(records), pl.scan_parquet(blocks), columns, key_columns, work / f"{source}.records.parquet", where=f"{records}, {blocks}"
     )
     t_profiles = time.perf_counter() - t
     det = link_deterministic(
-        profiles.lazy().rename({PROFILE_KEY: "record_id"}), persons.lazy().select("participant_id", *DETERMINISTIC_COLUMNS)
+        profiles.lazy().rename({PROFILE_KEY: "record_id"}), persons.lazy().select("participant_id", *plan.deterministic_columns)
     ).collect()
     det = det.rename({"record_id": PROFILE_KEY})
     t_ranks = time.perf_counter() - t - t_profiles
@@ -143,116 +187,67 @@ def _deterministic_pass(
     )  # fmt: skip
     cols = [c for c in ("tok_postcode",) if c in columns]
     return (
-        det.filter(pl.col("rank").is_in(NHS_RANKS))
+        det.filter(pl.col("rank").is_in(plan.address_ranks))
         .join(profiles.select(PROFILE_KEY, *cols), on=PROFILE_KEY)
         .select("participant_id", *cols)
         .unique()
     )
 
 
-def run_link(cfg: RunConfig, options: ProbabilisticOptions | None = None) -> Path:
-    options = options or ProbabilisticOptions()
-    files = token_files(cfg)
-    kid = common_kid(files)
-    check_spec_version(files)
-    columns, missing = model_token_columns(files)
-    out_dir = cfg.linked_dir
-    work = out_dir / LINK_SCRATCH
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-
-    persons = (
-        pl.scan_parquet(files["persons"])
-        .select("participant_id", *token_codes(columns))
-        .sort("participant_id")
-        .with_row_index("uid")
-        .collect()
+def _participant_frames(plan: LinkPlan, persons: pl.DataFrame, addresses: list[pl.DataFrame]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(participants as the model compares them, the same with their known addresses), per the
+    plan's `addresses` option."""
+    participants = model_frame(persons.lazy(), "uid").collect()
+    if plan.options.addresses != "register_and_linked":
+        return participants, participants
+    seen = (
+        pl.concat(addresses)
+        .unique()
+        .join(persons.select("participant_id", "uid"), on="participant_id")
+        .select(pl.col("uid").cast(pl.UInt64), *[pl.col(COMPARISON_COLUMNS[one]).alias(one) for one in ADDRESS_LISTS.values()])
     )
-    addresses = []
-    for source in SOURCES:
-        addresses.append(_deterministic_pass(source, files, columns, persons, work))
-    timings["profiles_and_ranks_1_5"] = round(time.perf_counter() - t0, 1)
+    return participants, with_known_addresses(participants.lazy(), seen.lazy()).collect()
 
-    probabilistic = not missing
-    if missing:
-        log.warning("probabilistic linkage skipped: token files lack %s (pipeline.link.model.COMPARISON_COLUMNS)", missing)
+
+def _write_link_map(
+    plan: LinkPlan, kid: str, persons: pl.DataFrame, participants: pl.DataFrame | None, known: pl.DataFrame | None
+) -> dict[str, SourceModel]:
+    """Append each source's links to the one link map file, in the plan's link map order; with
+    `participants`, rank P is added first. Returns the Splink model of each source."""
     models: dict[str, SourceModel] = {}
-    if probabilistic:
-        participants = model_frame(persons.lazy(), "uid").collect()
-        if options.addresses == "register_and_linked":
-            seen = (
-                pl.concat(addresses)
-                .unique()
-                .join(persons.select("participant_id", "uid"), on="participant_id")
-                .select(pl.col("uid").cast(pl.UInt64), *[pl.col(COMPARISON_COLUMNS[one]).alias(one) for one in ADDRESS_LISTS.values()])
-            )
-            known = with_known_addresses(participants.lazy(), seen.lazy()).collect()
-        else:
-            known = participants
-    del addresses
-
-    # Sources in name order, each appended to the one link map file, so it is sorted by (source,
-    # record_id) without sorting 50 million rows at once.
-    t = time.perf_counter()
     contract = load_contract("link_map")
-    out = link_map_file(cfg)
     schema = contract.arrow_schema()
     schema = schema.with_metadata({**(schema.metadata or {}), b"pprl_kid": kid.encode()})
-    with io.parquet_writer(out, schema) as writer:
-        for source in sorted(SOURCES):
-            profiles = pl.read_parquet(work / f"{source}.profiles.parquet")
-            if probabilistic:
-                result, models[source] = _probabilistic_pass(source, profiles, participants, known, persons, options, cfg, work)
+    with io.parquet_writer(plan.link_map, schema) as writer:
+        for source in plan.link_map_order:
+            profiles = pl.read_parquet(plan.work / f"{source}.profiles.parquet")
+            if participants is not None:
+                result, models[source] = _probabilistic_pass(plan, source, profiles, participants, known, persons)
             else:
                 result = profiles.select(PROFILE_KEY, "participant_id", "rank", "match_probability", "conflict").with_columns(
                     match_weight=pl.lit(None, dtype=pl.Float64)
                 )
             del profiles
-            records = pl.read_parquet(work / f"{source}.records.parquet")
+            records = pl.read_parquet(plan.work / f"{source}.records.parquet")
             if not records.get_column("record_id").is_sorted():
                 records = records.sort("record_id")
             link = records.join(result, on=PROFILE_KEY, how="left", maintain_order="left").with_columns(source=pl.lit(source))
             del records, result
             writer.write_table(to_arrow(link, contract).replace_schema_metadata(schema.metadata), row_group_size=ROW_GROUP)
             del link
-    timings["probabilistic_and_link_map"] = round(time.perf_counter() - t, 1)
-
-    from pipeline.link.quality import linkage_quality, summary_figures
-
-    t = time.perf_counter()
-    pseudo = pl.scan_parquet(files["persons"]).select("participant_id", "age_at_index", "sex", "imd_quintile", "site")
-    quality = linkage_quality(pl.scan_parquet(out), pseudo)
-    io.write_frame(quality, load_contract("linkage_quality"), linkage_quality_file(cfg), {"pprl_kid": kid})
-    timings["quality_report"] = round(time.perf_counter() - t, 1)
-
-    summary = _summary(quality, persons.height, kid)
-    summary["probabilistic"] = {
-        "status": "run" if probabilistic else f"skipped: token files lack {missing}; re-pseudonymise to add them",
-        **model_metadata(options),
-        "sources": {s: m.as_dict() for s, m in models.items()},
-    }
-    summary["quality"] = summary_figures(quality)
-    shutil.rmtree(work, ignore_errors=True)
-    timings["total"] = round(time.perf_counter() - t0, 1)
-    summary["seconds"] = timings
-    io.write_json(summary, linkage_summary_file(cfg))
-    log.info("linked %d sources for %d participants in %.0fs", len(SOURCES), persons.height, timings["total"])
-    return out
+    return models
 
 
 def _probabilistic_pass(
+    plan: LinkPlan,
     source: str,
     profiles: pl.DataFrame,
     participants: pl.DataFrame,
     known: pl.DataFrame,
     persons: pl.DataFrame,
-    options: ProbabilisticOptions,
-    cfg: RunConfig,
-    work: Path,
 ) -> tuple[pl.DataFrame, SourceModel]:
     """Profile results of one source: the deterministic ones, plus rank P for the unlinked profiles."""
+    options = plan.options
     det = profiles.select(PROFILE_KEY, "participant_id", "rank", "match_probability", "conflict")
     unlinked = profiles.filter(pl.col("rank").is_null() & ~pl.col("conflict"))
     if persons.get_column("tok_nhs").null_count() == 0:
@@ -269,8 +264,8 @@ def _probabilistic_pass(
         participants,
         known,
         options,
-        splink_model_file(cfg, source),
-        work / "duckdb",
+        plan.models[source],
+        plan.work / "duckdb",
     )
     pairs = pairs.join(persons.select(pl.col("uid").cast(pl.UInt64).alias("participant_uid"), "participant_id"), on="participant_uid")
     resolved = resolve_probabilistic(

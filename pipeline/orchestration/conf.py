@@ -22,14 +22,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipeline.errors import PipelineError
-from pipeline.settings import RunConfig
+from pipeline.settings import LINKAGE_PARAMS, RunConfig
 
 # Key of the asset event's `extra` that carries the conf; the output path sits beside it so the
 # Airflow UI's asset view shows what each event produced.
 EXTRA_CONF = "conf"
 EXTRA_OUTPUT = "output"
 
-# The trigger form shows the matching options flat; RunConfig nests them under "matching".
+# The trigger form shows the matching and linkage options flat; RunConfig nests them under
+# "matching" and "linkage" (the linkage ones as pipeline.settings.LINKAGE_PARAMS names them).
 MATCHING_PARAMS: tuple[str, ...] = ("ratio", "caliper_sd", "replace", "exact")
 REQUIRED_PARAMS: tuple[str, ...] = ("raw_dir", "work_dir", "release_label")
 
@@ -57,18 +58,8 @@ def conf_from_params(params: Mapping[str, Any], explicit: Mapping[str, Any] | No
     options both flat and nested, where it would be unclear which one was meant.
     """
     values = dict(params)
-    matching = {name: values.pop(name) for name in MATCHING_PARAMS if name in values}
-    nested = values.pop("matching", None)
-    if nested:
-        # A canonical conf (RunConfig.to_conf()) nests the options. Params always hold the flat
-        # defaults too, so the nested ones win unless the caller also set flat ones explicitly.
-        clash = sorted(set(MATCHING_PARAMS) & set(explicit or {}))
-        if clash:
-            raise PipelineError(
-                f"the run conf sets matching options both under 'matching' and flat ({clash}); "
-                "set them one way only"
-            )
-        matching.update(nested)
+    matching = _nested_options(values, "matching", {name: name for name in MATCHING_PARAMS}, explicit)
+    linkage = _nested_options(values, "linkage", LINKAGE_PARAMS, explicit)
     missing = [name for name in REQUIRED_PARAMS if not values.get(name)]
     if missing:
         raise PipelineError(
@@ -77,7 +68,25 @@ def conf_from_params(params: Mapping[str, Any], explicit: Mapping[str, Any] | No
         )
     # None in a Param means "use the pipeline's default" (for example the bundled unit-cost table).
     values = {name: value for name, value in values.items() if value is not None}
-    return RunConfig.from_conf({**values, "matching": matching}).to_conf()
+    return RunConfig.from_conf({**values, "matching": matching, "linkage": linkage}).to_conf()
+
+
+def _nested_options(values: dict[str, Any], group: str, flat: Mapping[str, str], explicit: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Take one group of options out of `values`: its flat Params (`flat` maps each to the option's
+    name) overlaid with the nested `values[group]` of a canonical conf. Values pass as given: None is a
+    choice for some options (link_em_max_pairs: every blocked pair)."""
+    options = {name: values.pop(param) for param, name in flat.items() if param in values}
+    nested = values.pop(group, None)
+    if nested:
+        # A canonical conf (RunConfig.to_conf()) nests the options. Params always hold the flat
+        # defaults too, so the nested ones win unless the caller also set flat ones explicitly.
+        clash = sorted(set(flat) & set(explicit or {}))
+        if clash:
+            raise PipelineError(
+                f"the run conf sets {group} options both under '{group}' and flat ({clash}); set them one way only"
+            )
+        options.update(nested)
+    return options
 
 
 def conf_from_events(events: Sequence[Any], partition_key: str | None = None) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from airflow.sdk import ExceptionRetryPolicy, Param, RetryAction, RetryRule
 __all__ = ["KEY_HOLDER_QUEUE", "default_args", "run_params"]
 
 from pipeline.orchestration import KEY_HOLDER_QUEUE
-from pipeline.settings import LABEL_SCHEMA_PATTERN, SMALL_GROUP_POLICIES, MatchingOptions, RunConfig
+from pipeline.settings import LABEL_SCHEMA_PATTERN, LINKAGE_ADDRESSES, SMALL_GROUP_POLICIES, LinkageOptions, MatchingOptions, RunConfig
 
 OWNER = "pprl"
 RETRIES = 2
@@ -50,7 +50,7 @@ def _default(cls: type, name: str) -> Any:
 
 
 def run_params(*, filled_by_upstream: bool) -> dict[str, Param]:
-    """The trigger form: one Param per RunConfig setting, matching options flat.
+    """The trigger form: one Param per RunConfig setting, matching and linkage options flat.
 
     With `filled_by_upstream` (the link and publish DAGs) the three required settings may be left
     empty, because an asset-triggered run takes the whole conf from its upstream event; they must be
@@ -163,5 +163,29 @@ def run_params(*, filled_by_upstream: bool) -> dict[str, Param]:
             list(_default(MatchingOptions, "exact")), type="array", items={"type": "string"},
             title="Exact-match variables",
             description="Variables a comparator must share exactly with its participant.", section="Matching",
+        ),
+        # The probabilistic linkage options (RunConfig.linkage), flat as pipeline.settings.LINKAGE_PARAMS names them.
+        "link_threshold": Param(
+            _default(LinkageOptions, "threshold"), type="number", minimum=0.5, exclusiveMaximum=1,
+            title="Match probability threshold",
+            description="A record links to the one participant whose match probability reaches this; "
+            "two or more reaching it are a conflict, left unlinked.", section="Linkage",
+        ),
+        "link_addresses": Param(
+            _default(LinkageOptions, "addresses"), type="string", enum=list(LINKAGE_ADDRESSES), title="Known addresses",
+            description="Postcodes compared: the register's only, or also those on records linked by NHS number.",
+            section="Linkage",
+        ),
+        "link_u_max_pairs": Param(
+            _default(LinkageOptions, "u_max_pairs"), type="number", minimum=10_000, title="Pairs for u",
+            description="Random pairs per source for estimating chance agreement among non-matches.", section="Linkage",
+        ),
+        "link_em_max_pairs": Param(
+            _default(LinkageOptions, "em_max_pairs"), type=["null", "number"], minimum=1_000, title="Pairs per EM session",
+            description="Blocked pairs each training session samples per source; empty for all of them.", section="Linkage",
+        ),
+        "link_seed": Param(
+            _default(LinkageOptions, "seed"), type="integer", title="Linkage seed",
+            description="Seed of the model's random draws; the same seed gives the same links.", section="Linkage",
         ),
     }

@@ -40,13 +40,13 @@ from pipeline import io
 from pipeline.contracts import load_contract
 from pipeline.crypto.keys import LinkageKey
 from pipeline.crypto.normalise import nhs_number_expr, postcode_expr
-from pipeline.crypto.tokens import study_ids, token_file_metadata
+from pipeline.crypto.tokens import KID_METADATA, study_ids, token_file_metadata
 from pipeline.errors import PipelineError
 from pipeline.pseudonymise.identifiers import NO_USABLE_IDENTIFIER, tokenise_identifiers
 from pipeline.pseudonymise.inputs import scan_input
 from pipeline.pseudonymise.row_rules import DATE_OF_BIRTH
 from pipeline.settings import RunConfig
-from pipeline.zones import consent_file, persons_file, quarantine_file, survey_file
+from pipeline.zones import consent_file, persons_file, quarantine_file, study_persons_file, survey_file
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,8 @@ def _with_index_date(kept: pl.DataFrame, survey: pl.DataFrame) -> pl.DataFrame:
 
 
 def run_consent_gate(cfg: RunConfig, key: LinkageKey) -> Path:
-    """Write pseudonymised persons, the consented participants' survey answers and the consent counts."""
+    """Write the consented participants' tokens (persons_file) and study IDs with covariates
+    (study_persons_file), their survey answers and the consent counts; return the tokens' path."""
     register = scan_input(cfg, "consent_register").collect()
     survey = scan_input(cfg, "survey").collect()
     # Resolved once, here: every withdrawal received by this day is honoured by this run.
@@ -229,8 +230,11 @@ def run_consent_gate(cfg: RunConfig, key: LinkageKey) -> Path:
     good = good.with_columns(
         study_id=pl.Series(study_ids(key, cfg.release_label, good.get_column("participant_id").to_list()), dtype=pl.String)
     )
-    contract = load_contract("pseudo_persons")
-    io.write_frame(good.select(contract.column_names), contract, persons_file(cfg), token_file_metadata(key.kid))
+    # Two files, so that none holds participant ID, study ID and tokens together (pipeline.zones).
+    # The study IDs are derived under the key too, so their file records the key id as well.
+    tokens, study = load_contract("pseudo_persons"), load_contract("study_persons")
+    io.write_frame(good.select(tokens.column_names), tokens, persons_file(cfg), token_file_metadata(key.kid))
+    io.write_frame(good.select(study.column_names), study, study_persons_file(cfg), {KID_METADATA: key.kid})
 
     # The survey answers of kept participants only; survey rows carry no direct identifier.
     survey_out = survey.join(good.select("participant_id"), on="participant_id", how="semi").sort("response_id")

@@ -258,8 +258,3 @@ def tokenise_blocks(
     keep = pl.lit(True) if keep is None else keep
     out = lf.filter(keep).join(table.lazy(), on=list(IDENTIFIER_COLUMNS), how="left", nulls_equal=True, maintain_order="left")
     return out, blocks, counts
-
-
-def with_tokens(lf: pl.LazyFrame, key: LinkageKey) -> pl.LazyFrame:
-    """Add the token columns of schemas/_tokens.yaml (see `tokenise_identifiers`)."""
-    return tokenise_identifiers(lf, key)[0]

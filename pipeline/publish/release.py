@@ -53,6 +53,8 @@ from pipeline.zones import (
     linkage_summary_file,
     persons_file,
     purge_working_files,
+    records_path,
+    study_persons_file,
 )
 from pipeline.settings import REPO_DIR, SOURCES, RunConfig, setting
 
@@ -97,7 +99,7 @@ def stage_release(cfg: RunConfig) -> Path:
     if staging.exists():
         shutil.rmtree(staging)  # a previous attempt's leftovers; the staging folder is never published as is
     staging.mkdir(parents=True)
-    ids = pl.scan_parquet(persons_file(cfg)).select("participant_id", "study_id")
+    ids = pl.scan_parquet(study_persons_file(cfg)).select("participant_id", "study_id")
     built = cohort_dir(cfg)
     controlled: dict[str, Any] = {}
     people, small = _person_table(cfg, built)
@@ -320,9 +322,12 @@ def _carry_over_published_reports(cfg: RunConfig) -> None:
 
 
 def _token_files(cfg: RunConfig) -> list[tuple[str, Path]]:
-    """Files of linkage tokens and participant keys that study IDs must differ from (pseudonymised zone)."""
+    """Files of linkage tokens, record tokens and participant keys that study IDs must differ from
+    (pseudonymised zone): the participants' tokens (persons_file, which no longer holds the study
+    IDs themselves) and every source's token blocks and record blocks."""
     files = [("pseudo_persons", persons_file(cfg))]
     files += [("token_blocks", blocks_path(cfg.pseudonymised_dir, s)) for s in SOURCES]
+    files += [("record_blocks", records_path(cfg.pseudonymised_dir, s)) for s in SOURCES]
     return [(name, path) for name, path in files if path.exists()]
 
 

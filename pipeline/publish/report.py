@@ -39,7 +39,12 @@ from pipeline.publish.page_style import (
 
 e = html.escape
 STAGE_COLUMNS = ["Extract", "Rows delivered", "Set aside", "Pseudonymised", "Linked", "Not linked", "Conflicts", "Every row accounted for"]
-# The one reason the pseudonymise stage sets a service-use record aside (its counts carry no reason text).
+# A service-use record is set aside for having no usable identifier (this text, as
+# pipeline.pseudonymise.records.QUARANTINE_REASON reads) or for breaking a row rule of
+# pipeline.pseudonymise.row_rules, and the counts carry each reason. This text labels the one line
+# shown for a manifest without per-reason counts (written before they were counted). It is spelled
+# here rather than imported: the records module imports the key module, which the process that
+# publishes never does (pipeline.orchestration.key_holder).
 SOURCE_QUARANTINE_REASON = "no usable identifier (no valid NHS number, date of birth or postcode)"
 # The love plot (covariate balance before and after matching), shown when the release holds one.
 # The cohort stage names the file; the default covers a cohort stage that does not make one yet.
@@ -303,7 +308,8 @@ def _quarantine(p: _Page) -> None:
         for reason in sorted(_get(p.m, ["consent", "quarantine_reasons"]) or {})
     ]
     for s in _in_order(p.m.get("pseudonymisation", {})):
-        # Per reason where the run recorded them (pipeline.pseudonymise.row_rules); one line otherwise.
+        # Per reason as the run recorded them (no usable identifier, and the row rules of
+        # pipeline.pseudonymise.row_rules); one line for a manifest written before reasons were counted.
         reasons = _get(p.m, ["pseudonymisation", s, "quarantine_reasons"])
         if reasons:
             rows += [

@@ -118,9 +118,3 @@ def dates_of_birth(rng: np.random.Generator, index_day: np.ndarray, age: np.ndar
     lo = bounds.get_column("earliest").cast(pl.Int32).to_numpy().astype(np.int64)
     hi = bounds.get_column("latest").cast(pl.Int32).to_numpy().astype(np.int64)
     return (lo + np.floor(rng.random(index_day.shape[0]) * (hi - lo + 1)).astype(np.int64)).astype(np.int32)
-
-
-def age_on(dob: pl.Expr, on: pl.Expr) -> pl.Expr:
-    """Whole years from `dob` to `on` (the same rule as the pipeline's consent gate)."""
-    before_birthday = (on.dt.month() < dob.dt.month()) | ((on.dt.month() == dob.dt.month()) & (on.dt.day() < dob.dt.day()))
-    return (on.dt.year() - dob.dt.year() - before_birthday.cast(pl.Int32)).cast(pl.Int16)
