@@ -37,11 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import polars as pl
-
-from pipeline.contracts import Contract, load_contract
+# Polars and the contracts are imported where they are used: RunConfig takes its folder layout from
+# here, and the DAG files import RunConfig, so this module must stay cheap to import (tests/test_dags.py).
 
 if TYPE_CHECKING:
+    import polars as pl
+
+    from pipeline.contracts import Contract
     from pipeline.settings import RunConfig
 
 log = logging.getLogger(__name__)
@@ -232,6 +234,8 @@ def validated_files(cfg: RunConfig, zone: Zone, sources: tuple[str, ...]) -> dic
 def payload_contract(source: str) -> Contract:
     """The contract of payload/<source>.parquet: the source's payload columns and record_id, which
     here holds the record's keyed token (as in schemas/record_blocks.yaml), not the provider's ID."""
+    from pipeline.contracts import load_contract
+
     contract = load_contract(source).restricted_to(("payload",), name=f"{source}_payload", zone="pseudonymised")
     return contract.with_column(load_contract("record_blocks").column("record_id"))
 
@@ -242,6 +246,8 @@ def scan_record_tokens(pseudonymised_dir: Path, source: str) -> pl.LazyFrame:
 
         scan_record_tokens(cfg.pseudonymised_dir, "gp_events").filter(pl.col("tok_nhs").is_null())
     """
+    import polars as pl
+
     blocks = pl.scan_parquet(blocks_path(pseudonymised_dir, source))
     records = pl.scan_parquet(records_path(pseudonymised_dir, source))
     return records.join(blocks, on=TOKEN_BLOCK, how="left", maintain_order="left").drop(TOKEN_BLOCK)

@@ -93,10 +93,14 @@ def mdt_rate_ratio(release: Path) -> tuple[float, float, float, int]:
         .filter((pl.col("service_type") == "emergency_admission") & (pl.col("period") == "post_12m"))
         .select("study_id", pl.col("units").alias("post_emergency"))
     )
+    # Disclosure control may withhold (null) a quasi-identifier of a few people: as an analyst would,
+    # each withheld value gets an indicator of its own, so those people stay in the model.
     d = cohort.join(post, on="study_id").with_columns(
-        *[(pl.col("age_band") == b).cast(pl.Float64).alias(f"age {b}") for b in ("65-74", "75-84", "85+")],
+        *[(pl.col("age_band") == b).fill_null(False).cast(pl.Float64).alias(f"age {b}") for b in ("65-74", "75-84", "85+")],
+        pl.col("age_band").is_null().cast(pl.Float64).alias("age withheld"),
         *[(pl.col("imd_quintile") == q).fill_null(False).cast(pl.Float64).alias(f"imd {q}") for q in (2, 3, 4, 5)],
-        (pl.col("sex") == "F").cast(pl.Float64).alias("female"),
+        (pl.col("sex") == "F").fill_null(False).cast(pl.Float64).alias("female"),
+        pl.col("sex").is_null().cast(pl.Float64).alias("sex withheld"),
         (pl.col("site") == "site_b").cast(pl.Float64).alias("site_b"),
         pl.col("baseline_cost_gbp").log1p().alias("log1p cost"),
         pl.col("baseline_eq5d_index").fill_null(pl.col("baseline_eq5d_index").mean()).alias("eq5d"),
@@ -105,6 +109,7 @@ def mdt_rate_ratio(release: Path) -> tuple[float, float, float, int]:
         "age 65-74", "age 75-84", "age 85+", "imd 2", "imd 3", "imd 4", "imd 5", "female", "site_b", "n_ltc",
         "baseline_emergency_admissions", "baseline_ae_attendances", "baseline_bed_days", "baseline_gp_consultations", "log1p cost", "eq5d",
     ]  # fmt: skip
+    adjust += [c for c in ("age withheld", "sex withheld") if d.get_column(c).sum() > 0]  # a column of zeros has no estimate
     mdt = (d.get_column("arm") == "mdt").cast(pl.Float64).to_numpy()
     x = np.column_stack([np.ones(d.height), mdt, *(d.get_column(c).cast(pl.Float64).to_numpy() for c in adjust)])
     beta, se = poisson_regression(

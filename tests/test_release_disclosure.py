@@ -139,7 +139,7 @@ def test_suppression_cannot_hide_a_group_from_the_check(before_staging) -> None:
 
 
 def test_an_unknown_policy_is_a_clear_error(reference, tmp_path) -> None:
-    with pytest.raises(PipelineError, match=r"small_groups must be one of 'suppress', 'coarsen', 'block' \(got 'maybe'\)"):
+    with pytest.raises(PipelineError, match=r"small_groups\) must be one of 'suppress', 'coarsen', 'block' \(got 'maybe'\)"):
         RunConfig.from_conf(reference.conf(tmp_path, small_groups="maybe"))
 
 

@@ -14,13 +14,14 @@ import polars as pl
 import pytest
 
 from pipeline.crypto.keys import LinkageKey, key_id, new_key_file
-from pipeline.crypto.tokens import FIELDS, MIN_TOKEN_DOMAIN, field_domain, is_composite
+from pipeline.crypto.tokens import FIELDS, MIN_TOKEN_DOMAIN, field_domain, is_composite, record_token_key, tokenise_record_ids
 from pipeline.pseudonymise import check_inputs, pseudonymise_source, run_consent_gate
 from pipeline.pseudonymise.identifiers import TOKEN_COLUMNS, canonical_forms
-from pipeline.zones import TOKEN_BLOCK, blocks_path, records_path
 from pipeline.settings import SOURCES, RunConfig
+from pipeline.zones import TOKEN_BLOCK, blocks_path, records_path
 
 FIXED_KEY = b"pprl-v2 published TEST key #112."  # the published test key of tests/vectors/tokens_v2.json
+RECORD_KEY = record_token_key(LinkageKey(FIXED_KEY, key_id(FIXED_KEY)))
 IDENTIFIERS = ["nhs_number", "given_name", "family_name", "date_of_birth", "sex", "postcode"]
 STAND_ALONE = [c.name for c in TOKEN_COLUMNS if not is_composite(c.field)]
 # The attack "beats chance" when it decodes more rows than guessing the population's commonest value
@@ -66,6 +67,8 @@ def _token_files(cfg: RunConfig) -> dict[str, pl.DataFrame]:
     out = {"persons": persons.join(register.select("participant_id", *[pl.col(c).alias(f"truth_{c}") for c in STAND_ALONE]), on="participant_id")}
     for s in SOURCES:
         delivered = canonical_forms(pl.scan_parquet(raw / f"{s}.parquet").select("record_id", *IDENTIFIERS)).collect()
+        # The records file knows each record by its keyed record token, not the provider's ID.
+        delivered = delivered.with_columns(record_id=tokenise_record_ids(RECORD_KEY, s, delivered.get_column("record_id")))
         truth = (
             pl.read_parquet(records_path(cfg.pseudonymised_dir, s))
             .join(delivered.select("record_id", *[pl.col(c).alias(f"truth_{c}") for c in STAND_ALONE]), on="record_id")

@@ -27,10 +27,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from pipeline.crypto.hmac_pool import hex_hmac
 from pipeline.crypto.keys import LinkageKey
-
-SPEC_VERSION = "v2"
-# Parquet metadata keys every token file carries: the key id and the spec version its tokens follow.
-KID_METADATA, SPEC_METADATA = "pprl_kid", "pprl_spec"
+from pipeline.crypto.spec import KID_METADATA, SPEC_METADATA, SPEC_VERSION, token_file_metadata  # noqa: F401 (re-exported)
 # Every field a token may be made for, with what its canonical value is. The field name is part of
 # the key derivation, so adding a field never changes an existing token; changing what a field's
 # canonical value means needs a new field name (which is why the phonetic field names its algorithm).
@@ -141,10 +138,6 @@ def study_ids(key: LinkageKey, release_label: str, participant_ids: list[str]) -
     return ["S" + hmac.digest(rk, p.encode("utf-8"), "sha256").hex()[:16] for p in participant_ids]
 
 
-def token_file_metadata(kid: str) -> dict[str, str]:
-    """The Parquet metadata every token file carries: the key id and the spec version of its tokens.
-    The link stage refuses files that differ in either."""
-    return {KID_METADATA: kid, SPEC_METADATA: SPEC_VERSION}
 
 
 # Provider record IDs. A record's ID leaves raw/ only as this keyed token of (source, record ID): the

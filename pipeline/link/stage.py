@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from pipeline import io
 from pipeline.contracts import load_contract, to_arrow
-from pipeline.crypto.tokens import KID_METADATA, SPEC_METADATA, SPEC_VERSION
+from pipeline.crypto.spec import KID_METADATA, SPEC_METADATA, SPEC_VERSION
 from pipeline.errors import KeyMismatchError, PipelineError, TokenSpecMismatchError
 from pipeline.link.deterministic import DETERMINISTIC_RANKS, link_deterministic
 from pipeline.link.model import ADDRESS_LISTS, COMPARISON_COLUMNS, ProbabilisticOptions
