@@ -1,6 +1,6 @@
 """The linkage key: creating it, loading it from a secret store or a 0600 file, and its key id.
 
-Key file (token spec v1): JSON `{"kid": ..., "key": <base64 of 32 random bytes>, "created": ...}`,
+Key file (token spec v1 and v2 alike): JSON `{"kid": ..., "key": <base64 of 32 random bytes>, "created": ...}`,
 mode 0600. `kid` is the first 8 bytes, in hex, of HMAC-SHA256(key, b"pprl key id").
 
 Where the key comes from, first match wins:

@@ -1,4 +1,4 @@
-"""Canonical forms of names, their phonetic codes and initials (token spec v1, docs/token-spec.md).
+"""Canonical forms of names, their phonetic codes and initials (token spec v2, docs/token-spec.md).
 
     >>> canonical_name("O'Brien-Smith")
     'OBRIENSMITH'

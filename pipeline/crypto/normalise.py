@@ -1,4 +1,4 @@
-"""Canonical forms of NHS numbers, dates, sex and postcodes (token spec v1, docs/token-spec.md).
+"""Canonical forms of NHS numbers, dates, sex and postcodes (token spec v2, docs/token-spec.md).
 
 A value that cannot be put in canonical form becomes None: it is counted by the caller and never
 tokenised. Every function is idempotent. The scalar functions define the behaviour; the Polars
