@@ -29,7 +29,6 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-import logging
 import os
 import secrets
 import stat
@@ -37,8 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import KeyEnvironmentError, KeyFileError
-
-log = logging.getLogger(__name__)
+from pipeline.secret_store import airflow_connection, airflow_variable
 
 KEY_BYTES = 32
 _KID_MESSAGE = b"pprl key id"
@@ -134,14 +132,8 @@ def read_key_file(path: Path) -> LinkageKey:
 
 def _airflow_connection() -> str | None:
     """The key JSON from the Airflow connection `pprl_key`, or None when there is no such connection."""
-    try:
-        from airflow.sdk import Connection  # only present where Airflow is installed
-    except ImportError:
-        return None
-    try:
-        conn = Connection.get(AIRFLOW_CONN_ID)
-    except Exception as exc:  # not defined, or no secrets backend to ask outside a task
-        log.debug("no Airflow connection %s (%s)", AIRFLOW_CONN_ID, type(exc).__name__)
+    conn = airflow_connection(AIRFLOW_CONN_ID)
+    if conn is None:
         return None
     if conn.password:
         return conn.password
@@ -154,17 +146,6 @@ def _airflow_connection() -> str | None:
     )
 
 
-def _airflow_variable() -> str | None:
-    try:
-        from airflow.sdk import Variable  # only present inside Airflow
-    except ImportError:
-        return None
-    try:
-        return Variable.get(AIRFLOW_VARIABLE, default=None)
-    except Exception:  # outside a task context the SDK has no API client to ask
-        return None
-
-
 def load_key(key_file: str | Path | None = None) -> LinkageKey:
     """Load the linkage key from the first source that has one (see module docstring)."""
     refuse_key_in_environment()
@@ -175,7 +156,7 @@ def load_key(key_file: str | Path | None = None) -> LinkageKey:
     value = _airflow_connection()
     if value:
         return _parse(value, f"Airflow connection {AIRFLOW_CONN_ID}")
-    value = _airflow_variable()
+    value = airflow_variable(AIRFLOW_VARIABLE)
     if value:
         return _parse(value, f"Airflow variable {AIRFLOW_VARIABLE}")
     raise KeyFileError(

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import stat
 from dataclasses import dataclass, field
@@ -49,8 +48,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pipeline import io
 from pipeline.errors import PublishingKeyError, SignatureError
 from pipeline.publish.provenance import PER_RUN_FILES
+from pipeline.secret_store import airflow_connection, airflow_variable
 
-log = logging.getLogger(__name__)
 
 ALGORITHM = "Ed25519"
 MANIFEST = "manifest.json"
@@ -202,22 +201,12 @@ def key_file_fingerprint(path: Path) -> str:
 
 def _airflow_secret() -> tuple[str, str] | None:
     """(PEM text, where) from the Airflow connection or variable, or None outside Airflow or when unset."""
-    try:
-        from airflow.sdk import Connection, Variable  # only present where Airflow is installed
-    except ImportError:
-        return None
-    try:
-        conn = Connection.get(AIRFLOW_CONN_ID)
-    except Exception as exc:  # not defined, or no secrets backend to ask outside a task
-        log.debug("no Airflow connection %s (%s)", AIRFLOW_CONN_ID, type(exc).__name__)
-    else:
+    conn = airflow_connection(AIRFLOW_CONN_ID)
+    if conn is not None:
         if conn.password:
             return conn.password, f"Airflow connection {AIRFLOW_CONN_ID}"
         raise PublishingKeyError(f"Airflow connection {AIRFLOW_CONN_ID}: holds no key; put the key file's PEM text in its password")
-    try:
-        value = Variable.get(AIRFLOW_VARIABLE, default=None)
-    except Exception:  # outside a task context the SDK has no API client to ask
-        return None
+    value = airflow_variable(AIRFLOW_VARIABLE)
     return (value, f"Airflow variable {AIRFLOW_VARIABLE}") if value else None
 
 
