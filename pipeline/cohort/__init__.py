@@ -6,13 +6,9 @@ release's table names), and that should not bring the whole cohort stage with it
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pipeline.lazy import lazy_exports
 
-__all__ = ["build_cohort"]
+_EXPORTS = {"build_cohort": "pipeline.cohort.stage"}
 
-
-def __getattr__(name: str) -> Any:
-    if name != "build_cohort":
-        raise AttributeError(f"module 'pipeline.cohort' has no attribute {name!r}")
-    return importlib.import_module("pipeline.cohort.stage").build_cohort
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
