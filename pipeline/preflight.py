@@ -30,6 +30,7 @@ from pathlib import Path
 
 from pipeline.crypto.keys import KEY_FILE_VARIABLE, KEY_VARIABLE
 from pipeline.errors import PreflightError, Violation
+from pipeline.secret_store import exposed_mode
 from pipeline.settings import LABEL_PATTERN, RunConfig, setting
 
 
@@ -105,11 +106,11 @@ def _key_problems(cfg: RunConfig) -> list[Violation]:
         return [Violation(str(path), None, "key file readable", f"cannot look at the key file ({exc.strerror}); check {how} and its folder's permissions")]
     if not stat.S_ISREG(st.st_mode):
         return [Violation(str(path), None, "key file present", f"this is not a file; check {how}")]
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if mode := exposed_mode(st):
         return [
             Violation(
                 str(path), None, "key file private",
-                f"readable or writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); run `chmod 600 {path}` "
+                f"readable or writable by group or others (mode {mode}); run `chmod 600 {path}` "
                 f"and check who may have copied it ({how})",
             )
         ]  # fmt: skip

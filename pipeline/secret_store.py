@@ -1,4 +1,4 @@
-"""Asking Airflow's secret store for a connection or a variable, where Airflow is installed.
+"""Where keys are kept: 0600 files, and Airflow's secret store (connections and variables).
 
 Both keys are looked up this way (the linkage key in `pipeline.crypto.keys`, the publishing key in
 `pipeline.publish.signing`); this module holds no key and imports neither, so the publish code can
@@ -10,9 +10,32 @@ tried.
 from __future__ import annotations
 
 import logging
+import os
+import stat
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+def exposed_mode(st: os.stat_result) -> str | None:
+    """The file's mode as octal text when group or others may read or write it (a key file must be
+    0600), else None.
+
+    >>> exposed_mode(os.stat_result((0o100640, 0, 0, 0, 0, 0, 0, 0, 0, 0))), exposed_mode(os.stat_result((0o100600,) + (0,) * 9))
+    ('0640', None)
+    """
+    return f"{stat.S_IMODE(st.st_mode):04o}" if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO) else None
+
+
+def create_secret_file(path: Path, data: bytes) -> None:
+    """Write a new key file, 0600 from its creation (never a moment wider), refusing to replace one:
+    whatever was made under the old key would no longer trace to it. Raises FileExistsError."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
 
 
 def airflow_connection(conn_id: str) -> Any | None:

@@ -31,12 +31,11 @@ import hmac
 import json
 import os
 import secrets
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import KeyEnvironmentError, KeyFileError
-from pipeline.secret_store import airflow_connection, airflow_variable
+from pipeline.secret_store import airflow_connection, airflow_variable, create_secret_file, exposed_mode
 
 KEY_BYTES = 32
 _KID_MESSAGE = b"pprl key id"
@@ -102,14 +101,11 @@ def new_key_file(path: Path, now: dt.datetime | None = None, random_bytes: bytes
         raise ValueError(f"a key is {KEY_BYTES} bytes")
     created = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0).isoformat()
     body = json.dumps({"kid": key_id(key), "key": base64.b64encode(key).decode(), "created": created}, indent=2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # O_EXCL: never replace a key (tokens made under it would become unlinkable); 0600 from creation.
+    # Never replace a key: tokens made under it would become unlinkable.
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        create_secret_file(path, (body + "\n").encode())
     except FileExistsError:
         raise KeyFileError(f"{path}: a key file already exists there; choose another path") from None
-    with os.fdopen(fd, "w") as fh:
-        fh.write(body + "\n")
     return LinkageKey(key=key, kid=key_id(key), source=str(path))
 
 
@@ -122,9 +118,9 @@ def read_key_file(path: Path) -> LinkageKey:
         raise KeyFileError(
             f"{path}: no key file there; give the right path, or make a key with `pipeline keys new --out FILE`"
         ) from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if mode := exposed_mode(st):
         raise KeyFileError(
-            f"{path}: the key file is readable or writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"{path}: the key file is readable or writable by group or others (mode {mode}); "
             f"run `chmod 600 {path}` and check who may have copied it"
         )
     return _parse(path.read_text(), str(path))

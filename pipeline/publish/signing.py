@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pipeline import io
 from pipeline.errors import PublishingKeyError, SignatureError
 from pipeline.publish.provenance import PER_RUN_FILES
-from pipeline.secret_store import airflow_connection, airflow_variable
+from pipeline.secret_store import airflow_connection, airflow_variable, create_secret_file, exposed_mode
 
 
 ALGORITHM = "Ed25519"
@@ -137,14 +136,11 @@ def new_publishing_key_file(path: Path, private_key: Ed25519PrivateKey | None = 
     if pub.exists():
         raise PublishingKeyError(f"{pub}: a public key file already exists there; choose another path")
     pem = key.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # O_EXCL: never replace a key (releases signed with it could no longer be traced to it); 0600 from creation.
+    # Never replace a key: releases signed with it could no longer be traced to it.
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        create_secret_file(path, pem)
     except FileExistsError:
         raise PublishingKeyError(f"{path}: a key file already exists there; choose another path") from None
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
     with io.atomic_path(pub) as tmp:
         tmp.write_bytes(public_key_pem(key.public_key))
     return key
@@ -167,9 +163,9 @@ def read_publishing_key_file(path: Path) -> PublishingKey:
         st = path.stat()
     except FileNotFoundError:
         raise PublishingKeyError(f"{path}: no publishing key file there; give the right path, or {_MAKE_ONE}") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if mode := exposed_mode(st):
         raise PublishingKeyError(
-            f"{path}: the publishing key file is readable or writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"{path}: the publishing key file is readable or writable by group or others (mode {mode}); "
             f"run `chmod 600 {path}` and check who may have copied it (a copy could sign releases)"
         )
     return _parse_private(path.read_bytes(), str(path))
