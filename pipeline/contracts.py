@@ -210,33 +210,6 @@ def all_contract_names(schemas_dir: Path = SCHEMAS_DIR) -> list[str]:
     return sorted(p.stem for p in schemas_dir.glob("*.yaml") if not p.stem.startswith("_"))
 
 
-def load_mapping(path: Path) -> tuple[str, dict[str, str]]:
-    """A provider's column mapping: `dataset` and `columns` (provider name -> contract name).
-
-    The file comes from a user, so it is read with `safe_load`, and anything that is not plain YAML
-    (a `!!python/...` tag asking to build an object, a syntax error, bytes that are not text) is
-    refused as a named violation rather than a traceback.
-    """
-    try:
-        spec = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        # The problem's line and column, never the text there (the file could hold anything).
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ContractError(
-            [Violation(str(path), None, "plain YAML",
-                       f"the mapping given with --mapping is not plain YAML{where} ({type(exc).__name__}): tags such as "
-                       "!!python/... are never accepted; write `dataset:` and a `columns:` dictionary of plain names")]
-        ) from None
-    except OSError as exc:
-        raise ContractError([Violation(str(path), None, "file present", f"cannot read the mapping given with --mapping ({exc.strerror})")]) from None
-    if not isinstance(spec, dict) or "dataset" not in spec or not isinstance(spec.get("columns"), dict):
-        raise ContractError(
-            [Violation(str(path), None, "mapping format", "a mapping needs `dataset:` and a `columns:` dictionary")],
-        )
-    return spec["dataset"], {str(k): str(v) for k, v in spec["columns"].items()}
-
-
 # ---------------------------------------------------------------------------------------------------
 # Checking a file against its contract
 
@@ -250,7 +223,7 @@ def _schema_violations(path: Path, contract: Contract, schema: pa.Schema, allow_
     present = {f.name: f.type for f in schema}
     for c in contract.columns:
         if c.name not in present:
-            out.append(Violation(str(path), c.name, "column present", "the column is missing; add it or map the provider's name in a mapping YAML"))
+            out.append(Violation(str(path), c.name, "column present", "the column is missing; add it, or read the file through a mapping (pipeline check --mapping, or a deliveries file)"))
         elif present[c.name] not in COMPATIBLE_ARROW_TYPES[c.type] and not pa.types.is_null(present[c.name]):
             found = present[c.name]
             hint = " (bytes, not text: re-export it as UTF-8 text)" if c.type == "string" and _is_bytes(found) else ""
@@ -398,7 +371,6 @@ def unreadable_columns(path: Path, columns: list[str]) -> list[Violation]:
 def scan_checked(
     path: Path,
     contract: Contract,
-    mapping: dict[str, str] | None = None,
     allow_extra: bool = False,
     read_all: bool = False,
 ) -> pl.LazyFrame:
@@ -420,44 +392,35 @@ def scan_checked(
         except ContractError as exc:
             violations += exc.violations
             continue
-        if mapping:
-            schema = pa.schema([fld.with_name(mapping.get(fld.name, fld.name)) for fld in schema])
         violations += _schema_violations(f, contract, schema, allow_extra)
     if violations:
         raise ContractError(violations)
     lf = pl.scan_parquet(files)
-    if mapping:
-        lf = lf.rename({k: v for k, v in mapping.items() if k in lf.collect_schema().names()})
     lf = lf.select([pl.col(c.name).cast(c.polars_type) for c in contract.columns])
     try:
         violations = check_frame(lf, contract, str(path), read_all=read_all)
     except (pl.exceptions.PolarsError, OSError, pa.ArrowException):
         # A page that cannot be decoded: say which file and column, not Polars' traceback.
-        names = [mapping_back(mapping, c) for c in contract.column_names]
-        raise ContractError([v for f in files for v in unreadable_columns(f, names)]) from None
+        raise ContractError([v for f in files for v in unreadable_columns(f, contract.column_names)]) from None
     if violations:
         raise ContractError(violations)
     return lf
 
 
-def mapping_back(mapping: dict[str, str] | None, column: str) -> str:
-    """The provider's name of a contract column under `mapping` (itself when not renamed)."""
-    for provider, ours in (mapping or {}).items():
-        if ours == column:
-            return provider
-    return column
+def check_file(path: Path, contract: Contract | str, mapping_file: Path | str | None = None) -> int:
+    """Check one file; return its row count or raise ContractError with every violation.
 
-
-def check_file(path: Path, contract: Contract | str, mapping_file: Path | None = None) -> int:
-    """Check one file; return its row count or raise ContractError with every violation."""
+    With `mapping_file` (a shipped mapping's name or a mapping's path) the file is read in the
+    provider's layout, its format taken from its name (pipeline.deliveries).
+    """
     if isinstance(contract, str):
         contract = load_contract(contract)
-    mapping = None
     if mapping_file is not None:
-        dataset, mapping = load_mapping(mapping_file)
-        if dataset != contract.name:
-            raise ContractError([Violation(str(mapping_file), None, "mapping dataset", f"the mapping is for {dataset!r}, not {contract.name!r}")])
-    lf = scan_checked(path, contract, mapping)
+        from pipeline.deliveries.delivery import delivery_for_file, scan_delivery
+
+        lf = scan_delivery(delivery_for_file(Path(path), str(mapping_file), contract.name), contract)
+    else:
+        lf = scan_checked(path, contract)
     return lf.select(pl.len()).collect().item()
 
 

@@ -2,6 +2,10 @@
 
 Every file is checked and every violation reported together, so a data engineer can fix a delivery
 in one go. The input manifest (file hashes and row counts) goes into the release manifest.
+
+A source listed in the run's deliveries file (RunConfig.deliveries_file) is read from the provider's
+own file through its mapping (pipeline.deliveries); `scan_input` is the one way every stage reads an
+input, so the rest of the pipeline sees the contracts' columns whichever way a source came in.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -20,20 +24,36 @@ from pipeline.errors import InputOutsideFolderError, Violation
 from pipeline.settings import SOURCES, RunConfig
 from pipeline.zones import inputs_file
 
+if TYPE_CHECKING:
+    from pipeline.deliveries.delivery import Delivery
+
 log = logging.getLogger(__name__)
 
 # Files every run needs in its raw folder, by contract name.
 REQUIRED_INPUTS: tuple[str, ...] = ("consent_register", "survey", *SOURCES, "postcode_imd")
 
 
+def deliveries(cfg: RunConfig) -> dict[str, Delivery]:
+    """The sources the run's deliveries file lists (none without one)."""
+    if not cfg.deliveries_file:
+        return {}
+    from pipeline.deliveries.delivery import load_deliveries
+
+    return load_deliveries(Path(cfg.deliveries_file), SOURCES)
+
+
 def input_path(cfg: RunConfig, dataset: str) -> Path:
-    """`<dataset>.parquet` in the raw folder or, for an extract delivered in parts, the folder
-    `<dataset>/` of Parquet files (read in name order, checked together against the contract).
+    """The provider's file when the deliveries file lists `dataset`; otherwise `<dataset>.parquet` in
+    the raw folder or, for an extract delivered in parts, the folder `<dataset>/` of Parquet files
+    (read in name order, checked together against the contract).
 
     Every input is found here, so this is where a symbolic link out of the input folder is refused
     (InputOutsideFolderError): the input folder is what the key holder was given to read, and a
     link would make the run read, hash and quarantine whatever file it points at, unseen.
     """
+    delivered = deliveries(cfg).get(dataset)
+    if delivered is not None:
+        return delivered.path  # load_deliveries refused one outside the deliveries file's folder
     folder = cfg.raw / dataset
     path = folder if folder.is_dir() and not (cfg.raw / f"{dataset}.parquet").exists() else cfg.raw / f"{dataset}.parquet"
     for found in [path, *(parquet_files(path) if path.is_dir() else [])]:
@@ -64,8 +84,15 @@ def input_files(cfg: RunConfig, dataset: str) -> list[Path]:
     return parquet_files(input_path(cfg, dataset))
 
 
-def scan_input(cfg: RunConfig, dataset: str) -> pl.LazyFrame:
-    return scan_checked(input_path(cfg, dataset), load_contract(dataset))
+def scan_input(cfg: RunConfig, dataset: str, read_all: bool = False) -> pl.LazyFrame:
+    """An input, checked against its contract, lazily in the contract's layout (through its mapping
+    when it is a delivery in a provider's layout)."""
+    delivered = deliveries(cfg).get(dataset)
+    if delivered is not None:
+        from pipeline.deliveries.delivery import scan_delivery
+
+        return scan_delivery(delivered, load_contract(dataset), read_all=read_all)
+    return scan_checked(input_path(cfg, dataset), load_contract(dataset), read_all=read_all)
 
 
 def input_hash(path: Path) -> str:
@@ -80,9 +107,10 @@ def check_inputs(cfg: RunConfig) -> Path:
     """Check every input against its contract; write `inputs.json` (hash and rows per file)."""
     violations: list[Violation] = []
     files: dict[str, Any] = {}
+    delivered = deliveries(cfg)
     for dataset in REQUIRED_INPUTS:
         path = input_path(cfg, dataset)
-        if (cfg.raw / dataset).is_dir() and (cfg.raw / f"{dataset}.parquet").exists():
+        if dataset not in delivered and (cfg.raw / dataset).is_dir() and (cfg.raw / f"{dataset}.parquet").exists():
             # Two deliveries of one extract: reading either would silently drop the other.
             violations.append(
                 Violation(str(cfg.raw / dataset), None, "one delivery per dataset",
@@ -92,7 +120,7 @@ def check_inputs(cfg: RunConfig) -> Path:
             continue
         try:
             # Every value decoded once here, so a damaged or wrongly encoded file stops the run now.
-            rows = scan_checked(path, load_contract(dataset), read_all=True).select(pl.len()).collect().item()
+            rows = scan_input(cfg, dataset, read_all=True).select(pl.len()).collect().item()
         except ContractError as exc:
             violations += exc.violations
             continue
@@ -102,7 +130,10 @@ def check_inputs(cfg: RunConfig) -> Path:
                           "check it with the provider and deliver it again")
             )
             continue
-        files[dataset] = {"file": path.name, "sha256": input_hash(path), "rows": int(rows)}
+        if dataset in delivered:
+            files[dataset] = {**delivered[dataset].record(), "rows": int(rows)}
+        else:
+            files[dataset] = {"file": path.name, "sha256": input_hash(path), "rows": int(rows)}
         log.info("checked %s: %d rows", dataset, rows)
     try:
         costs = scan_unit_costs(Path(cfg.unit_costs)).collect()
