@@ -35,7 +35,7 @@ CLI_FLAGS: dict[str, str] = {
     "extract_date": "--extract-date", "unit_costs": "--unit-costs", "run_date": "--run-date",
     "publishing_key_file": "--publishing-key", "small_groups": "--small-groups",
     "retain_working_files": "--retain-working-files", "retention_reason": "--retain-working-files",
-    "link_threshold": "--link-threshold",
+    "link_threshold": "--link-threshold", "deliveries_file": "--deliveries",
 }  # fmt: skip
 
 
@@ -55,7 +55,7 @@ REPO_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_UNIT_COSTS = REPO_DIR / "reference" / "unit_costs.csv"
 # The settings that name a path on the worker. Anyone who may trigger a DAG sets them, so where a
 # deployment lists its data roots they must resolve inside one of them (`confine_to_data_roots`).
-PATH_SETTINGS: tuple[str, ...] = ("raw_dir", "work_dir", "unit_costs", "key_file", "publishing_key_file")
+PATH_SETTINGS: tuple[str, ...] = ("raw_dir", "work_dir", "unit_costs", "key_file", "publishing_key_file", "deliveries_file")
 # Colon-separated folders a run's paths may resolve into; unset or empty allows any path (one
 # analyst's own machine). docker-compose.yml sets it to /data:/run/secrets.
 DATA_ROOTS_VARIABLE = "PPRL_DATA_ROOTS"
@@ -149,6 +149,11 @@ class RunConfig:
     # from run to run, so it is kept out of the content manifest (pipeline.publish.release).
     run_date: str | None = None
     unit_costs: str = str(DEFAULT_UNIT_COSTS)
+    # A deliveries file (pipeline.deliveries): sources delivered in a provider's own layout (CSV,
+    # pipe-delimited, gzip, Parquet) with the mapping that reads each. None: every input is
+    # `<dataset>.parquet` in the contracts' layout in raw_dir. The deliveries themselves (file hashes,
+    # mapping name and version) are recorded in the input manifest.
+    deliveries_file: str | None = None
     replace_release: bool = False
     # Path of a 0600 key file. Only the pseudonymise tasks read it; production sets PPRL_KEY_FILE or
     # the Airflow connection `pprl_key` instead (see pipeline.crypto.keys.load_key).

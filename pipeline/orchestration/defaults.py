@@ -121,6 +121,13 @@ def run_params(*, filled_by_upstream: bool) -> dict[str, Param]:
             description="CSV of unit costs to use instead of the bundled, cited reference/unit_costs.csv.",
             section="Release",
         ),
+        "deliveries_file": Param(
+            None, type=["null", "string"], title="Deliveries file",
+            description="YAML listing sources delivered in a provider's own layout (CSV, pipe-delimited, gzip, "
+            "Parquet) with the mapping that reads each (docs/data-engineers.md). Leave empty when every input "
+            "is <dataset>.parquet in the raw folder.",
+            section="Inputs",
+        ),
         "replace_release": Param(
             _default(RunConfig, "replace_release"), type="boolean", title="Replace an existing release",
             description="Publish over an existing release with this label. Off: the run stops before "

@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 VALIDATED_ZONES: tuple[str, ...] = ("raw", "pseudonymised", "linked", "release")
 # Settings that are paths on one machine, secrets' locations, or the day of the run: none of them
 # describes the release's content, so the content manifest leaves them out.
-PER_RUN_SETTINGS: frozenset[str] = frozenset({"raw_dir", "work_dir", "key_file", "publishing_key_file", "unit_costs", "run_date"})
+PER_RUN_SETTINGS: frozenset[str] = frozenset({"raw_dir", "work_dir", "key_file", "publishing_key_file", "unit_costs", "run_date", "deliveries_file"})
 # The person-level table whose quasi-identifiers the small-group policy works on; people it drops
 # leave every release table.
 PERSON_TABLE = "cohort"
