@@ -19,14 +19,22 @@ def _synth(args: argparse.Namespace) -> int:
     from pipeline.synth import generate
 
     out = generate(Path(args.out), persons=args.persons, seed=args.seed, profile=args.profile, mdt_effect=args.mdt_effect)
-    print(f"synthetic extracts in {out / 'raw'}; ground truth (never read by the pipeline) in {out / 'truth'}")
+    if args.layout == "nhs":
+        from pipeline.synth.native import write_native_layout
+
+        deliveries = write_native_layout(out)
+        print(f"synthetic extracts in {out / 'raw'}, the five sources in providers' layouts listed in {deliveries}; "
+              f"run them with --raw {out / 'raw'} --deliveries {deliveries}")
+    else:
+        print(f"synthetic extracts in {out / 'raw'}")
+    print(f"ground truth (never read by the pipeline) in {out / 'truth'}")
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
     from pipeline.contracts import check_file
 
-    rows = check_file(Path(args.file), args.dataset, Path(args.mapping) if args.mapping else None)
+    rows = check_file(Path(args.file), args.dataset, args.mapping)
     print(f"{args.file}: follows the {args.dataset} contract ({rows} rows)")
     return 0
 
@@ -39,9 +47,9 @@ def _run(args: argparse.Namespace) -> int:
     conf = {"raw_dir": args.raw, "work_dir": args.work, "release_label": args.release, "key_file": args.key}
     if args.publishing_key:
         conf["publishing_key_file"] = args.publishing_key
-    for name in ("study_start", "study_end", "extract_date", "unit_costs", "small_groups", "run_date"):
+    for name in ("study_start", "study_end", "extract_date", "unit_costs", "small_groups", "run_date", "deliveries"):
         if getattr(args, name):
-            conf[name] = getattr(args, name)
+            conf["deliveries_file" if name == "deliveries" else name] = getattr(args, name)
     if args.link_threshold is not None:
         conf["linkage"] = {"threshold": args.link_threshold}
     if args.replace:
@@ -124,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--profile", choices=["clean", "realistic", "hard"], default="realistic")
     s.add_argument("--mdt-effect", type=float, default=0.8, help="rate ratio of emergency admissions after MDT enrolment")
+    s.add_argument(
+        "--layout", choices=["canonical", "nhs"], default="canonical",
+        help="canonical: every extract as <dataset>.parquet in the contracts' layout; nhs: the same people, the five "
+        "sources also written in providers' layouts (HES APC and OP, ECDS, a GP extract, ASC CLD) as CSV or "
+        "pipe-delimited text, with deliveries.yaml naming the shipped mapping of each",
+    )
     s.set_defaults(func=_synth)
 
     add_keys_parser(sub)
@@ -131,7 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="check one file against its data contract")
     c.add_argument("dataset", help="contract name, e.g. hospital_apc")
     c.add_argument("file")
-    c.add_argument("--mapping", help="YAML mapping the provider's column names to the contract's")
+    c.add_argument(
+        "--mapping",
+        help="a shipped mapping's name (schemas/mappings/, e.g. hes_apc) or a mapping YAML, to read the file in its "
+        "provider's layout; the format (.parquet, .csv, .txt pipe-delimited, .gz) is taken from the file's name",
+    )
     c.set_defaults(func=_check)
 
     r = sub.add_parser("run", help="run the three DAGs on the embedded default (dag.test on SQLite)")
@@ -149,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
         "withdrawn, later ones as register errors; either way the person is not linked",
     )
     r.add_argument("--unit-costs", help="CSV following schemas/unit_costs.yaml (default: reference/unit_costs.csv)")
+    r.add_argument(
+        "--deliveries", metavar="FILE",
+        help="deliveries YAML: sources delivered in a provider's layout (CSV, pipe-delimited, gzip, Parquet) with the "
+        "mapping of each (docs/data-engineers.md); the other inputs stay <dataset>.parquet in --raw",
+    )
     r.add_argument("--replace", action="store_true", help="replace an existing release of the same label")
     r.add_argument(
         "--small-groups", choices=["suppress", "coarsen", "block"],
