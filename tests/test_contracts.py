@@ -76,7 +76,7 @@ def test_missing_and_extra_columns_and_wrong_types_are_named(tmp_path):
 
 def test_a_provider_mapping_renames_columns_without_code(tmp_path):
     mapping = tmp_path / "map.yaml"
-    mapping.write_text("dataset: hospital_apc\ncolumns:\n  EPIKEY: record_id\n  ADMIMETH: admission_method\n")
+    mapping.write_text("mapping: m\nversion: 1\ndataset: hospital_apc\ncolumns:\n  record_id: EPIKEY\n  admission_method: ADMIMETH\n")
     df = apc_frame().rename({"record_id": "EPIKEY", "admission_method": "ADMIMETH"})
     path = tmp_path / "apc.parquet"
     df.write_parquet(path)

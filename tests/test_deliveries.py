@@ -115,6 +115,21 @@ def test_a_source_with_fewer_identifiers_links_on_what_it_has_and_says_so(tmp_pa
     }  # fmt: skip
 
 
+def test_the_audit_page_names_a_source_delivered_with_fewer_identifiers() -> None:
+    from pipeline.publish.report import render_audit_page
+
+    carried = dict.fromkeys(("nhs_number", "given_name", "family_name", "date_of_birth", "sex", "postcode"), "carried")
+    inputs = {
+        "hospital_ae": {"file": "ecds.txt", "format": "pipe", "rows": 40, "mapping": {"name": "ecds", "version": "1"}, "identifiers": carried},
+        "social_care": {"file": "cld.csv", "format": "csv", "rows": 40, "mapping": {"name": "asc_cld_lite", "version": "2"},
+                        "identifiers": {**carried, "given_name": "absent", "date_of_birth": "year and month only"}},
+    }  # fmt: skip
+    page = render_audit_page({"inputs": inputs, "linkage": {"sources": {}}}, "0" * 64, "/releases/x")
+    assert "mapping asc_cld_lite v2): given name (absent), date of birth (year and month only)" in page
+    assert "cld.csv (csv, mapping asc_cld_lite v2)" in page
+    assert "mapping ecds v1):" not in page  # a source carrying every identifier is not in the note
+
+
 def test_a_deliveries_file_is_refused_by_entry(tmp_path) -> None:
     outside = tmp_path / "outside.csv"
     outside.write_text(HES_APC_CSV)

@@ -28,7 +28,8 @@ from conftest import RELIABILITY_LABEL, Reference, file_hashes
 
 from pipeline import io
 from pipeline.cli import main
-from pipeline.contracts import check_file, load_mapping
+from pipeline.contracts import check_file
+from pipeline.deliveries.mapping import load_mapping
 from pipeline.errors import ContractError, PipelineError, PreflightError, ReleaseExistsError, ValidationFailed
 from pipeline.preflight import preflight
 from pipeline.publish.audit import audit_release
@@ -252,7 +253,9 @@ def test_the_command_line_refuses_a_label_with_a_trailing_newline(tmp_path, caps
     assert not (tmp_path / "w").exists()
 
 
-PYTHON_TAG_MAPPING = """dataset: hospital_apc
+PYTHON_TAG_MAPPING = """mapping: m
+version: 1
+dataset: hospital_apc
 columns: !!python/object/apply:os.system ["echo pwned"]
 """
 

@@ -91,12 +91,6 @@ class Mapping:
     rows: dict[str, tuple[str, ...]] = field(default_factory=dict)
     sha256: str = ""
 
-    def source_columns(self, contract: Contract) -> list[str]:
-        """The provider's columns this mapping reads for `contract` (a mapped column the contract does
-        not declare, such as provider_code before a contract has it, is not read)."""
-        wanted = [m.source for c, m in self.columns.items() if m.source and c in contract.column_names]
-        return list(dict.fromkeys([*wanted, *self.rows]))
-
     def identifiers(self, identifier_columns: tuple[str, ...]) -> dict[str, str]:
         """What the source carries of each identifier: 'carried', 'absent', or 'year and month only'."""
         out = {}
@@ -195,6 +189,22 @@ def _clean_nhs(col: pl.Expr) -> pl.Expr:
     return col.str.replace_all(NHS_NUMBER_SEPARATORS, "")
 
 
+BOOLEAN_TEXT = {"true": True, "false": False}
+
+
+def effective_columns(mapping: Mapping, contract: Contract) -> list[ColumnMap]:
+    """How each contract column is read: the mapping's entry, or the column of the same name. Every
+    value is read as text, so a date with no `date:` is taken as yyyy-mm-dd, as Parquet and Polars
+    write dates."""
+    out = []
+    for c in contract.columns:
+        m = mapping.columns.get(c.name) or ColumnMap(column=c.name, source=c.name)
+        if c.type == "date" and m.date is None and m.codes is None and not m.absent:
+            m = ColumnMap(column=m.column, source=m.source, date="yyyy-mm-dd")
+        out.append(m)
+    return out
+
+
 def _canonical_expr(m: ColumnMap, mapping: Mapping, contract: Contract) -> pl.Expr:
     target = contract.column(m.column)
     if m.absent or m.month_only:
@@ -209,6 +219,10 @@ def _canonical_expr(m: ColumnMap, mapping: Mapping, contract: Contract) -> pl.Ex
         col = _clean_nhs(col)
     elif m.prefix is not None:
         col = pl.lit(m.prefix) + col.str.strip_chars().str.zfill(_prefixed_width(target.pattern, m.prefix))
+    elif target.type == "bool":
+        col = col.str.strip_chars().str.to_lowercase().replace_strict(list(BOOLEAN_TEXT), list(BOOLEAN_TEXT.values()), default=None, return_dtype=pl.Boolean)
+    elif target.type != "string":
+        col = col.str.strip_chars().cast(target.polars_type, strict=False)
     return col.cast(target.polars_type).alias(m.column)
 
 
@@ -225,15 +239,12 @@ def to_canonical(lf: pl.LazyFrame, mapping: Mapping, contract: Contract) -> pl.L
     its own name (a provider that already uses the contract's name needs no entry)."""
     for column, keep in mapping.rows.items():
         lf = lf.filter(pl.col(column).is_in(list(keep)))
-    exprs = []
-    for c in contract.columns:
-        m = mapping.columns.get(c.name)
-        exprs.append(pl.col(c.name).cast(c.polars_type) if m is None else _canonical_expr(m, mapping, contract))
-    return lf.select(exprs)
+    return lf.select([_canonical_expr(m, mapping, contract) for m in effective_columns(mapping, contract)])
 
 
-def _rule_counts(m: ColumnMap, mapping: Mapping) -> list[tuple[str, str, pl.Expr]]:
-    """(provider column, rule, rows breaking it) for the mapping's own rules on one column."""
+def _rule_counts(m: ColumnMap, mapping: Mapping, contract: Contract) -> list[tuple[str, str, pl.Expr]]:
+    """(provider column, rule, rows breaking it) for the mapping's own rules on one column, and for
+    text that must become a number or true/false."""
     if m.absent or m.source is None:
         return []
     col = pl.col(m.source)
@@ -251,6 +262,11 @@ def _rule_counts(m: ColumnMap, mapping: Mapping) -> list[tuple[str, str, pl.Expr
         return [(m.source, "NHS number: 10 digits once spaces and hyphens are removed", (present & ~_clean_nhs(col).str.contains(NHS_NUMBER_DIGITS)).sum())]
     if m.prefix is not None:
         return [(m.source, "record number: digits", (present & ~col.str.strip_chars().str.contains(r"^[0-9]+$")).sum())]
+    target = contract.column(m.column)
+    if target.type == "bool":
+        return [(m.source, "true or false", (present & ~col.str.strip_chars().str.to_lowercase().is_in(list(BOOLEAN_TEXT))).sum())]
+    if target.type != "string":
+        return [(m.source, f"number ({target.type})", (present & col.str.strip_chars().cast(target.polars_type, strict=False).is_null()).sum())]
     return []
 
 
@@ -259,6 +275,8 @@ _RULE_ADVICE: dict[str, str] = {
     "date": "hold text that is not a date in this format; correct the extract or name its format in the mapping's `date:`",
     "NHS number": "hold an NHS number that is not 10 digits once spaces and hyphens are removed; correct the extract (leave it empty when unknown)",
     "record number": "hold a record number that is not digits; correct the extract or drop `prefix:` from the mapping",
+    "true or false": "hold text that is not true or false; give the column a code list in the mapping (`codes:`)",
+    "number": "hold text that is not a number of this type; correct the extract",
 }
 
 
@@ -267,7 +285,7 @@ def problems(lf: pl.LazyFrame, mapping: Mapping, contract: Contract, file: str) 
     rows (after `rows:`). Names the file, the provider's column and the rule; never a value."""
     for column, keep in mapping.rows.items():
         lf = lf.filter(pl.col(column).is_in(list(keep)))
-    rules = [r for c, m in mapping.columns.items() if c in contract.column_names for r in _rule_counts(m, mapping)]
+    rules = [r for m in effective_columns(mapping, contract) for r in _rule_counts(m, mapping, contract)]
     if not rules:
         return []
     counts = lf.select([expr.alias(f"r{i}") for i, (_, _, expr) in enumerate(rules)]).collect().row(0)

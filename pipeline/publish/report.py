@@ -340,7 +340,30 @@ def _linkage(p: _Page) -> None:
           "<p>Records linked to a participant, by the rule (rank) that linked them; all comparisons are made on tokens, never on names or numbers. "
           "A conflict is a record that matched two participants equally well: it is left unlinked, never resolved silently.</p>"
           + _table(["Extract"] + [f"Rank {r}" for r in ranks] + ["Not linked", "Conflicts", "Participants found"], rows, "figures")
-          + f"<ul class=\"legend\">{legend}</ul>" + _linkage_quality(p) + "</section>")
+          + f"<ul class=\"legend\">{legend}</ul>" + _fewer_identifiers(p) + _linkage_quality(p) + "</section>")
+
+
+# How the input manifest says a delivered source held an identifier (pipeline.deliveries), in words.
+IDENTIFIER_WORDS = {"nhs_number": "NHS number", "given_name": "given name", "family_name": "family name",
+                    "date_of_birth": "date of birth", "sex": "sex", "postcode": "postcode"}  # fmt: skip
+
+
+def _fewer_identifiers(p: _Page) -> str:
+    """A note naming each source delivered without some identifiers (its mapping says so): it links on
+    the others, so its records are likelier to stay unlinked or to link at a lower rank."""
+    notes = []
+    for name in _in_order(p.m.get("inputs", {})):
+        delivered = p.m["inputs"][name]
+        carried = delivered.get("identifiers") or {}
+        lacking = [f"{IDENTIFIER_WORDS.get(i, i)} ({how})" for i, how in carried.items() if how != "carried"]
+        if lacking:
+            mapping = delivered.get("mapping", {})
+            notes.append(f"<li>{_named(name, SOURCE_LABELS)} (mapping {e(str(mapping.get('name', '')))} v{e(str(mapping.get('version', '')))}): "
+                         f"{e(', '.join(lacking))}</li>")
+    if not notes:
+        return ""
+    return ("<p>These sources were delivered without some identifiers and linked on the ones they carry; a date of birth "
+            "given to the month only is not used (tokens need the whole date):</p>" f"<ul>{''.join(notes)}</ul>")
 
 
 BREAKDOWN_LABELS = {"age_band": "Age band", "sex": "Sex", "imd_quintile": "IMD quintile (1 = most deprived)", "site": "Site"}
@@ -535,7 +558,8 @@ def _disclosure(p: _Page) -> None:
 
 def _files(p: _Page) -> None:
     inputs = [
-        f"<tr><th scope=\"row\">{_named(name, SOURCE_LABELS)}</th><td class=\"mono\">{e(str(v.get('file', '')))}</td>{p.num(['inputs', name, 'rows'])}"
+        f"<tr><th scope=\"row\">{_named(name, SOURCE_LABELS)}</th><td class=\"mono\">{e(str(v.get('file', '')))}{_delivered_as(v)}</td>"
+        f"{p.num(['inputs', name, 'rows'])}"
         f"<td class=\"mono hash\">{e(str(v.get('sha256', '')))}</td></tr>"
         for name, v in ((n, p.m["inputs"][n]) for n in _in_order(p.m.get("inputs", {})))
     ]
@@ -550,6 +574,12 @@ def _files(p: _Page) -> None:
           "providers' delivery notes; <code>pipeline audit</code> recomputes the release's.</p>"
           "<h3>Input files</h3>" + _table(["Dataset", "File", "Rows", "SHA-256"], inputs, "figures")
           + "<h3>Release files</h3>" + _table(["File", "Rows", "SHA-256"], released, "figures") + "</section>")
+
+
+def _delivered_as(v: dict[str, Any]) -> str:
+    """" (csv, mapping hes_apc v1)" for a source delivered in its provider's layout, else nothing."""
+    mapping = v.get("mapping")
+    return f" ({e(str(v.get('format', '')))}, mapping {e(str(mapping.get('name', '')))} v{e(str(mapping.get('version', '')))})" if mapping else ""
 
 
 def _checklist(p: _Page) -> None:
