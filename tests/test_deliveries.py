@@ -77,6 +77,36 @@ def test_a_missing_column_and_a_contract_rule_are_named_in_the_providers_terms(t
     assert "2Z" not in str(refused.value)
 
 
+CLD_CSV = """Event_Type,Event_Reference,NHS_Number,First_Name,Last_Name,Date_of_Birth,Gender,Client_Postcode,Service_Type,Event_Start_Date,Event_End_Date,Planned_units_per_week,LA_Code
+Service,11,999 000 0018,Ann,Smith,1950-02-01,2,QA1 1AA,Long Term Support: Community,2022-01-01,,about ten,E08000035
+Assessment,12,999 000 0018,Ann,Smith,1950-02-01,2,QA1 1AA,,2021-12-01,2021-12-02,,E08000035
+Service,13,999 000 0026,Bob,Jones,1949-12-11,1,QA1 1AB,Long Term Support: Nursing Care,2022-02-01,2022-03-01,,E08000035
+"""
+
+
+def test_cld_keeps_services_only_and_names_text_that_is_not_a_number(tmp_path) -> None:
+    (tmp_path / "cld.csv").write_text(CLD_CSV.replace("about ten", "10.5"))
+    deliveries = tmp_path / "deliveries.yaml"
+    deliveries.write_text("deliveries:\n  social_care: {path: cld.csv, mapping: asc_cld}\n")
+    (delivery,) = load_deliveries(deliveries, SOURCES).values()
+    df = scan_delivery(delivery, load_contract("social_care")).collect()
+    assert df.get_column("record_id").to_list() == ["SC000000011", "SC000000013"]
+    assert df.get_column("service_type").to_list() == ["home_care", "nursing"]
+    assert df.get_column("hours_per_week").to_list() == [10.5, None]
+    (tmp_path / "cld.csv").write_text(CLD_CSV)
+    with pytest.raises(ContractError) as refused:
+        scan_delivery(delivery, load_contract("social_care")).collect()
+    assert [(v.column, v.rule) for v in refused.value.violations] == [("Planned_units_per_week", "number (float64)")]
+    assert "about ten" not in str(refused.value)
+    # A row with more fields than the header (found when every value is read, as check_inputs does):
+    # the file is named, its text never quoted.
+    (tmp_path / "cld.csv").write_text(CLD_CSV + "Service,14,999 000 0034,Cat,Brown,1950-01-01,2,QA1 1AC,x,y,z,1,2,3,4\n")
+    with pytest.raises(ContractError) as refused:
+        scan_delivery(delivery, load_contract("social_care"), read_all=True)
+    assert [v.rule for v in refused.value.violations] == ["readable csv"]
+    assert "Brown" not in str(refused.value)
+
+
 def test_gzipped_pipe_text_and_parquet_read_the_same(tmp_path) -> None:
     want = _scan(_deliver(tmp_path, HES_APC_CSV))
     piped = tmp_path / "piped"

@@ -170,6 +170,11 @@ def scan_delivery(delivery: Delivery, contract: Contract, read_all: bool = False
         )
     native = scan_native(path, delivery.format)
     try:
+        if read_all:
+            # Every field of every row, the provider's extra columns too: a row with more fields than
+            # the header is only found when the whole width is parsed (Polars reads only the columns
+            # a query needs).
+            native.select(pl.all().null_count()).collect()
         violations = problems(native, mapping, contract, str(path))
         canonical = to_canonical(native, mapping, contract)
         if not violations:
