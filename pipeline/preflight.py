@@ -61,16 +61,25 @@ def _label_problems(cfg: RunConfig) -> list[Violation]:
 
 def _input_problems(cfg: RunConfig) -> list[Violation]:
     from pipeline.contracts import missing_file_detail
-    from pipeline.pseudonymise.inputs import REQUIRED_INPUTS, input_path
+    from pipeline.errors import ContractError
+    from pipeline.pseudonymise.inputs import REQUIRED_INPUTS, deliveries, input_path
 
     raw = cfg.raw
     if not raw.is_dir():
         what = "is not a folder" if raw.exists() else "does not exist"
         return [Violation(str(raw), None, "input folder present", f"the input folder {what}; check {setting('raw_dir')}")]
+    try:
+        delivered = deliveries(cfg)
+    except ContractError as exc:
+        return exc.violations  # the deliveries file itself (pipeline.deliveries.load_deliveries)
     out = []
     for dataset in REQUIRED_INPUTS:
         path = input_path(cfg, dataset)
-        if path.is_dir():
+        if dataset in delivered:
+            if not path.is_file():
+                out.append(Violation(str(path), None, "file present",
+                                     f"no file there, and the deliveries file ({setting('deliveries_file')}) lists it; correct its `path:` or copy the file in"))
+        elif path.is_dir():
             if not any(path.glob("*.parquet")):
                 out.append(
                     Violation(str(path), None, "file present", f"the folder of parts holds no *.parquet file; check the input folder ({setting('raw_dir')})")

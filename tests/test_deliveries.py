@@ -177,6 +177,24 @@ def test_a_deliveries_file_is_refused_by_entry(tmp_path) -> None:
     assert [v.rule for v in refused.value.violations] == ["inside the deliveries folder", "known source", "known format", "mapping dataset"]
 
 
+def test_preflight_names_a_missing_delivery_and_a_broken_deliveries_file(tmp_path) -> None:
+    from pipeline.errors import PreflightError
+    from pipeline.preflight import preflight
+    from pipeline.settings import RunConfig
+
+    deliveries = _deliver(tmp_path, HES_APC_CSV)
+    (tmp_path / "hes_apc.csv").unlink()
+    conf = {"raw_dir": str(tmp_path), "work_dir": str(tmp_path / "work"), "release_label": "r1", "deliveries_file": str(deliveries)}
+    with pytest.raises(PreflightError) as refused:
+        preflight(RunConfig.from_conf(conf))
+    missing = [v for v in refused.value.violations if v.file == str(tmp_path / "hes_apc.csv")]
+    assert [v.rule for v in missing] == ["file present"] and "--deliveries" in missing[0].detail
+    deliveries.write_text("deliveries:\n  hospital_apc: {path: hes_apc.csv, format: xlsx, mapping: hes_apc}\n")
+    with pytest.raises(PreflightError) as refused:
+        preflight(RunConfig.from_conf(conf))
+    assert "known format" in [v.rule for v in refused.value.violations]
+
+
 def test_unquoted_codes_and_python_tags_in_a_mapping_are_refused(tmp_path) -> None:
     path = tmp_path / "m.yaml"
     path.write_text("mapping: m\nversion: 1\ndataset: hospital_ae\ncolumns: {department_type: {from: T, codes: t}}\ncodes: {t: {01: '01'}}\n")
