@@ -67,6 +67,10 @@ def test_bad_code_date_and_nhs_number_are_named_by_file_column_and_rule_never_by
 
 
 def test_a_missing_column_and_a_contract_rule_are_named_in_the_providers_terms(tmp_path) -> None:
+    (tmp_path / "typo.yaml").write_text((MAPPINGS_DIR / "hes_apc.yaml").read_text().replace("discharge_date:", "discharge_dat:"))
+    with pytest.raises(ContractError) as refused:
+        _scan(_deliver(tmp_path, HES_APC_CSV, mapping="typo.yaml"))
+    assert [(v.column, v.rule) for v in refused.value.violations] == [("discharge_dat", "contract column")]
     with pytest.raises(ContractError) as refused:
         _scan(_deliver(tmp_path, HES_APC_CSV.replace("ADMIMETH", "ADMISSION_METHOD")))
     assert [(v.column, v.rule) for v in refused.value.violations] == [("ADMIMETH", "column present")]

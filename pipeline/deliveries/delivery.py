@@ -32,7 +32,7 @@ import yaml
 
 from pipeline import io
 from pipeline.contracts import Contract, check_frame, missing_file_detail, read_parquet_schema
-from pipeline.deliveries.mapping import Mapping, effective_columns, load_mapping, mapping_path, problems, to_canonical
+from pipeline.deliveries.mapping import Mapping, effective_columns, load_mapping, mapping_path, problems, to_canonical, unknown_columns
 from pipeline.errors import ContractError, Violation
 
 # Format name: (separator of a text format or None for Parquet, gzipped).
@@ -159,8 +159,11 @@ def scan_delivery(delivery: Delivery, contract: Contract, read_all: bool = False
     path = delivery.path
     if not path.is_file():
         raise ContractError([Violation(str(path), None, "file present", missing_file_detail(path) + f" (listed in {delivery.listed_in})")])
-    present = set(_native_columns(delivery))
     mapping = delivery.mapping
+    unknown = unknown_columns(mapping, contract, str(path))
+    if unknown:
+        raise ContractError(unknown)
+    present = set(_native_columns(delivery))
     needed = [m.source for m in effective_columns(mapping, contract) if m.source] + list(mapping.rows)
     missing = [c for c in dict.fromkeys(needed) if c not in present]
     if missing:
