@@ -225,15 +225,15 @@ def test_every_shipped_mapping_cites_its_dictionary_and_covers_its_contract(mapp
 
 
 def test_nhs_layout_run_publishes_the_canonical_release(reference, tmp_path) -> None:
-    """The reference run's people (300, seed 29) written in providers' layouts by `synth --layout nhs`
-    and run through the shipped mappings: every data file of the release is byte-identical to the
+    """The reference run's people (300, seed 29) written in providers' layouts as `synth --layout nhs`
+    writes them, and run through the shipped mappings: every data file of the release is byte-identical to the
     canonical run's, and its manifest differs only where it records what was delivered."""
     import stage_runner
 
-    from pipeline.synth import generate
     from pipeline.synth.native import write_native_layout
 
-    generate(tmp_path / "input", persons=300, seed=29, profile="realistic")
+    # The reference run's own inputs, so both runs read the very same people.
+    shutil.copytree(reference.raw, tmp_path / "input" / "raw")
     deliveries = write_native_layout(tmp_path / "input")
     assert not (tmp_path / "input" / "raw" / "hospital_apc.parquet").exists()
     conf = reference.conf(tmp_path / "work", raw=tmp_path / "input" / "raw", deliveries_file=str(deliveries))
@@ -253,3 +253,23 @@ def test_nhs_layout_run_publishes_the_canonical_release(reference, tmp_path) -> 
     for dataset in ("consent_register", "survey", "postcode_imd", "unit_costs"):
         assert got_inputs[dataset] == want_inputs[dataset]
     shutil.rmtree(tmp_path / "work")
+
+
+def test_synth_layout_nhs_writes_native_files_that_check_against_their_mappings(tmp_path, capsys) -> None:
+    import yaml
+
+    from pipeline.cli import main
+
+    assert main(["synth", "--out", str(tmp_path), "--persons", "100", "--seed", "5", "--layout", "nhs"]) == 0
+    assert "--deliveries" in capsys.readouterr().out
+    listed = yaml.safe_load((tmp_path / "deliveries.yaml").read_text())["deliveries"]
+    assert sorted(listed) == sorted(SOURCES)
+    for source, entry in listed.items():
+        assert not (tmp_path / "raw" / f"{source}.parquet").exists()
+        assert entry["format"] != "parquet"
+        assert main(["check", source, str(tmp_path / entry["path"]), "--mapping", entry["mapping"]]) == 0
+    apc = pl.read_csv(tmp_path / "raw" / "hes_apc.csv", infer_schema=False)
+    assert apc.columns[:2] == ["EPIKEY", "NEWNHSNO"]
+    assert apc.get_column("NEWNHSNO").drop_nulls().str.contains(r"^999 [0-9]{3} [0-9]{4}$").all()  # 3-3-4, with spaces
+    assert apc.get_column("SEX").is_in(["1", "2", "9", "0"]).all()
+    assert (tmp_path / "raw" / "hes_op.csv.gz").read_bytes()[:2] == b"\x1f\x8b"  # gzip
