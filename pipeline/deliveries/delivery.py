@@ -18,6 +18,9 @@ Parquet columns are read as text too, so one mapping serves a provider whichever
 mapping reads), the mapping's rules (pipeline.deliveries.mapping.problems) and the contract's value
 rules, all reported together by file, column and rule, and returns the rows lazily in the contract's
 layout. Nothing is written on the way, so no identifiable copy of a delivery exists but the delivery.
+
+Scale: CSV and pipe-delimited text stream; a gzipped file is decompressed in memory by Polars as it is
+read, so an extract of tens of millions of rows is better delivered uncompressed or as Parquet.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ Modules, in the order the generator uses them:
 - faults.py       the identifiers each record carries, with faults injected
 - extracts.py     consent register, postcode lookup, and extracts with duplicates and record ids
 - writer.py       deterministic Parquet writing
+- native.py       the five sources again in providers' layouts (`--layout nhs`), through the shipped mappings
 - generator.py    generate(): all of the above, chunk by chunk
 """
 
