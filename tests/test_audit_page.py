@@ -222,7 +222,8 @@ def test_the_page_opens_with_a_verdict_and_what_needs_judgement() -> None:
     warning = {"column": "eq_vas", "expectation": "expect_column_values_to_not_be_null", "severity": "warning",
                "rule": "most baseline questionnaires answer the VAS", "unexpected_count": 40, "checked_count": 400, "mostly": 0.95}  # fmt: skip
     flagged = {"source": "hospital_op", "provider": "ZZ101", "month": "2024-05", "records": 30, "linked": 0}
-    months = {"months": ["2024-04", "2024-05", "2024-06"], "records": [40, 30, 40], "linked": [24, 0, 20]}
+    months = {"months": ["2024-04", "2024-05", "2024-06"], "records": [40, 30, 40], "linked": [24, 0, 20],
+              "unflagged": {"records": 80, "linked": 44}}
     manifest = {
         "validation": {"pseudonymised": {"success": True, "statistics": {"failed_critical": 0, "failed_warning": 1},
                                          "datasets": {"survey": {"files": [{"file": "survey.parquet", "failures": [warning]}]}}}},
@@ -239,7 +240,8 @@ def test_the_page_opens_with_a_verdict_and_what_needs_judgement() -> None:
     assert "site=site_b" in judgement and "<strong>0.21</strong>" in judgement and "n_ltc" in judgement and "sex=F" not in judgement
     assert '"all"' not in judgement and "0.08" not in judgement  # balanced samples are not listed
     assert "illustrative-0.1" in judgement
-    assert "ZZ101" in judgement and "2024-05" in judgement and "usual rate 56%" in judgement  # median of 25 of 40 and 20 of 40, controlled
+    # The usual rate from the controlled counts of the months not flagged: 45 of 80.
+    assert "ZZ101" in judgement and "<strong>0%</strong> in 1 month(s), 2024-05, against its usual 56%" in judgement
     assert "9</strong> in <span class=\"mono\">panel" in judgement
     assert judgement.count("<li>") == 5
 

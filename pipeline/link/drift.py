@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
-from scipy.stats import binom
 
 MIN_RECORDS = 10
 MIN_NORM_MONTHS = 6
@@ -73,6 +72,8 @@ def _median_of_others(rates: np.ndarray) -> np.ndarray:
 def flag_drift(cells: pl.DataFrame) -> pl.DataFrame:
     """`cells` (source, provider_code, month, records, linked) with `tested`, `norm` (the provider's
     usual rate, null where not judged), `p_value` and `flagged`, sorted by source, provider, month."""
+    from scipy.stats import binom  # here, so that reading this module's rule (the audit page) needs no SciPy
+
     cells = cells.sort(*CELL_KEYS)
     tested = (cells.get_column("records") >= MIN_RECORDS).to_numpy()
     records = cells.get_column("records").to_numpy()

@@ -298,12 +298,20 @@ def _record_figures(q: pl.DataFrame) -> dict[str, Any]:
     # Rows are sorted by source and category ("provider YYYY-MM"), so each provider's months are in order.
     for r in cells.iter_rows(named=True):
         provider, month = r["category"].rsplit(" ", 1)
-        series = sources.setdefault(r["source"], {}).setdefault(provider, {"months": [], "records": [], "linked": []})
+        series = sources.setdefault(r["source"], {}).setdefault(
+            provider, {"months": [], "records": [], "linked": [], "unflagged": {"records": 0, "linked": 0}}
+        )
         series["months"].append(month)
         series["records"].append(r["denominator"])
         series["linked"].append(r["count"])
         if (r["source"], r["category"]) in flagged:
             flags.append({"source": r["source"], "provider": provider, "month": month, "records": r["denominator"], "linked": r["count"]})
+        else:
+            # The provider's usual rate as the page shows it: its months not flagged, pooled (two
+            # counts, each controlled on release, where a median of monthly rates would need each
+            # month's exact figures).
+            series["unflagged"]["records"] += r["denominator"]
+            series["unflagged"]["linked"] += r["count"]
     out["provider_month"] = {"rule": DRIFT_RULE, "sources": sources, "flagged": flags}
     return out
 

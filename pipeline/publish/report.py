@@ -494,12 +494,14 @@ def _linked_vs_unlinked(p: _Page) -> str:
                 base = [*QUALITY, "records_by_characteristic", s, characteristic, v]
                 linked = _share_of(p, [[*base, "linked", "count"]], [[*base, "linked", "of"]]) if "linked" in values[v] else 0.0
                 unlinked = _share_of(p, [[*base, "unlinked", "count"]], [[*base, "unlinked", "of"]]) if "unlinked" in values[v] else 0.0
-                gap = "\u2013" if linked is None or unlinked is None else f"{100 * (linked - unlinked):+.0f}"
-                rows.append(
-                    f'<tr><th scope="row">{_named(s, SOURCE_LABELS)}</th><td>{e(title)}</td><td class="mono">{e(v)}</td>'
+                points = None if linked is None or unlinked is None else round(100 * (linked - unlinked))
+                gap = "\u2013" if points is None else f"{points:+d}" if points else "0"
+                first = not rows or rows[-1][0] != s
+                rows.append((s,
+                    f'<tr><th scope="row">{_named(s, SOURCE_LABELS) if first else ""}</th><td>{e(title)}</td><td class="mono">{e(v)}</td>'
                     f'<td class="num">{_pct(linked)}</td><td class="num">{_pct(unlinked)}</td>'
                     f'<td class="num">{gap}</td></tr>'
-                )
+                ))
     if not rows:
         return ""
     return ("<h4>Linked and unlinked records compared</h4>"
@@ -507,7 +509,7 @@ def _linked_vs_unlinked(p: _Page) -> str:
             "(column shares, from controlled counts). Unlinked records include those of people outside the study, so some "
             "difference is expected; a provider or a year that makes up far more of the unlinked than of the linked records "
             "points to a delivery problem, not to who the participants are.</p>"
-            + _table(["Extract", "Characteristic", "Value", "Of linked records", "Of unlinked records", "Difference (points)"], rows, "figures"))
+            + _table(["Extract", "Characteristic", "Value", "Of linked records", "Of unlinked records", "Difference (points)"], [r for _, r in rows], "figures"))
 
 
 def _threshold_weight(p: _Page) -> float | None:
@@ -527,12 +529,20 @@ def _weight_chart(p: _Page) -> str:
             count = _controlled(p, [[*QUALITY, "match_weight_histogram", s, i, "records"]]) or 0
             totals.setdefault(r["bin"], {}).setdefault(r["outcome"], 0)
             totals[r["bin"]][r["outcome"]] += count
-    if not totals:
+    if not hist:
         return ""
-    bins = sorted(totals, key=_bin_start)
+    from pipeline.link.quality import WEIGHT_EDGES
+
+    # Every bin the link stage uses, drawn or not, so the threshold always has its place.
+    lo, hi = WEIGHT_EDGES[0], WEIGHT_EDGES[-1]
+    bins = [f"< {lo}", *(f"[{a}, {b})" for a, b in zip(WEIGHT_EDGES, WEIGHT_EDGES[1:])), f">= {hi}"]
+    bins += sorted(set(totals) - set(bins), key=_bin_start)
+    totals = {b: totals.get(b, {}) for b in sorted(bins, key=_bin_start)}
+    bins = list(totals)
     width, height, left, bottom = 720, 220, 50, 40
     bar = (width - left - 10) / len(bins)
-    top = max(sum(v.values()) for v in totals.values()) or 1
+    drawn = max(sum(v.values()) for v in totals.values())
+    top = drawn or 1
     colours = {"P": "#1b5e20", "unlinked": "#9e9e9e", "conflict": "#b00020"}
     shapes = []
     for k, b in enumerate(bins):
@@ -543,7 +553,8 @@ def _weight_chart(p: _Page) -> str:
             y -= h
             if n:
                 shapes.append(f'<rect x="{left + k * bar + 1:.1f}" y="{y:.1f}" width="{bar - 2:.1f}" height="{h:.1f}" fill="{colours[outcome]}"/>')
-        shapes.append(f'<text x="{left + (k + 0.5) * bar:.1f}" y="{height - bottom + 14}" font-size="9" text-anchor="middle">{e(b)}</text>')
+        label = b.strip("[").split(",")[0] if b.startswith("[") else b.replace(">=", "\u2265").replace(" ", "")
+        shapes.append(f'<text x="{left + k * bar:.1f}" y="{height - bottom + 14}" font-size="10" text-anchor="middle">{e(label)}</text>')
     threshold = _threshold_weight(p)
     if threshold is not None:
         # Place the line inside the bin holding the threshold, in proportion.
@@ -557,6 +568,9 @@ def _weight_chart(p: _Page) -> str:
             f'<text x="{left - 6}" y="15" font-size="10" text-anchor="end">{top:,}</text>'
             f'<text x="{left - 6}" y="{height - bottom}" font-size="10" text-anchor="end">0</text>'
             f'<text x="{(width + left) / 2:.0f}" y="{height - 8}" font-size="11" text-anchor="middle">match weight (bits: log2 odds of a match)</text>')
+    if not drawn:
+        axis += (f'<text x="{left + (width - left) * 0.7:.0f}" y="{(height - bottom) / 2:.0f}" font-size="12" text-anchor="middle" fill="#555">'
+                 "every bin's count is zero or hidden (1\u20137) in this release</text>")
     return (f'<figure><svg role="img" aria-label="Histogram of match weights with the threshold marked" viewBox="0 0 {width} {height}" '
             f'width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" style="max-width:100%;background:#fff">'
             + "".join(shapes) + axis + "</svg><figcaption>Records the probabilistic step scored, all extracts, by the match weight of "
@@ -573,6 +587,7 @@ def _drift_chart(p: _Page, source: str, providers: dict[str, Any], flagged: set[
     width, height, left, bottom = 720, 170, 40, 28
     step = (width - left - 90) / (len(months) - 1)
     palette = ["#0b4f8a", "#7a4f00", "#1b5e20", "#6a1b9a", "#00695c", "#5d4037", "#ad1457", "#37474f"]
+    shown_months = cells = 0
     shapes = [f'<line x1="{left}" y1="{height - bottom}" x2="{width - 90}" y2="{height - bottom}" stroke="#555"/>',
               f'<text x="{left - 4}" y="14" font-size="10" text-anchor="end">100%</text>',
               f'<text x="{left - 4}" y="{height - bottom}" font-size="10" text-anchor="end">0%</text>']
@@ -581,25 +596,40 @@ def _drift_chart(p: _Page, source: str, providers: dict[str, Any], flagged: set[
             shapes.append(f'<text x="{left + k * step:.1f}" y="{height - bottom + 14}" font-size="9" text-anchor="middle">{e(m[:4])}</text>')
     for i, (prov, series) in enumerate(sorted(providers.items())):
         colour = palette[i % len(palette)]
-        points, rings = [], []
+        segments: list[list[str]] = [[]]
+        rings = []
         base = [*QUALITY, "provider_month", "sources", source, prov]
         for j, m in enumerate(series.get("months", [])):
             share = _share_of(p, [[*base, "linked", j]], [[*base, "records", j]])
             if share is None:
+                segments.append([])  # a hidden month breaks the line: no slope is drawn across it
                 continue
+            shown_months += 1
             x = left + months.index(m) * step
             y = 8 + (height - bottom - 8) * (1 - share)
-            points.append(f"{x:.1f},{y:.1f}")
+            if segments[-1] and months.index(m) != months.index(series["months"][j - 1]) + 1:
+                segments.append([])
+            segments[-1].append(f"{x:.1f},{y:.1f}")
             if (prov, m) in flagged:
                 rings.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="none" stroke="#b00020" stroke-width="2"/>')
-        if points:
-            shapes.append(f'<polyline points="{" ".join(points)}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
-            shapes += rings
-            shapes.append(f'<text x="{width - 85}" y="{20 + 14 * i}" font-size="11" fill="{colour}">\u2014 {e(prov)}</text>')
+        for seg in segments:
+            if len(seg) > 1:
+                shapes.append(f'<polyline points="{" ".join(seg)}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
+            elif seg:
+                x, y = seg[0].split(",")
+                shapes.append(f'<circle cx="{x}" cy="{y}" r="2" fill="{colour}"/>')
+        shapes += rings
+        shapes.append(f'<text x="{width - 85}" y="{20 + 14 * i}" font-size="11" fill="{colour}">\u2014 {e(prov)}</text>')
+        cells += len(series.get("months", []))
+    label = e(SOURCE_LABELS.get(source, source))
+    if shown_months < cells / 2:
+        return (f'<p class="note">{label}: too few records a month to draw each provider\u2019s monthly rate from controlled counts '
+                f"(a rate is shown only where both counts are over {disclosure.SUPPRESSION_THRESHOLD}: {shown_months} of {cells} "
+                "provider-months); the flag above is still judged on the exact counts.</p>")
     return (f'<figure><svg role="img" aria-label="Monthly linkage rate of each provider of {e(SOURCE_LABELS.get(source, source))}" '
             f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" style="max-width:100%">'
             + "".join(shapes) + f"</svg><figcaption>{e(SOURCE_LABELS.get(source, source))}: share of each provider's records linked, month "
-            "by month (months with hidden counts left out); flagged months are ringed in red.</figcaption></figure>")
+            "by month (months with hidden counts left out, the line broken there); flagged months are ringed in red.</figcaption></figure>")
 
 
 def _drift(p: _Page) -> str:
@@ -609,13 +639,19 @@ def _drift(p: _Page) -> str:
         return ("<h4>Linkage rate by provider and month</h4><p class=\"note\">Not recorded for this release (made before "
                 "records carried their provider).</p>")
     flags = figures.get("flagged") or []
-    rows = [
-        f'<tr><th scope="row">{_named(f["source"], SOURCE_LABELS)}</th><td class="mono">{e(f["provider"])}</td><td class="mono">{e(f["month"])}</td>'
-        f'{p.num([*QUALITY, "provider_month", "flagged", i, "records"])}{p.num([*QUALITY, "provider_month", "flagged", i, "linked"])}'
-        f'<td class="num">{_pct(_provider_norm(p, f["source"], f["provider"], f["month"]))}</td></tr>'
-        for i, f in enumerate(flags)
-    ]
-    table = (_table(["Extract", "Provider", "Month", "Records", "Linked", "Provider's usual rate"], rows, "figures") if rows
+    runs: dict[tuple[str, str], list[int]] = {}
+    for i, f in enumerate(flags):
+        runs.setdefault((f["source"], f["provider"]), []).append(i)
+    rows = []
+    for (source, provider), idx in runs.items():
+        paths = [[*QUALITY, "provider_month", "flagged", i] for i in idx]
+        rows.append(
+            f'<tr><th scope="row">{_named(source, SOURCE_LABELS)}</th><td class="mono">{e(provider)}</td>'
+            f'<td class="mono">{e(_month_ranges([flags[i]["month"] for i in idx]))}</td>'
+            f'{p.num(*[[*path, "records"] for path in paths])}{p.num(*[[*path, "linked"] for path in paths])}'
+            f'<td class="num">{_pct(_provider_norm(p, source, provider))}</td></tr>'
+        )
+    table = (_table(["Extract", "Provider", "Months flagged", "Records", "Linked", "Provider's usual rate (other months)"], rows, "figures") if rows
              else '<p><span class="badge ok">\u2714 no provider-month flagged</span></p>')
     charts = "".join(
         _drift_chart(p, s, figures["sources"][s], {(f["provider"], f["month"]) for f in flags if f["source"] == s})
@@ -624,18 +660,28 @@ def _drift(p: _Page) -> str:
     return ("<h4>Linkage rate by provider and month</h4>"
             "<p>A provider whose records stop linking (identifiers wrongly withheld, a changed feed) leaves totals looking "
             f"normal. Each provider is compared with itself: {e(figures.get('rule', ''))}. Records and links are controlled "
-            "counts; the usual rate shown is computed from the controlled monthly counts.</p>" + table + charts)
+            "counts summed over the flagged months; the usual rate is the provider's months not flagged, pooled, from controlled counts.</p>"
+            + table + charts)
 
 
-def _provider_norm(p: _Page, source: str, provider: str, month: str) -> float | None:
-    """A provider's usual linkage rate for the page: the median of its other months' rates, from controlled counts."""
-    series = _get(p.m, [*QUALITY, "provider_month", "sources", source, provider]) or {}
-    base = [*QUALITY, "provider_month", "sources", source, provider]
-    rates = [
-        r for j, m in enumerate(series.get("months", []))
-        if m != month and (r := _share_of(p, [[*base, "linked", j]], [[*base, "records", j]])) is not None
-    ]
-    return statistics.median(rates) if rates else None
+def _provider_norm(p: _Page, source: str, provider: str) -> float | None:
+    """A provider's usual linkage rate for the page: its months not flagged, pooled, from controlled counts."""
+    base = [*QUALITY, "provider_month", "sources", source, provider, "unflagged"]
+    return _share_of(p, [[*base, "linked"]], [[*base, "records"]])
+
+
+def _month_ranges(months: list[str]) -> str:
+    """"2024-04 to 2025-03, 2025-06" from sorted YYYY-MM months, consecutive ones joined."""
+    def index(m: str) -> int:
+        return int(m[:4]) * 12 + int(m[5:7])
+
+    runs: list[list[str]] = []
+    for m in sorted(months):
+        if runs and index(m) == index(runs[-1][-1]) + 1:
+            runs[-1].append(m)
+        else:
+            runs.append([m])
+    return ", ".join(r[0] if len(r) == 1 else f"{r[0]} to {r[-1]}" for r in runs)
 
 
 def _linkage_quality(p: _Page) -> str:
@@ -670,16 +716,24 @@ def _judgement_items(p: _Page, unit_cost_versions: list[str], balance: list[dict
                                  f"<strong>{_pct(share)}</strong> of rows break it ({allowed}; section 6).")
     for w in (p.m.get("privacy") or {}).get("warnings", []):
         items.append(f"Privacy warning: {e(w)} (section 7).")
-    for f in _get(p.m, [*QUALITY, "provider_month", "flagged"]) or []:
-        norm = _provider_norm(p, f["source"], f["provider"], f["month"])
-        items.append(f"Provider <span class=\"mono\">{e(f['provider'])}</span> ({e(SOURCE_LABELS.get(f['source'], f['source']))}) "
-                     f"linked far fewer records than usual in {e(f['month'])} (usual rate {_pct(norm)}; section 5).")
+    dark: dict[tuple[str, str], list[int]] = {}
+    for i, f in enumerate(_get(p.m, [*QUALITY, "provider_month", "flagged"]) or []):
+        dark.setdefault((f["source"], f["provider"]), []).append(i)
+    for (source, provider), idx in dark.items():
+        paths = [[*QUALITY, "provider_month", "flagged", i] for i in idx]
+        months = [_get(p.m, [*path, "month"]) for path in paths]
+        rate = _share_of(p, [[*path, "linked"] for path in paths], [[*path, "records"] for path in paths])
+        items.append(f"Provider <span class=\"mono\">{e(provider)}</span> ({e(SOURCE_LABELS.get(source, source))}): linkage rate "
+                     f"<strong>{_pct(rate)}</strong> in {len(months)} month(s), {e(_month_ranges(months))}, against its usual "
+                     f"{_pct(_provider_norm(p, source, provider))} (section 5).")
     samples = _get(p.m, ["cohort", "samples"]) or {}
     for name, s in sorted(samples.items()):
         smd = s.get("max_abs_smd_after") if isinstance(s, dict) else None
         if isinstance(smd, (int, float)) and abs(smd) > SMD_LIMIT:
             covariates = [r["covariate"] for r in (balance or []) if r.get("sample") == name and isinstance(r.get("smd_after"), (int, float)) and abs(r["smd_after"]) > SMD_LIMIT]
-            which = f": {e(', '.join(covariates))}" if covariates else ""
+            covariates.sort(key=lambda c: -abs(next(r["smd_after"] for r in balance or [] if r.get("sample") == name and r["covariate"] == c)))
+            more = f" and {len(covariates) - 3} more" if len(covariates) > 3 else ""
+            which = f", most of all {e(', '.join(covariates[:3]))}{more}" if covariates else ""
             items.append(f"Sample <span class=\"mono\">{e(name)}</span>: largest |SMD| after matching <strong>{abs(smd):.2f}</strong> "
                          f"(threshold {SMD_LIMIT}){which} (section 3).")
     for version in unit_cost_versions:
