@@ -307,6 +307,8 @@ def test_mostly_is_judged_over_the_whole_file(tmp_path: Path, missing: int) -> N
     else:
         (failure,) = file_summary["failures"]
         assert (failure["column"], failure["severity"], failure["unexpected_count"]) == ("eq_vas", "warning", 3)
+        # What the audit page sets the warning's share against: 3 of the 40 rows checked, where at most 5% may break it.
+        assert (failure["checked_count"], failure["mostly"]) == (40, 0.95)
 
 
 def test_missing_column_and_wrong_type_are_reported(tmp_path: Path, capture_logs: pytest.LogCaptureFixture) -> None:
