@@ -395,8 +395,10 @@ def _controlled(p: _Page, paths: list[list[Any]]) -> int | None:
 
 
 def _share_of(p: _Page, count_paths: list[list[Any]], of_paths: list[list[Any]]) -> float | None:
-    """A share computed from controlled figures only, so it reveals no more than they do."""
-    count, of = _controlled(p, count_paths), _controlled(p, of_paths)
+    """A share computed from controlled figures only, so it reveals no more than they do. A count the
+    manifest does not hold at all (no record at that rank, say) is none: 0%; a hidden count hides the share."""
+    of = _controlled(p, of_paths)
+    count = 0 if figure_value(p.m, count_paths) is None else _controlled(p, count_paths)
     return count / of if count is not None and of else None
 
 
