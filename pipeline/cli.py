@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="folder to write raw/ and truth/ into")
     s.add_argument("--persons", type=int, default=5000)
     s.add_argument("--seed", type=int, default=1)
-    s.add_argument("--profile", choices=["clean", "realistic", "hard"], default="realistic")
+    s.add_argument("--profile", choices=["clean", "realistic", "hard", "provider_blackout"], default="realistic")
     s.add_argument("--mdt-effect", type=float, default=0.8, help="rate ratio of emergency admissions after MDT enrolment")
     s.add_argument(
         "--layout", choices=["canonical", "nhs"], default="canonical",

@@ -63,6 +63,7 @@ class Figures(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.figures: list[tuple[list[list[Any]], str]] = []
+        self.shares: list[tuple[dict[str, Any], str]] = []
         self.links: list[str] = []
         self.text: list[str] = []
         self._open: list[list[Any]] = []
@@ -75,6 +76,8 @@ class Figures(HTMLParser):
             self.links.append(a["src"] or "")
         if "data-figure" in a:
             self._open.append([json.loads(a["data-figure"] or "[]"), "", tag])
+        if "data-share" in a:
+            self._open.append([json.loads(a["data-share"] or "{}"), "", tag, "share"])
 
     def handle_data(self, data: str) -> None:
         self.text.append(data)
@@ -84,8 +87,8 @@ class Figures(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         # A figure is a table cell or, where a cell holds several (a share and its counts), a span.
         if self._open and tag == self._open[-1][2]:
-            paths, text, _ = self._open.pop()
-            self.figures.append((paths, text.strip()))
+            paths, text, *kind = self._open.pop()
+            (self.shares if kind[1:] == ["share"] else self.figures).append((paths, text.strip()))
 
 
 def parse(dom: str) -> Figures:
@@ -126,14 +129,23 @@ def test_every_figure_on_the_audit_page_is_the_manifests_after_disclosure_contro
     ] + [["validation", z, "statistics", "rows"] for z in ("raw", "pseudonymised", "linked", "release")] + [
         ["privacy", "quasi_identifiers", "cohort", "groups"], ["files", "cohort.parquet", "rows"], ["cohort", "eligible"],
     ] + [
-        # Linkage quality by group, so a reviewer can see whether linkage failure is biased.
-        ["linkage", "quality", measure, "social_care", breakdown, group, part]
-        for measure in ("participants_found_by_group", "linked_by_p_by_group")
-        for breakdown, group in (("sex", "F"), ("imd_quintile", "1"), ("site", "site_a"), ("age_band", "75-84"))
-        for part in ("count", "of")
+        # GUILD: records of each provider (identifier completeness) and every flagged provider-month.
+        ["linkage", "quality", "identifier_present", s, "nhs_number", "provider", provider, "of"]
+        for s, provider in (("hospital_op", "ZZ101"), ("gp_events", "ZZ2001"), ("social_care", "ZZ901"))
+    ] + [
+        ["linkage", "quality", "provider_month", "flagged", i, part]
+        for i, _ in enumerate(manifest["linkage"]["quality"]["provider_month"]["flagged"]) for part in ("records", "linked")
     ]  # fmt: skip
     missing = [p for p in expected if json.dumps(p) not in shown_paths]
     assert not missing, f"figures missing from the audit page: {missing}"
+    # Shares (identifier completeness, rank mix) are computed from the controlled counts only.
+    assert len(page.shares) > 20
+    for paths, text in page.shares:
+        raw = figure_value(manifest, paths["count"])
+        count = 0 if raw is None else disclosure.control_count(raw)
+        of = disclosure.control_count(figure_value(manifest, paths["of"]))
+        expected_text = "\u2013" if count is None or not of else f"{100 * count / of:.0f}%"
+        assert text.startswith(expected_text), (paths, text)
 
 
 def test_the_audit_page_identifies_the_release_and_links_its_evidence(cfg, manifest, tmp_path) -> None:
@@ -204,3 +216,36 @@ def test_a_sparse_or_unexpected_manifest_still_renders() -> None:
     for manifest in ({}, odd):
         page = render_audit_page(manifest, "0" * 64, "/releases/x")
         assert page.startswith("<!doctype html>") and "Sign-off" in page
+
+
+def test_the_page_opens_with_a_verdict_and_what_needs_judgement() -> None:
+    """Each item of "needs your judgement" with its figure against its threshold; none, and it is ready to sign."""
+    warning = {"column": "eq_vas", "expectation": "expect_column_values_to_not_be_null", "severity": "warning",
+               "rule": "most baseline questionnaires answer the VAS", "unexpected_count": 40, "checked_count": 400, "mostly": 0.95}  # fmt: skip
+    flagged = {"source": "hospital_op", "provider": "ZZ101", "month": "2024-05", "records": 30, "linked": 0}
+    months = {"months": ["2024-04", "2024-05", "2024-06"], "records": [40, 30, 40], "linked": [24, 0, 20],
+              "unflagged": {"records": 80, "linked": 44}}
+    manifest = {
+        "validation": {"pseudonymised": {"success": True, "statistics": {"failed_critical": 0, "failed_warning": 1},
+                                         "datasets": {"survey": {"files": [{"file": "survey.parquet", "failures": [warning]}]}}}},
+        "cohort": {"samples": {"all": {"max_abs_smd_after": 0.08}, "site=site_b": {"max_abs_smd_after": -0.21}}},
+        "privacy": {"min_group_size": 8, "quasi_identifiers": {"cohort": {"smallest_group": 11}, "panel": {"smallest_group": 9}}},
+        "linkage": {"quality": {"provider_month": {"rule": "r", "sources": {"hospital_op": {"ZZ101": months}}, "flagged": [flagged]}}},
+    }  # fmt: skip
+    balance = [{"sample": "site=site_b", "covariate": "n_ltc", "smd_after": -0.21}, {"sample": "site=site_b", "covariate": "sex=F", "smd_after": 0.05}]
+    page = render_audit_page(manifest, "0" * 64, "/releases/x", unit_cost_versions=["illustrative-0.1"], balance=balance)
+    opening = page[page.index("<h1>"): page.index('<section id="identity"')]
+    assert "Needs your judgement" in opening and "5 item(s)" not in opening
+    judgement = opening[opening.index('<section id="judgement"'):]
+    assert "<strong>10%</strong> of rows break it (at most 5% allowed" in judgement
+    assert "site=site_b" in judgement and "<strong>0.21</strong>" in judgement and "n_ltc" in judgement and "sex=F" not in judgement
+    assert '"all"' not in judgement and "0.08" not in judgement  # balanced samples are not listed
+    assert "illustrative-0.1" in judgement
+    # The usual rate from the controlled counts of the months not flagged: 45 of 80.
+    assert "ZZ101" in judgement and "<strong>0%</strong> in 1 month(s), 2024-05, against its usual 56%" in judgement
+    assert "9</strong> in <span class=\"mono\">panel" in judgement
+    assert judgement.count("<li>") == 5
+
+    clean = {"privacy": {"quasi_identifiers": {"cohort": {"smallest_group": 30}}}, "cohort": {"samples": {"all": {"max_abs_smd_after": 0.05}}}}
+    ready = render_audit_page(clean, "0" * 64, "/releases/x", unit_cost_versions=["nice-2024"])
+    assert "Ready to sign" in ready and "Needs your judgement:" not in ready and "30</strong> in" in ready

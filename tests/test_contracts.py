@@ -26,6 +26,7 @@ def apc_frame(**overrides) -> pl.DataFrame:
         "admission_date": dt.date(2024, 1, 1),
         "discharge_date": dt.date(2024, 1, 3),
         "admission_method": "21",
+        "provider_code": "ZZ101",
     }
     row.update(overrides)
     return pl.DataFrame([row])

@@ -109,6 +109,61 @@ def test_report_follows_its_contract_and_feeds_the_summary(report, tmp_path: Pat
     assert figures["participants_found_by_group"]["social_care"]["site"]["site_a"] == {"count": 2, "of": 2, "share": 1.0}
 
 
+# What each record of LINK_MAP carries (pipeline.link.quality.record_facts): provider, month, kind and
+# whether each identifier was usable.
+RECORDS = pl.DataFrame(
+    [
+        # source      record provider  month      kind       nhs    dob    postcode name
+        ("social_care", "S1", "ZZ901", "2024-01", "home_care", True, True, True, True),
+        ("social_care", "S2", "ZZ901", "2024-01", "home_care", False, True, True, True),
+        ("social_care", "S3", "ZZ902", "2024-02", "nursing", False, True, True, True),
+        ("social_care", "S4", "ZZ902", "2024-02", "nursing", False, False, True, False),
+        ("social_care", "S5", "ZZ902", "2025-03", "home_care", True, True, True, True),
+        ("social_care", "S6", None, "2025-03", "home_care", True, True, True, True),
+        ("gp_events", "G1", "ZZ2001", "2024-01", "surgery", True, True, True, True),
+        ("gp_events", "G2", "ZZ2001", "2024-01", "surgery", True, True, True, True),
+    ],
+    schema=["source", "record_id", "provider_code", "month", "record_kind", "has_nhs_number", "has_date_of_birth", "has_postcode", "has_name"],
+    orient="row",
+)
+
+
+@pytest.fixture(scope="module")
+def guild() -> pl.DataFrame:
+    return linkage_quality(LINK_MAP.lazy(), PERSONS.lazy(), RECORDS.lazy())
+
+
+def test_identifier_completeness_by_source_provider_and_group(guild):
+    assert figure(guild, "identifier_present", "social_care", "nhs_number") == (3, 6, 0.5)
+    assert figure(guild, "identifier_present", "social_care", "nhs_number", "provider", "ZZ902") == (1, 3, 0.3333)
+    assert figure(guild, "identifier_present", "social_care", "name", "provider", "unknown") == (1, 1, 1.0)
+    # Linked records only, by their participant's group: S1, S2 (P0000001, F) and S3 (P0000002, M).
+    assert figure(guild, "identifier_present", "social_care", "nhs_number", "sex", "F") == (1, 2, 0.5)
+    assert figure(guild, "identifier_present", "social_care", "nhs_number", "sex", "M") == (0, 1, 0.0)
+
+
+def test_rank_mix_by_group(guild):
+    assert figure(guild, "linked_by_rank_by_group", "social_care", "5", "sex", "F") == (1, 2, 0.5)
+    assert figure(guild, "linked_by_rank_by_group", "social_care", "P", "age_band", "65-74") == (1, 1, 1.0)
+
+
+def test_linked_and_unlinked_records_compared_on_what_they_carry(guild):
+    # Linked: S1, S2, S3; unlinked (conflicts included): S4, S5, S6.
+    assert figure(guild, "records_by_characteristic", "social_care", "linked", "provider", "ZZ901") == (2, 3, 0.6667)
+    assert figure(guild, "records_by_characteristic", "social_care", "unlinked", "record_year", "2025") == (2, 3, 0.6667)
+    assert figure(guild, "records_by_characteristic", "social_care", "unlinked", "record_kind", "nursing") == (1, 3, 0.3333)
+
+
+def test_linkage_rate_by_provider_and_month(guild, tmp_path: Path):
+    assert figure(guild, "linked_by_provider_month", "social_care", breakdown="provider_month", category="ZZ902 2024-02") == (1, 2, 0.5)
+    assert figure(guild, "linked_by_provider_month", "gp_events", breakdown="provider_month", category="ZZ2001 2024-01") == (1, 2, 0.5)
+    # Too few records a month to judge anyone: nothing flagged.
+    assert guild.filter(pl.col("measure") == "provider_month_flagged").height == 0
+    check_file(write_frame(guild, load_contract("linkage_quality"), tmp_path / "q.parquet"), "linkage_quality")
+    series = summary_figures(guild)["provider_month"]["sources"]["social_care"]["ZZ902"]
+    assert series == {"months": ["2024-02", "2025-03"], "records": [2, 1], "linked": [1, 0], "unflagged": {"records": 3, "linked": 1}}
+
+
 @pytest.mark.parametrize(
     ("weight", "label"), [(-25.0, "< -20"), (-20.0, "[-20, -15)"), (-0.5, "[-5, 0)"), (0.0, "[0, 5)"), (39.9, "[35, 40)"), (40.0, ">= 40")]
 )

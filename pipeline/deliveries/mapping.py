@@ -191,9 +191,6 @@ def _clean_nhs(col: pl.Expr) -> pl.Expr:
 
 
 BOOLEAN_TEXT = {"true": True, "false": False}
-# Columns a shipped mapping fills that a contract may not declare yet: `provider_code` is being added to
-# the five source contracts; until a contract has it, a mapping's entry for it is not read.
-PENDING_CONTRACT_COLUMNS: frozenset[str] = frozenset({"provider_code"})
 
 
 def unknown_columns(mapping: Mapping, contract: Contract, file: str) -> list[Violation]:
@@ -202,7 +199,7 @@ def unknown_columns(mapping: Mapping, contract: Contract, file: str) -> list[Vio
         Violation(file, c, "contract column", f"the mapping {mapping.name} fills {c}, which the contract {contract.name} does not have; "
                   "correct the column's name in the mapping")  # fmt: skip
         for c in mapping.columns
-        if c not in contract.column_names and c not in PENDING_CONTRACT_COLUMNS
+        if c not in contract.column_names
     ]
 
 

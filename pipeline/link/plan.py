@@ -27,6 +27,7 @@ from pipeline.zones import (
     link_map_file,
     linkage_quality_file,
     linkage_summary_file,
+    payload_file,
     persons_file,
     records_path,
     splink_model_file,
@@ -61,6 +62,7 @@ class LinkPlan:
     study_persons: Path  # the quality report's covariates
     blocks: dict[str, Path]  # per source: its token blocks
     records: dict[str, Path]  # per source: each record's token block
+    payloads: dict[str, Path]  # per source: each record's payload (provider, date, kind: the quality report's)
     models: dict[str, Path]  # per source: where its Splink model is saved
     work: Path  # scratch folder, removed when the stage ends
     link_map: Path
@@ -111,6 +113,7 @@ def plan_link(cfg: RunConfig, options: ProbabilisticOptions | None = None) -> Li
         study_persons=study_persons_file(cfg),
         blocks={s: blocks_path(cfg.pseudonymised_dir, s) for s in SOURCES},
         records={s: records_path(cfg.pseudonymised_dir, s) for s in SOURCES},
+        payloads={s: payload_file(cfg, s) for s in SOURCES},
         models={s: splink_model_file(cfg, s) for s in SOURCES},
         work=cfg.linked_dir / LINK_SCRATCH,
         link_map=link_map_file(cfg),

@@ -11,9 +11,18 @@ it; `summary_figures` turns it into the nested figures written into linkage_summ
 | match_weight | source x outcome x weight bin | records the probabilistic step scored |
 | participants_found_by_group | source x breakdown x category | found / participants in the group |
 | linked_by_p_by_group | source x breakdown x category | records linked by P / records linked |
+| linked_by_rank_by_group | source x rank x breakdown x category | records linked at the rank / records linked |
+| identifier_present | source x identifier (in `outcome`) x breakdown x category | records carrying a usable identifier / records |
+| records_by_characteristic | source x linked-or-unlinked (in `outcome`) x characteristic x value | records / records linked (or not) |
+| linked_by_provider_month | source x "provider month" | records linked by any rank / records |
+| provider_month_flagged | the cells of linked_by_provider_month that pipeline.link.drift flags | as above |
 
-Breakdowns are age band (at index), sex, IMD quintile and site, so a reviewer can see whether
-linkage fails more often for some groups than others.
+Breakdowns of participants are age band (at index), sex, IMD quintile and site. The last five
+measures follow the GUILD guidance (Gilbert et al. 2018) and read what each record carries
+(`records`, built by the link stage from the pseudonymised zone): whether its identifiers were usable
+(by provider, and by the group of the participant it linked to), its provider, the year of its date
+and its kind (the source's main category). Records carry no date of birth in the clear (only its
+token), so records are never grouped by age; linked records are, through their participant.
 
 `evaluate_against_truth` is never called by the pipeline: the pipeline never reads `truth/`.
 """
@@ -26,6 +35,8 @@ from typing import Any
 
 import polars as pl
 
+from pipeline.link.drift import RULE_TEXT as DRIFT_RULE
+from pipeline.link.drift import flag_drift, provider_months
 from pipeline.settings import SOURCES
 
 OUTCOMES: tuple[str, ...] = ("1", "2", "3", "4", "5", "P", "unlinked", "conflict")
@@ -34,6 +45,33 @@ ALL = "all"
 ANY_SOURCE = "any"
 # Match-weight bins (log2 Bayes factor, prior included), 5 wide; outside them the open-ended bins.
 WEIGHT_EDGES: tuple[int, ...] = tuple(range(-20, 41, 5))
+# What records carry that the GUILD comparisons use. Each source's record date (as
+# pipeline.pseudonymise.row_rules.EVENT_DATES, which this stage may not import: it is the key holder's
+# package) and its main category, the record's kind.
+RECORD_DATES: dict[str, str] = {
+    "hospital_apc": "admission_date",
+    "hospital_ae": "arrival_date",
+    "hospital_op": "appointment_date",
+    "gp_events": "event_date",
+    "social_care": "start_date",
+}
+_ADMISSION_KINDS = {"1": "elective", "2": "emergency", "3": "maternity", "8": "other", "9": "not known"}
+RECORD_KINDS: dict[str, pl.Expr] = {
+    "hospital_apc": pl.col("admission_method").str.head(1).replace_strict(_ADMISSION_KINDS, default="other"),
+    "hospital_ae": pl.format("type {}", pl.col("department_type")),
+    "hospital_op": pl.col("attendance_type"),
+    "gp_events": pl.col("consultation_type"),
+    "social_care": pl.col("service_type"),
+}
+# Identifier -> the token column whose presence says the record carried it in a usable form.
+IDENTIFIER_TOKENS: dict[str, str] = {
+    "nhs_number": "tok_nhs",
+    "date_of_birth": "tok_dob",
+    "postcode": "tok_postcode",
+    "name": "tok_surname",
+}
+RECORD_COLUMNS = ("source", "record_id", "provider_code", "month", "record_kind", *(f"has_{i}" for i in IDENTIFIER_TOKENS))
+LINKED = "linked"
 QUALITY_COLUMNS = ("measure", "source", "outcome", "breakdown", "category", "count", "denominator", "share")
 
 
@@ -91,9 +129,75 @@ def _rows(lf: pl.LazyFrame, measure: str, **fixed: str) -> pl.LazyFrame:
     return lf.select(*exprs, share.cast(pl.Float64).alias("share"))
 
 
-def linkage_quality(link_map: pl.LazyFrame, persons: pl.LazyFrame) -> pl.DataFrame:
-    """The quality report of one run (schemas/linkage_quality.yaml), sorted for a stable file."""
-    lm = link_map.select("source", "participant_id", "rank", "match_weight", "conflict").with_columns(
+def record_facts(source: str, payload: pl.LazyFrame, tokens: pl.LazyFrame) -> pl.LazyFrame:
+    """RECORD_COLUMNS for one source's records: from its payload file (provider, date, kind) and its
+    record tokens (pipeline.zones.scan_record_tokens: whether each identifier was usable)."""
+    has = [pl.col(t).is_not_null().alias(f"has_{i}") for i, t in IDENTIFIER_TOKENS.items()]
+    names = payload.collect_schema().names()
+    provider = pl.col("provider_code") if "provider_code" in names else pl.lit(None, dtype=pl.String).alias("provider_code")
+    facts = payload.select(
+        "record_id",
+        provider,
+        pl.col(RECORD_DATES[source]).dt.strftime("%Y-%m").alias("month"),
+        RECORD_KINDS[source].cast(pl.String).alias("record_kind"),
+    )
+    return facts.join(tokens.select("record_id", *has), on="record_id", how="left").select(
+        pl.lit(source).alias("source"), *RECORD_COLUMNS[1:]
+    )
+
+
+def _record_measures(lm: pl.LazyFrame, records: pl.LazyFrame, groups: pl.LazyFrame) -> list[pl.LazyFrame]:
+    """The GUILD measures read off what records carry (see the module docstring)."""
+    parts = []
+    rec = records.join(lm.select("source", "record_id", "participant_id", "outcome"), on=["source", "record_id"], how="left").with_columns(
+        pl.col("participant_id").is_not_null().alias(LINKED)
+    )
+    has_cols = [f"has_{i}" for i in IDENTIFIER_TOKENS]
+
+    def present(frame: pl.LazyFrame, by: list[str]) -> pl.LazyFrame:
+        wide = frame.group_by("source", *by).agg(pl.len().alias("denominator"), *[pl.col(c).sum() for c in has_cols])
+        return wide.unpivot(index=["source", *by, "denominator"], on=has_cols, variable_name="outcome", value_name="count").with_columns(
+            pl.col("outcome").str.strip_prefix("has_")
+        )
+
+    parts.append(_rows(present(rec, []), "identifier_present"))
+    parts.append(_rows(present(rec.with_columns(category=pl.col("provider_code").fill_null("unknown")), ["category"]), "identifier_present", breakdown="provider"))
+    linked_groups = rec.filter(pl.col(LINKED)).join(groups, on="participant_id")
+    parts.append(_rows(present(linked_groups, ["breakdown", "category"]), "identifier_present"))
+
+    rank_counts = linked_groups.group_by("source", "breakdown", "category", "outcome").agg(pl.len().alias("count"))
+    rank_totals = linked_groups.group_by("source", "breakdown", "category").agg(pl.len().alias("denominator"))
+    parts.append(_rows(rank_counts.join(rank_totals, on=["source", "breakdown", "category"]), "linked_by_rank_by_group"))
+
+    side = pl.when(pl.col(LINKED)).then(pl.lit(LINKED)).otherwise(pl.lit("unlinked")).alias("outcome")
+    characteristics = rec.select(
+        "source", side, provider=pl.col("provider_code").fill_null("unknown"), record_year=pl.col("month").str.head(4),
+        record_kind=pl.col("record_kind").fill_null("unknown"),
+    ).unpivot(index=["source", "outcome"], variable_name="breakdown", value_name="category")
+    by_char = characteristics.group_by("source", "outcome", "breakdown", "category").agg(pl.len().alias("count"))
+    side_totals = rec.select("source", side).group_by("source", "outcome").agg(pl.len().alias("denominator"))
+    parts.append(_rows(by_char.join(side_totals, on=["source", "outcome"]), "records_by_characteristic"))
+
+    cells = flag_drift(provider_months(rec.select("source", "provider_code", "month", LINKED)).collect())
+    cell_rows = cells.lazy().select(
+        "source",
+        pl.lit("provider_month").alias("breakdown"),
+        pl.concat_str("provider_code", "month", separator=" ").alias("category"),
+        pl.col("linked").alias("count"),
+        pl.col("records").alias("denominator"),
+        "flagged",
+    )
+    parts.append(_rows(cell_rows, "linked_by_provider_month"))
+    parts.append(_rows(cell_rows.filter("flagged"), "provider_month_flagged"))
+    return parts
+
+
+def linkage_quality(link_map: pl.LazyFrame, persons: pl.LazyFrame, records: pl.LazyFrame | None = None) -> pl.DataFrame:
+    """The quality report of one run (schemas/linkage_quality.yaml), sorted for a stable file.
+
+    `records` (RECORD_COLUMNS, one row per pseudonymised record: `record_facts`) adds the measures
+    read off what records carry; without it the report has only the link map's measures."""
+    lm = link_map.select("source", "record_id", "participant_id", "rank", "match_weight", "conflict").with_columns(
         outcome=outcome(link_map)
     )
     n_persons = persons.select(pl.len()).collect().item()
@@ -129,6 +233,8 @@ def linkage_quality(link_map: pl.LazyFrame, persons: pl.LazyFrame) -> pl.DataFra
     parts.append(_rows(found_by.with_columns(pl.col("count").fill_null(0)), "participants_found_by_group"))
     p_share = by_group.select("source", "breakdown", "category", pl.col("linked_p").alias("count"), pl.col("linked").alias("denominator"))
     parts.append(_rows(p_share, "linked_by_p_by_group", outcome="P"))
+    if records is not None:
+        parts += _record_measures(lm, records, groups)
 
     return (
         pl.concat(parts, how="vertical")
@@ -166,6 +272,47 @@ def summary_figures(quality: pl.DataFrame) -> dict[str, Any]:
                 "share": r["share"],
             }
         out[measure] = nested
+    out.update(_record_figures(q))
+    return out
+
+
+def _triple(r: dict[str, Any]) -> dict[str, Any]:
+    return {"count": r["count"], "of": r["denominator"], "share": r["share"]}
+
+
+def _record_figures(q: pl.DataFrame) -> dict[str, Any]:
+    """The GUILD measures as nested figures; empty when the report has none."""
+    out: dict[str, Any] = {"identifier_present": {}, "linked_by_rank_by_group": {}, "records_by_characteristic": {}}
+    for r in q.filter(pl.col("measure") == "identifier_present").iter_rows(named=True):
+        out["identifier_present"].setdefault(r["source"], {}).setdefault(r["outcome"], {}).setdefault(r["breakdown"], {})[r["category"]] = _triple(r)
+    for r in q.filter(pl.col("measure") == "linked_by_rank_by_group").iter_rows(named=True):
+        out["linked_by_rank_by_group"].setdefault(r["source"], {}).setdefault(r["breakdown"], {}).setdefault(r["category"], {})[r["outcome"]] = _triple(r)
+    for r in q.filter(pl.col("measure") == "records_by_characteristic").iter_rows(named=True):
+        out["records_by_characteristic"].setdefault(r["source"], {}).setdefault(r["breakdown"], {}).setdefault(r["category"], {})[r["outcome"]] = _triple(r)
+    cells = q.filter(pl.col("measure") == "linked_by_provider_month")
+    if cells.height == 0:
+        return {k: v for k, v in out.items() if v}
+    flagged = set(q.filter(pl.col("measure") == "provider_month_flagged").select("source", "category").iter_rows())
+    sources: dict[str, Any] = {}
+    flags = []
+    # Rows are sorted by source and category ("provider YYYY-MM"), so each provider's months are in order.
+    for r in cells.iter_rows(named=True):
+        provider, month = r["category"].rsplit(" ", 1)
+        series = sources.setdefault(r["source"], {}).setdefault(
+            provider, {"months": [], "records": [], "linked": [], "unflagged": {"records": 0, "linked": 0}}
+        )
+        series["months"].append(month)
+        series["records"].append(r["denominator"])
+        series["linked"].append(r["count"])
+        if (r["source"], r["category"]) in flagged:
+            flags.append({"source": r["source"], "provider": provider, "month": month, "records": r["denominator"], "linked": r["count"]})
+        else:
+            # The provider's usual rate as the page shows it: its months not flagged, pooled (two
+            # counts, each controlled on release, where a median of monthly rates would need each
+            # month's exact figures).
+            series["unflagged"]["records"] += r["denominator"]
+            series["unflagged"]["linked"] += r["count"]
+    out["provider_month"] = {"rule": DRIFT_RULE, "sources": sources, "flagged": flags}
     return out
 
 

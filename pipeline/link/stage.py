@@ -144,7 +144,7 @@ def execute_link(plan: LinkPlan) -> Path:
 
     t = time.perf_counter()
     covariates = pl.scan_parquet(plan.study_persons).select("participant_id", *QUALITY_COVARIATES)
-    quality = linkage_quality(pl.scan_parquet(plan.link_map), covariates)
+    quality = linkage_quality(pl.scan_parquet(plan.link_map), covariates, _record_facts(plan))
     io.write_frame(quality, load_contract("linkage_quality"), plan.quality, {"pprl_kid": kid})
     timings["quality_report"] = round(time.perf_counter() - t, 1)
 
@@ -161,6 +161,29 @@ def execute_link(plan: LinkPlan) -> Path:
     io.write_json(summary, plan.summary)
     log.info("linked %d sources for %d participants in %.0fs", len(plan.sources), persons.height, timings["total"])
     return plan.link_map
+
+
+def _record_facts(plan: LinkPlan) -> pl.LazyFrame | None:
+    """What each pseudonymised record carries, for the quality report's GUILD measures
+    (pipeline.link.quality.record_facts); None when a source has no payload file (a plan whose
+    tests give only tokens)."""
+    from pipeline.link.quality import record_facts
+
+    if not all(plan.payloads.get(s) and plan.payloads[s].exists() for s in plan.sources):
+        return None
+    return pl.concat(
+        [
+            record_facts(s, pl.scan_parquet(plan.payloads[s]), scan_record_tokens_files(plan.records[s], plan.blocks[s]))
+            for s in plan.sources
+        ]
+    )
+
+
+def scan_record_tokens_files(records: Path, blocks: Path) -> pl.LazyFrame:
+    """record_id and the token columns of each record (as pipeline.zones.scan_record_tokens, from the plan's paths)."""
+    from pipeline.zones import TOKEN_BLOCK
+
+    return pl.scan_parquet(records).join(pl.scan_parquet(blocks), on=TOKEN_BLOCK, how="left").drop(TOKEN_BLOCK)
 
 
 def _deterministic_pass(plan: LinkPlan, source: str, columns: list[str], persons: pl.DataFrame) -> pl.DataFrame:

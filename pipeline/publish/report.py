@@ -20,8 +20,10 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import os
 import re
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,9 @@ SOURCE_QUARANTINE_REASON = "no usable identifier (no valid NHS number, date of b
 # The love plot (covariate balance before and after matching), shown when the release holds one.
 # The cohort stage names the file; the default covers a cohort stage that does not make one yet.
 LOVE_PLOT: str = getattr(outputs, "LOVE_PLOT", "love_plot.png")
+# The release's unit-cost table and balance table, read for the "needs your judgement" list.
+UNIT_COSTS = "unit_costs.csv"
+BALANCE = "balance.parquet"
 
 
 def _named(name: str, labels: dict[str, str]) -> str:
@@ -369,45 +374,6 @@ def _fewer_identifiers(p: _Page) -> str:
 BREAKDOWN_LABELS = {"age_band": "Age band", "sex": "Sex", "imd_quintile": "IMD quintile (1 = most deprived)", "site": "Site"}
 
 
-def _count_span(p: _Page, path: list[Any]) -> str:
-    """One controlled count inside a cell, with its provenance (as `_Page.num`, for a span)."""
-    return f"<span data-figure='{e(json.dumps([path]))}'>{e(disclosure.shown(_get(p.m, path)))}</span>"
-
-
-def _share_cell(p: _Page, base: list[Any]) -> str:
-    """The share in per cent over "count of denominator", both controlled. The share is computed from
-    the controlled figures, so it reveals no more than they do; hidden when either is."""
-    raw_count, raw_of = _get(p.m, base + ["count"]), _get(p.m, base + ["of"])
-    count = disclosure.control_count(raw_count) if raw_count is not None else None
-    of = disclosure.control_count(raw_of) if raw_of is not None else None
-    share = f"{100 * count / of:.1f}%" if count is not None and of else "\u2013"
-    return (f'<td class="num">{share}<br><span class="small">{_count_span(p, base + ["count"])} of '
-            f"{_count_span(p, base + ['of'])}</span></td>")
-
-
-def _by_group(p: _Page, measure: str, intro: str) -> str:
-    """One table per breakdown: a row per group, a column per source (share, count of denominator)."""
-    figures = _get(p.m, ["linkage", "quality", measure]) or {}
-    sources = _in_order(figures)
-    if not sources:
-        return ""
-    out = [f"<p>{intro}</p>"]
-    for breakdown, title in BREAKDOWN_LABELS.items():
-        groups = sorted({g for s in sources for g in (figures[s].get(breakdown) or {})})
-        if not groups:
-            continue
-        rows = []
-        for g in groups:
-            cells = "".join(
-                _share_cell(p, ["linkage", "quality", measure, s, breakdown, g])
-                if _get(p.m, ["linkage", "quality", measure, s, breakdown, g]) is not None else "<td></td>"
-                for s in sources
-            )
-            rows.append(f'<tr><th scope="row">{e(g)}</th>{cells}</tr>')
-        out.append(f"<h4>{e(title)}</h4>" + _table([title] + [SOURCE_LABELS.get(s, s) for s in sources], rows, "figures"))
-    return "".join(out)
-
-
 def _weight_histogram(p: _Page) -> str:
     """Records the probabilistic step scored, by match-weight bin and outcome, per source."""
     hist = _get(p.m, ["linkage", "quality", "match_weight_histogram"]) or {}
@@ -434,24 +400,401 @@ def _bin_start(label: str) -> float:
     return start - 0.5 if label.lstrip().startswith("<") else start
 
 
-def _linkage_quality(p: _Page) -> str:
-    """Whether linkage failure is biased: participants found and rank P's share, by group; the weights."""
-    if not _get(p.m, ["linkage", "quality"]):
+# ---------------------------------------------------------------------------------------------------
+# Linkage quality as the GUILD guidance asks (Gilbert et al. 2018), and the verdict.
+
+IDENTIFIER_LABELS = {"nhs_number": "NHS number", "date_of_birth": "Date of birth", "postcode": "Postcode", "name": "Surname"}
+CHARACTERISTIC_LABELS = {"provider": "Provider", "record_year": "Year of the record", "record_kind": "Kind of record"}
+RANKS = ("1", "2", "3", "4", "5", "P")
+# A standardised mean difference above this after matching is the usual mark of imbalance.
+SMD_LIMIT = 0.1
+QUALITY = ["linkage", "quality"]
+
+
+def _controlled(p: _Page, paths: list[list[Any]]) -> int | None:
+    """The controlled sum of the figures at `paths` (None when hidden or missing)."""
+    raw = figure_value(p.m, paths)
+    return disclosure.control_count(raw) if raw is not None else None
+
+
+def _share_of(p: _Page, count_paths: list[list[Any]], of_paths: list[list[Any]]) -> float | None:
+    """A share computed from controlled figures only, so it reveals no more than they do. A count the
+    manifest does not hold at all (no record at that rank, say) is none: 0%; a hidden count hides the share."""
+    of = _controlled(p, of_paths)
+    count = 0 if figure_value(p.m, count_paths) is None else _controlled(p, count_paths)
+    return count / of if count is not None and of else None
+
+
+def _pct(share: float | None) -> str:
+    return "\u2013" if share is None else f"{100 * share:.0f}%"
+
+
+def _share_td(p: _Page, count_paths: list[list[Any]], of_paths: list[list[Any]], *, low: float | None = None) -> str:
+    """A cell with the share (from controlled figures) and its provenance; marked when below `low`."""
+    share = _share_of(p, count_paths, of_paths)
+    warn = low is not None and share is not None and share < low
+    mark = ' <span class="badge warn">\u26a0 low</span>' if warn else ""
+    # data-share, not data-figure: the text is a share of controlled counts, not a count.
+    share_paths = json.dumps({"count": count_paths, "of": of_paths})
+    return f"<td class=\"num\" data-share='{e(share_paths)}'>{_pct(share)}{mark}</td>"
+
+
+def _completeness(p: _Page) -> str:
+    """Identifier completeness by source and provider, and of linked records by participant group."""
+    figures = _get(p.m, [*QUALITY, "identifier_present"]) or {}
+    if not figures:
         return ""
-    return ("<h3>Linkage quality: is linkage failure biased?</h3>"
-            "<p>A group whose participants are found less often, or whose records needed the probabilistic rank more often, "
-            "is a group whose service use may be undercounted or rests on weaker evidence. Compare the shares across groups; "
-            "shares are computed from the controlled counts.</p>"
-            + _by_group(p, "participants_found_by_group",
-                        "<strong>Participants found</strong> in each extract: the share of the group's participants, "
-                        "and below it how many were found of how many.")
-            + _by_group(p, "linked_by_p_by_group",
-                        "<strong>Linked records that needed the probabilistic rank (P)</strong>: the share of the group's "
-                        "linked records in each extract.")
-            + "<h4>Match weights of the records the probabilistic step scored</h4>"
-            "<p>Each record's best candidate, in bins of match weight (log2 of the odds of a match). Records just below the "
-            "threshold are the near misses; a conflict is a record two participants both matched.</p>"
-            + _weight_histogram(p))
+    ids = list(IDENTIFIER_LABELS)
+    rows = []
+    for s in _in_order(figures):
+        base = [*QUALITY, "identifier_present", s]
+        cells = "".join(
+            _share_td(p, [[*base, i, "all", "all", "count"]], [[*base, i, "all", "all", "of"]]) if _get(p.m, [*base, i, "all", "all"]) else "<td></td>"
+            for i in ids
+        )
+        rows.append(f'<tr><th scope="row">{_named(s, SOURCE_LABELS)}</th><td>all providers</td>{p.num([*base, ids[0], "all", "all", "of"])}{cells}</tr>')
+        providers = sorted((_get(p.m, [*base, ids[0], "provider"]) or {}))
+        for prov in providers:
+            cells = "".join(
+                _share_td(p, [[*base, i, "provider", prov, "count"]], [[*base, i, "provider", prov, "of"]]) for i in ids
+            )
+            rows.append(f'<tr><td></td><td class="mono">{e(prov)}</td>{p.num([*base, ids[0], "provider", prov, "of"])}{cells}</tr>')
+    by_provider = _table(["Extract", "Provider", "Records"] + [f"{IDENTIFIER_LABELS[i]} usable" for i in ids], rows, "figures")
+    group_rows = []
+    sources = _in_order(figures)
+    for breakdown, title in BREAKDOWN_LABELS.items():
+        groups = sorted({g for s in sources for g in (_get(p.m, [*QUALITY, "identifier_present", s, "nhs_number", breakdown]) or {})})
+        for g in groups:
+            cells = "".join(
+                _share_td(p, [[*QUALITY, "identifier_present", s, "nhs_number", breakdown, g, "count"]],
+                          [[*QUALITY, "identifier_present", s, "nhs_number", breakdown, g, "of"]])
+                for s in sources
+            )
+            group_rows.append(f'<tr><th scope="row">{e(title)}: {e(g)}</th>{cells}</tr>')
+    by_group = _table(["Group of the linked participant"] + [SOURCE_LABELS.get(s, s) for s in sources], group_rows, "figures")
+    return ("<h4>Identifier completeness</h4>"
+            "<p>The share of each extract's records whose identifier could be used (a valid NHS number passing the "
+            "Modulus 11 check, a date of birth, a postcode, a surname), by provider. A provider far below the others "
+            "is sending incomplete identifiers; its records rest on weaker ranks or fail to link.</p>" + by_provider
+            + "<p>The share of <em>linked</em> records carrying a valid NHS number, by the group of the participant they "
+            "linked to (records carry no readable date of birth, so unlinked records cannot be grouped by age). A group "
+            "with fewer NHS numbers is linked more often on weaker evidence.</p>" + by_group)
+
+
+def _rank_mix(p: _Page) -> str:
+    """The mix of ranks among linked records, by participant group, all extracts together."""
+    figures = _get(p.m, [*QUALITY, "linked_by_rank_by_group"]) or {}
+    sources = _in_order(figures)
+    if not sources:
+        return ""
+    rows = []
+    for breakdown, title in BREAKDOWN_LABELS.items():
+        groups = sorted({g for s in sources for g in (figures[s].get(breakdown) or {})})
+        for g in groups:
+            # Every rank's row of a group carries the same denominator: take it from any rank present.
+            of_paths = []
+            for s in sources:
+                present = next((r for r in RANKS if _get(p.m, [*QUALITY, "linked_by_rank_by_group", s, breakdown, g, r]) is not None), None)
+                if present:
+                    of_paths.append([*QUALITY, "linked_by_rank_by_group", s, breakdown, g, present, "of"])
+            cells = "".join(
+                _share_td(p, [[*QUALITY, "linked_by_rank_by_group", s, breakdown, g, r, "count"] for s in sources], of_paths) for r in RANKS
+            )
+            rows.append(f'<tr><th scope="row">{e(title)}: {e(g)}</th>{p.num(*of_paths)}{cells}</tr>')
+    return ("<h4>How records were linked, by group</h4>"
+            "<p>Of the records linked to each group's participants (all extracts), the share linked by each rank. Rank 1 "
+            "is the strongest evidence; a group that needs ranks 5 and P more often has less reliable service-use counts "
+            "(more false and missed links).</p>"
+            + _table(["Group", "Linked records"] + [f"Rank {r}" for r in RANKS], rows, "figures"))
+
+
+def _linked_vs_unlinked(p: _Page) -> str:
+    """Linked and unlinked records compared on what records carry: provider, year and kind."""
+    figures = _get(p.m, [*QUALITY, "records_by_characteristic"]) or {}
+    rows = []
+    for s in _in_order(figures):
+        for characteristic, title in CHARACTERISTIC_LABELS.items():
+            values = figures[s].get(characteristic) or {}
+            for v in sorted(values):
+                base = [*QUALITY, "records_by_characteristic", s, characteristic, v]
+                linked = _share_of(p, [[*base, "linked", "count"]], [[*base, "linked", "of"]]) if "linked" in values[v] else 0.0
+                unlinked = _share_of(p, [[*base, "unlinked", "count"]], [[*base, "unlinked", "of"]]) if "unlinked" in values[v] else 0.0
+                points = None if linked is None or unlinked is None else round(100 * (linked - unlinked))
+                gap = "\u2013" if points is None else f"{points:+d}" if points else "0"
+                first = not rows or rows[-1][0] != s
+                rows.append((s,
+                    f'<tr><th scope="row">{_named(s, SOURCE_LABELS) if first else ""}</th><td>{e(title)}</td><td class="mono">{e(v)}</td>'
+                    f'<td class="num">{_pct(linked)}</td><td class="num">{_pct(unlinked)}</td>'
+                    f'<td class="num">{gap}</td></tr>'
+                ))
+    if not rows:
+        return ""
+    return ("<h4>Linked and unlinked records compared</h4>"
+            "<p>How linked and unlinked records of each extract are spread over providers, years and kinds of record "
+            "(column shares, from controlled counts). Unlinked records include those of people outside the study, so some "
+            "difference is expected; a provider or a year that makes up far more of the unlinked than of the linked records "
+            "points to a delivery problem, not to who the participants are.</p>"
+            + _table(["Extract", "Characteristic", "Value", "Of linked records", "Of unlinked records", "Difference (points)"], [r for _, r in rows], "figures"))
+
+
+def _threshold_weight(p: _Page) -> float | None:
+    """The match weight (bits) of the probabilistic threshold, from its match probability."""
+    prob = _get(p.m, ["linkage", "probabilistic", "options", "threshold_match_probability"])
+    if not isinstance(prob, (int, float)) or not 0 < prob < 1:
+        return None
+    return math.log2(prob / (1 - prob))
+
+
+def _weight_chart(p: _Page) -> str:
+    """An inline SVG histogram of match weights (all extracts), the threshold marked."""
+    hist = _get(p.m, [*QUALITY, "match_weight_histogram"]) or {}
+    totals: dict[str, dict[str, int]] = {}
+    for s, rows in hist.items():
+        for i, r in enumerate(rows):
+            count = _controlled(p, [[*QUALITY, "match_weight_histogram", s, i, "records"]]) or 0
+            totals.setdefault(r["bin"], {}).setdefault(r["outcome"], 0)
+            totals[r["bin"]][r["outcome"]] += count
+    if not hist:
+        return ""
+    from pipeline.link.quality import WEIGHT_EDGES
+
+    # Every bin the link stage uses, drawn or not, so the threshold always has its place.
+    lo, hi = WEIGHT_EDGES[0], WEIGHT_EDGES[-1]
+    bins = [f"< {lo}", *(f"[{a}, {b})" for a, b in zip(WEIGHT_EDGES, WEIGHT_EDGES[1:])), f">= {hi}"]
+    bins += sorted(set(totals) - set(bins), key=_bin_start)
+    totals = {b: totals.get(b, {}) for b in sorted(bins, key=_bin_start)}
+    bins = list(totals)
+    width, height, left, bottom = 720, 220, 50, 40
+    bar = (width - left - 10) / len(bins)
+    drawn = max(sum(v.values()) for v in totals.values())
+    top = drawn or 1
+    colours = {"P": "#1b5e20", "unlinked": "#9e9e9e", "conflict": "#b00020"}
+    shapes = []
+    for k, b in enumerate(bins):
+        y = height - bottom
+        for outcome in ("unlinked", "conflict", "P"):
+            n = totals[b].get(outcome, 0)
+            h = (height - bottom - 10) * n / top
+            y -= h
+            if n:
+                shapes.append(f'<rect x="{left + k * bar + 1:.1f}" y="{y:.1f}" width="{bar - 2:.1f}" height="{h:.1f}" fill="{colours[outcome]}"/>')
+        label = b.strip("[").split(",")[0] if b.startswith("[") else b.replace(">=", "\u2265").replace(" ", "")
+        shapes.append(f'<text x="{left + k * bar:.1f}" y="{height - bottom + 14}" font-size="10" text-anchor="middle">{e(label)}</text>')
+    threshold = _threshold_weight(p)
+    if threshold is not None:
+        # Place the line inside the bin holding the threshold, in proportion.
+        for k, b in enumerate(bins):
+            start = _bin_start(b)
+            if b.startswith("[") and start <= threshold < start + 5:
+                x = left + (k + (threshold - start) / 5) * bar
+                shapes.append(f'<line x1="{x:.1f}" y1="5" x2="{x:.1f}" y2="{height - bottom}" stroke="#0b4f8a" stroke-width="2" stroke-dasharray="5,3"/>'
+                              f'<text x="{x + 4:.1f}" y="16" font-size="11" fill="#0b4f8a">threshold {threshold:.1f} bits</text>')
+    axis = (f'<line x1="{left}" y1="{height - bottom}" x2="{width - 10}" y2="{height - bottom}" stroke="#555"/>'
+            f'<text x="{left - 6}" y="15" font-size="10" text-anchor="end">{top:,}</text>'
+            f'<text x="{left - 6}" y="{height - bottom}" font-size="10" text-anchor="end">0</text>'
+            f'<text x="{(width + left) / 2:.0f}" y="{height - 8}" font-size="11" text-anchor="middle">match weight (bits: log2 odds of a match)</text>')
+    if not drawn:
+        axis += (f'<text x="{left + (width - left) * 0.7:.0f}" y="{(height - bottom) / 2:.0f}" font-size="12" text-anchor="middle" fill="#555">'
+                 "every bin's count is zero or hidden (1\u20137) in this release</text>")
+    return (f'<figure><svg role="img" aria-label="Histogram of match weights with the threshold marked" viewBox="0 0 {width} {height}" '
+            f'width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" style="max-width:100%;background:#fff">'
+            + "".join(shapes) + axis + "</svg><figcaption>Records the probabilistic step scored, all extracts, by the match weight of "
+            "their best candidate: <span style=\"color:#1b5e20\">\u25a0 linked (rank P)</span>, <span style=\"color:#9e9e9e\">\u25a0 not "
+            "linked</span>, <span style=\"color:#b00020\">\u25a0 conflict</span>; the dashed line is the threshold. Bars just left of it "
+            "are near misses; controlled counts.</figcaption></figure>")
+
+
+def _drift_chart(p: _Page, source: str, providers: dict[str, Any], flagged: set[tuple[str, str]]) -> str:
+    """Small SVG: each provider's monthly linkage rate (controlled counts), flagged months ringed."""
+    months = sorted({m for v in providers.values() for m in v.get("months", [])})
+    if len(months) < 2:
+        return ""
+    width, height, left, bottom = 720, 170, 40, 28
+    step = (width - left - 90) / (len(months) - 1)
+    palette = ["#0b4f8a", "#7a4f00", "#1b5e20", "#6a1b9a", "#00695c", "#5d4037", "#ad1457", "#37474f"]
+    shown_months = cells = 0
+    shapes = [f'<line x1="{left}" y1="{height - bottom}" x2="{width - 90}" y2="{height - bottom}" stroke="#555"/>',
+              f'<text x="{left - 4}" y="14" font-size="10" text-anchor="end">100%</text>',
+              f'<text x="{left - 4}" y="{height - bottom}" font-size="10" text-anchor="end">0%</text>']
+    for k, m in enumerate(months):
+        if m.endswith("-01") or k == 0:
+            shapes.append(f'<text x="{left + k * step:.1f}" y="{height - bottom + 14}" font-size="9" text-anchor="middle">{e(m[:4])}</text>')
+    for i, (prov, series) in enumerate(sorted(providers.items())):
+        colour = palette[i % len(palette)]
+        segments: list[list[str]] = [[]]
+        rings = []
+        base = [*QUALITY, "provider_month", "sources", source, prov]
+        for j, m in enumerate(series.get("months", [])):
+            share = _share_of(p, [[*base, "linked", j]], [[*base, "records", j]])
+            if share is None:
+                segments.append([])  # a hidden month breaks the line: no slope is drawn across it
+                continue
+            shown_months += 1
+            x = left + months.index(m) * step
+            y = 8 + (height - bottom - 8) * (1 - share)
+            if segments[-1] and months.index(m) != months.index(series["months"][j - 1]) + 1:
+                segments.append([])
+            segments[-1].append(f"{x:.1f},{y:.1f}")
+            if (prov, m) in flagged:
+                rings.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="none" stroke="#b00020" stroke-width="2"/>')
+        for seg in segments:
+            if len(seg) > 1:
+                shapes.append(f'<polyline points="{" ".join(seg)}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
+            elif seg:
+                x, y = seg[0].split(",")
+                shapes.append(f'<circle cx="{x}" cy="{y}" r="2" fill="{colour}"/>')
+        shapes += rings
+        shapes.append(f'<text x="{width - 85}" y="{20 + 14 * i}" font-size="11" fill="{colour}">\u2014 {e(prov)}</text>')
+        cells += len(series.get("months", []))
+    label = e(SOURCE_LABELS.get(source, source))
+    if shown_months < cells / 2:
+        return (f'<p class="note">{label}: too few records a month to draw each provider\u2019s monthly rate from controlled counts '
+                f"(a rate is shown only where both counts are over {disclosure.SUPPRESSION_THRESHOLD}: {shown_months} of {cells} "
+                "provider-months); the flag above is still judged on the exact counts.</p>")
+    return (f'<figure><svg role="img" aria-label="Monthly linkage rate of each provider of {e(SOURCE_LABELS.get(source, source))}" '
+            f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" style="max-width:100%">'
+            + "".join(shapes) + f"</svg><figcaption>{e(SOURCE_LABELS.get(source, source))}: share of each provider's records linked, month "
+            "by month (months with hidden counts left out, the line broken there); flagged months are ringed in red.</figcaption></figure>")
+
+
+def _drift(p: _Page) -> str:
+    """Linkage rate by provider and month, with the months the drift rule flagged."""
+    figures = _get(p.m, [*QUALITY, "provider_month"])
+    if not isinstance(figures, dict):
+        return ("<h4>Linkage rate by provider and month</h4><p class=\"note\">Not recorded for this release (made before "
+                "records carried their provider).</p>")
+    flags = figures.get("flagged") or []
+    runs: dict[tuple[str, str], list[int]] = {}
+    for i, f in enumerate(flags):
+        runs.setdefault((f["source"], f["provider"]), []).append(i)
+    rows = []
+    for (source, provider), idx in runs.items():
+        paths = [[*QUALITY, "provider_month", "flagged", i] for i in idx]
+        rows.append(
+            f'<tr><th scope="row">{_named(source, SOURCE_LABELS)}</th><td class="mono">{e(provider)}</td>'
+            f'<td class="mono">{e(_month_ranges([flags[i]["month"] for i in idx]))}</td>'
+            f'{p.num(*[[*path, "records"] for path in paths])}{p.num(*[[*path, "linked"] for path in paths])}'
+            f'<td class="num">{_pct(_provider_norm(p, source, provider))}</td></tr>'
+        )
+    table = (_table(["Extract", "Provider", "Months flagged", "Records", "Linked", "Provider's usual rate (other months)"], rows, "figures") if rows
+             else '<p><span class="badge ok">\u2714 no provider-month flagged</span></p>')
+    charts = "".join(
+        _drift_chart(p, s, figures["sources"][s], {(f["provider"], f["month"]) for f in flags if f["source"] == s})
+        for s in _in_order(figures.get("sources") or {})
+    )
+    return ("<h4>Linkage rate by provider and month</h4>"
+            "<p>A provider whose records stop linking (identifiers wrongly withheld, a changed feed) leaves totals looking "
+            f"normal. Each provider is compared with itself: {e(figures.get('rule', ''))}. Records and links are controlled "
+            "counts summed over the flagged months; the usual rate is the provider's months not flagged, pooled, from controlled counts.</p>"
+            + table + charts)
+
+
+def _provider_norm(p: _Page, source: str, provider: str) -> float | None:
+    """A provider's usual linkage rate for the page: its months not flagged, pooled, from controlled counts."""
+    base = [*QUALITY, "provider_month", "sources", source, provider, "unflagged"]
+    return _share_of(p, [[*base, "linked"]], [[*base, "records"]])
+
+
+def _month_ranges(months: list[str]) -> str:
+    """"2024-04 to 2025-03, 2025-06" from sorted YYYY-MM months, consecutive ones joined."""
+    def index(m: str) -> int:
+        return int(m[:4]) * 12 + int(m[5:7])
+
+    runs: list[list[str]] = []
+    for m in sorted(months):
+        if runs and index(m) == index(runs[-1][-1]) + 1:
+            runs[-1].append(m)
+        else:
+            runs.append([m])
+    return ", ".join(r[0] if len(r) == 1 else f"{r[0]} to {r[-1]}" for r in runs)
+
+
+def _linkage_quality(p: _Page) -> str:
+    """Linkage quality as GUILD asks: completeness, rank mix, linked against unlinked, weights, drift."""
+    if not _get(p.m, QUALITY):
+        return ""
+    return ("<h3>Linkage quality, as the GUILD guidance asks</h3>"
+            "<p>GUILD (Gilbert et al. 2018, <em>J Public Health</em>) asks those who release linked data to show how well the "
+            "identifiers were recorded, how records were linked, whether linked and unlinked records differ, where the "
+            "match threshold sits, and whether any provider or period links worse than the rest. Shares are computed from "
+            "controlled counts. (Comparing who was <em>found</em> in an extract across age groups would measure who uses "
+            "the service, not linkage failure, so it is not shown.)</p>"
+            + _completeness(p) + _rank_mix(p) + _linked_vs_unlinked(p)
+            + "<h4>Match weights and the threshold</h4>" + _weight_chart(p) + _weight_histogram(p)
+            + _drift(p))
+
+
+def _judgement_items(p: _Page, unit_cost_versions: list[str], balance: list[dict[str, Any]] | None) -> list[str]:
+    """What the officer must weigh before signing, each with its figure against its threshold."""
+    items = []
+    for zone, d in (p.m.get("validation") or {}).items():
+        for dataset, entry in sorted((d.get("datasets") or {}).items()):
+            for i, f in enumerate(entry.get("files", [])):
+                for j, fail in enumerate(f.get("failures", [])):
+                    if fail.get("severity") == "critical":
+                        continue
+                    path = ["validation", zone, "datasets", dataset, "files", i, "failures", j]
+                    share = _share_of(p, [[*path, "unexpected_count"]], [[*path, "checked_count"]])
+                    mostly = fail.get("mostly")
+                    allowed = f"at most {100 * (1 - mostly):.0f}% allowed" if isinstance(mostly, (int, float)) else "no row allowed"
+                    items.append(f"Validation warning, {e(dataset)} {e(fail.get('column') or '')}: {e(fail.get('rule', ''))}: "
+                                 f"<strong>{_pct(share)}</strong> of rows break it ({allowed}; section 6).")
+    for w in (p.m.get("privacy") or {}).get("warnings", []):
+        items.append(f"Privacy warning: {e(w)} (section 7).")
+    dark: dict[tuple[str, str], list[int]] = {}
+    for i, f in enumerate(_get(p.m, [*QUALITY, "provider_month", "flagged"]) or []):
+        dark.setdefault((f["source"], f["provider"]), []).append(i)
+    for (source, provider), idx in dark.items():
+        paths = [[*QUALITY, "provider_month", "flagged", i] for i in idx]
+        months = [_get(p.m, [*path, "month"]) for path in paths]
+        rate = _share_of(p, [[*path, "linked"] for path in paths], [[*path, "records"] for path in paths])
+        items.append(f"Provider <span class=\"mono\">{e(provider)}</span> ({e(SOURCE_LABELS.get(source, source))}): linkage rate "
+                     f"<strong>{_pct(rate)}</strong> in {len(months)} month(s), {e(_month_ranges(months))}, against its usual "
+                     f"{_pct(_provider_norm(p, source, provider))} (section 5).")
+    samples = _get(p.m, ["cohort", "samples"]) or {}
+    for name, s in sorted(samples.items()):
+        smd = s.get("max_abs_smd_after") if isinstance(s, dict) else None
+        if isinstance(smd, (int, float)) and abs(smd) > SMD_LIMIT:
+            covariates = [r["covariate"] for r in (balance or []) if r.get("sample") == name and isinstance(r.get("smd_after"), (int, float)) and abs(r["smd_after"]) > SMD_LIMIT]
+            covariates.sort(key=lambda c: -abs(next(r["smd_after"] for r in balance or [] if r.get("sample") == name and r["covariate"] == c)))
+            more = f" and {len(covariates) - 3} more" if len(covariates) > 3 else ""
+            which = f", most of all {e(', '.join(covariates[:3]))}{more}" if covariates else ""
+            items.append(f"Sample <span class=\"mono\">{e(name)}</span>: largest |SMD| after matching <strong>{abs(smd):.2f}</strong> "
+                         f"(threshold {SMD_LIMIT}){which} (section 3).")
+    for version in unit_cost_versions:
+        if "illustrative" in version.lower():
+            items.append(f"Unit costs are placeholders (version <span class=\"mono\">{e(version)}</span>): costs in this release "
+                         "are illustrative, not published national figures.")
+    return items
+
+
+def _smallest_group(p: _Page) -> str:
+    groups = {t: q.get("smallest_group") for t, q in ((_get(p.m, ["privacy", "quasi_identifiers"]) or {}).items()) if isinstance(q, dict)}
+    groups = {t: n for t, n in groups.items() if isinstance(n, int)}
+    if not groups:
+        return ""
+    table = min(groups, key=lambda t: groups[t])
+    minimum = _get(p.m, ["privacy", "min_group_size"]) or disclosure.MIN_GROUP_SIZE
+    path = ["privacy", "quasi_identifiers", table, "smallest_group"]
+    return (f"<li>Smallest group of people sharing every quasi-identifier: <strong data-exact-figure='{e(json.dumps([path]))}'>"
+            f"{groups[table]:,}</strong> in <span class=\"mono\">{e(table)}</span> (minimum {minimum}; section 7).</li>")
+
+
+def _verdict(p: _Page, unit_cost_versions: list[str], balance: list[dict[str, Any]] | None) -> str:
+    """The page's opening: Do not sign / Needs your judgement / Ready to sign, and the list to weigh."""
+    privacy = p.m.get("privacy", {})
+    failed = [r for r in privacy.get("rules", []) if r.get("result") == "failed"]
+    critical = sum(d.get("statistics", {}).get("failed_critical", 0) for d in p.m.get("validation", {}).values())
+    items = _judgement_items(p, unit_cost_versions, balance)
+    if failed or critical:
+        banner = '<p class="banner bad">\u2718 Do not sign: this release failed a check and must not be used.</p>'
+    elif items:
+        banner = (f'<p class="banner warn">\u26a0 Needs your judgement: every blocking check passed, and {len(items)} '
+                  f"item(s) below need a decision before sign-off.</p>")
+    else:
+        banner = '<p class="banner ok">\u2714 Ready to sign: every check passed, with nothing that needs judgement.</p>'
+    listed = "".join(f"<li>{i}</li>" for i in items) + _smallest_group(p)
+    return banner + (f'<section id="judgement"><h2>Needs your judgement</h2><ul class="judgement">{listed}</ul></section>' if listed else "")
 
 
 def _validation(p: _Page, data_docs_href: str) -> None:
@@ -593,20 +936,6 @@ def _checklist(p: _Page) -> None:
           "<tr><th>Date</th><td></td></tr><tr><th>Signature</th><td></td></tr></table></section>")
 
 
-def _summary(p: _Page) -> str:
-    privacy = p.m.get("privacy", {})
-    failed = [r for r in privacy.get("rules", []) if r.get("result") == "failed"]
-    critical = sum(d.get("statistics", {}).get("failed_critical", 0) for d in p.m.get("validation", {}).values())
-    warnings = sum(d.get("statistics", {}).get("failed_warning", 0) for d in p.m.get("validation", {}).values())
-    warnings += len(privacy.get("warnings", []))
-    if failed or critical:
-        return '<p class="banner bad">\u2718 This release failed a check and must not be used.</p>'
-    if warnings:
-        return (f'<p class="banner warn">\u26a0 Every blocking check passed. {warnings} warning(s) need review before sign-off '
-                "(sections 6 and 7).</p>")
-    return '<p class="banner ok">\u2714 Every check passed, with no warning.</p>'
-
-
 def render_audit_page(
     manifest: dict[str, Any],
     manifest_sha256: str,
@@ -616,8 +945,13 @@ def render_audit_page(
     data_docs_href: str = "data_docs/index.html",
     provenance: dict[str, Any] | None = None,
     love_plot: bytes | None = None,
+    unit_cost_versions: list[str] | None = None,
+    balance: list[dict[str, Any]] | None = None,
 ) -> str:
     """The whole page as one HTML string (no script, no link out of the reports folder).
+
+    `unit_cost_versions` (the release's unit_costs.csv `version`s) and `balance` (balance.parquet's
+    rows) feed the opening verdict's "needs your judgement" list.
 
     `love_plot` is the release's love_plot.png, embedded as a data URI when the manifest lists it.
     `provenance` is the release's provenance.json (who ran it, when), shown after section 1.
@@ -643,8 +977,8 @@ def render_audit_page(
         f"Every count of people or records on this page is rounded to the nearest {disclosure.ROUNDING_BASE}, and counts from 1 to "
         f"{disclosure.SUPPRESSION_THRESHOLD} are hidden (<q>{e(disclosure.SUPPRESSED_TEXT)}</q>); "
         "the exact figures are in figures.json beside this page, which is never released.</p>"
-        + _summary(p)
-        + '<nav><a href="#consent">Consent</a> <a href="#stages">Stages</a> <a href="#quarantine">Quarantine</a> '
+        + _verdict(p, unit_cost_versions or [], balance)
+        + '<nav><a href="#judgement">Judgement</a> <a href="#consent">Consent</a> <a href="#stages">Stages</a> <a href="#quarantine">Quarantine</a> '
         '<a href="#linkage">Linkage</a> <a href="#validation">Validation</a> <a href="#privacy">Privacy</a> '
         f'<a href="#files">Files</a> <a href="#sign-off">Sign-off</a> <a href="{e(data_docs_href)}">Data Docs</a></nav>'
         + "".join(p.parts)
@@ -677,6 +1011,36 @@ def _love_plot_bytes(manifest_path: Path) -> bytes | None:
     return plot.read_bytes()
 
 
+def _listed_file(manifest_path: Path, name: str) -> Path | None:
+    """A release file beside the manifest, if the manifest lists it with these very bytes."""
+    path = manifest_path.with_name(name)
+    listed = io.read_json(manifest_path).get("files", {}).get(name, {})
+    return path if path.is_file() and listed.get("sha256") == io.sha256_file(path) else None
+
+
+def _unit_cost_versions(manifest_path: Path) -> list[str]:
+    """The distinct `version`s of the release's unit-cost table (e.g. illustrative-0.1)."""
+    import polars as pl
+
+    path = _listed_file(manifest_path, UNIT_COSTS)
+    if path is None:
+        return []
+    table = pl.read_csv(path, infer_schema=False)
+    return sorted(set(table.get_column("version").drop_nulls().to_list())) if "version" in table.columns else []
+
+
+def _balance_rows(manifest_path: Path) -> list[dict[str, Any]] | None:
+    """The release's balance table (sample, covariate, smd_after), if it has one."""
+    import polars as pl
+
+    path = _listed_file(manifest_path, BALANCE)
+    if path is None:
+        return None
+    table = pl.read_parquet(path)
+    keep = [c for c in ("sample", "covariate", "smd_after") if c in table.columns]
+    return table.select(keep).to_dicts()
+
+
 def page_for(manifest_path: Path, reports_dir: Path, release_dir: Path, figures_dir: Path | None = None) -> str:
     """The page of a release whose manifest is at `manifest_path` and which is (or will be) at `release_dir`.
 
@@ -691,6 +1055,8 @@ def page_for(manifest_path: Path, reports_dir: Path, release_dir: Path, figures_
         page_figures(manifest_path, figures_dir or reports_dir), io.sha256_file(manifest_path), str(release_dir), release_href=Path(release_href).as_posix(),
         provenance=io.read_json(provenance_path) if provenance_path.is_file() else None,
         love_plot=_love_plot_bytes(Path(manifest_path)),
+        unit_cost_versions=_unit_cost_versions(Path(manifest_path)),
+        balance=_balance_rows(Path(manifest_path)),
     )
 
 

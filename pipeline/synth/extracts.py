@@ -16,6 +16,7 @@ from pipeline.contracts import load_contract
 from pipeline.synth.faults import PersonIdentifiers, record_identifiers
 from pipeline.synth.population import Population
 from pipeline.synth.profiles import FaultRates
+from pipeline.synth.providers import PersonProviders, blacked_out, record_providers
 
 SOURCES: tuple[str, ...] = ("hospital_apc", "hospital_ae", "hospital_op", "gp_events", "social_care")
 RECORD_PREFIX: dict[str, str] = {
@@ -46,17 +47,22 @@ def deliver(
     participant_of: pl.Series,
     faults: FaultRates,
     first_number: int,
+    providers: PersonProviders,
+    provider_rng: np.random.Generator,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(extract rows, ground-truth rows) for one chunk of one source's events.
 
-    Identifiers with faults first, then duplicates (copies of the faulty row, as delivered twice),
-    then ordering and record numbers from `first_number`.
+    Identifiers with faults first, then each record's provider (drawn from `provider_rng`, so the
+    other draws do not depend on it) and the provider blackout, if any; then duplicates (copies of
+    the faulty row, as delivered twice), then ordering and record numbers from `first_number`.
     """
     pid = events.get_column("_pid").to_numpy()
     day = events.get_column("_day").to_numpy()
     identified = pl.concat(
         [events, record_identifiers(rng, ids, pid, day, faults, faults.nhs_missing(source))], how="horizontal"
-    ).with_columns(is_duplicate=pl.lit(False))
+    ).with_columns(provider_code=record_providers(provider_rng, providers, source, pid))
+    identified = marked_anonymous(identified, blacked_out(faults.provider_blackout, identified.get_column("provider_code"), day))
+    identified = identified.with_columns(is_duplicate=pl.lit(False))
     dup = rng.random(identified.height) < faults.duplicate
     if dup.any():
         identified = pl.concat([identified, identified.filter(pl.Series(dup)).with_columns(is_duplicate=pl.lit(True))])
@@ -76,6 +82,20 @@ def deliver(
         "faults",
     )
     return identified.select(load_contract(source).column_names), truth
+
+
+def marked_anonymous(records: pl.DataFrame, mask: np.ndarray) -> pl.DataFrame:
+    """`records` with the rows of `mask` stripped of NHS number, names and date of birth, sex unknown
+    (the postcode kept), and `provider_blackout` added to their faults."""
+    if not mask.any():
+        return records
+    hit = pl.lit(pl.Series(mask))
+    blank = [pl.when(hit).then(None).otherwise(pl.col(c)).alias(c) for c in ("nhs_number", "given_name", "family_name", "date_of_birth")]
+    return records.with_columns(
+        *blank,
+        sex=pl.when(hit).then(pl.lit("U")).otherwise(pl.col("sex")),
+        faults=pl.when(hit).then(pl.concat_str([pl.col("faults"), pl.lit("provider_blackout")], separator=";", ignore_nulls=True)).otherwise(pl.col("faults")),
+    )
 
 
 # Ground truth of every record: whose it is. `faults` lists the injected faults (see faults.py), or null.

@@ -3,7 +3,7 @@
 Random streams. Each part draws from its own generator, seeded from (seed, stream, ...) with
 numpy's SeedSequence, so parts are independent and reproducible:
     0 population, 1 events (per chunk), 2 identifiers/faults/duplicates (per source and chunk), 3 survey,
-    4 register errors (hard profile).
+    4 register errors (hard profile), 5 providers (each person's, then per source and chunk).
 Event draws never depend on the profile, so one seed gives the same people and the same events in
 `clean`, `realistic` and `hard`; only the identifiers on the records (and duplicates) differ.
 
@@ -30,6 +30,7 @@ from pipeline.synth.extracts import SOURCES, TRUTH_LINK_SCHEMA, consent_register
 from pipeline.synth.faults import PersonIdentifiers, register_errors
 from pipeline.synth.population import COMPARATOR_LTC_SLOPE, MDT_SELECTION, build_population, truth_persons
 from pipeline.synth.profiles import Profile, fault_rates
+from pipeline.synth.providers import PersonProviders
 from pipeline.synth.rates import EVENT_RATES, NEED
 from pipeline.synth.survey import AGEING_PER_YEAR, MDT_FOLLOWUP_GAIN, build_survey
 from pipeline.synth.writer import StreamWriter, concatenate, contract_writer, write_contract, write_json, write_plain
@@ -92,6 +93,7 @@ def generate(
     rows["postcode_imd"] = write_contract(postcode_lookup(pop), load_contract("postcode_imd"), raw / "postcode_imd.parquet")
 
     ids = PersonIdentifiers.of(pop)
+    providers = PersonProviders.of(seed, pop.persons.get_column("site"))
     participant_of = pop.persons.get_column("participant_id")
     extract_writers = {s: contract_writer(raw / f"{s}.parquet", load_contract(s)) for s in SOURCES}
     truth_parts = {s: truth / f".record_links.{s}.parquet" for s in SOURCES}
@@ -103,7 +105,10 @@ def generate(
             chunk_events = _chunk_events(np.random.default_rng(np.random.SeedSequence([seed, 1, chunk])), people, mdt_effect)
             for k, source in enumerate(SOURCES):
                 rng = np.random.default_rng(np.random.SeedSequence([seed, 2, k, chunk]))
-                extract, links = deliver(rng, chunk_events[source], source, ids, participant_of, faults, next_number[source])
+                provider_rng = np.random.default_rng(np.random.SeedSequence([seed, 5, k, chunk]))
+                extract, links = deliver(
+                    rng, chunk_events[source], source, ids, participant_of, faults, next_number[source], providers, provider_rng
+                )
                 next_number[source] += extract.height
                 extract_writers[source].write(extract)
                 truth_writers[source].write(links)

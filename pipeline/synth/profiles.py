@@ -4,6 +4,9 @@
 linkage test can demand perfect precision and recall. `realistic` follows what English linkage
 studies report for hospital, GP and council extracts; `hard` roughly quadruples it to stress the
 probabilistic stage. All rates are per record unless the field name says otherwise.
+`provider_blackout` is `realistic` plus one hospital trust whose records all arrive marked anonymous
+for a year (pipeline.synth.providers.ProviderBlackout): the fault the provider-by-month linkage rate
+(pipeline.link.quality) must flag.
 
 Where the figures come from (orders of magnitude, not precise estimates):
 - Missing NHS numbers: HES APC/A&E carry a valid NHS number on ~97-99% of records, GP systems
@@ -17,10 +20,12 @@ Where the figures come from (orders of magnitude, not precise estimates):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
-Profile = Literal["clean", "realistic", "hard"]
+from pipeline.synth.providers import ProviderBlackout
+
+Profile = Literal["clean", "realistic", "hard", "provider_blackout"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,8 @@ class FaultRates:
     # person (NHS number) under a second participant ID who declined. At least one of each when above
     # zero (pipeline.synth.faults.register_errors).
     register_errors: float = 0.0
+    # One provider's records arrive marked anonymous for some months (none when None).
+    provider_blackout: ProviderBlackout | None = None
 
     def nhs_missing(self, source: str) -> float:
         """The missing-NHS-number rate of one service-use source."""
@@ -111,6 +118,11 @@ PROFILES: dict[str, FaultRates] = {
         register_errors=0.005,
     ),
 }
+
+
+PROFILES["provider_blackout"] = replace(
+    PROFILES["realistic"], provider_blackout=ProviderBlackout(provider="ZZ101", first_month="2024-04", months=12)
+)
 
 
 def fault_rates(profile: str) -> FaultRates:

@@ -27,6 +27,10 @@ class Failure:
     rule: str
     unexpected_count: int | None
     could_not_evaluate: bool = False
+    # Rows the rule was checked on (not null) and the rule's `mostly` (the share that must meet it;
+    # None for "every row"), so the audit page can set the share breaking it against its threshold.
+    checked_count: int | None = None
+    mostly: float | None = None
 
     def sentence(self) -> str:
         where = f"dataset {self.dataset}, file {self.file}" + (f", column {self.column}" if self.column else "")
@@ -135,6 +139,8 @@ def add_results(outcome: FileOutcome, suite_results: list[Any]) -> None:
                 rule=(config.meta or {}).get("rule", config.type),
                 unexpected_count=None if raised or all(c is None for c in counts) else sum(c or 0 for c in counts),
                 could_not_evaluate=raised,
+                checked_count=None if raised else sum(r.result.get("element_count", 0) - r.result.get("missing_count", 0) for r in results) or None,
+                mostly=kwargs.get("mostly"),
             )
         )
 
