@@ -39,9 +39,12 @@ def _run(args: argparse.Namespace) -> int:
     conf = {"raw_dir": args.raw, "work_dir": args.work, "release_label": args.release, "key_file": args.key}
     if args.publishing_key:
         conf["publishing_key_file"] = args.publishing_key
-    for name in ("study_start", "study_end", "extract_date", "unit_costs", "small_groups", "run_date"):
+    for name in ("study_start", "study_end", "extract_date", "unit_costs", "small_groups", "run_date", "eq5d_value_set"):
         if getattr(args, name):
             conf[name] = getattr(args, name)
+    matching = matching_conf(args)
+    if matching:
+        conf["matching"] = matching
     if args.link_threshold is not None:
         conf["linkage"] = {"threshold": args.link_threshold}
     if args.replace:
@@ -57,6 +60,35 @@ def _run(args: argparse.Namespace) -> int:
     print()
     print(summary_text(cfg.release_dir))
     return 0 if result else 1
+
+
+def matching_conf(args: argparse.Namespace) -> dict:
+    """The matching options given on the command line (pipeline.settings.MATCHING_FLAGS), by field name."""
+    from pipeline.settings import MATCHING_FLAGS
+
+    return {name: getattr(args, f"matching_{name}") for name in MATCHING_FLAGS if getattr(args, f"matching_{name}") is not None}
+
+
+def add_matching_arguments(r: argparse.ArgumentParser) -> None:
+    """`pipeline run`'s matching options, one per MatchingOptions field (MatchIt's names); unset ones take
+    the study's value, then MatchingOptions' default."""
+    from pipeline.settings import MATCHING_DISTANCES, MATCHING_FLAGS, MATCHING_METHODS
+
+    g = r.add_argument_group("matching (MatchIt's options; see docs/economists.md)")
+    flag = MATCHING_FLAGS
+
+    def add(name: str, **kw) -> None:
+        g.add_argument(flag[name], dest=f"matching_{name}", default=None, **kw)
+
+    add("method", choices=MATCHING_METHODS, help="nearest (greedy, largest score first; default) or optimal (least total distance)")
+    add("distance", choices=MATCHING_DISTANCES, help="glm (propensity-score logit; default) or mahalanobis (on --mahvars, inside the caliper)")
+    add("ratio", type=int, metavar="K", help="comparators per MDT participant, 1:K (default 1)")
+    add("caliper", type=float, metavar="SD", help="caliper in pooled SDs of the propensity-score logit (default 0.2)")
+    add("replace", action="store_const", const=True, help="match with replacement: a comparator may serve several participants")
+    add("exact", nargs="*", metavar="COLUMN", help="cohort columns matched exactly (default: site sex; none: give the flag alone)")
+    add("mahvars", nargs="+", metavar="COVARIATE", help="covariates of the Mahalanobis distance (default: age, conditions, emergency admissions, log cost, EQ-5D)")
+    add("balance_threshold", type=float, metavar="SMD", help="largest |standardised mean difference| a sample may keep after matching (default 0.1)")
+    add("ladder", action=argparse.BooleanOptionalAction, help="rematch a sample that misses the threshold with a fixed ladder of specifications (default on)")
 
 
 def default_airflow_home(cfg) -> Path:
@@ -149,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         "withdrawn, later ones as register errors; either way the person is not linked",
     )
     r.add_argument("--unit-costs", help="CSV following schemas/unit_costs.yaml (default: reference/unit_costs.csv)")
+    r.add_argument("--eq5d-value-set", metavar="NAME_OR_FILE", help="EQ-5D value set: a shipped name (england, the default) or a CSV following schemas/eq5d_value_set.yaml")
     r.add_argument("--replace", action="store_true", help="replace an existing release of the same label")
     r.add_argument(
         "--small-groups", choices=["suppress", "coarsen", "block"],
@@ -165,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="match probability a record needs to link to a participant in the probabilistic step, "
         "at least 0.5 and below 1 (default 0.9)",
     )
+    add_matching_arguments(r)
     r.add_argument("--airflow-home", help="private AIRFLOW_HOME (default WORK/.airflow/<label>)")
     r.set_defaults(func=_run)
 

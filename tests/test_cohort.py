@@ -243,7 +243,7 @@ def sample_match(logit, treated, options) -> SampleMatch:
 
 def test_with_replacement_a_comparator_appears_once_per_set_in_matches_and_first_in_cohort():
     #             P0    P1    P2    P3
-    m = sample_match([0.50, 0.51, 0.49, 0.40], [True, True, False, False], MatchingOptions(ratio=2, replace=True, caliper_sd=10))
+    m = sample_match([0.50, 0.51, 0.49, 0.40], [True, True, False, False], MatchingOptions(ratio=2, replace=True, caliper=10))
     rows = m.matches().select("participant_id", "matched_set", "arm", "weight").rows()
     # Set 1 is P1 (largest score) with P2 and P3; set 2 is P0 with P2 and P3: both comparators serve twice.
     assert rows == [
@@ -256,7 +256,7 @@ def test_with_replacement_a_comparator_appears_once_per_set_in_matches_and_first
 
 
 def test_unmatched_participants_are_absent_from_matches_and_weightless_in_cohort():
-    m = sample_match([0.0, 0.1, 3.0], [True, False, True], MatchingOptions(caliper_sd=0.2))
+    m = sample_match([0.0, 0.1, 3.0], [True, False, True], MatchingOptions(caliper=0.2))
     assert m.matches().get_column("participant_id").to_list() == ["P0", "P1"]
     cohort = with_main_sample(pl.DataFrame({"participant_id": ["P0", "P1", "P2"]}), m)
     assert cohort.select("matched", "matched_set", "match_weight").rows() == [(True, 1, 1.0), (True, 1, 1.0), (False, None, 0.0)]

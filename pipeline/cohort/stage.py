@@ -28,7 +28,7 @@ from pipeline.cohort.outputs import ARTEFACTS_DIR, LOVE_PLOT, UNIT_COSTS_ARTEFAC
 from pipeline.cohort.panel import person_month_panel
 from pipeline.cohort.samples import MATCHES_SCHEMA, SampleMatch, match_sample, samples
 from pipeline.cohort.service_use import service_use
-from pipeline.costs import DEFAULT_VALUE_SET, read_value_set, scan_unit_costs
+from pipeline.costs import read_value_set, scan_unit_costs
 from pipeline.settings import RunConfig
 from pipeline.zones import COHORT_SCRATCH, cohort_dir, cohort_summary_file, study_persons_file, survey_file
 
@@ -37,8 +37,8 @@ MAIN_SAMPLE = "all"
 
 
 def value_set_path(cfg: RunConfig) -> Path:
-    # A run setting once the lead adds `eq5d_value_set` to RunConfig; the shipped England set until then.
-    return Path(getattr(cfg, "eq5d_value_set", None) or DEFAULT_VALUE_SET)
+    """The run's EQ-5D value set file (RunConfig.eq5d_value_set: a shipped name or a file)."""
+    return cfg.value_set_file
 
 
 def with_main_sample(cohort: pl.DataFrame, main: SampleMatch | None) -> pl.DataFrame:
