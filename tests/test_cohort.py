@@ -270,15 +270,15 @@ def test_release_tables_have_release_contracts_and_no_free_text():
     for table in RELEASE_TABLES:
         contract = load_contract(table)
         assert contract.zone == "release"
-        # Person-level tables carry the release's study ID; balance is the one aggregate table.
-        assert ("study_id" in contract.column_names) == (table != "balance")
+        # Person-level tables carry the release's study ID; balance and estimates are the aggregate tables.
+        assert ("study_id" in contract.column_names) == (table not in ("balance", "estimates"))
         for c in contract.columns:
             if c.type == "string":
                 assert c.allowed is not None or c.pattern is not None, f"{table}.{c.name} would allow free text"
 
 
 def test_sample_and_covariate_names_are_the_contracts_allowed_values():
-    for table in ("matches", "balance"):
+    for table in ("matches", "balance", "estimates"):
         assert load_contract(table).column("sample").allowed == SAMPLE_NAMES
     assert load_contract("balance").column("covariate").allowed == COVARIATE_NAMES
     assert "all" in SAMPLE_NAMES and "site=site_a" in SAMPLE_NAMES and "operating_model=virtual_ward" in SAMPLE_NAMES
@@ -311,3 +311,24 @@ def test_love_plot_is_the_same_bytes_every_time(tmp_path: Path):
     a = draw_love_plot(balance, COVARIATE_NAMES, tmp_path / "a.png").read_bytes()
     b = draw_love_plot(balance, COVARIATE_NAMES, tmp_path / "b.png").read_bytes()
     assert a == b and a[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_love_plot_orders_covariates_by_unadjusted_smd_of_the_first_sample():
+    from pipeline.cohort.love_plot import covariate_order
+
+    balance = pl.DataFrame(
+        {
+            "sample": ["all", "all", "all", "site=site_a"],
+            "covariate": ["age_at_index", "n_ltc", "sex=F", "n_ltc"],
+            "smd_before": [0.1, -0.6, 0.3, 0.0],
+        }
+    )
+    assert covariate_order(balance, COVARIATE_NAMES) == ["n_ltc", "sex=F", "age_at_index"]
+
+
+def test_love_plot_titles_use_the_tables_sample_names_and_flag_an_unbalanced_sample():
+    from pipeline.cohort.love_plot import _title
+
+    assert _title("site=site_a", None) == "site=site_a"
+    facts = {"matched_mdt": 120, "matched_comparators": None, "balanced": False, "attempts": 5}
+    assert _title("site=site_a", facts) == "site=site_a\nmatched 120 MDT : 1-7 comp.\nNOT BALANCED after 5 attempts"
