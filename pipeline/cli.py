@@ -119,11 +119,30 @@ def summary_text(release_dir: Path) -> str:
         f"  eligible: {k['eligible']} ({k['eligible_mdt']} MDT, {k['eligible_comparator']} comparators); "
         f"matched: {k['matched_mdt']} MDT with {k['matched_comparators']} comparators",
         f"  largest |standardised mean difference| after matching: {m['cohort']['max_abs_smd_after']:.3f}",
+        *balance_lines(m),
         "  (counts disclosure-controlled: 1-7 hidden, the rest rounded to 5; exact figures in the reports folder)",
         f"  release: {release_dir}",
         f"  audit page for sign-off: {release_dir.parent.parent / 'reports' / m['release_label'] / 'audit.html'}",
     ]
     return "\n".join(lines)
+
+
+def balance_lines(m: dict) -> list[str]:
+    """The balance gate per sample: each sample's largest |SMD| after matching, and for one above the
+    study's threshold what the ladder tried."""
+    samples = (m.get("cohort") or {}).get("samples") or {}
+    threshold = ((m.get("cohort") or {}).get("balance") or {}).get("threshold", 0.1)
+    lines = [f"  balance by sample (threshold |SMD| < {threshold:g}):"] if samples else []
+    for name, s in samples.items():
+        smd = s.get("max_abs_smd_after")
+        shown = f"{smd:.3f}" if isinstance(smd, float) else "-"
+        ok = bool(s.get("balanced"))
+        lines.append(f"    {name}: {shown} ({s.get('worst_covariate') or '-'}) {'balanced' if ok else 'NOT BALANCED'}; {s.get('specification') or ''}")
+        if not ok:
+            for a in s.get("attempts") or []:
+                a_smd = a.get("max_abs_smd_after")
+                lines.append(f"      tried {a.get('specification')}: {a_smd:.3f}" if isinstance(a_smd, float) else f"      tried {a.get('specification')}: -")
+    return lines
 
 
 def _describe(args: argparse.Namespace) -> int:
