@@ -7,9 +7,14 @@ fixed ladder so that what is tried never depends on the data:
 
 1. the study's specification, as set (`MatchingOptions`);
 2. the same with the caliper tightened to 0.1 SD (if it was wider);
-3. Mahalanobis distance on the key covariates (`mahvars`) inside the study's caliper;
-4. Mahalanobis distance inside a 0.1 SD caliper;
-5. Mahalanobis distance inside a 0.05 SD caliper.
+3. optimal pair matching (least total distance) inside the study's caliper (with replacement
+   this is skipped: optimal matching has none);
+4. one more comparator per MDT participant (1:2 for a 1:1 study): more comparators average out
+   chance differences in small samples, at the price of slightly worse pairs;
+5. Mahalanobis distance on the key covariates (`mahvars`) and the covariates that step 1 left at or
+   above the threshold, inside the study's caliper (what an analyst does on reading `bal.tab`:
+   match directly on what did not balance, while the propensity caliper keeps the rest close);
+6. the same inside a 0.1 SD caliper.
 
 A step identical to an earlier one is skipped. The first step whose largest |SMD| after matching is
 below the threshold is kept; if none is, the step with the smallest largest |SMD| is kept (the
@@ -28,21 +33,39 @@ import polars as pl
 from pipeline.settings import MatchingOptions
 
 TIGHT_CALIPER = 0.1
-TIGHTEST_CALIPER = 0.05
 
 
-def ladder(options: MatchingOptions) -> tuple[MatchingOptions, ...]:
-    """The specifications to try, in order (only the study's own when its ladder is off)."""
+def ladder(options: MatchingOptions, imbalanced: tuple[str, ...] = ()) -> tuple[MatchingOptions, ...]:
+    """The specifications to try, in order (only the study's own when its ladder is off).
+    `imbalanced` are the covariates step 1 left at or above the threshold.
+
+        >>> for step in ladder(MatchingOptions(mahvars=("n_ltc",)), ("sex=F",)):
+        ...     print(step.describe())
+        nearest, glm, 1:1, caliper 0.2, without replacement, exact on site, sex
+        nearest, glm, 1:1, caliper 0.1, without replacement, exact on site, sex
+        optimal, glm, 1:1, caliper 0.2, without replacement, exact on site, sex
+        nearest, glm, 1:2, caliper 0.2, without replacement, exact on site, sex
+        nearest, mahalanobis on n_ltc, sex=F, 1:1, caliper 0.2, without replacement, exact on site, sex
+        nearest, mahalanobis on n_ltc, sex=F, 1:1, caliper 0.1, without replacement, exact on site, sex
+    """
     if not options.ladder:
         return (options,)
+    mahvars = tuple(dict.fromkeys((*options.mahvars, *imbalanced)))
+    tight = min(options.caliper, TIGHT_CALIPER)
     steps = [
         options,
-        replace(options, caliper=min(options.caliper, TIGHT_CALIPER)),
-        replace(options, distance="mahalanobis"),
-        replace(options, distance="mahalanobis", caliper=min(options.caliper, TIGHT_CALIPER)),
-        replace(options, distance="mahalanobis", caliper=min(options.caliper, TIGHTEST_CALIPER)),
+        replace(options, caliper=tight),
+        *([] if options.replace else [replace(options, method="optimal")]),
+        replace(options, ratio=options.ratio + 1),
+        replace(options, distance="mahalanobis", mahvars=mahvars),
+        replace(options, distance="mahalanobis", mahvars=mahvars, caliper=tight),
     ]
     return tuple(dict.fromkeys(steps))  # frozen dataclasses: equal steps collapse, order kept
+
+
+def imbalanced_covariates(balance: pl.DataFrame, threshold: float) -> tuple[str, ...]:
+    """Covariates whose |SMD| after matching is at or above the threshold, in the table's order."""
+    return tuple(balance.filter(pl.col("smd_after").abs() >= threshold).get_column("covariate").to_list())
 
 
 def balance_summary(balance: pl.DataFrame, threshold: float) -> dict:

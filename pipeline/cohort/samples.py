@@ -22,7 +22,7 @@ import polars as pl
 
 from pipeline.cohort.balance import balance_table
 from pipeline.cohort.covariates import COVARIATE_NAMES, PROPENSITY_COVARIATES, covariate_columns, informative
-from pipeline.cohort.ladder import balance_summary, chosen_step, ladder
+from pipeline.cohort.ladder import balance_summary, chosen_step, imbalanced_covariates, ladder
 from pipeline.cohort.matching import MatchResult, PropensityModel, fit_propensity, match
 from pipeline.contracts import load_contract
 from pipeline.errors import PipelineError
@@ -151,7 +151,9 @@ def match_sample(cohort: pl.DataFrame, sample: Sample, options: MatchingOptions)
         raise PipelineError(f"{setting('mahvars')} names {unknown}, which are not covariates; use names of the balance table, e.g. {', '.join(COVARIATE_NAMES[:3])}")
     balance_columns = informative(columns, COVARIATE_NAMES)
     tried: list[tuple[MatchingOptions, MatchResult, pl.DataFrame, dict]] = []
-    for step in ladder(options):
+    steps = list(ladder(options))
+    while len(tried) < len(steps):
+        step = steps[len(tried)]
         features = np.column_stack([columns[v] for v in step.mahvars]) if step.distance == "mahalanobis" else None
         result = match(logit, treated, strata_codes(frame, step.exact), step, features)
         balance = balance_table(balance_columns, treated, result.weight, sample.name)
@@ -161,6 +163,8 @@ def match_sample(cohort: pl.DataFrame, sample: Sample, options: MatchingOptions)
         tried.append((step, result, balance, summary))
         if summary["balanced"]:
             break
+        if len(tried) == 1:  # the later steps also match on what the study's specification left unbalanced
+            steps = [step, *ladder(options, imbalanced_covariates(balance, options.balance_threshold))[1:]]
     kept = chosen_step([t[3] for t in tried])
     attempts = tuple({**t[3], "kept": i == kept} for i, t in enumerate(tried))
     step, result, balance, _ = tried[kept]
