@@ -213,3 +213,48 @@ def test_fast_matching_agrees_with_the_obvious_reference(seed):
     result = match_nearest(logit, treated, strata, options)
     head = {int(s): int(r) for r, s in enumerate(result.treated_set) if s > 0}
     assert sorted((head[s], c) for s, c in result.pairs) == reference_match(logit, treated, strata, options)
+
+
+def balance_rows(smd_after: list[float | None]) -> "pl.DataFrame":
+    import polars as pl
+
+    return pl.DataFrame(
+        {
+            "covariate": [f"c{i}" for i in range(len(smd_after))],
+            "smd_after": smd_after,
+            "variance_ratio_after": [1.5, None, 0.8][: len(smd_after)] + [None] * max(0, len(smd_after) - 3),
+        },
+        schema={"covariate": pl.String, "smd_after": pl.Float64, "variance_ratio_after": pl.Float64},
+    )
+
+
+def test_the_balance_gate_takes_the_largest_absolute_smd_and_the_variance_ratio_range():
+    from pipeline.cohort.ladder import balance_summary
+
+    s = balance_summary(balance_rows([0.05, -0.12, 0.08]), 0.1)
+    assert s == {"max_abs_smd_after": pytest.approx(0.12), "worst_covariate": "c1", "variance_ratio_after_min": 0.8,
+                 "variance_ratio_after_max": 1.5, "balanced": False}  # fmt: skip
+    assert balance_summary(balance_rows([0.05, -0.09, 0.08]), 0.1)["balanced"]
+    assert not balance_summary(balance_rows([0.05, None, 0.01]), 0.1)["balanced"]  # an SMD that cannot be computed fails
+
+
+def test_the_ladder_keeps_the_first_balanced_step_or_else_the_least_unbalanced():
+    from pipeline.cohort.ladder import chosen_step
+
+    step = lambda smd: {"max_abs_smd_after": smd, "balanced": smd is not None and smd < 0.1}  # noqa: E731
+    assert chosen_step([step(0.14), step(0.09), step(0.05)]) == 1
+    assert chosen_step([step(0.14), step(None), step(0.12), step(0.12)]) == 2
+
+
+def test_the_ladder_is_fixed_and_off_means_the_study_specification_only():
+    from pipeline.cohort.ladder import ladder
+
+    study = MatchingOptions(caliper=0.1)
+    steps = ladder(study, ("imd_quintile=4",))
+    assert steps[0] == study and len(steps) == 4  # the 0.1-caliper steps equal earlier ones and collapse
+    assert [(s.method, s.distance, s.ratio, s.caliper) for s in steps] == [
+        ("nearest", "glm", 1, 0.1), ("optimal", "glm", 1, 0.1), ("nearest", "glm", 2, 0.1), ("nearest", "mahalanobis", 1, 0.1),
+    ]  # fmt: skip
+    assert steps[-1].mahvars[-1] == "imd_quintile=4"
+    assert ladder(MatchingOptions(ladder=False)) == (MatchingOptions(ladder=False),)
+    assert all(s.method == "nearest" for s in ladder(MatchingOptions(replace=True)))  # optimal has no replacement

@@ -20,6 +20,7 @@ import polars as pl
 
 SMD_THRESHOLD = 0.1
 VARIANCE_RATIO_BAND = (0.5, 2.0)
+VR_TICKS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 def _values(rows: pl.DataFrame, column: str, absolute: bool = True) -> list[float]:
@@ -63,6 +64,7 @@ def draw_love_plot(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
     facts = facts or {}
     samples = list(dict.fromkeys(balance.get_column("sample").to_list()))
@@ -71,7 +73,7 @@ def draw_love_plot(
     n = max(len(samples), 1)
     fig, axes = plt.subplots(
         2, n, figsize=(2.9 * n + 3.2, 2 * (0.26 * len(names) + 1.4) + 0.8), sharey=True, squeeze=False,
-        gridspec_kw={"hspace": 0.45, "wspace": 0.12},
+        gridspec_kw={"hspace": 0.3, "wspace": 0.12},
     )  # fmt: skip
     top = max(2 * threshold, float(balance.select(pl.max_horizontal(pl.col("smd_before").abs(), pl.col("smd_after").abs()).max()).item() or 0))
     for k, sample in enumerate(samples):
@@ -103,6 +105,9 @@ def draw_love_plot(
         bx.scatter(_values(vr, "variance_ratio_after", False), vys, color="#2166ac", s=22, label="after")
         bx.set_xscale("log")
         bx.set_xlim(0.25, 4)
+        bx.xaxis.set_major_locator(FixedLocator(VR_TICKS))
+        bx.xaxis.set_major_formatter(FixedFormatter([f"{t:g}" for t in VR_TICKS]))
+        bx.xaxis.set_minor_locator(NullLocator())
         bx.set_title(sample, fontsize=8.5)
         bx.tick_params(labelsize=8)
         bx.grid(axis="y", color="#eeeeee", linewidth=0.5)
