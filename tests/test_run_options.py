@@ -98,3 +98,22 @@ def test_bad_matching_options_are_refused_in_the_users_words(options, words):
 
     with pytest.raises(PipelineError, match=re.escape(words)):
         RunConfig.from_conf({"raw_dir": "/d/raw", "work_dir": "/d/work", "release_label": "r1", "matching": options})
+
+
+def test_a_sample_above_the_threshold_is_flagged_in_describe_and_on_the_audit_page():
+    from pipeline.cli import balance_lines
+    from pipeline.publish.report import render_audit_page
+
+    attempts = [
+        {"specification": "nearest, glm, 1:1, caliper 0.2", "max_abs_smd_after": 0.14, "worst_covariate": "imd_quintile=4", "matched_mdt": 200, "kept": False},
+        {"specification": "nearest, glm, 1:1, caliper 0.1", "max_abs_smd_after": 0.12, "worst_covariate": "imd_quintile=4", "matched_mdt": 190, "kept": True},
+    ]  # fmt: skip
+    sample = {"mdt": 210, "comparators": 1400, "matched_mdt": 190, "matched_comparators": 190, "max_abs_smd_after": 0.12,
+              "worst_covariate": "imd_quintile=4", "balanced": False, "specification": "nearest, glm, 1:1, caliper 0.1", "attempts": attempts}  # fmt: skip
+    manifest = {"settings": {"matching": {"ratio": 1, "balance_threshold": 0.1}},
+                "cohort": {"samples": {"site=site_b": sample}, "balance": {"threshold": 0.1, "samples_above_threshold": ["site=site_b"]}}}  # fmt: skip
+    text = "\n".join(balance_lines(manifest))
+    assert "site=site_b: 0.120 (imd_quintile=4) NOT BALANCED" in text and "tried nearest, glm, 1:1, caliper 0.2: 0.140" in text
+    page = render_audit_page(manifest, "0" * 64, "releases/r1")
+    assert "Balance by sample" in page and "site=site_b</strong> is above the threshold after every attempt" in page
+    assert "caliper 0.2</li>" not in page and "largest |SMD| 0.140 (imd_quintile=4)" in page
