@@ -47,9 +47,12 @@ def _run(args: argparse.Namespace) -> int:
     conf = {"raw_dir": args.raw, "work_dir": args.work, "release_label": args.release, "key_file": args.key}
     if args.publishing_key:
         conf["publishing_key_file"] = args.publishing_key
-    for name in ("study_start", "study_end", "extract_date", "unit_costs", "small_groups", "run_date", "deliveries"):
+    for name in ("study_start", "study_end", "extract_date", "unit_costs", "small_groups", "run_date", "deliveries", "eq5d_value_set"):
         if getattr(args, name):
             conf["deliveries_file" if name == "deliveries" else name] = getattr(args, name)
+    matching = matching_conf(args)
+    if matching:
+        conf["matching"] = matching
     if args.link_threshold is not None:
         conf["linkage"] = {"threshold": args.link_threshold}
     if args.replace:
@@ -65,6 +68,35 @@ def _run(args: argparse.Namespace) -> int:
     print()
     print(summary_text(cfg.release_dir))
     return 0 if result else 1
+
+
+def matching_conf(args: argparse.Namespace) -> dict:
+    """The matching options given on the command line (pipeline.settings.MATCHING_FLAGS), by field name."""
+    from pipeline.settings import MATCHING_FLAGS
+
+    return {name: getattr(args, f"matching_{name}") for name in MATCHING_FLAGS if getattr(args, f"matching_{name}") is not None}
+
+
+def add_matching_arguments(r: argparse.ArgumentParser) -> None:
+    """`pipeline run`'s matching options, one per MatchingOptions field (MatchIt's names); unset ones take
+    the study's value, then MatchingOptions' default."""
+    from pipeline.settings import MATCHING_DISTANCES, MATCHING_FLAGS, MATCHING_METHODS
+
+    g = r.add_argument_group("matching (MatchIt's options; see docs/economists.md)")
+    flag = MATCHING_FLAGS
+
+    def add(name: str, **kw) -> None:
+        g.add_argument(flag[name], dest=f"matching_{name}", default=None, **kw)
+
+    add("method", choices=MATCHING_METHODS, help="nearest (greedy, largest score first; default) or optimal (least total distance)")
+    add("distance", choices=MATCHING_DISTANCES, help="glm (propensity-score logit; default) or mahalanobis (on --mahvars, inside the caliper)")
+    add("ratio", type=int, metavar="K", help="comparators per MDT participant, 1:K (default 1)")
+    add("caliper", type=float, metavar="SD", help="caliper in pooled SDs of the propensity-score logit (default 0.2)")
+    add("replace", action="store_const", const=True, help="match with replacement: a comparator may serve several participants")
+    add("exact", nargs="*", metavar="COLUMN", help="cohort columns matched exactly (default: site sex; none: give the flag alone)")
+    add("mahvars", nargs="+", metavar="COVARIATE", help="covariates of the Mahalanobis distance (default: age, conditions, emergency admissions, log cost, EQ-5D)")
+    add("balance_threshold", type=float, metavar="SMD", help="largest |standardised mean difference| a sample may keep after matching (default 0.1)")
+    add("ladder", action=argparse.BooleanOptionalAction, help="rematch a sample that misses the threshold with a fixed ladder of specifications (default on)")
 
 
 def default_airflow_home(cfg) -> Path:
@@ -95,11 +127,30 @@ def summary_text(release_dir: Path) -> str:
         f"  eligible: {k['eligible']} ({k['eligible_mdt']} MDT, {k['eligible_comparator']} comparators); "
         f"matched: {k['matched_mdt']} MDT with {k['matched_comparators']} comparators",
         f"  largest |standardised mean difference| after matching: {m['cohort']['max_abs_smd_after']:.3f}",
+        *balance_lines(m),
         "  (counts disclosure-controlled: 1-7 hidden, the rest rounded to 5; exact figures in the reports folder)",
         f"  release: {release_dir}",
         f"  audit page for sign-off: {release_dir.parent.parent / 'reports' / m['release_label'] / 'audit.html'}",
     ]
     return "\n".join(lines)
+
+
+def balance_lines(m: dict) -> list[str]:
+    """The balance gate per sample: each sample's largest |SMD| after matching, and for one above the
+    study's threshold what the ladder tried."""
+    samples = (m.get("cohort") or {}).get("samples") or {}
+    threshold = ((m.get("cohort") or {}).get("balance") or {}).get("threshold", 0.1)
+    lines = [f"  balance by sample (threshold |SMD| < {threshold:g}):"] if samples else []
+    for name, s in samples.items():
+        smd = s.get("max_abs_smd_after")
+        shown = f"{smd:.3f}" if isinstance(smd, float) else "-"
+        ok = bool(s.get("balanced"))
+        lines.append(f"    {name}: {shown} ({s.get('worst_covariate') or '-'}) {'balanced' if ok else 'NOT BALANCED'}; {s.get('specification') or ''}")
+        if not ok:
+            for a in s.get("attempts") or []:
+                a_smd = a.get("max_abs_smd_after")
+                lines.append(f"      tried {a.get('specification')}: {a_smd:.3f}" if isinstance(a_smd, float) else f"      tried {a.get('specification')}: -")
+    return lines
 
 
 def _describe(args: argparse.Namespace) -> int:
@@ -172,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="deliveries YAML: sources delivered in a provider's layout (CSV, pipe-delimited, gzip, Parquet) with the "
         "mapping of each (docs/data-engineers.md); the other inputs stay <dataset>.parquet in --raw",
     )
+    r.add_argument("--eq5d-value-set", metavar="NAME_OR_FILE", help="EQ-5D value set: a shipped name (england, the default) or a CSV following schemas/eq5d_value_set.yaml")
     r.add_argument("--replace", action="store_true", help="replace an existing release of the same label")
     r.add_argument(
         "--small-groups", choices=["suppress", "coarsen", "block"],
@@ -188,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="match probability a record needs to link to a participant in the probabilistic step, "
         "at least 0.5 and below 1 (default 0.9)",
     )
+    add_matching_arguments(r)
     r.add_argument("--airflow-home", help="private AIRFLOW_HOME (default WORK/.airflow/<label>)")
     r.set_defaults(func=_run)
 

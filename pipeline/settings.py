@@ -2,7 +2,7 @@
 and XCom, and written into the release manifest.
 
     >>> cfg = RunConfig.from_conf({"raw_dir": "/data/raw", "work_dir": "/data/work", "release_label": "r1"})
-    >>> cfg.matching.caliper_sd
+    >>> cfg.matching.caliper
     0.2
 """
 
@@ -27,6 +27,21 @@ LABEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Python and the browser's ECMAScript.
 LABEL_SCHEMA_PATTERN = rf"^(?:{LABEL_PATTERN.pattern})(?![\s\S])"
 
+# The choices of each matching option (MatchIt's names), and the key covariates Mahalanobis distance
+# uses by default (MatchIt's `mahvars`): the ones selection onto MDT caseloads acts on most.
+MATCHING_METHODS: tuple[str, ...] = ("nearest", "optimal")
+MATCHING_DISTANCES: tuple[str, ...] = ("glm", "mahalanobis")
+DEFAULT_MAHVARS: tuple[str, ...] = (
+    "age_at_index", "n_ltc", "baseline_emergency_admissions", "log1p(baseline_cost_gbp)", "baseline_eq5d_index",
+)  # fmt: skip
+# Each matching option's Param of the trigger form and flag of `pipeline run` (the option's own name).
+MATCHING_FLAGS: dict[str, str] = {
+    "method": "--method", "distance": "--distance", "ratio": "--ratio", "caliper": "--caliper",
+    "replace": "--with-replacement", "exact": "--exact", "mahvars": "--mahvars",
+    "balance_threshold": "--balance-threshold", "ladder": "--balance-ladder",
+}  # fmt: skip
+
+
 # How a user sets each run setting: the flag of `pipeline run`, or the Param of the Airflow trigger
 # form (the RunConfig field name). Messages name both, because the same code serves both (`setting`).
 CLI_FLAGS: dict[str, str] = {
@@ -35,7 +50,8 @@ CLI_FLAGS: dict[str, str] = {
     "extract_date": "--extract-date", "unit_costs": "--unit-costs", "run_date": "--run-date",
     "publishing_key_file": "--publishing-key", "small_groups": "--small-groups",
     "retain_working_files": "--retain-working-files", "retention_reason": "--retain-working-files",
-    "link_threshold": "--link-threshold", "deliveries_file": "--deliveries",
+    "link_threshold": "--link-threshold", "deliveries_file": "--deliveries", "eq5d_value_set": "--eq5d-value-set",
+    **MATCHING_FLAGS,
 }  # fmt: skip
 
 
@@ -44,8 +60,8 @@ def setting(name: str) -> str:
 
     >>> setting("raw_dir")
     '--raw (Airflow Param raw_dir)'
-    >>> setting("ratio")
-    'Airflow Param ratio'
+    >>> setting("link_addresses")
+    'Airflow Param link_addresses'
     """
     flag = CLI_FLAGS.get(name)
     return f"{flag} (Airflow Param {name})" if flag else f"Airflow Param {name}"
@@ -53,9 +69,14 @@ def setting(name: str) -> str:
 SMALL_GROUP_POLICIES: tuple[str, ...] = ("suppress", "coarsen", "block")
 REPO_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_UNIT_COSTS = REPO_DIR / "reference" / "unit_costs.csv"
+# EQ-5D value sets shipped with the code, by the name `eq5d_value_set` may give instead of a file
+# (pipeline.costs reads them; docs/economists.md cites them).
+NAMED_VALUE_SETS: dict[str, Path] = {"england": REPO_DIR / "reference" / "eq5d5l_value_set_england.csv"}
 # The settings that name a path on the worker. Anyone who may trigger a DAG sets them, so where a
 # deployment lists its data roots they must resolve inside one of them (`confine_to_data_roots`).
-PATH_SETTINGS: tuple[str, ...] = ("raw_dir", "work_dir", "unit_costs", "key_file", "publishing_key_file", "deliveries_file")
+PATH_SETTINGS: tuple[str, ...] = (
+    "raw_dir", "work_dir", "unit_costs", "key_file", "publishing_key_file", "deliveries_file", "eq5d_value_set",
+)
 # Colon-separated folders a run's paths may resolve into; unset or empty allows any path (one
 # analyst's own machine). docker-compose.yml sets it to /data:/run/secrets.
 DATA_ROOTS_VARIABLE = "PPRL_DATA_ROOTS"
@@ -63,19 +84,68 @@ DATA_ROOTS_VARIABLE = "PPRL_DATA_ROOTS"
 
 @dataclass(frozen=True)
 class MatchingOptions:
-    """Propensity-score matching options, named as economists know them from MatchIt."""
+    """Propensity-score matching options, named as economists know them from MatchIt.
 
+    `method` nearest (greedy, largest score first) or optimal (least total distance); `distance` glm
+    (the logit of a logistic propensity score) or mahalanobis (on `mahvars`, inside the propensity
+    caliper); `caliper` in pooled SDs of the propensity logit; `exact` cohort columns matched exactly.
+    `balance_threshold` is the |SMD| every covariate must stay under in every sample; with `ladder`
+    a sample that misses it is rematched with the next specification of a short fixed ladder
+    (pipeline.cohort.ladder), every attempt recorded.
+
+        >>> MatchingOptions(method="optimal", ratio=2).describe()
+        'optimal, glm, 1:2, caliper 0.2, without replacement, exact on site, sex'
+    """
+
+    method: Literal["nearest", "optimal"] = "nearest"
+    distance: Literal["glm", "mahalanobis"] = "glm"
     ratio: int = 1
-    caliper_sd: float = 0.2
+    caliper: float = 0.2
     replace: bool = False
     exact: tuple[str, ...] = ("site", "sex")
-    method: Literal["nearest"] = "nearest"
+    mahvars: tuple[str, ...] = DEFAULT_MAHVARS
+    balance_threshold: float = 0.1
+    ladder: bool = True
 
     def __post_init__(self) -> None:
-        if self.ratio < 1:
-            raise PipelineError(f"matching ratio must be 1 or more (got {self.ratio})")
-        if self.caliper_sd <= 0:
-            raise PipelineError(f"matching caliper must be positive, in SDs of the logit (got {self.caliper_sd})")
+        def bad(name: str, rule: str) -> PipelineError:
+            return PipelineError(f"{setting(name)} must be {rule} (got {getattr(self, name)!r})")
+
+        if self.method not in MATCHING_METHODS:
+            raise bad("method", "one of " + ", ".join(MATCHING_METHODS))
+        if self.distance not in MATCHING_DISTANCES:
+            raise bad("distance", "one of " + ", ".join(MATCHING_DISTANCES))
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, int) or self.ratio < 1:
+            raise bad("ratio", "a whole number, 1 or more (comparators per MDT participant)")
+        if isinstance(self.caliper, bool) or not isinstance(self.caliper, int | float) or self.caliper <= 0:
+            raise bad("caliper", "a positive number of pooled SDs of the propensity logit")
+        if not isinstance(self.replace, bool):
+            raise bad("replace", "true or false")
+        if self.method == "optimal" and self.replace:
+            raise PipelineError(
+                f"{setting('method')} optimal cannot match with replacement ({setting('replace')}): with replacement every "
+                "MDT participant simply takes its nearest comparators, which is method nearest"
+            )
+        if isinstance(self.balance_threshold, bool) or not isinstance(self.balance_threshold, int | float) or not 0 < self.balance_threshold <= 1:
+            raise bad("balance_threshold", "an absolute standardised mean difference above 0 and at most 1 (the usual one is 0.1)")
+        if not isinstance(self.ladder, bool):
+            raise bad("ladder", "true or false")
+        if self.distance == "mahalanobis" and not self.mahvars:
+            raise bad("mahvars", "at least one covariate when distance is mahalanobis")
+        # Tuples and floats whichever way they were typed (a YAML list, 0.2 or 1), so the manifest's
+        # settings read the same for the same choice.
+        object.__setattr__(self, "exact", tuple(self.exact))
+        object.__setattr__(self, "mahvars", tuple(self.mahvars))
+        object.__setattr__(self, "caliper", float(self.caliper))
+        object.__setattr__(self, "balance_threshold", float(self.balance_threshold))
+
+    def describe(self) -> str:
+        """The specification in one line, as the manifest's attempts and the audit page show it."""
+        distance = f"mahalanobis on {', '.join(self.mahvars)}" if self.distance == "mahalanobis" else "glm"
+        return (
+            f"{self.method}, {distance}, 1:{self.ratio}, caliper {self.caliper:g}, "
+            f"{'with' if self.replace else 'without'} replacement, exact on {', '.join(self.exact) or 'nothing'}"
+        )
 
 
 # Each probabilistic linkage option's flat name: the trigger form's Param and the word messages use.
@@ -154,6 +224,9 @@ class RunConfig:
     # `<dataset>.parquet` in the contracts' layout in raw_dir. The deliveries themselves (file hashes,
     # mapping name and version) are recorded in the input manifest.
     deliveries_file: str | None = None
+    # The EQ-5D value set: a name of NAMED_VALUE_SETS or the path of a CSV (schemas/eq5d_value_set.yaml).
+    # None: the shipped England 5L set (the study file may name another).
+    eq5d_value_set: str | None = None
     replace_release: bool = False
     # Path of a 0600 key file. Only the pseudonymise tasks read it; production sets PPRL_KEY_FILE or
     # the Airflow connection `pprl_key` instead (see pipeline.crypto.keys.load_key).
@@ -228,8 +301,13 @@ class RunConfig:
         m = conf.pop("matching", None) or {}
         if not isinstance(m, MatchingOptions):
             m = dict(m)
-            if "exact" in m:
-                m["exact"] = tuple(m["exact"])
+            if "caliper_sd" in m:  # the option's name before it took MatchIt's
+                m.setdefault("caliper", m.pop("caliper_sd"))
+            unknown_options = set(m) - {f.name for f in fields(MatchingOptions)}
+            if unknown_options:
+                raise PipelineError(
+                    f"unknown matching options {sorted(unknown_options)}; known ones are {sorted(f.name for f in fields(MatchingOptions))}"
+                )
             m = MatchingOptions(**m)
         link = conf.pop("linkage", None) or {}
         if not isinstance(link, LinkageOptions):
@@ -240,7 +318,7 @@ class RunConfig:
                 )
             link = LinkageOptions(**link)
         for p in PATH_SETTINGS:
-            if conf.get(p) is None:
+            if conf.get(p) is None or (p == "eq5d_value_set" and conf[p] in NAMED_VALUE_SETS):
                 continue
             conf[p] = str(Path(conf[p]).expanduser().resolve())
         confine_to_data_roots(conf, data_roots())
@@ -249,7 +327,14 @@ class RunConfig:
     def to_conf(self) -> dict[str, Any]:
         d = asdict(self)
         d["matching"]["exact"] = list(self.matching.exact)
+        d["matching"]["mahvars"] = list(self.matching.mahvars)
         return d
+
+    @property
+    def value_set_file(self) -> Path:
+        """The EQ-5D value set's file: a named one's, the given path, or the shipped England set."""
+        name = self.eq5d_value_set or "england"
+        return NAMED_VALUE_SETS.get(name, Path(name))
 
     # Zone layout: the folders are declared in pipeline.zones, with every file in them.
     @property
@@ -329,6 +414,8 @@ def confine_to_data_roots(conf: dict[str, Any], roots: tuple[Path, ...]) -> None
             continue
         path = Path(value).expanduser().resolve()
         if name == "unit_costs" and path == DEFAULT_UNIT_COSTS.resolve():
+            continue
+        if name == "eq5d_value_set" and (value in NAMED_VALUE_SETS or path in {v.resolve() for v in NAMED_VALUE_SETS.values()}):
             continue
         if not any(path == root or path.is_relative_to(root) for root in roots):
             listed = ", ".join(str(root) for root in roots)

@@ -243,7 +243,7 @@ def sample_match(logit, treated, options) -> SampleMatch:
 
 def test_with_replacement_a_comparator_appears_once_per_set_in_matches_and_first_in_cohort():
     #             P0    P1    P2    P3
-    m = sample_match([0.50, 0.51, 0.49, 0.40], [True, True, False, False], MatchingOptions(ratio=2, replace=True, caliper_sd=10))
+    m = sample_match([0.50, 0.51, 0.49, 0.40], [True, True, False, False], MatchingOptions(ratio=2, replace=True, caliper=10))
     rows = m.matches().select("participant_id", "matched_set", "arm", "weight").rows()
     # Set 1 is P1 (largest score) with P2 and P3; set 2 is P0 with P2 and P3: both comparators serve twice.
     assert rows == [
@@ -256,7 +256,7 @@ def test_with_replacement_a_comparator_appears_once_per_set_in_matches_and_first
 
 
 def test_unmatched_participants_are_absent_from_matches_and_weightless_in_cohort():
-    m = sample_match([0.0, 0.1, 3.0], [True, False, True], MatchingOptions(caliper_sd=0.2))
+    m = sample_match([0.0, 0.1, 3.0], [True, False, True], MatchingOptions(caliper=0.2))
     assert m.matches().get_column("participant_id").to_list() == ["P0", "P1"]
     cohort = with_main_sample(pl.DataFrame({"participant_id": ["P0", "P1", "P2"]}), m)
     assert cohort.select("matched", "matched_set", "match_weight").rows() == [(True, 1, 1.0), (True, 1, 1.0), (False, None, 0.0)]
@@ -270,15 +270,15 @@ def test_release_tables_have_release_contracts_and_no_free_text():
     for table in RELEASE_TABLES:
         contract = load_contract(table)
         assert contract.zone == "release"
-        # Person-level tables carry the release's study ID; balance is the one aggregate table.
-        assert ("study_id" in contract.column_names) == (table != "balance")
+        # Person-level tables carry the release's study ID; balance and estimates are the aggregate tables.
+        assert ("study_id" in contract.column_names) == (table not in ("balance", "estimates"))
         for c in contract.columns:
             if c.type == "string":
                 assert c.allowed is not None or c.pattern is not None, f"{table}.{c.name} would allow free text"
 
 
 def test_sample_and_covariate_names_are_the_contracts_allowed_values():
-    for table in ("matches", "balance"):
+    for table in ("matches", "balance", "estimates"):
         assert load_contract(table).column("sample").allowed == SAMPLE_NAMES
     assert load_contract("balance").column("covariate").allowed == COVARIATE_NAMES
     assert "all" in SAMPLE_NAMES and "site=site_a" in SAMPLE_NAMES and "operating_model=virtual_ward" in SAMPLE_NAMES
@@ -311,3 +311,24 @@ def test_love_plot_is_the_same_bytes_every_time(tmp_path: Path):
     a = draw_love_plot(balance, COVARIATE_NAMES, tmp_path / "a.png").read_bytes()
     b = draw_love_plot(balance, COVARIATE_NAMES, tmp_path / "b.png").read_bytes()
     assert a == b and a[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_love_plot_orders_covariates_by_unadjusted_smd_of_the_first_sample():
+    from pipeline.cohort.love_plot import covariate_order
+
+    balance = pl.DataFrame(
+        {
+            "sample": ["all", "all", "all", "site=site_a"],
+            "covariate": ["age_at_index", "n_ltc", "sex=F", "n_ltc"],
+            "smd_before": [0.1, -0.6, 0.3, 0.0],
+        }
+    )
+    assert covariate_order(balance, COVARIATE_NAMES) == ["n_ltc", "sex=F", "age_at_index"]
+
+
+def test_love_plot_titles_use_the_tables_sample_names_and_flag_an_unbalanced_sample():
+    from pipeline.cohort.love_plot import _title
+
+    assert _title("site=site_a", None) == "site=site_a"
+    facts = {"matched_mdt": 120, "matched_comparators": None, "balanced": False, "attempts": 5}
+    assert _title("site=site_a", facts) == "site=site_a\nmatched 120 MDT : 1-7 comp.\nNOT BALANCED after 5 attempts"

@@ -15,7 +15,7 @@ import pytest
 from pipeline.errors import PipelineError
 from pipeline.orchestration.conf import announce, conf_from_params, event_extra, resolve_conf
 from pipeline.orchestration.embedded import _Report
-from pipeline.settings import RunConfig
+from pipeline.settings import MatchingOptions, RunConfig
 
 T0 = dt.datetime(2026, 5, 1, 9, 0, tzinfo=dt.timezone.utc)
 
@@ -29,7 +29,8 @@ def form(**changes) -> dict:
     params = {
         "raw_dir": "/d/raw", "work_dir": "/d/work", "release_label": "r1", "study_start": "2021-04-01",
         "study_end": "2026-03-31", "extract_date": "2026-03-31", "key_file": None, "publishing_key_file": None, "unit_costs": None,
-        "replace_release": False, "ratio": 1, "caliper_sd": 0.2, "replace": False, "exact": ["site", "sex"],
+        "replace_release": False, "eq5d_value_set": None, "method": "nearest", "distance": "glm", "ratio": 1, "caliper": 0.2,
+        "replace": False, "exact": ["site", "sex"], "mahvars": list(MatchingOptions().mahvars), "balance_threshold": 0.1, "ladder": True,
         "link_threshold": 0.9, "link_addresses": "register_and_linked", "link_u_max_pairs": 3e6,
         "link_em_max_pairs": 5e5, "link_seed": 2026,
     }
@@ -60,7 +61,7 @@ def test_manual_run_takes_the_trigger_form():
 
 
 def test_dag_test_run_conf_in_canonical_form_wins_over_flat_defaults():
-    conf = canonical(matching={"ratio": 2, "caliper_sd": 0.1})
+    conf = canonical(matching={"ratio": 2, "caliper": 0.1})
     # Airflow merges dag_run.conf into the Params, so the flat defaults are there too.
     context = {"params": {**form(), **conf}, "dag_run": SimpleNamespace(conf=conf)}
     assert resolve_conf(context) == conf

@@ -6,7 +6,7 @@ step swaps participant_id for the release's study_id, casts each table to its co
 """
 
 # Release tables, each with a contract of the same name in schemas/ (zone: release).
-RELEASE_TABLES: tuple[str, ...] = ("cohort", "matches", "balance", "service_use", "panel", "outcomes")
+RELEASE_TABLES: tuple[str, ...] = ("cohort", "matches", "balance", "service_use", "panel", "outcomes", "estimates")
 ARTEFACTS_DIR = "artefacts"
 # Named exactly so: the release audit page links it when present.
 LOVE_PLOT = "love_plot.png"

@@ -22,9 +22,11 @@ import polars as pl
 
 from pipeline.cohort.balance import balance_table
 from pipeline.cohort.covariates import COVARIATE_NAMES, PROPENSITY_COVARIATES, covariate_columns, informative
-from pipeline.cohort.matching import MatchResult, match_nearest, propensity_logit
+from pipeline.cohort.ladder import balance_summary, chosen_step, imbalanced_covariates, ladder
+from pipeline.cohort.matching import MatchResult, PropensityModel, fit_propensity, match
 from pipeline.contracts import load_contract
-from pipeline.settings import MatchingOptions
+from pipeline.errors import PipelineError
+from pipeline.settings import MatchingOptions, setting
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,30 @@ class SampleMatch:
     logit: np.ndarray
     result: MatchResult
     balance: pl.DataFrame
+    # The propensity model, the ladder's attempts (what the manifest records) and the step kept.
+    model: PropensityModel | None = None
+    attempts: tuple[dict, ...] = ()
+    options: MatchingOptions | None = None
+
+    @property
+    def balanced(self) -> bool:
+        return bool(self.attempts and self.attempts[self.chosen]["balanced"])
+
+    @property
+    def chosen(self) -> int:
+        return next((i for i, a in enumerate(self.attempts) if a.get("kept")), 0)
+
+    def diagnostics(self, threshold: float) -> dict:
+        """The manifest's record of the sample: counts, the kept step's balance, every attempt, the model."""
+        kept = self.attempts[self.chosen] if self.attempts else balance_summary(self.balance, threshold)
+        return {
+            **self.counts(),
+            **{k: kept[k] for k in ("max_abs_smd_after", "worst_covariate", "variance_ratio_after_min", "variance_ratio_after_max", "balanced")},
+            "balance_threshold": threshold,
+            "specification": self.options.describe() if self.options else None,
+            "attempts": list(self.attempts),
+            "propensity_model": self.model.to_json() if self.model else None,
+        }
 
     @property
     def propensity_score(self) -> np.ndarray:
@@ -109,7 +135,8 @@ def strata_codes(frame: pl.DataFrame, exact: tuple[str, ...]) -> np.ndarray:
 
 
 def match_sample(cohort: pl.DataFrame, sample: Sample, options: MatchingOptions) -> SampleMatch | None:
-    """Fit the propensity model in the sample and match; None when an arm is empty."""
+    """Fit the propensity model in the sample and match, climbing the balance ladder
+    (pipeline.cohort.ladder) until the sample balances; None when an arm is empty."""
     frame = cohort.filter(sample.members)
     treated = (frame.get_column("arm") == "mdt").to_numpy()
     if not treated.any() or treated.all():
@@ -117,7 +144,30 @@ def match_sample(cohort: pl.DataFrame, sample: Sample, options: MatchingOptions)
     columns = covariate_columns(frame)
     ps = informative(columns, PROPENSITY_COVARIATES)
     x = np.column_stack(list(ps.values())) if ps else np.zeros((frame.height, 0))
-    logit = propensity_logit(x, treated.astype(float))
-    result = match_nearest(logit, treated, strata_codes(frame, options.exact), options)
-    balance = balance_table(informative(columns, COVARIATE_NAMES), treated, result.weight, sample.name)
-    return SampleMatch(sample.name, frame.get_column("participant_id"), frame.get_column("arm"), treated, logit, result, balance)
+    model = fit_propensity(x, treated.astype(float), tuple(ps))
+    logit = model.logit(x)
+    unknown = [v for v in options.mahvars if v not in columns]
+    if unknown:
+        raise PipelineError(f"{setting('mahvars')} names {unknown}, which are not covariates; use names of the balance table, e.g. {', '.join(COVARIATE_NAMES[:3])}")
+    balance_columns = informative(columns, COVARIATE_NAMES)
+    tried: list[tuple[MatchingOptions, MatchResult, pl.DataFrame, dict]] = []
+    steps = list(ladder(options))
+    while len(tried) < len(steps):
+        step = steps[len(tried)]
+        features = np.column_stack([columns[v] for v in step.mahvars]) if step.distance == "mahalanobis" else None
+        result = match(logit, treated, strata_codes(frame, step.exact), step, features)
+        balance = balance_table(balance_columns, treated, result.weight, sample.name)
+        matched = int((result.treated_set > 0).sum())
+        summary = {"specification": step.describe(), **balance_summary(balance, options.balance_threshold),
+                   "matched_mdt": matched, "unmatched_mdt": int(treated.sum()) - matched}  # fmt: skip
+        tried.append((step, result, balance, summary))
+        if summary["balanced"]:
+            break
+        if len(tried) == 1:  # the later steps also match on what the study's specification left unbalanced
+            steps = [step, *ladder(options, imbalanced_covariates(balance, options.balance_threshold))[1:]]
+    kept = chosen_step([t[3] for t in tried])
+    attempts = tuple({**t[3], "kept": i == kept} for i, t in enumerate(tried))
+    step, result, balance, _ = tried[kept]
+    return SampleMatch(
+        sample.name, frame.get_column("participant_id"), frame.get_column("arm"), treated, logit, result, balance, model, attempts, step
+    )

@@ -21,6 +21,7 @@ from pipeline import io
 from pipeline.cohort.balance import BALANCE_SCHEMA
 from pipeline.cohort.covariates import BASELINE_USE, COVARIATE_NAMES, baseline_use
 from pipeline.cohort.eligibility import age_band, baseline_answers, eligible_persons
+from pipeline.cohort.estimates import did_counts, estimate_effects, person_outcomes
 from pipeline.cohort.events import duplicate_counts, linked_events
 from pipeline.cohort.love_plot import draw_love_plot
 from pipeline.cohort.outcomes import survey_outcomes
@@ -28,7 +29,8 @@ from pipeline.cohort.outputs import ARTEFACTS_DIR, LOVE_PLOT, UNIT_COSTS_ARTEFAC
 from pipeline.cohort.panel import person_month_panel
 from pipeline.cohort.samples import MATCHES_SCHEMA, SampleMatch, match_sample, samples
 from pipeline.cohort.service_use import service_use
-from pipeline.costs import DEFAULT_VALUE_SET, read_value_set, scan_unit_costs
+from pipeline.costs import read_value_set, scan_unit_costs
+from pipeline.publish.disclosure import MIN_GROUP_SIZE, control_count
 from pipeline.settings import RunConfig
 from pipeline.zones import COHORT_SCRATCH, cohort_dir, cohort_summary_file, study_persons_file, survey_file
 
@@ -37,8 +39,8 @@ MAIN_SAMPLE = "all"
 
 
 def value_set_path(cfg: RunConfig) -> Path:
-    # A run setting once the lead adds `eq5d_value_set` to RunConfig; the shipped England set until then.
-    return Path(getattr(cfg, "eq5d_value_set", None) or DEFAULT_VALUE_SET)
+    """The run's EQ-5D value set file (RunConfig.eq5d_value_set: a shipped name or a file)."""
+    return cfg.value_set_file
 
 
 def with_main_sample(cohort: pl.DataFrame, main: SampleMatch | None) -> pl.DataFrame:
@@ -104,6 +106,10 @@ def build_cohort(cfg: RunConfig) -> Path:
     io.sink_lazy(panel, out / "panel.parquet")
     eligible_outcomes = outcomes.join(cohort.select("participant_id"), on="participant_id", how="semi").sort("participant_id", "wave")
     io.write_table(eligible_outcomes.to_arrow(), out / "outcomes.parquet")
+    estimates = estimate_effects(
+        found, cohort, person_outcomes(use, eligible_outcomes), did_counts(pl.scan_parquet(out / "panel.parquet")), MIN_GROUP_SIZE
+    )
+    io.write_table(estimates.to_arrow(), out / "estimates.parquet")
 
     artefacts = out / ARTEFACTS_DIR
     if artefacts.exists():
@@ -111,7 +117,7 @@ def build_cohort(cfg: RunConfig) -> Path:
     artefacts.mkdir(parents=True)
     if balance.height:
         with io.atomic_path(artefacts / LOVE_PLOT) as tmp:
-            draw_love_plot(balance, COVARIATE_NAMES, tmp)
+            draw_love_plot(balance, COVARIATE_NAMES, tmp, _plot_facts(matched, cfg.matching.balance_threshold), cfg.matching.balance_threshold)
     io.copy_file(Path(cfg.unit_costs), artefacts / UNIT_COSTS_ARTEFACT)
     io.copy_file(value_set_path(cfg), artefacts / VALUE_SET_ARTEFACT)
 
@@ -120,11 +126,33 @@ def build_cohort(cfg: RunConfig) -> Path:
     counts.update({k: main_counts[k] for k in ("matched_mdt", "matched_comparators", "unmatched_mdt")})
     counts["max_abs_smd_after"] = _max_abs_smd(balance, MAIN_SAMPLE)
     counts["duplicate_records_removed"] = duplicate_counts(events, eligible.lazy())
-    counts["samples"] = {name: {**m.counts(), "max_abs_smd_after": _max_abs_smd(m.balance, name)} for name, m in matched.items() if m}
+    threshold = cfg.matching.balance_threshold
+    counts["samples"] = {name: m.diagnostics(threshold) for name, m in matched.items() if m}
+    # The balance gate: every sample's largest |SMD| after matching must be below the threshold.
+    counts["balance"] = {
+        "threshold": threshold,
+        "samples_above_threshold": [name for name, m in matched.items() if m and not m.balanced],
+    }
     shutil.rmtree(work, ignore_errors=True)
     io.write_json(_summary(cfg, counts, value_set.name), cohort_summary_file(cfg))
     log.info("cohort: %d eligible, %d MDT matched", counts["eligible"], counts["matched_mdt"])
     return out
+
+
+def _plot_facts(matched: dict[str, SampleMatch | None], threshold: float) -> dict[str, dict[str, Any]]:
+    """What the love plot says beside each sample's panel: matched numbers (disclosure-controlled, as
+    the plot is released) and whether the sample balanced, with how many specifications were tried."""
+    return {
+        name: {
+            "matched_mdt": control_count(m.counts()["matched_mdt"]),
+            "matched_comparators": control_count(m.counts()["matched_comparators"]),
+            "balanced": m.balanced,
+            "attempts": len(m.attempts),
+            "specification": m.options.describe() if m.options else "",
+        }
+        for name, m in matched.items()
+        if m
+    }
 
 
 def _max_abs_smd(balance: pl.DataFrame, sample: str) -> float | None:

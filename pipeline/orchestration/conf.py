@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipeline.errors import PipelineError
-from pipeline.settings import LINKAGE_PARAMS, RunConfig
+from pipeline.settings import LINKAGE_PARAMS, MATCHING_FLAGS, RunConfig
 
 # Key of the asset event's `extra` that carries the conf; the output path sits beside it so the
 # Airflow UI's asset view shows what each event produced.
@@ -31,7 +31,7 @@ EXTRA_OUTPUT = "output"
 
 # The trigger form shows the matching and linkage options flat; RunConfig nests them under
 # "matching" and "linkage" (the linkage ones as pipeline.settings.LINKAGE_PARAMS names them).
-MATCHING_PARAMS: tuple[str, ...] = ("ratio", "caliper_sd", "replace", "exact")
+MATCHING_PARAMS: tuple[str, ...] = tuple(MATCHING_FLAGS)
 REQUIRED_PARAMS: tuple[str, ...] = ("raw_dir", "work_dir", "release_label")
 
 

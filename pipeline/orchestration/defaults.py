@@ -15,7 +15,17 @@ from airflow.sdk import ExceptionRetryPolicy, Param, RetryAction, RetryRule
 __all__ = ["KEY_HOLDER_QUEUE", "default_args", "run_params"]
 
 from pipeline.orchestration import KEY_HOLDER_QUEUE
-from pipeline.settings import LABEL_SCHEMA_PATTERN, LINKAGE_ADDRESSES, SMALL_GROUP_POLICIES, LinkageOptions, MatchingOptions, RunConfig
+from pipeline.settings import (
+    LABEL_SCHEMA_PATTERN,
+    LINKAGE_ADDRESSES,
+    MATCHING_DISTANCES,
+    MATCHING_METHODS,
+    NAMED_VALUE_SETS,
+    SMALL_GROUP_POLICIES,
+    LinkageOptions,
+    MatchingOptions,
+    RunConfig,
+)
 
 OWNER = "pprl"
 RETRIES = 2
@@ -154,22 +164,56 @@ def run_params(*, filled_by_upstream: bool) -> dict[str, Param]:
             description="Required when keeping the working files; recorded in the release manifest's settings.",
             section="Release",
         ),
+        "eq5d_value_set": Param(
+            _default(RunConfig, "eq5d_value_set"), type=["null", "string"], title="EQ-5D value set",
+            description="A shipped value set by name (" + ", ".join(NAMED_VALUE_SETS) + ") or the path of a CSV "
+            "following schemas/eq5d_value_set.yaml. Empty: the England EQ-5D-5L set.",
+            section="Release",
+        ),
+        # The matching options (RunConfig.matching), flat, each Param named as its MatchingOptions field.
+        "method": Param(
+            _default(MatchingOptions, "method"), type="string", enum=list(MATCHING_METHODS), title="Matching method",
+            description="nearest: greedy nearest neighbour, largest propensity score first; optimal: the pairs "
+            "with the least total distance (within the caliper).", section="Matching",
+        ),
+        "distance": Param(
+            _default(MatchingOptions, "distance"), type="string", enum=list(MATCHING_DISTANCES), title="Distance",
+            description="glm: the logit of the propensity score; mahalanobis: Mahalanobis distance on the key "
+            "covariates (mahvars), inside the propensity-score caliper.", section="Matching",
+        ),
         "ratio": Param(
             _default(MatchingOptions, "ratio"), type="integer", minimum=1, title="Matching ratio (1:k)",
             description="Comparators matched to each MDT participant.", section="Matching",
         ),
-        "caliper_sd": Param(
-            _default(MatchingOptions, "caliper_sd"), type="number", exclusiveMinimum=0, title="Caliper",
-            description="Caliper width in standard deviations of the propensity-score logit.", section="Matching",
+        "caliper": Param(
+            _default(MatchingOptions, "caliper"), type="number", exclusiveMinimum=0, title="Caliper",
+            description="Caliper width in pooled standard deviations of the propensity-score logit.", section="Matching",
         ),
         "replace": Param(
             _default(MatchingOptions, "replace"), type="boolean", title="Match with replacement",
-            description="Allow one comparator to be matched to several participants.", section="Matching",
+            description="Allow one comparator to be matched to several participants (method nearest only).", section="Matching",
         ),
         "exact": Param(
             list(_default(MatchingOptions, "exact")), type="array", items={"type": "string"},
             title="Exact-match variables",
             description="Variables a comparator must share exactly with its participant.", section="Matching",
+        ),
+        "mahvars": Param(
+            list(_default(MatchingOptions, "mahvars")), type="array", items={"type": "string"},
+            title="Mahalanobis covariates",
+            description="Covariates of the Mahalanobis distance (distance mahalanobis, and the ladder's Mahalanobis steps).",
+            section="Matching",
+        ),
+        "balance_threshold": Param(
+            _default(MatchingOptions, "balance_threshold"), type="number", exclusiveMinimum=0, maximum=1,
+            title="Balance threshold (|SMD|)",
+            description="Every covariate's absolute standardised mean difference after matching must be below this "
+            "in every sample; a sample above it is flagged.", section="Matching",
+        ),
+        "ladder": Param(
+            _default(MatchingOptions, "ladder"), type="boolean", title="Seek balance (ladder)",
+            description="Rematch a sample that misses the threshold with the next specification of a short fixed "
+            "ladder, keeping the first that balances (or the best); every attempt is in the manifest.", section="Matching",
         ),
         # The probabilistic linkage options (RunConfig.linkage), flat as pipeline.settings.LINKAGE_PARAMS names them.
         "link_threshold": Param(

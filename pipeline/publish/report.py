@@ -142,9 +142,11 @@ def _identity(p: _Page, manifest_sha256: str, release_location: str) -> None:
         ("Extract date", s.get("extract_date")),
         (
             "Matching",
-            f"1:{matching.get('ratio')} nearest neighbour, caliper {matching.get('caliper_sd')} SD of the logit, "
+            f"{matching.get('method', 'nearest')} ({matching.get('distance', 'glm')}) 1:{matching.get('ratio')}, "
+            f"caliper {matching.get('caliper', matching.get('caliper_sd'))} SD of the logit, "
             f"exact on {', '.join(matching.get('exact', [])) or 'nothing'}, "
-            f"{'with' if matching.get('replace') else 'without'} replacement",
+            f"{'with' if matching.get('replace') else 'without'} replacement; balance threshold |SMD| < "
+            f"{matching.get('balance_threshold', 0.1)}, ladder {'on' if matching.get('ladder') else 'off'}",
         ),
         ("Manifest SHA-256", manifest_sha256),
         *_signing_rows(m),
@@ -272,8 +274,8 @@ def _cohort(p: _Page) -> str:
     rows, tables = [], []
     for key in keys:
         value = cohort[key]
-        if isinstance(value, bool) or value is None:
-            continue
+        if isinstance(value, bool) or value is None or key in ("samples", "balance"):
+            continue  # samples and the balance gate have their own table (_balance_gate)
         if isinstance(value, (int, float)):
             rows.append(f'<tr><th scope="row">{e(_label(key))}</th>{_value_cell(p, ["cohort", key], value)}</tr>')
         elif isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()) and value:
@@ -304,7 +306,45 @@ def _cohort(p: _Page) -> str:
                 f'style="max-width:100%"><figcaption>Covariate balance before and after matching (the release\u2019s {e(LOVE_PLOT)}). '
                 "A standardised mean difference of 0.1 or less is the usual mark of good balance.</figcaption></figure>")
     return ("<h3>From participants to the released cohort</h3>"
-            + _table(["", "Count"], rows, "figures") + "".join(tables) + plot)
+            + _table(["", "Count"], rows, "figures") + "".join(tables) + _balance_gate(p) + plot)
+
+
+def _balance_gate(p: _Page) -> str:
+    """Matching per sample against the study's balance threshold: the numbers matched (controlled), the
+    largest |SMD| and variance ratios after matching, the specification kept, and for a sample that
+    missed the threshold every specification the ladder tried."""
+    samples = _get(p.m, ["cohort", "samples"]) or {}
+    if not samples:
+        return ""
+    threshold = _get(p.m, ["cohort", "balance", "threshold"]) or _get(p.m, ["settings", "matching", "balance_threshold"]) or 0.1
+
+    def stat(v: Any) -> str:
+        return f'<td class="num">{v:.3f}</td>' if isinstance(v, float) else "<td>–</td>"
+
+    rows, tried = [], []
+    for name, s in samples.items():
+        balanced = bool(s.get("balanced", (s.get("max_abs_smd_after") or 1) < threshold))
+        rows.append(
+            f'<tr><th scope="row" class="mono">{e(name)}</th>'
+            + "".join(p.num(["cohort", "samples", name, k]) for k in ("mdt", "comparators", "matched_mdt", "matched_comparators"))
+            + stat(s.get("max_abs_smd_after")) + f"<td>{e(str(s.get('worst_covariate') or ''))}</td>"
+            + stat(s.get("variance_ratio_after_min")) + stat(s.get("variance_ratio_after_max"))
+            + f"<td>{_badge('passed' if balanced else 'failed')}</td><td>{e(str(s.get('specification') or ''))}</td>"
+            + f'<td class="num">{len(s.get("attempts") or [])}</td></tr>'
+        )
+        if not balanced:
+            steps = "".join(
+                f"<li>{e(str(a.get('specification')))}: largest |SMD| "
+                + (f"{a['max_abs_smd_after']:.3f}" if isinstance(a.get("max_abs_smd_after"), float) else "–")
+                + f" ({e(str(a.get('worst_covariate') or ''))}){' — kept' if a.get('kept') else ''}</li>"
+                for a in s.get("attempts") or []
+            )
+            tried.append(f'<p><strong class="mono">{e(name)}</strong> is above the threshold after every attempt:</p><ol>{steps}</ol>')
+    note = (f'<p class="note">Balance gate: every covariate’s |standardised mean difference| after matching must be below '
+            f"{threshold:g} in every sample. A failed sample is released but its estimates need the caution of docs/economists.md.</p>")
+    header = ["Sample", "MDT", "Comparators", "Matched MDT", "Matched comparators", "Largest |SMD| after", "Covariate",
+              "Variance ratio min", "Variance ratio max", "Balance", "Specification kept", "Attempts"]  # fmt: skip
+    return "<h3>Balance by sample</h3>" + _table(header, rows, "figures") + note + "".join(tried)
 
 
 def _quarantine(p: _Page) -> None:

@@ -1,0 +1,54 @@
+"""Spec tests for the first estimates (pipeline/cohort/estimates.py): small written-out matched data,
+with the answer each estimator must give worked out by hand beside it."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipeline.cohort.estimates import did_rate_ratio, mean_difference, person_outcomes, rate_ratio
+
+#               set:  1    1    2    2    3    3    3    4    4
+MDT = np.array([1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0])
+WEIGHT = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 1.0, 1.0])
+SETS = np.array([1, 1, 2, 2, 3, 3, 3, 4, 4])
+Y = np.array([1.0, 2.0, 0.0, 3.0, 2.0, 1.0, 3.0, 1.0, 2.0])
+
+
+def test_mean_difference_is_the_weighted_difference_of_means():
+    # MDT: (1 + 0 + 2 + 1) / 4 = 1. Comparators: (2 + 3 + 0.5*1 + 0.5*3 + 2) / 4 = 2.25. Difference -1.25.
+    b, se = mean_difference(Y, MDT, WEIGHT, SETS)
+    assert b == pytest.approx(-1.25) and se > 0
+
+
+def test_unadjusted_rate_ratio_is_the_ratio_of_weighted_means():
+    b, se = rate_ratio(Y, MDT, WEIGHT, SETS)
+    assert np.exp(b) == pytest.approx(1.0 / 2.25) and se > 0
+
+
+def test_no_event_in_an_arm_gives_no_rate_ratio():
+    assert rate_ratio(np.where(MDT == 1, 0.0, Y), MDT, WEIGHT, SETS) is None
+
+
+def test_did_rate_ratio_is_the_ratio_of_the_arms_post_to_pre_ratios():
+    pre = np.array([2.0, 1.0, 1.0, 1.0, 3.0, 2.0, 0.0, 2.0, 1.0])
+    post = np.array([1.0, 1.0, 0.0, 2.0, 1.0, 2.0, 2.0, 1.0, 1.0])
+    # MDT: post 3 / pre 8. Comparators (weighted): post 1 + 2 + 0.5*2 + 0.5*2 + 1 = 6, pre 1 + 1 + 0.5*2 + 0 + 1 = 4.
+    b, se = did_rate_ratio(pre, post, MDT, WEIGHT, SETS)
+    assert np.exp(b) == pytest.approx((3 / 8) / (6 / 4)) and se > 0
+
+
+def test_person_outcomes_sum_post_index_units_and_take_the_eq5d_change():
+    use = pl.DataFrame(
+        {
+            "participant_id": ["P1"] * 5 + ["P2"],
+            "period": ["post_12m", "post_12m", "post_12m", "pre_12m", "post_12m", "post_12m"],
+            "service_type": ["gp_surgery", "gp_telephone", "home_care_hour", "gp_surgery", "emergency_admission", "bed_day"],
+            "units": [2.0, 1.0, 10.5, 7.0, 1.0, 4.0],
+            "cost_gbp": [80.0, 40.0, 300.0, 280.0, 2000.0, 1600.0],
+        }
+    )
+    outcomes = pl.DataFrame({"participant_id": ["P1", "P1", "P2"], "wave": ["baseline", "followup", "baseline"], "eq5d_index": [0.5, 0.7, 0.6]})
+    got = person_outcomes(use, outcomes).select("participant_id", "gp_consultations", "social_care_hours", "emergency_admissions", "bed_days", "total_cost_gbp", "eq5d_index_change")
+    assert got.rows() == [("P1", 3.0, 10.5, 1.0, 0.0, 2420.0, pytest.approx(0.2)), ("P2", 0.0, 0.0, 0.0, 4.0, 1600.0, None)]
