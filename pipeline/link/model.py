@@ -109,6 +109,11 @@ def _either_null(col: str) -> str:
     return f'"{col}_l" IS NULL OR "{col}_r" IS NULL'
 
 
+def _swapped(col: str, other: str) -> str:
+    """Either side's `col` is the other side's `other` (forename and surname given the other way round)."""
+    return f'"{col}_l" = "{other}_r" OR "{other}_l" = "{col}_r"'
+
+
 def _shares(col: str) -> str:
     return f'list_has_any("{col}_l", "{col}_r")'
 
@@ -131,6 +136,7 @@ def comparisons(tf: bool = True) -> list[dict[str, Any]]:
                 _level(_eq("forename"), "all forenames agree", tf=t("forename")),
                 _level(_eq("forename_first"), "first forename agrees", tf=t("forename_first")),
                 _level(_eq("forename_phonetic"), "first forenames sound alike, surname initials agree"),
+                _level(_swapped("forename_first", "surname"), "first forename is the other's surname"),
                 _ELSE,
             ],
         },
@@ -141,6 +147,7 @@ def comparisons(tf: bool = True) -> list[dict[str, Any]]:
                 _level(_either_null("surname"), "surname missing", null=True),
                 _level(_eq("surname"), "surname agrees", tf=t("surname")),
                 _level(_eq("surname_phonetic"), "surnames sound alike, forename initials agree"),
+                _level(_swapped("surname", "forename_first"), "surname is the other's first forename"),
                 _ELSE,
             ],
         },
@@ -174,10 +181,11 @@ def comparisons(tf: bool = True) -> list[dict[str, Any]]:
 # million people (docs/linkage.md has the counts).
 
 BLOCKING_RULES: tuple[str, ...] = (
-    "l.dob = r.dob AND l.forename_phonetic = r.forename_phonetic",
-    "l.dob = r.dob AND l.surname_phonetic = r.surname_phonetic",
-    # Date of birth wrong (day and month swapped included): names that sound alike at the same postcode.
-    "l.forename_phonetic = r.forename_phonetic AND l.surname_phonetic = r.surname_phonetic AND l.postcode = r.postcode",
+    "l.dob = r.dob",
+    "l.postcode = r.postcode",
+    # Date of birth and postcode both wrong: names that sound alike, or forename and surname swapped.
+    "l.forename_phonetic = r.forename_phonetic AND l.surname_phonetic = r.surname_phonetic",
+    "l.forename_first = r.surname AND l.surname = r.forename_first",
 )
 # EM sessions: each blocks on some identifiers and estimates m for the others.
 TRAINING_RULES: tuple[str, ...] = (
