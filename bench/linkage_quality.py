@@ -131,8 +131,11 @@ def plaintext_yardstick(cfg: RunConfig, ours: Path, out: Path, options: Probabil
 
     plain: dict[str, pl.DataFrame] = {}
     seen = []
+    # The link map names records by their record tokens (pipeline.crypto.tokens), not the raw IDs.
+    record_token = record_tokens(cfg)
     for s in SOURCES:
         records = _plain(pl.scan_parquet(raw / f"{s}.parquet"), "record_id").collect()
+        records = records.with_columns(record_token(s, records.get_column("record_id")).alias("record_id"))
         plain[s] = records
         nhs_linked = lm.filter((pl.col("source") == s) & pl.col("rank").is_in(["1", "2", "3", "4"])).select("record_id", "participant_id")
         seen.append(records.join(nhs_linked, on="record_id").select("participant_id", *ADDRESS_LISTS.values()).unique())
