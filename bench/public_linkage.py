@@ -246,7 +246,7 @@ def table(results: list[dict[str, Any]]) -> str:
     plaintext model's precision at the threshold: each method's best threshold reaching it); F1 points
     tokens are behind plaintext at equal precision and at the threshold."""
     lines = [
-        f"{'data set':9} {'role':12} {'ceiling':>7} {'method':10} {'P':>7} {'R':>7} {'F1':>7} | {'equal precision: threshold':>26} {'P':>7} {'R':>7} {'F1':>7}",
+        f"{'data set':9} {'role':12} {'ceiling':>7} {'method':10} {'P':>7} {'R':>7} {'F1':>7} | {'at equal precision: threshold':>30} {'P':>7} {'R':>7} {'F1':>7}",
     ]
     for res in results:
         for method, m in res["methods"].items():
