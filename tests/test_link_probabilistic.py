@@ -109,7 +109,7 @@ def scored(tmp_path_factory) -> dict[int, dict[int, float]]:
             person(12, nhs=999),  # an NHS number that contradicts participant 1's
             person(13, nhs=None, tok_postcode=59),  # moved house
             person(14, nhs=None, tok_dob=32, tok_dob_sex=33),  # day and month swapped: the date disagrees
-            person(15, nhs=None, tok_surname=19, tok_surname_phonetic_initial=18, tok_dob=39, tok_dob_sex=38, tok_forename_phonetic_initial=26),
+            person(15, nhs=None, tok_surname=19, tok_surname_phonetic_initial=18, tok_dob=39, tok_dob_sex=38, tok_forename_phonetic_initial=26, tok_postcode=58),
         ],
     )
     pairs = score_pairs(
@@ -137,7 +137,7 @@ def test_agreement_raises_the_weight_and_each_fault_costs_less_than_disagreement
 
 
 def test_pairs_no_blocking_rule_admits_are_never_scored(scored):
-    # Record 15 has another surname, forename sound and dob: no rule pairs it with anyone.
+    # Record 15 has another surname, forename sound, dob and postcode: no rule pairs it with anyone.
     assert 15 not in scored
 
 
