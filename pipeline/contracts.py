@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from pipeline.errors import ContractError, Violation
+from pipeline.errors import ContractError, UnknownDatasetError, Violation
 
 SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 
@@ -182,8 +182,10 @@ def _parse_columns(spec: dict[str, Any], source: str) -> list[Column]:
 def load_contract(name: str, schemas_dir: Path = SCHEMAS_DIR) -> Contract:
     """Load `schemas/<name>.yaml`, with its `include`d column blocks after its own key columns."""
     path = schemas_dir / f"{name}.yaml"
-    if not path.exists():
-        raise FileNotFoundError(f"no contract {name!r}: expected {path}")
+    # A name is looked up among the contracts, never used as a path (`../x` would leave schemas/).
+    if "/" in name or "\\" in name or not path.is_file():
+        names = ", ".join(all_contract_names(schemas_dir))
+        raise UnknownDatasetError(f"no data contract named {name!r} (no {path.name} in {schemas_dir}); the dataset names are: {names}")
     spec = yaml.safe_load(path.read_text())
     own = _parse_columns(spec.get("columns", {}), path.name)
     included: list[Column] = []

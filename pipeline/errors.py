@@ -36,6 +36,15 @@ class ContractError(PipelineError):
         super().__init__("\n".join(lines))
 
 
+class UnknownDatasetError(PipelineError):
+    """A dataset name that no contract in schemas/ has (a typo in `pipeline check DATASET FILE`, say).
+    The message lists the names there are."""
+
+
+class ReleaseFolderError(PipelineError):
+    """A path given as a release folder is not one (missing, not a folder, or without its manifest)."""
+
+
 class KeyFileError(PipelineError):
     """The linkage key is missing, malformed or too widely readable."""
 

@@ -8,9 +8,11 @@ and XCom, and written into the release manifest.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +30,7 @@ LABEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 LABEL_SCHEMA_PATTERN = rf"^(?:{LABEL_PATTERN.pattern})(?![\s\S])"
 
 # How a user sets each run setting: the flag of `pipeline run`, or the Param of the Airflow trigger
-# form (the RunConfig field name). Messages name both, because the same code serves both (`setting`).
+# form (the RunConfig field name). Messages name it in the words of whoever set it (`setting`).
 CLI_FLAGS: dict[str, str] = {
     "raw_dir": "--raw", "work_dir": "--work", "release_label": "--release", "key_file": "--key",
     "replace_release": "--replace", "study_start": "--study-start", "study_end": "--study-end",
@@ -37,18 +39,62 @@ CLI_FLAGS: dict[str, str] = {
     "retain_working_files": "--retain-working-files", "retention_reason": "--retain-working-files",
     "link_threshold": "--link-threshold",
 }  # fmt: skip
+# Who set the run's settings, and so which names messages use: "cli" (the flags of `pipeline run`),
+# "airflow" (the Params of the trigger form), or unset (library use, tests' stage runner): both. An
+# environment variable, not a global, because the same messages are written in the embedded
+# runner's Airflow child and the key holder's children, which inherit it (`named_as`).
+SETTING_NAMES_VARIABLE = "PPRL_SETTING_NAMES"
+SETTING_NAMES: tuple[str, ...] = ("cli", "airflow")
+
+
+@contextlib.contextmanager
+def named_as(audience: str) -> Iterator[None]:
+    """Name settings as `audience` ("cli" or "airflow") knows them while the block runs, in this
+    process and any child it starts; then as before.
+
+        >>> with named_as("cli"):
+        ...     setting("replace_release")
+        '--replace'
+    """
+    if audience not in SETTING_NAMES:
+        raise ValueError(f"audience must be one of {SETTING_NAMES}, not {audience!r}")
+    before = os.environ.get(SETTING_NAMES_VARIABLE)
+    os.environ[SETTING_NAMES_VARIABLE] = audience
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(SETTING_NAMES_VARIABLE, None)
+        else:
+            os.environ[SETTING_NAMES_VARIABLE] = before
+
+
+def setting_names() -> str:
+    """"cli", "airflow" or "" (both): whose names messages use now."""
+    return os.environ.get(SETTING_NAMES_VARIABLE, "")
 
 
 def setting(name: str) -> str:
-    """How a message names a run setting, in the words of whoever set it.
+    """How a message names a run setting, in the words of whoever set it (see `named_as`).
 
     >>> setting("raw_dir")
     '--raw (Airflow Param raw_dir)'
     >>> setting("ratio")
     'Airflow Param ratio'
+    >>> with named_as("airflow"):
+    ...     setting("raw_dir")
+    'Airflow Param raw_dir'
     """
+    audience = setting_names()
     flag = CLI_FLAGS.get(name)
-    return f"{flag} (Airflow Param {name})" if flag else f"Airflow Param {name}"
+    if audience == "cli":
+        # A setting with no flag can only hold its default on the command line; name it plainly.
+        return flag or f"run setting {name} (no flag of `pipeline run`; an Airflow Param)"
+    if audience == "airflow" or not flag:
+        return f"Airflow Param {name}"
+    return f"{flag} (Airflow Param {name})"
+
+
 # The policies of RunConfig.small_groups; what each does is in pipeline.publish.disclosure.
 SMALL_GROUP_POLICIES: tuple[str, ...] = ("suppress", "coarsen", "block")
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -180,8 +226,9 @@ class RunConfig:
             object.__setattr__(self, "retention_reason", None)
         if self.retain_working_files and not (isinstance(self.retention_reason, str) and self.retention_reason.strip()):
             raise PipelineError(
-                f"keeping the working files needs a reason: give it with {setting('retain_working_files')} "
-                "REASON (Airflow Params retain_working_files and retention_reason), for the manifest"
+                f"keeping the working files needs a reason: give it with {setting('retain_working_files')} REASON"
+                + ("" if setting_names() == "cli" else " (Airflow Param retention_reason)")
+                + ", for the manifest"
             )
         if self.retention_reason is not None and not self.retain_working_files:
             raise PipelineError(
@@ -314,7 +361,7 @@ def confine_to_data_roots(conf: dict[str, Any], roots: tuple[Path, ...]) -> None
         >>> confine_to_data_roots({"work_dir": "/etc"}, (Path("/data"),))
         Traceback (most recent call last):
         ...
-        pipeline.errors.PathOutsideRootsError: run setting work_dir: rule 'inside the data roots' broken: ...
+        pipeline.errors.PathOutsideRootsError: run setting work_dir (--work (Airflow Param work_dir)): rule 'inside the data roots' broken: ...
     """
     if not roots:
         return
@@ -328,7 +375,7 @@ def confine_to_data_roots(conf: dict[str, Any], roots: tuple[Path, ...]) -> None
         if not any(path == root or path.is_relative_to(root) for root in roots):
             listed = ", ".join(str(root) for root in roots)
             raise PathOutsideRootsError(
-                f"run setting {name}: rule 'inside the data roots' broken: it resolves outside every folder "
+                f"run setting {name} ({setting(name)}): rule 'inside the data roots' broken: it resolves outside every folder "
                 f"{DATA_ROOTS_VARIABLE} allows ({listed}); give a path under one of them, or ask the "
                 "deployment's administrator to add a root"
             )
