@@ -106,6 +106,9 @@ class Contract:
     description: str
     primary_key: tuple[str, ...]
     columns: tuple[Column, ...] = field(default_factory=tuple)
+    # What an analyst must know before using a release table (withheld values, rounding, samples):
+    # shown by `pipeline describe` and in the data dictionary.
+    caveats: tuple[str, ...] = ()
 
     @property
     def column_names(self) -> list[str]:
@@ -205,6 +208,7 @@ def load_contract(name: str, schemas_dir: Path = SCHEMAS_DIR) -> Contract:
         description=" ".join(str(spec.get("description", "")).split()),
         primary_key=pk,
         columns=tuple(ordered),
+        caveats=tuple(" ".join(str(c).split()) for c in spec.get("caveats", [])),
     )
 
 
@@ -473,10 +477,28 @@ def to_arrow(df: pl.DataFrame, contract: Contract) -> pa.Table:
 # Data dictionary
 
 
+# One type per kind of value across the release tables, so a column means the same in every table
+# it appears in and joins and stacks without casts (tests/test_contracts.py holds the release
+# contracts to it). Printed at the head of each release's data dictionary.
+TYPE_POLICY = (
+    "Types: one per kind of value, the same in every table.",
+    "- Counts (admissions, bed days, attendances, consultations, conditions, matched-set numbers): `int32`.",
+    "- Points of a marked scale: `int8` for the EQ-5D and ASCOT levels, the IMD quintile and the month; "
+    "`int16` for EQ VAS (0-100), in cohort (`baseline_eq_vas`) as in outcomes (`eq_vas`).",
+    "- Quantities that can be fractional: `float64` (costs, hours and weeks of care, service_use's `units`, which "
+    "holds them beside the counts, indices, scores, weights, standardised differences).",
+    "- A missing value is null in every type (Polars nulls; NA in R's arrow), never a sentinel such as -1 or NaN.",
+)
+
+
 def render_dictionary_markdown(contracts: list[Contract], title: str = "Data dictionary") -> str:
     lines = [f"# {title}", ""]
+    if any(ct.zone == "release" for ct in contracts):
+        lines += [*TYPE_POLICY, ""]
     for ct in contracts:
         lines += [f"## `{ct.name}`", "", ct.description, ""]
+        if ct.caveats:
+            lines += ["Caveats:", *(f"- {c}" for c in ct.caveats), ""]
         if ct.primary_key:
             lines += [f"One row per {', '.join(ct.primary_key)}.", ""]
         lines += ["| column | type | nullable | class | description | rules |", "| --- | --- | --- | --- | --- | --- |"]
