@@ -12,13 +12,18 @@ import sys
 from pathlib import Path
 
 from pipeline.crypto.cli_keys import add_keys_parser
-from pipeline.errors import PipelineError
+from pipeline.errors import OutputFolderError, PipelineError
 
 
 def _synth(args: argparse.Namespace) -> int:
     from pipeline.synth import generate
 
-    out = generate(Path(args.out), persons=args.persons, seed=args.seed, profile=args.profile, mdt_effect=args.mdt_effect)
+    try:
+        out = generate(Path(args.out), persons=args.persons, seed=args.seed, profile=args.profile, mdt_effect=args.mdt_effect)
+    except OSError as exc:  # a folder that cannot be made or written; the generator's own errors are named
+        raise OutputFolderError(
+            f"{exc.filename or args.out}: rule 'writable folder' broken: {exc.strerror or exc}; give --out a folder you can write to"
+        ) from None
     print(f"synthetic extracts in {out / 'raw'}; ground truth (never read by the pipeline) in {out / 'truth'}")
     return 0
 
@@ -96,16 +101,12 @@ def summary_text(release_dir: Path) -> str:
 
 
 def _describe(args: argparse.Namespace) -> int:
-    import polars as pl
+    from pipeline.publish.describe import describe_release, read_manifest
 
     release = Path(args.release_dir)
+    read_manifest(release)  # a wrong path is named before anything is printed
     print(summary_text(release))
-    for p in sorted(release.glob("*.parquet")):
-        schema = pl.read_parquet_schema(p)
-        rows = pl.scan_parquet(p).select(pl.len()).collect().item()
-        print(f"\n{p.name}: {rows} rows")
-        for name, dtype in schema.items():
-            print(f"  {name}: {dtype}")
+    print(describe_release(release))
     return 0
 
 

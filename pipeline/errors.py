@@ -45,6 +45,15 @@ class ReleaseFolderError(PipelineError):
     """A path given as a release folder is not one (missing, not a folder, or without its manifest)."""
 
 
+class SynthSettingsError(PipelineError, ValueError):
+    """A setting of the synthetic generator (`pipeline synth`) is out of range. Also a ValueError,
+    which the generator raised for these before."""
+
+
+class OutputFolderError(PipelineError):
+    """A folder the user named for output (`pipeline synth --out`) cannot be made or written."""
+
+
 class KeyFileError(PipelineError):
     """The linkage key is missing, malformed or too widely readable."""
 

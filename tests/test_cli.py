@@ -140,3 +140,53 @@ def test_every_option_and_argument_has_help() -> None:
     ]
     assert missing == []
     assert set(all_contract_names()) >= {"hospital_apc", "cohort"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# pipeline describe
+
+
+def test_describe_prints_each_tables_purpose_rows_samples_caveats_and_starter_scripts(reference, capsys) -> None:
+    import json
+
+    import pyarrow.parquet as pq
+
+    from pipeline.contracts import load_contract
+
+    release = reference.release
+    assert main(["describe", str(release)]) == 0
+    out = capsys.readouterr().out
+    manifest = json.loads((release / "manifest.json").read_text())
+    for table in ("cohort", "outcomes", "service_use", "panel", "matches", "balance"):
+        contract = load_contract(table)
+        block = out.split(f"\n{table}.parquet: ", 1)[1].split("\n\n", 1)[0]
+        assert block.startswith(f"{pq.ParquetFile(release / f'{table}.parquet').metadata.num_rows} rows")
+        assert f"purpose: {contract.description}" in block
+        assert contract.caveats and all(c in block for c in contract.caveats)
+        columns = block.split("  columns: ", 1)[1]
+        assert all(f"{c.name} ({c.type}" in columns for c in contract.columns)
+    matches_block = out.split("\nmatches.parquet: ", 1)[1].split("\n\n", 1)[0]
+    for sample, figures in manifest["cohort"]["samples"].items():
+        assert f"    {sample}: MDT eligible " in matches_block
+        if figures["matched_mdt"] is not None:
+            assert f"MDT matched {figures['matched_mdt']}," in matches_block.split(f"    {sample}: ", 1)[1].splitlines()[0]
+    assert "starter script, Python (Polars):" in out and "starter script, R (arrow, dplyr):" in out
+    assert f'read_parquet(file.path(release, "cohort.parquet"))' in out
+
+
+def test_the_python_starter_script_runs_on_the_release(reference) -> None:
+    from pipeline.publish.describe import python_starter
+
+    tables = ["cohort", "outcomes", "service_use", "panel", "matches", "balance"]
+    done = subprocess.run([sys.executable, "-c", python_starter(reference.release, tables)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "mdt" in done.stdout and "comparator" in done.stdout
+
+
+def test_describe_names_a_wrong_path_and_points_from_a_work_folder_to_its_releases(reference, tmp_path, capsys) -> None:
+    assert main(["describe", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'nowhere'}: rule 'release folder present' broken" in err and "Traceback" not in err
+    assert main(["describe", str(reference.cfg.work)]) == 2
+    err = capsys.readouterr().err
+    assert "it has no manifest.json" in err and f"releases/{reference.cfg.release_label}" in err
