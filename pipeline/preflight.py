@@ -18,6 +18,7 @@ What it checks, and what it leaves to the stage that reads the thing:
   PPRL_PUBLISHING_KEY_FILE), exist, are readable and are private to their owner; a key from Airflow's
   secret store is only read by the task that needs it, which says so if it is missing; on the command
   line (`secret_store=False`) a key given nowhere is a problem too;
+- the work folder is a folder this user can write in (or can be made);
 - the unit-cost table exists (its contract is checked by check_inputs);
 - the label matches LABEL_PATTERN in full (RunConfig refuses it first; checked again here so the
   promise holds for any RunConfig).
@@ -45,7 +46,7 @@ def preflight(cfg: RunConfig, *, secret_store: bool = True) -> None:
     missing, and is said so now rather than when the key holder or the signing task starts.
     """
     problems = (
-        _label_problems(cfg) + _input_problems(cfg) + _key_problems(cfg, secret_store)
+        _label_problems(cfg) + _input_problems(cfg) + _work_problems(cfg) + _key_problems(cfg, secret_store)
         + _publishing_key_problems(cfg, secret_store) + _unit_cost_problems(cfg)
     )  # fmt: skip
     if problems:
@@ -96,6 +97,18 @@ def _input_problems(cfg: RunConfig) -> list[Violation]:
                 )
             )  # fmt: skip
     return out
+
+
+def _work_problems(cfg: RunConfig) -> list[Violation]:
+    """The work folder must be a folder this user can write in, or be creatable where it is named."""
+    work = cfg.work
+    if work.exists() and not work.is_dir():
+        return [Violation(str(work), None, "work folder writable", f"this is a file, not a folder; check {setting('work_dir')}")]
+    existing = next(p for p in (work, *work.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "the work folder" if existing == work else f"the work folder does not exist and {existing}"
+        return [Violation(str(work), None, "work folder writable", f"{where} is not writable by this user; check {setting('work_dir')}")]
+    return []
 
 
 # Where the embedded runner's Airflow finds a key when no file is named: its environment-variable

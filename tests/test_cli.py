@@ -190,3 +190,12 @@ def test_describe_names_a_wrong_path_and_points_from_a_work_folder_to_its_releas
     assert main(["describe", str(reference.cfg.work)]) == 2
     err = capsys.readouterr().err
     assert "it has no manifest.json" in err and f"releases/{reference.cfg.release_label}" in err
+
+
+def test_a_work_folder_that_cannot_be_written_is_named_before_airflow(tmp_path, monkeypatch, capsys) -> None:
+    _clean_env(monkeypatch)
+    work = tmp_path / "work-is-a-file"
+    work.write_text("")
+    assert main(["run", "--raw", str(tmp_path), "--work", str(work), "--release", "r1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{work}: rule 'work folder writable' broken: this is a file, not a folder; check --work" in err
