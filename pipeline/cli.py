@@ -206,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         except PipelineError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            # Every stage writes through atomic renames (pipeline.io), so an interrupted run leaves no half file.
+            print("interrupted: files are written whole or not at all, so the same command can be run again", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -36,6 +36,11 @@ class ContractError(PipelineError):
         super().__init__("\n".join(lines))
 
 
+class SettingsError(PipelineError):
+    """A run setting is missing, malformed or out of range (a flag of `pipeline run`, a Param of the
+    trigger form); the message names it as the user set it (pipeline.settings.setting)."""
+
+
 class UnknownDatasetError(PipelineError):
     """A dataset name that no contract in schemas/ has (a typo in `pipeline check DATASET FILE`, say).
     The message lists the names there are."""

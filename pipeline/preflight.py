@@ -30,7 +30,7 @@ import os
 import stat
 from pathlib import Path
 
-from pipeline.crypto.keys import KEY_FILE_VARIABLE, KEY_VARIABLE
+from pipeline.crypto.keys import AIRFLOW_CONN_ID, AIRFLOW_VARIABLE, KEY_FILE_VARIABLE, KEY_VARIABLE
 from pipeline.errors import PreflightError, Violation
 from pipeline.secret_store import exposed_mode
 from pipeline.settings import LABEL_PATTERN, RunConfig, setting
@@ -116,7 +116,7 @@ def _work_problems(cfg: RunConfig) -> list[Violation]:
 # because importing the signing module would load `cryptography` on the fast path.
 PUBLISHING_KEY_FILE_VARIABLE = "PPRL_PUBLISHING_KEY_FILE"
 PUBLISHING_KEY_IN_AIRFLOW = ("AIRFLOW_CONN_PPRL_PUBLISHING_KEY", "AIRFLOW_VAR_PPRL_PUBLISHING_KEY")
-LINKAGE_KEY_IN_AIRFLOW = ("AIRFLOW_CONN_PPRL_KEY", "AIRFLOW_VAR_PPRL_KEY")
+LINKAGE_KEY_IN_AIRFLOW = (f"AIRFLOW_CONN_{AIRFLOW_CONN_ID.upper()}", f"AIRFLOW_VAR_{AIRFLOW_VARIABLE.upper()}")
 
 
 def _key_problems(cfg: RunConfig, secret_store: bool) -> list[Violation]:

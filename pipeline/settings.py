@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipeline import zones
-from pipeline.errors import PathOutsideRootsError, PipelineError
+from pipeline.errors import PathOutsideRootsError, PipelineError, SettingsError
 
 SOURCES: tuple[str, ...] = ("hospital_apc", "hospital_ae", "hospital_op", "gp_events", "social_care")
 # A label names a folder in every zone, so the whole string must match: always `fullmatch`, never
@@ -225,21 +225,21 @@ class RunConfig:
             # An empty field of the Airflow trigger form is no reason.
             object.__setattr__(self, "retention_reason", None)
         if self.retain_working_files and not (isinstance(self.retention_reason, str) and self.retention_reason.strip()):
-            raise PipelineError(
+            raise SettingsError(
                 f"keeping the working files needs a reason: give it with {setting('retain_working_files')} REASON"
                 + ("" if setting_names() == "cli" else " (Airflow Param retention_reason)")
                 + ", for the manifest"
             )
         if self.retention_reason is not None and not self.retain_working_files:
-            raise PipelineError(
+            raise SettingsError(
                 "retention_reason is given but retain_working_files is not set; set both (the CLI's "
                 f"{setting('retain_working_files')} REASON does) or neither"
             )
         if self.small_groups not in SMALL_GROUP_POLICIES:
             choices = ", ".join(repr(p) for p in SMALL_GROUP_POLICIES)
-            raise PipelineError(f"{setting('small_groups')} must be one of {choices} (got {self.small_groups!r})")
+            raise SettingsError(f"{setting('small_groups')} must be one of {choices} (got {self.small_groups!r})")
         if not isinstance(self.release_label, str) or not LABEL_PATTERN.fullmatch(self.release_label):
-            raise PipelineError(
+            raise SettingsError(
                 f"{setting('release_label')} must be 1-64 characters of letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit, and nothing else (no space or line break)"
             )
@@ -247,16 +247,16 @@ class RunConfig:
             try:
                 dt.date.fromisoformat(getattr(self, name))
             except ValueError:
-                raise PipelineError(f"{setting(name)} must be a date written YYYY-MM-DD") from None
+                raise SettingsError(f"{setting(name)} must be a date written YYYY-MM-DD") from None
         if self.study_start >= self.study_end:
-            raise PipelineError(f"{setting('study_start')} must be before {setting('study_end')}")
+            raise SettingsError(f"{setting('study_start')} must be before {setting('study_end')}")
         if self.run_date is not None:
             try:
                 dt.date.fromisoformat(self.run_date)
             except (TypeError, ValueError):
-                raise PipelineError(f"{setting('run_date')} must be a date written YYYY-MM-DD, or left empty for today") from None
+                raise SettingsError(f"{setting('run_date')} must be a date written YYYY-MM-DD, or left empty for today") from None
             if dt.date.fromisoformat(self.run_date) < self.extract:
-                raise PipelineError(
+                raise SettingsError(
                     f"{setting('run_date')} must be on or after {setting('extract_date')}: a run cannot be made before its extract was taken"
                 )
 
@@ -265,7 +265,7 @@ class RunConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(conf) - known
         if unknown:
-            raise PipelineError(f"unknown run settings {sorted(unknown)}; known ones are {sorted(known)}")
+            raise SettingsError(f"unknown run settings {sorted(unknown)}; known ones are {sorted(known)}")
         conf = dict(conf)
         m = conf.pop("matching", None) or {}
         if not isinstance(m, MatchingOptions):
@@ -277,7 +277,7 @@ class RunConfig:
         if not isinstance(link, LinkageOptions):
             unknown_options = set(link) - {f.name for f in fields(LinkageOptions)}
             if unknown_options:
-                raise PipelineError(
+                raise SettingsError(
                     f"unknown linkage options {sorted(unknown_options)}; known ones are {sorted(f.name for f in fields(LinkageOptions))}"
                 )
             link = LinkageOptions(**link)
