@@ -12,17 +12,23 @@ import sys
 from pathlib import Path
 
 from pipeline.crypto.cli_keys import add_keys_parser
-from pipeline.errors import PipelineError
+from pipeline.errors import OutputFolderError, PipelineError
 
 
 def _synth(args: argparse.Namespace) -> int:
     from pipeline.synth import generate
 
-    out = generate(Path(args.out), persons=args.persons, seed=args.seed, profile=args.profile, mdt_effect=args.mdt_effect)
-    if args.layout == "nhs":
-        from pipeline.synth.native import write_native_layout
+    try:
+        out = generate(Path(args.out), persons=args.persons, seed=args.seed, profile=args.profile, mdt_effect=args.mdt_effect)
+        if args.layout == "nhs":
+            from pipeline.synth.native import write_native_layout
 
-        deliveries = write_native_layout(out)
+            deliveries = write_native_layout(out)
+    except OSError as exc:  # a folder that cannot be made or written; the generator's own errors are named
+        raise OutputFolderError(
+            f"{exc.filename or args.out}: rule 'writable folder' broken: {exc.strerror or exc}; give --out a folder you can write to"
+        ) from None
+    if args.layout == "nhs":
         print(f"synthetic extracts in {out / 'raw'}, the five sources in providers' layouts listed in {deliveries}; "
               f"run them with --raw {out / 'raw'} --deliveries {deliveries}")
     else:
@@ -60,9 +66,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.retain_working_files is not None:
         conf.update(retain_working_files=True, retention_reason=args.retain_working_files)
     cfg = RunConfig.from_conf(conf)
-    # Every problem a look can find (label taken, inputs, key file, unit costs) stops the run here, in
-    # a second, before Airflow starts; the DAG's own preflight task checks again for other triggers.
-    preflight(cfg)
+    # Every problem a look can find (label taken, inputs, key files, unit costs) stops the run here, in
+    # a second, before Airflow is imported; the DAG's own preflight task checks again for other
+    # triggers. The embedded Airflow sees no secret store but the environment (secret_store=False).
+    preflight(cfg, secret_store=False)
     airflow_home = Path(args.airflow_home) if args.airflow_home else default_airflow_home(cfg)
     result = run_embedded(cfg.to_conf(), airflow_home)
     print()
@@ -154,16 +161,12 @@ def balance_lines(m: dict) -> list[str]:
 
 
 def _describe(args: argparse.Namespace) -> int:
-    import polars as pl
+    from pipeline.publish.describe import describe_release, read_manifest
 
     release = Path(args.release_dir)
+    read_manifest(release)  # a wrong path is named before anything is printed
     print(summary_text(release))
-    for p in sorted(release.glob("*.parquet")):
-        schema = pl.read_parquet_schema(p)
-        rows = pl.scan_parquet(p).select(pl.len()).collect().item()
-        print(f"\n{p.name}: {rows} rows")
-        for name, dtype in schema.items():
-            print(f"  {name}: {dtype}")
+    print(describe_release(release))
     return 0
 
 
@@ -179,9 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="write synthetic extracts with ground truth")
     s.add_argument("--out", required=True, help="folder to write raw/ and truth/ into")
-    s.add_argument("--persons", type=int, default=5000)
-    s.add_argument("--seed", type=int, default=1)
-    s.add_argument("--profile", choices=["clean", "realistic", "hard", "provider_blackout"], default="realistic")
+    s.add_argument("--persons", type=int, default=5000, help="people in the consent register (default 5000)")
+    s.add_argument("--seed", type=int, default=1, help="random seed; the same seed and options write the same files (default 1)")
+    s.add_argument(
+        "--profile", choices=["clean", "realistic", "hard", "provider_blackout"], default="realistic",
+        help="how much the extracts disagree with the truth (typos, moves, missing NHS numbers): clean, realistic "
+        "(the default), hard, or provider_blackout (realistic, and one trust's records lose their identifiers for a year)",
+    )
     s.add_argument("--mdt-effect", type=float, default=0.8, help="rate ratio of emergency admissions after MDT enrolment")
     s.add_argument(
         "--layout", choices=["canonical", "nhs"], default="canonical",
@@ -194,8 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_keys_parser(sub)
 
     c = sub.add_parser("check", help="check one file against its data contract")
-    c.add_argument("dataset", help="contract name, e.g. hospital_apc")
-    c.add_argument("file")
+    c.add_argument("dataset", help="contract name, e.g. hospital_apc (a wrong name lists them all)")
+    c.add_argument("file", help="the file (or folder of Parquet parts) to check")
     c.add_argument(
         "--mapping",
         help="a shipped mapping's name (schemas/mappings/, e.g. hes_apc) or a mapping YAML, to read the file in its "
@@ -208,7 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--work", required=True, help="folder holding the zones (pseudonymised/, linked/, releases/, reports/)")
     r.add_argument("--key", help="0600 key file (or set PPRL_KEY_FILE, or the Airflow connection pprl_key)")
     r.add_argument("--publishing-key", help="0600 publishing key file that signs the release (or set PPRL_PUBLISHING_KEY_FILE)")
-    r.add_argument("--release", required=True, help="release label")
+    r.add_argument(
+        "--release", required=True,
+        help="release label, 1-64 letters, digits, '.', '_' or '-'; names the folder in every zone, so it must be new unless --replace",
+    )
     r.add_argument("--study-start", help="first day of the study window, YYYY-MM-DD (default 2021-04-01)")
     r.add_argument("--study-end", help="last day of the study window, YYYY-MM-DD (default 2026-03-31)")
     r.add_argument("--extract-date", help="the day the extracts were taken, YYYY-MM-DD (default 2026-03-31)")
@@ -254,19 +264,29 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--log", metavar="FILE", help="the release log (default: release_log.jsonl beside the release folder)")
     a.set_defaults(func=_audit)
 
-    d = sub.add_parser("describe", help="print what is in a release")
-    d.add_argument("release_dir")
+    d = sub.add_parser(
+        "describe", help="print what is in a release: each table's purpose, rows, sample sizes, caveats and a starter script"
+    )
+    d.add_argument("release_dir", help="a release folder, releases/<label>/")
     d.set_defaults(func=_describe)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.settings import named_as
+
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    # Messages, here and in the embedded Airflow's tasks, name the flags the user typed.
+    with named_as("cli"):
+        try:
+            return args.func(args)
+        except PipelineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            # Every stage writes through atomic renames (pipeline.io), so an interrupted run leaves no half file.
+            print("interrupted: files are written whole or not at all, so the same command can be run again", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

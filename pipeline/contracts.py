@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from pipeline.errors import ContractError, Violation
+from pipeline.errors import ContractError, UnknownDatasetError, Violation
 
 SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 
@@ -106,6 +106,9 @@ class Contract:
     description: str
     primary_key: tuple[str, ...]
     columns: tuple[Column, ...] = field(default_factory=tuple)
+    # What an analyst must know before using a release table (withheld values, rounding, samples):
+    # shown by `pipeline describe` and in the data dictionary.
+    caveats: tuple[str, ...] = ()
 
     @property
     def column_names(self) -> list[str]:
@@ -182,8 +185,10 @@ def _parse_columns(spec: dict[str, Any], source: str) -> list[Column]:
 def load_contract(name: str, schemas_dir: Path = SCHEMAS_DIR) -> Contract:
     """Load `schemas/<name>.yaml`, with its `include`d column blocks after its own key columns."""
     path = schemas_dir / f"{name}.yaml"
-    if not path.exists():
-        raise FileNotFoundError(f"no contract {name!r}: expected {path}")
+    # A name is looked up among the contracts, never used as a path (`../x` would leave schemas/).
+    if "/" in name or "\\" in name or not path.is_file():
+        names = ", ".join(all_contract_names(schemas_dir))
+        raise UnknownDatasetError(f"no data contract named {name!r} (no {path.name} in {schemas_dir}); the dataset names are: {names}")
     spec = yaml.safe_load(path.read_text())
     own = _parse_columns(spec.get("columns", {}), path.name)
     included: list[Column] = []
@@ -203,6 +208,7 @@ def load_contract(name: str, schemas_dir: Path = SCHEMAS_DIR) -> Contract:
         description=" ".join(str(spec.get("description", "")).split()),
         primary_key=pk,
         columns=tuple(ordered),
+        caveats=tuple(" ".join(str(c).split()) for c in spec.get("caveats", [])),
     )
 
 
@@ -434,10 +440,28 @@ def to_arrow(df: pl.DataFrame, contract: Contract) -> pa.Table:
 # Data dictionary
 
 
+# One type per kind of value across the release tables, so a column means the same in every table
+# it appears in and joins and stacks without casts (tests/test_contracts.py holds the release
+# contracts to it). Printed at the head of each release's data dictionary.
+TYPE_POLICY = (
+    "Types: one per kind of value, the same in every table.",
+    "- Counts (admissions, bed days, attendances, consultations, conditions, matched-set numbers): `int32`.",
+    "- Points of a marked scale: `int8` for the EQ-5D and ASCOT levels, the IMD quintile and the month; "
+    "`int16` for EQ VAS (0-100), in cohort (`baseline_eq_vas`) as in outcomes (`eq_vas`).",
+    "- Quantities that can be fractional: `float64` (costs, hours and weeks of care, service_use's `units`, which "
+    "holds them beside the counts, indices, scores, weights, standardised differences).",
+    "- A missing value is null in every type (Polars nulls; NA in R's arrow), never a sentinel such as -1 or NaN.",
+)
+
+
 def render_dictionary_markdown(contracts: list[Contract], title: str = "Data dictionary") -> str:
     lines = [f"# {title}", ""]
+    if any(ct.zone == "release" for ct in contracts):
+        lines += [*TYPE_POLICY, ""]
     for ct in contracts:
         lines += [f"## `{ct.name}`", "", ct.description, ""]
+        if ct.caveats:
+            lines += ["Caveats:", *(f"- {c}" for c in ct.caveats), ""]
         if ct.primary_key:
             lines += [f"One row per {', '.join(ct.primary_key)}.", ""]
         lines += ["| column | type | nullable | class | description | rules |", "| --- | --- | --- | --- | --- | --- |"]

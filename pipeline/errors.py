@@ -36,6 +36,29 @@ class ContractError(PipelineError):
         super().__init__("\n".join(lines))
 
 
+class SettingsError(PipelineError):
+    """A run setting is missing, malformed or out of range (a flag of `pipeline run`, a Param of the
+    trigger form); the message names it as the user set it (pipeline.settings.setting)."""
+
+
+class UnknownDatasetError(PipelineError):
+    """A dataset name that no contract in schemas/ has (a typo in `pipeline check DATASET FILE`, say).
+    The message lists the names there are."""
+
+
+class ReleaseFolderError(PipelineError):
+    """A path given as a release folder is not one (missing, not a folder, or without its manifest)."""
+
+
+class SynthSettingsError(PipelineError, ValueError):
+    """A setting of the synthetic generator (`pipeline synth`) is out of range. Also a ValueError,
+    which the generator raised for these before."""
+
+
+class OutputFolderError(PipelineError):
+    """A folder the user named for output (`pipeline synth --out`) cannot be made or written."""
+
+
 class KeyFileError(PipelineError):
     """The linkage key is missing, malformed or too widely readable."""
 

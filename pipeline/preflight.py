@@ -14,9 +14,11 @@ What it checks, and what it leaves to the stage that reads the thing:
 - the release label is not published yet, unless replacing it was asked for (`--replace`);
 - the input folder exists and holds every required input, as a file or a folder of Parquet parts
   (`pipeline.pseudonymise.inputs`); whether they follow their contracts is check_inputs' business;
-- the key file, where one is named (the run's key file or PPRL_KEY_FILE), exists, is readable and is
-  private to its owner; a key from PPRL_KEY or Airflow's secret store is only read by the key holder's
-  tasks, which say so if it is missing;
+- the key file and the publishing key file, where one is named (the run's setting or PPRL_KEY_FILE,
+  PPRL_PUBLISHING_KEY_FILE), exist, are readable and are private to their owner; a key from Airflow's
+  secret store is only read by the task that needs it, which says so if it is missing; on the command
+  line (`secret_store=False`) a key given nowhere is a problem too;
+- the work folder is a folder this user can write in (or can be made);
 - the unit-cost table exists (its contract is checked by check_inputs);
 - the label matches LABEL_PATTERN in full (RunConfig refuses it first; checked again here so the
   promise holds for any RunConfig).
@@ -28,15 +30,25 @@ import os
 import stat
 from pathlib import Path
 
-from pipeline.crypto.keys import KEY_FILE_VARIABLE, KEY_VARIABLE
+from pipeline.crypto.keys import AIRFLOW_CONN_ID, AIRFLOW_VARIABLE, KEY_FILE_VARIABLE, KEY_VARIABLE
 from pipeline.errors import PreflightError, Violation
 from pipeline.secret_store import exposed_mode
 from pipeline.settings import LABEL_PATTERN, RunConfig, setting
 
 
-def preflight(cfg: RunConfig) -> None:
-    """Raise PreflightError listing every reason the run cannot start; return None when it can."""
-    problems = _label_problems(cfg) + _input_problems(cfg) + _key_problems(cfg) + _unit_cost_problems(cfg)
+def preflight(cfg: RunConfig, *, secret_store: bool = True) -> None:
+    """Raise PreflightError listing every reason the run cannot start; return None when it can.
+
+    `secret_store` says whether the run's tasks can ask a secret store this process cannot see (an
+    Airflow deployment's metadata database): then a key named nowhere may still be found by the
+    task that needs it. `pipeline run` passes False, since its embedded Airflow has only the
+    environment: a key given neither as a file nor in an AIRFLOW_CONN_/AIRFLOW_VAR_ variable is
+    missing, and is said so now rather than when the key holder or the signing task starts.
+    """
+    problems = (
+        _label_problems(cfg) + _input_problems(cfg) + _work_problems(cfg) + _key_problems(cfg, secret_store)
+        + _publishing_key_problems(cfg, secret_store) + _unit_cost_problems(cfg)
+    )  # fmt: skip
     if problems:
         raise PreflightError(problems)
 
@@ -60,14 +72,15 @@ def _label_problems(cfg: RunConfig) -> list[Violation]:
 
 
 def _input_problems(cfg: RunConfig) -> list[Violation]:
-    from pipeline.contracts import missing_file_detail
-    from pipeline.errors import ContractError
-    from pipeline.pseudonymise.inputs import REQUIRED_INPUTS, deliveries, input_path
-
     raw = cfg.raw
     if not raw.is_dir():
         what = "is not a folder" if raw.exists() else "does not exist"
         return [Violation(str(raw), None, "input folder present", f"the input folder {what}; check {setting('raw_dir')}")]
+    # Imported only now: they load Polars (about a second), which a wrong folder need not wait for.
+    from pipeline.contracts import missing_file_detail
+    from pipeline.errors import ContractError
+    from pipeline.pseudonymise.inputs import REQUIRED_INPUTS, deliveries, input_path
+
     try:
         delivered = deliveries(cfg)
     except ContractError as exc:
@@ -95,22 +108,66 @@ def _input_problems(cfg: RunConfig) -> list[Violation]:
     return out
 
 
-def _key_problems(cfg: RunConfig) -> list[Violation]:
+def _work_problems(cfg: RunConfig) -> list[Violation]:
+    """The work folder must be a folder this user can write in, or be creatable where it is named."""
+    work = cfg.work
+    if work.exists() and not work.is_dir():
+        return [Violation(str(work), None, "work folder writable", f"this is a file, not a folder; check {setting('work_dir')}")]
+    existing = next(p for p in (work, *work.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "the work folder" if existing == work else f"the work folder does not exist and {existing}"
+        return [Violation(str(work), None, "work folder writable", f"{where} is not writable by this user; check {setting('work_dir')}")]
+    return []
+
+
+# Where the embedded runner's Airflow finds a key when no file is named: its environment-variable
+# secrets backend (pipeline.crypto.keys.KEY_ENVIRONMENT, pipeline.publish.signing). Spelt out here
+# because importing the signing module would load `cryptography` on the fast path.
+PUBLISHING_KEY_FILE_VARIABLE = "PPRL_PUBLISHING_KEY_FILE"
+PUBLISHING_KEY_IN_AIRFLOW = ("AIRFLOW_CONN_PPRL_PUBLISHING_KEY", "AIRFLOW_VAR_PPRL_PUBLISHING_KEY")
+LINKAGE_KEY_IN_AIRFLOW = (f"AIRFLOW_CONN_{AIRFLOW_CONN_ID.upper()}", f"AIRFLOW_VAR_{AIRFLOW_VARIABLE.upper()}")
+
+
+def _key_problems(cfg: RunConfig, secret_store: bool) -> list[Violation]:
     # The same order as pipeline.crypto.keys.load_key, which refuses a key in PPRL_KEY outright.
     if os.environ.get(KEY_VARIABLE):
         return [Violation(f"environment variable {KEY_VARIABLE}", None, "key only in a 0600 file or a secret store",
                           f"unset {KEY_VARIABLE} (every child process would inherit the key) and give the key as a "
                           f"0600 file: {setting('key_file')} or {KEY_FILE_VARIABLE}")]  # fmt: skip
     if cfg.key_file:
-        path, how = Path(cfg.key_file), setting("key_file")
-    elif os.environ.get(KEY_FILE_VARIABLE):
-        path, how = Path(os.environ[KEY_FILE_VARIABLE]), f"the environment variable {KEY_FILE_VARIABLE}"
-    else:
+        return _key_file_problems(Path(cfg.key_file), setting("key_file"), "`pipeline keys new --out FILE`")
+    if os.environ.get(KEY_FILE_VARIABLE):
+        how = f"the environment variable {KEY_FILE_VARIABLE}"
+        return _key_file_problems(Path(os.environ[KEY_FILE_VARIABLE]), how, "`pipeline keys new --out FILE`")
+    if secret_store or any(os.environ.get(v) for v in LINKAGE_KEY_IN_AIRFLOW):
         return []
+    return [Violation("linkage key", None, "key given",
+                      f"no key file named and no key in Airflow's secret store; give a 0600 key file with "
+                      f"{setting('key_file')} (or {KEY_FILE_VARIABLE}), or make one with `pipeline keys new --out FILE`")]  # fmt: skip
+
+
+def _publishing_key_problems(cfg: RunConfig, secret_store: bool) -> list[Violation]:
+    make_one = "`pipeline keys new-publishing --out FILE`"
+    if cfg.publishing_key_file:
+        return _key_file_problems(Path(cfg.publishing_key_file), setting("publishing_key_file"), make_one)
+    if os.environ.get(PUBLISHING_KEY_FILE_VARIABLE):
+        how = f"the environment variable {PUBLISHING_KEY_FILE_VARIABLE}"
+        return _key_file_problems(Path(os.environ[PUBLISHING_KEY_FILE_VARIABLE]), how, make_one)
+    if secret_store or any(os.environ.get(v) for v in PUBLISHING_KEY_IN_AIRFLOW):
+        return []
+    return [Violation("publishing key", None, "key given",
+                      f"no publishing key file named and none in Airflow's secret store, so the release could not be "
+                      f"signed; give a 0600 file with {setting('publishing_key_file')} (or {PUBLISHING_KEY_FILE_VARIABLE}), "
+                      f"or make one with {make_one}")]  # fmt: skip
+
+
+def _key_file_problems(path: Path, how: str, make_one: str) -> list[Violation]:
+    """A key file that is named must exist, be a file, be readable by this user and by no one else.
+    Only `os.stat` and `os.access`: the key itself is never read here."""
     try:
         st = path.stat()
     except FileNotFoundError:
-        return [Violation(str(path), None, "key file present", f"no key file there; check {how}, or make a key with `pipeline keys new --out FILE`")]
+        return [Violation(str(path), None, "key file present", f"no key file there; check {how}, or make a key with {make_one}")]
     except OSError as exc:
         return [Violation(str(path), None, "key file readable", f"cannot look at the key file ({exc.strerror}); check {how} and its folder's permissions")]
     if not stat.S_ISREG(st.st_mode):

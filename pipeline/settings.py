@@ -8,15 +8,17 @@ and XCom, and written into the release manifest.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from pipeline import zones
-from pipeline.errors import PathOutsideRootsError, PipelineError
+from pipeline.errors import PathOutsideRootsError, PipelineError, SettingsError
 
 SOURCES: tuple[str, ...] = ("hospital_apc", "hospital_ae", "hospital_op", "gp_events", "social_care")
 # A label names a folder in every zone, so the whole string must match: always `fullmatch`, never
@@ -43,7 +45,7 @@ MATCHING_FLAGS: dict[str, str] = {
 
 
 # How a user sets each run setting: the flag of `pipeline run`, or the Param of the Airflow trigger
-# form (the RunConfig field name). Messages name both, because the same code serves both (`setting`).
+# form (the RunConfig field name). Messages name it in the words of whoever set it (`setting`).
 CLI_FLAGS: dict[str, str] = {
     "raw_dir": "--raw", "work_dir": "--work", "release_label": "--release", "key_file": "--key",
     "replace_release": "--replace", "study_start": "--study-start", "study_end": "--study-end",
@@ -53,18 +55,62 @@ CLI_FLAGS: dict[str, str] = {
     "link_threshold": "--link-threshold", "deliveries_file": "--deliveries", "eq5d_value_set": "--eq5d-value-set",
     **MATCHING_FLAGS,
 }  # fmt: skip
+# Who set the run's settings, and so which names messages use: "cli" (the flags of `pipeline run`),
+# "airflow" (the Params of the trigger form), or unset (library use, tests' stage runner): both. An
+# environment variable, not a global, because the same messages are written in the embedded
+# runner's Airflow child and the key holder's children, which inherit it (`named_as`).
+SETTING_NAMES_VARIABLE = "PPRL_SETTING_NAMES"
+SETTING_NAMES: tuple[str, ...] = ("cli", "airflow")
+
+
+@contextlib.contextmanager
+def named_as(audience: str) -> Iterator[None]:
+    """Name settings as `audience` ("cli" or "airflow") knows them while the block runs, in this
+    process and any child it starts; then as before.
+
+        >>> with named_as("cli"):
+        ...     setting("replace_release")
+        '--replace'
+    """
+    if audience not in SETTING_NAMES:
+        raise ValueError(f"audience must be one of {SETTING_NAMES}, not {audience!r}")
+    before = os.environ.get(SETTING_NAMES_VARIABLE)
+    os.environ[SETTING_NAMES_VARIABLE] = audience
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(SETTING_NAMES_VARIABLE, None)
+        else:
+            os.environ[SETTING_NAMES_VARIABLE] = before
+
+
+def setting_names() -> str:
+    """"cli", "airflow" or "" (both): whose names messages use now."""
+    return os.environ.get(SETTING_NAMES_VARIABLE, "")
 
 
 def setting(name: str) -> str:
-    """How a message names a run setting, in the words of whoever set it.
+    """How a message names a run setting, in the words of whoever set it (see `named_as`).
 
     >>> setting("raw_dir")
     '--raw (Airflow Param raw_dir)'
     >>> setting("link_addresses")
     'Airflow Param link_addresses'
+    >>> with named_as("airflow"):
+    ...     setting("raw_dir")
+    'Airflow Param raw_dir'
     """
+    audience = setting_names()
     flag = CLI_FLAGS.get(name)
-    return f"{flag} (Airflow Param {name})" if flag else f"Airflow Param {name}"
+    if audience == "cli":
+        # A setting with no flag can only hold its default on the command line; name it plainly.
+        return flag or f"run setting {name} (no flag of `pipeline run`; an Airflow Param)"
+    if audience == "airflow" or not flag:
+        return f"Airflow Param {name}"
+    return f"{flag} (Airflow Param {name})"
+
+
 # The policies of RunConfig.small_groups; what each does is in pipeline.publish.disclosure.
 SMALL_GROUP_POLICIES: tuple[str, ...] = ("suppress", "coarsen", "block")
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -257,20 +303,21 @@ class RunConfig:
             # An empty field of the Airflow trigger form is no reason.
             object.__setattr__(self, "retention_reason", None)
         if self.retain_working_files and not (isinstance(self.retention_reason, str) and self.retention_reason.strip()):
-            raise PipelineError(
-                f"keeping the working files needs a reason: give it with {setting('retain_working_files')} "
-                "REASON (Airflow Params retain_working_files and retention_reason), for the manifest"
+            raise SettingsError(
+                f"keeping the working files needs a reason: give it with {setting('retain_working_files')} REASON"
+                + ("" if setting_names() == "cli" else " (Airflow Param retention_reason)")
+                + ", for the manifest"
             )
         if self.retention_reason is not None and not self.retain_working_files:
-            raise PipelineError(
+            raise SettingsError(
                 "retention_reason is given but retain_working_files is not set; set both (the CLI's "
                 f"{setting('retain_working_files')} REASON does) or neither"
             )
         if self.small_groups not in SMALL_GROUP_POLICIES:
             choices = ", ".join(repr(p) for p in SMALL_GROUP_POLICIES)
-            raise PipelineError(f"{setting('small_groups')} must be one of {choices} (got {self.small_groups!r})")
+            raise SettingsError(f"{setting('small_groups')} must be one of {choices} (got {self.small_groups!r})")
         if not isinstance(self.release_label, str) or not LABEL_PATTERN.fullmatch(self.release_label):
-            raise PipelineError(
+            raise SettingsError(
                 f"{setting('release_label')} must be 1-64 characters of letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit, and nothing else (no space or line break)"
             )
@@ -278,16 +325,16 @@ class RunConfig:
             try:
                 dt.date.fromisoformat(getattr(self, name))
             except ValueError:
-                raise PipelineError(f"{setting(name)} must be a date written YYYY-MM-DD") from None
+                raise SettingsError(f"{setting(name)} must be a date written YYYY-MM-DD") from None
         if self.study_start >= self.study_end:
-            raise PipelineError(f"{setting('study_start')} must be before {setting('study_end')}")
+            raise SettingsError(f"{setting('study_start')} must be before {setting('study_end')}")
         if self.run_date is not None:
             try:
                 dt.date.fromisoformat(self.run_date)
             except (TypeError, ValueError):
-                raise PipelineError(f"{setting('run_date')} must be a date written YYYY-MM-DD, or left empty for today") from None
+                raise SettingsError(f"{setting('run_date')} must be a date written YYYY-MM-DD, or left empty for today") from None
             if dt.date.fromisoformat(self.run_date) < self.extract:
-                raise PipelineError(
+                raise SettingsError(
                     f"{setting('run_date')} must be on or after {setting('extract_date')}: a run cannot be made before its extract was taken"
                 )
 
@@ -296,7 +343,7 @@ class RunConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(conf) - known
         if unknown:
-            raise PipelineError(f"unknown run settings {sorted(unknown)}; known ones are {sorted(known)}")
+            raise SettingsError(f"unknown run settings {sorted(unknown)}; known ones are {sorted(known)}")
         conf = dict(conf)
         m = conf.pop("matching", None) or {}
         if not isinstance(m, MatchingOptions):
@@ -313,7 +360,7 @@ class RunConfig:
         if not isinstance(link, LinkageOptions):
             unknown_options = set(link) - {f.name for f in fields(LinkageOptions)}
             if unknown_options:
-                raise PipelineError(
+                raise SettingsError(
                     f"unknown linkage options {sorted(unknown_options)}; known ones are {sorted(f.name for f in fields(LinkageOptions))}"
                 )
             link = LinkageOptions(**link)
@@ -404,7 +451,7 @@ def confine_to_data_roots(conf: dict[str, Any], roots: tuple[Path, ...]) -> None
         >>> confine_to_data_roots({"work_dir": "/etc"}, (Path("/data"),))
         Traceback (most recent call last):
         ...
-        pipeline.errors.PathOutsideRootsError: run setting work_dir: rule 'inside the data roots' broken: ...
+        pipeline.errors.PathOutsideRootsError: run setting work_dir (--work (Airflow Param work_dir)): rule 'inside the data roots' broken: ...
     """
     if not roots:
         return
@@ -420,7 +467,7 @@ def confine_to_data_roots(conf: dict[str, Any], roots: tuple[Path, ...]) -> None
         if not any(path == root or path.is_relative_to(root) for root in roots):
             listed = ", ".join(str(root) for root in roots)
             raise PathOutsideRootsError(
-                f"run setting {name}: rule 'inside the data roots' broken: it resolves outside every folder "
+                f"run setting {name} ({setting(name)}): rule 'inside the data roots' broken: it resolves outside every folder "
                 f"{DATA_ROOTS_VARIABLE} allows ({listed}); give a path under one of them, or ask the "
                 "deployment's administrator to add a root"
             )

@@ -96,3 +96,53 @@ def test_data_dictionary_lists_every_column_with_type_and_description():
     for c in load_contract("cohort").columns:
         assert f"| `{c.name}` | {c.type} |" in text
         assert c.description in text
+
+
+# One integer type per kind of value in the release tables (pipeline.contracts.TYPE_POLICY): points of a
+# marked scale are named here; every other integer column is a count.
+SCALE_POINTS_INT8 = {"month", "imd_quintile"}
+EQ_VAS_INT16 = {"eq_vas", "baseline_eq_vas"}
+
+
+def _release_contracts():
+    return [c for c in map(load_contract, all_contract_names()) if c.zone == "release"]
+
+
+def test_release_tables_use_one_type_per_kind_of_value():
+    wrong = []
+    for ct in _release_contracts():
+        for c in ct.columns:
+            if not c.type.startswith("int"):
+                continue
+            scale = c.name in SCALE_POINTS_INT8 or c.name.startswith(("eq5d_", "ascot_"))
+            expected = "int16" if c.name in EQ_VAS_INT16 else "int8" if scale else "int32"
+            if c.type != expected:
+                wrong.append(f"{ct.name}.{c.name}: {c.type}, not {expected}")
+    assert wrong == []
+
+
+def test_a_column_name_has_one_type_in_every_release_table():
+    types: dict[str, set[tuple[str, str]]] = {}
+    for ct in _release_contracts():
+        for c in ct.columns:
+            types.setdefault(c.name, set()).add((c.type, ct.name))
+    assert {name: found for name, found in types.items() if len({t for t, _ in found}) > 1} == {}
+    # The same measure under another name: the baseline copy in cohort has the outcome's type.
+    cohort, outcomes = load_contract("cohort"), load_contract("outcomes")
+    for name in ("eq_vas", "eq5d_index", "n_ltc"):
+        assert cohort.column(f"baseline_{name}" if name != "n_ltc" else name).type == outcomes.column(name).type
+
+
+def test_counts_in_panel_and_cohort_are_whole_numbers_and_fractional_quantities_are_not():
+    panel = load_contract("panel")
+    assert panel.column("emergency_admission").type == "int32" and panel.column("bed_day").type == "int32"
+    assert panel.column("home_care_hour").type == "float64" and load_contract("service_use").column("units").type == "float64"
+    for name in ("baseline_emergency_admissions", "baseline_bed_days", "baseline_gp_consultations"):
+        assert load_contract("cohort").column(name).type == "int32"
+
+
+def test_the_data_dictionary_states_the_type_policy_and_each_tables_caveats():
+    text = render_dictionary_markdown(_release_contracts())
+    assert "Types: one per kind of value" in text and "`int16` for EQ VAS" in text
+    assert "Caveats:" in text and "attrition bias" in text
+    assert all(ct.caveats for ct in _release_contracts() if ct.name in ("cohort", "outcomes", "service_use", "panel", "matches", "balance"))

@@ -219,7 +219,16 @@ def toy_first():
 def toy_second():
     @task(outlets=[SECOND])
     def link():
+        import time
+
+        from pipeline.progress import Progress
+
         context = get_current_context()
+        # A long stage in small: it reports every 0.3 s while it runs (every minute in a real run).
+        with Progress("toy link", total=4, unit="rows", interval=0.3) as progress:
+            for _ in range(4):
+                time.sleep(0.25)
+                progress.advance()
         path = write("link")
         announce(context, SECOND, resolve_conf(context), path)
         return path
@@ -278,6 +287,17 @@ def toy_run(toy) -> tuple[dict, list[str]]:
     chain = ("toy_first", "toy_second", "toy_third")
     result = run_embedded(conf, toy["home"], lines.append, dags_folder=toy["dags"], dag_ids=chain)
     return result, lines
+
+
+def test_embedded_run_prints_the_progress_of_long_stages_as_they_run(toy_run):
+    result, lines = toy_run
+    progress = [line for line in lines if line.startswith("  … toy link: ")]
+    assert 1 <= len(progress) <= 4, lines
+    assert all(" of 4 rows (" in line and " elapsed" in line for line in progress)
+    # Said while the task ran, so before the line that reports its end.
+    assert lines.index(progress[-1]) < next(i for i, line in enumerate(lines) if line.startswith("toy_second: link ✓"))
+    # And in the task's log, where the reports are logged.
+    assert f"progress: {progress[0].removeprefix('  … ')}" in Path(result["log_file"]).read_text()
 
 
 def test_embedded_run_succeeds_and_returns_states_durations_and_release(toy, toy_run):

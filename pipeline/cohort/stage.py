@@ -29,7 +29,8 @@ from pipeline.cohort.outputs import ARTEFACTS_DIR, LOVE_PLOT, UNIT_COSTS_ARTEFAC
 from pipeline.cohort.panel import person_month_panel
 from pipeline.cohort.samples import MATCHES_SCHEMA, SampleMatch, match_sample, samples
 from pipeline.cohort.service_use import service_use
-from pipeline.costs import read_value_set, scan_unit_costs
+from pipeline.costs import DEFAULT_VALUE_SET, read_value_set, scan_unit_costs
+from pipeline.progress import Progress
 from pipeline.publish.disclosure import MIN_GROUP_SIZE, control_count
 from pipeline.settings import RunConfig
 from pipeline.zones import COHORT_SCRATCH, cohort_dir, cohort_summary_file, study_persons_file, survey_file
@@ -70,7 +71,18 @@ def with_main_sample(cohort: pl.DataFrame, main: SampleMatch | None) -> pl.DataF
     return cohort.join(per_row, on="participant_id", how="left").sort("participant_id")
 
 
+# What build_cohort's progress reports say it is doing (pipeline.progress).
+COHORT_STEPS: tuple[str, ...] = ("eligibility and service use", "propensity matching of every sample", "panel and outcomes", "love plot and summary")
+
+
 def build_cohort(cfg: RunConfig) -> Path:
+    """Build the cohort zone's tables; says every minute how far it is (pipeline.progress)."""
+    with Progress("cohort", total=len(COHORT_STEPS), unit="steps") as progress:
+        return _build_cohort(cfg, progress)
+
+
+def _build_cohort(cfg: RunConfig, progress: Progress) -> Path:
+    progress.step(COHORT_STEPS[0])
     out = cohort_dir(cfg)
     persons = pl.read_parquet(study_persons_file(cfg))
     value_set = read_value_set(value_set_path(cfg))
@@ -89,7 +101,11 @@ def build_cohort(cfg: RunConfig) -> Path:
         .sort("participant_id")
     )
 
+    progress.advance()
+    progress.step(COHORT_STEPS[1])
     matched = {s.name: match_sample(cohort, s, cfg.matching) for s in samples()}
+    progress.advance()
+    progress.step(COHORT_STEPS[2])
     found = [m for m in matched.values() if m is not None]
     cohort = with_main_sample(cohort, matched[MAIN_SAMPLE])
     # A sample with an empty arm (a run with no MDT participants yet) has no rows, never a missing file.
@@ -111,6 +127,8 @@ def build_cohort(cfg: RunConfig) -> Path:
     )
     io.write_table(estimates.to_arrow(), out / "estimates.parquet")
 
+    progress.advance()
+    progress.step(COHORT_STEPS[3])
     artefacts = out / ARTEFACTS_DIR
     if artefacts.exists():
         shutil.rmtree(artefacts)  # a rerun must not keep a previous run's love plot

@@ -26,13 +26,13 @@ def add_keys_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     kn = ksub.add_parser("new", help="write a new key file readable by its owner only (mode 0600)")
     kn.add_argument("--out", required=True, help="path of the new key file; an existing file is never replaced")
     kk = ksub.add_parser("kid", help="print the key id of a key file")
-    kk.add_argument("file")
+    kk.add_argument("file", help="a linkage key file (mode 0600)")
     kw = ksub.add_parser("which", help="print the kid and source of the key a run would load (never the key)")
     kw.add_argument("--key", help="the run's key file, as given to `pipeline run --key`")
     kp = ksub.add_parser("new-publishing", help="write a new publishing key (0600) that signs releases, and FILE.pub beside it")
     kp.add_argument("--out", required=True, help="path of the new private key; the public key goes to OUT.pub; never replaced")
     kf = ksub.add_parser("fingerprint", help="print the fingerprint of a publishing key file (public, or private at mode 0600)")
-    kf.add_argument("file")
+    kf.add_argument("file", help="a publishing key file: FILE.pub, or the private key at mode 0600")
     k.set_defaults(func=run_keys)
     return k
 

@@ -42,6 +42,7 @@ from pipeline.link.probabilistic import (
 # DETERMINISTIC_COLUMNS is imported from here by tests and benchmarks; pipeline.link.plan owns it.
 from pipeline.link.plan import DETERMINISTIC_COLUMNS, QUALITY_COVARIATES, RECORDS, LinkPlan, plan_link  # noqa: F401
 from pipeline.link.profiles import PROFILE_KEY, build_profiles, token_codes
+from pipeline.progress import Progress
 from pipeline.settings import SOURCES, RunConfig
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,13 @@ def run_link(cfg: RunConfig, options: ProbabilisticOptions | None = None) -> Pat
 
 def execute_link(plan: LinkPlan) -> Path:
     """Run a plan: check the token files, rank every source's profiles, add rank P, and write the
-    link map, the linkage quality report and the summary."""
+    link map, the linkage quality report and the summary. Says every minute how far it is
+    (pipeline.progress): one step per source's ranks 1-5, then the link map, then the quality report."""
+    with Progress("link", total=len(plan.sources) + 2, unit="steps") as progress:
+        return _execute_link(plan, progress)
+
+
+def _execute_link(plan: LinkPlan, progress: Progress) -> Path:
     files = check_token_files(plan)
     kid = common_kid(files)
     check_spec_version(files)
@@ -125,7 +132,11 @@ def execute_link(plan: LinkPlan) -> Path:
         .with_row_index("uid")
         .collect()
     )
-    addresses = [_deterministic_pass(plan, source, columns, persons) for source in plan.sources]
+    addresses = []
+    for source in plan.sources:
+        progress.step(f"ranks 1-5 of {source}")
+        addresses.append(_deterministic_pass(plan, source, columns, persons))
+        progress.advance()
     timings["profiles_and_ranks_1_5"] = round(time.perf_counter() - t0, 1)
 
     probabilistic = not missing
@@ -137,15 +148,19 @@ def execute_link(plan: LinkPlan) -> Path:
     del addresses
 
     t = time.perf_counter()
+    progress.step("probabilistic linkage and the link map")
     models = _write_link_map(plan, kid, persons, participants, known)
+    progress.advance()
     timings["probabilistic_and_link_map"] = round(time.perf_counter() - t, 1)
 
     from pipeline.link.quality import linkage_quality, summary_figures
 
     t = time.perf_counter()
+    progress.step("linkage quality report")
     covariates = pl.scan_parquet(plan.study_persons).select("participant_id", *QUALITY_COVARIATES)
     quality = linkage_quality(pl.scan_parquet(plan.link_map), covariates, _record_facts(plan))
     io.write_frame(quality, load_contract("linkage_quality"), plan.quality, {"pprl_kid": kid})
+    progress.advance()
     timings["quality_report"] = round(time.perf_counter() - t, 1)
 
     summary = _summary(quality, persons.height, kid)

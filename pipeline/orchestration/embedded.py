@@ -3,13 +3,15 @@
     >>> result = run_embedded(conf, Path("~/.pprl/airflow").expanduser())  # doctest: +SKIP
     pseudonymise: check_inputs ✓ 3.1s
     ...
+      … validate: 1,200,000 of 3,400,000 rows (35%), 1m00s elapsed, about 1m50s left
     >>> result["release_path"]  # doctest: +SKIP
 
 Each DAG runs with `dag.test(run_conf=conf)`, which runs its tasks in order in one process, with no
 scheduler and no asset triggers; so every DAG gets the same conf directly. Airflow reads AIRFLOW_HOME
 and its config when first imported, so the DAGs run in a child process (`embedded_child`) started
 with a private environment: SQLite metadata database, config and logs all inside `airflow_home`.
-This module never imports Airflow itself.
+This module never imports Airflow itself. Besides each task's end, it prints the progress long
+stages report every minute (pipeline.progress), read from a file beside the log.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -30,6 +33,7 @@ from pipeline.errors import PipelineError
 from pipeline.orchestration import PIPELINE_DAGS
 from pipeline.orchestration.embedded_child import IMPORT_FAILED
 from pipeline.orchestration.key_holder import CHILD, KEY_HOLDER_PROCESS
+from pipeline.progress import FILE_VARIABLE as PROGRESS_FILE_VARIABLE
 from pipeline.settings import REPO_DIR, RunConfig
 
 DAGS_FOLDER = REPO_DIR / "dags"
@@ -66,6 +70,9 @@ def run_embedded(
     log_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
     log_path = log_dir / f"{stamp}-{conf['release_label']}.log"
+    # Long stages report here every minute (pipeline.progress), from whichever process they run in.
+    progress_path = log_dir / f"{stamp}-{conf['release_label']}.progress.jsonl"
+    env = {**airflow_env(home, folder), PROGRESS_FILE_VARIABLE: str(progress_path)}
     request = {"conf": conf, "dags_folder": str(folder), "dag_ids": list(dag_ids)}
     fresh_database = not (home / "airflow.db").exists()
 
@@ -73,12 +80,14 @@ def run_embedded(
     with _exclusive(home), open(log_path, "wb") as log:
         progress(f"airflow: home {home}, log {log_path}")
         report = _Report(progress, log_path, fresh_database)
+        tail = _ProgressTail(progress_path, progress)
+        tail.start()
         child = subprocess.Popen(
             [sys.executable, "-m", CHILD_MODULE],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log,
-            env=airflow_env(home, folder),
+            env=env,
             cwd=home,
             text=True,
             encoding="utf-8",
@@ -87,6 +96,7 @@ def run_embedded(
             child.stdin.write(json.dumps(request))
             child.stdin.close()
             for line in child.stdout:
+                tail.catch_up()  # progress said before a task ended is printed before its end
                 report.handle(line)
             returncode = child.wait()
         finally:
@@ -97,6 +107,7 @@ def run_embedded(
                     child.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     child.kill()
+            tail.finish()
     report.check(returncode, list(dag_ids))
     return report.result(home, time.monotonic() - started)
 
@@ -142,6 +153,48 @@ def _exclusive(home: Path) -> Iterator[None]:
                 "choose another Airflow home"
             ) from None
         yield
+
+
+class _ProgressTail(threading.Thread):
+    """Passes the progress file's new lines (pipeline.progress) to `say` as they are written."""
+
+    def __init__(self, path: Path, say: Callable[[str], None], poll_seconds: float = 0.5):
+        super().__init__(name="embedded progress", daemon=True)
+        self.path, self.say, self.poll_seconds = path, say, poll_seconds
+        self.position = 0
+        self.stopping = threading.Event()
+        self.reading = threading.Lock()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.poll_seconds):
+            self.catch_up()
+        self.catch_up()
+
+    def catch_up(self) -> None:
+        """Pass on every complete line written so far."""
+        with self.reading:
+            self._read_new_lines()
+
+    def finish(self) -> None:
+        self.stopping.set()
+        self.join(timeout=5)
+
+    def _read_new_lines(self) -> None:
+        try:
+            with open(self.path, encoding="utf-8") as stream:
+                stream.seek(self.position)
+                text = stream.read()
+        except FileNotFoundError:
+            return
+        complete, _, _ = text.rpartition("\n")  # a line still being written waits for the next look
+        if not complete:
+            return
+        self.position += len((complete + "\n").encode("utf-8"))
+        for line in complete.splitlines():
+            try:
+                self.say(f"  … {json.loads(line)['message']}")
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
 
 
 class _Report:

@@ -34,6 +34,7 @@ from pipeline.crypto.keys import LinkageKey
 from pipeline.crypto.tokens import record_token_key, token_file_metadata, tokenise_record_ids
 from pipeline.pseudonymise.identifiers import number_token_blocks, tokenise_blocks, with_unusable_flag
 from pipeline.pseudonymise.inputs import scan_input
+from pipeline.progress import Progress
 from pipeline.pseudonymise.row_rules import rules_for
 from pipeline.zones import blocks_path, counts_file, payload_contract, payload_file, quarantine_file
 from pipeline.zones import records_path as record_blocks_path
@@ -55,9 +56,18 @@ def with_record_tokens(lf: pl.LazyFrame, key: LinkageKey, source: str) -> pl.Laz
     )
 
 
+# What pseudonymise_source's progress reports say it is doing (pipeline.progress).
+PSEUDONYMISE_STEPS: tuple[str, ...] = ("tokenising identifiers", "writing the payload", "setting aside quarantined rows")
+
+
 def pseudonymise_source(cfg: RunConfig, key: LinkageKey, source: str) -> Path:
     """Write tokens/<source>.parquet, records/<source>.parquet, payload/<source>.parquet and
-    counts/<source>.json; return the folder."""
+    counts/<source>.json; return the folder. Says every minute how far it is (pipeline.progress)."""
+    with Progress(f"pseudonymise {source}", total=len(PSEUDONYMISE_STEPS), unit="steps") as progress:
+        return _pseudonymise_source(cfg, key, source, progress)
+
+
+def _pseudonymise_source(cfg: RunConfig, key: LinkageKey, source: str, progress: Progress) -> Path:
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; sources are {SOURCES}")
     # Rows with no usable identifier (NO_USABLE_IDENTIFIER) or breaking a row rule (row_rules) are
@@ -71,11 +81,16 @@ def pseudonymise_source(cfg: RunConfig, key: LinkageKey, source: str) -> Path:
         .with_columns(pl.col("_reason").is_not_null().alias(SET_ASIDE))
     )
     out = cfg.pseudonymised_dir
+    progress.step(PSEUDONYMISE_STEPS[0])
     counts = _write_tokens(raw, key, source, out)
+    progress.advance()
+    progress.step(PSEUDONYMISE_STEPS[1])
     # Rows keep the order of the delivered extract (part by part when in parts), so the same extract
     # always gives the same bytes without a sort, which would hold every row in memory at once.
     # The payload needs no token, so its plan skips the token join.
     io.sink_frame(with_record_tokens(raw.filter(~pl.col(SET_ASIDE)), key, source), payload_contract(source), payload_file(cfg, source))
+    progress.advance()
+    progress.step(PSEUDONYMISE_STEPS[2])
 
     quarantined = raw.filter(pl.col(SET_ASIDE))
     reasons = dict(sorted(quarantined.group_by("_reason").len().collect().iter_rows()))

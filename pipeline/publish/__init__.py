@@ -1,5 +1,13 @@
-"""Stage 3b: write-audit-publish of a versioned, immutable release, and its audit."""
+"""Stage 3b: write-audit-publish of a versioned, immutable release, and its audit.
 
-from pipeline.publish.release import publish_release, stage_release, validate_release
+The stage's functions are imported on first use, so that `pipeline describe` and `pipeline audit`,
+which need one small module of this package, do not wait for Great Expectations to load.
+"""
 
-__all__ = ["publish_release", "stage_release", "validate_release"]
+from pipeline.lazy import lazy_exports
+
+_EXPORTS = {name: "pipeline.publish.release" for name in ("publish_release", "stage_release", "validate_release")}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

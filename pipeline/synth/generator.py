@@ -24,6 +24,7 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.contracts import load_contract
+from pipeline.errors import SynthSettingsError
 from pipeline.synth import events, study
 from pipeline.synth.events import ChunkPeople
 from pipeline.synth.extracts import SOURCES, TRUTH_LINK_SCHEMA, consent_register, deliver, postcode_lookup
@@ -71,11 +72,11 @@ def generate(
     The same arguments always give byte-identical files. Returns `out_dir`.
     """
     if persons < MIN_PERSONS:
-        raise ValueError(f"persons must be at least {MIN_PERSONS} (got {persons})")
+        raise SynthSettingsError(f"persons (--persons) must be at least {MIN_PERSONS}, for every cell of the study design (got {persons})")
     if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer (got {seed!r})")
+        raise SynthSettingsError(f"seed (--seed) must be a non-negative integer (got {seed!r})")
     if not mdt_effect > 0:
-        raise ValueError(f"mdt_effect is a rate ratio and must be positive (got {mdt_effect})")
+        raise SynthSettingsError(f"mdt_effect (--mdt-effect) is a rate ratio and must be positive (got {mdt_effect})")
     faults = fault_rates(profile)
     out_dir = Path(out_dir)
     raw, truth = out_dir / "raw", out_dir / "truth"

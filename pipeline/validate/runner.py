@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import io
+from pipeline.progress import Progress
 from pipeline.validate import docs, offline_pages
 from pipeline.validate._gx import RunIdentifier
 from pipeline.validate.batches import DEFAULT_MAX_BATCH_ROWS, BatchSpan, plan_batches
@@ -215,7 +216,9 @@ def validate_files(
                 plans += [_plan_file(dataset, path, label, max_batch_rows) for path, label in zip(paths, _file_labels(paths), strict=True)]
             jobs = [_jobs(plan, parameters) for plan in plans]
             started = time.perf_counter()
-            flat = validate_all([job for file_jobs in jobs for job in file_jobs])
+            all_jobs = [job for file_jobs in jobs for job in file_jobs]
+            with Progress(f"validate {zone}", total=sum(job.rows for job in all_jobs), unit="rows") as progress:
+                flat = validate_all(all_jobs, progress)
             log.info("zone %s: %d batch(es) of %d file(s) validated in %.2fs", zone, len(flat), len(plans), time.perf_counter() - started)
             for plan, file_jobs in zip(plans, jobs, strict=True):
                 batch_results, flat = flat[: len(file_jobs)], flat[len(file_jobs) :]

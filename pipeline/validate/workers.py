@@ -31,7 +31,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+if TYPE_CHECKING:
+    from pipeline.progress import Progress
 
 WORKER_MODULE = "pipeline.validate.workers"
 _LENGTH = struct.Struct("<Q")
@@ -179,11 +182,17 @@ class _Worker:
             self.proc.wait()
 
 
-def validate_all(jobs: list[BatchJob]) -> list[tuple[Any, float]]:
-    """(scrubbed GX result, seconds) of every job, in job order, on worker processes when it pays."""
+def validate_all(jobs: list[BatchJob], progress: Progress | None = None) -> list[tuple[Any, float]]:
+    """(scrubbed GX result, seconds) of every job, in job order, on worker processes when it pays.
+    Each job's rows are counted into `progress` as it finishes."""
+    done = progress.advance if progress is not None else (lambda rows: None)
     size = worker_count(jobs)
     if size == 0:
-        return [validate_here(job) for job in jobs]
+        results = []
+        for job in jobs:
+            results.append(validate_here(job))
+            done(job.rows)
+        return results
     results: list[tuple[Any, float]] = [None] * len(jobs)  # type: ignore[list-item]
     errors: list[BaseException] = []
     # Biggest batches first, so a long one does not start last and leave the other workers idle.
@@ -200,6 +209,7 @@ def validate_all(jobs: list[BatchJob]) -> list[tuple[Any, float]]:
                 if i is None:
                     return
                 results[i] = worker.run(jobs[i])
+                done(jobs[i].rows)
         except BaseException as exc:  # re-raised in the calling thread below
             errors.append(exc)
 
