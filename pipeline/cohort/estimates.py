@@ -55,7 +55,7 @@ Z95 = 1.959963984540054
 ESTIMATES_SCHEMA = {
     "sample": pl.String, "outcome": pl.String, "estimator": pl.String,
     "estimate": pl.Float64, "std_error": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "p_value": pl.Float64,
-    "n_mdt": pl.Int64, "n_comparators": pl.Int64,
+    "n_mdt": pl.Int32, "n_comparators": pl.Int32,
 }  # fmt: skip
 
 
