@@ -12,11 +12,13 @@ import datetime as dt
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 from pipeline import zones
 from pipeline.errors import PathOutsideRootsError, PipelineError
+from pipeline.study import PIONEER, STUDIES_DIR, Study, load_study
 
 SOURCES: tuple[str, ...] = ("hospital_apc", "hospital_ae", "hospital_op", "gp_events", "social_care")
 # A label names a folder in every zone, so the whole string must match: always `fullmatch`, never
@@ -35,7 +37,7 @@ CLI_FLAGS: dict[str, str] = {
     "extract_date": "--extract-date", "unit_costs": "--unit-costs", "run_date": "--run-date",
     "publishing_key_file": "--publishing-key", "small_groups": "--small-groups",
     "retain_working_files": "--retain-working-files", "retention_reason": "--retain-working-files",
-    "link_threshold": "--link-threshold",
+    "link_threshold": "--link-threshold", "study_file": "--study",
 }  # fmt: skip
 
 
@@ -55,7 +57,7 @@ REPO_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_UNIT_COSTS = REPO_DIR / "reference" / "unit_costs.csv"
 # The settings that name a path on the worker. Anyone who may trigger a DAG sets them, so where a
 # deployment lists its data roots they must resolve inside one of them (`confine_to_data_roots`).
-PATH_SETTINGS: tuple[str, ...] = ("raw_dir", "work_dir", "unit_costs", "key_file", "publishing_key_file")
+PATH_SETTINGS: tuple[str, ...] = ("raw_dir", "work_dir", "unit_costs", "key_file", "publishing_key_file", "study_file")
 # Colon-separated folders a run's paths may resolve into; unset or empty allows any path (one
 # analyst's own machine). docker-compose.yml sets it to /data:/run/secrets.
 DATA_ROOTS_VARIABLE = "PPRL_DATA_ROOTS"
@@ -141,14 +143,19 @@ class RunConfig:
     raw_dir: str
     work_dir: str
     release_label: str
-    study_start: str = "2021-04-01"
-    study_end: str = "2026-03-31"
-    extract_date: str = "2026-03-31"
+    # The study file (pipeline.study): sites, teams, eligibility, windows, samples, reference tables.
+    study_file: str = str(PIONEER)
+    # The study window and extract date: None takes the study's (window: in the study file); a value
+    # overrides it for this run, and the manifest's settings record what was used.
+    study_start: str | None = None
+    study_end: str | None = None
+    extract_date: str | None = None
     # The day the run is made, which decides which withdrawals it must honour (the consent gate):
     # None means today in UTC, resolved once by the consent gate task. Tests pin it. It differs
     # from run to run, so it is kept out of the content manifest (pipeline.publish.release).
     run_date: str | None = None
-    unit_costs: str = str(DEFAULT_UNIT_COSTS)
+    # The unit-cost table: None takes the study's (unit_costs: in the study file).
+    unit_costs: str | None = None
     replace_release: bool = False
     # Path of a 0600 key file. Only the pseudonymise tasks read it; production sets PPRL_KEY_FILE or
     # the Airflow connection `pprl_key` instead (see pipeline.crypto.keys.load_key).
@@ -175,6 +182,12 @@ class RunConfig:
     retention_reason: str | None = None
 
     def __post_init__(self) -> None:
+        study = self.study  # checked once here: a broken study file stops the run before any work
+        for name in ("study_start", "study_end", "extract_date"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, getattr(study, name).isoformat())
+        if self.unit_costs is None:
+            object.__setattr__(self, "unit_costs", str(study.unit_costs))
         if isinstance(self.retention_reason, str) and not self.retention_reason.strip():
             # An empty field of the Airflow trigger form is no reason.
             object.__setattr__(self, "retention_reason", None)
@@ -222,7 +235,10 @@ class RunConfig:
         conf = dict(conf)
         m = conf.pop("matching", None) or {}
         if not isinstance(m, MatchingOptions):
-            m = dict(m)
+            # The study's matching section gives the defaults, field by field; a value set for the
+            # run (CLI flag, Param, conf) overrides it. None means "not set".
+            study = load_study(conf.get("study_file") or PIONEER)
+            m = {**study.matching_defaults, **{k: v for k, v in dict(m).items() if v is not None}}
             if "exact" in m:
                 m["exact"] = tuple(m["exact"])
             m = MatchingOptions(**m)
@@ -240,6 +256,11 @@ class RunConfig:
             conf[p] = str(Path(conf[p]).expanduser().resolve())
         confine_to_data_roots(conf, data_roots())
         return cls(matching=m, linkage=link, **conf)
+
+    @cached_property
+    def study(self) -> Study:
+        """The run's study (pipeline.study), loaded and checked once."""
+        return load_study(self.study_file)
 
     def to_conf(self) -> dict[str, Any]:
         d = asdict(self)
@@ -325,6 +346,8 @@ def confine_to_data_roots(conf: dict[str, Any], roots: tuple[Path, ...]) -> None
         path = Path(value).expanduser().resolve()
         if name == "unit_costs" and path == DEFAULT_UNIT_COSTS.resolve():
             continue
+        if name == "study_file" and path.parent == STUDIES_DIR.resolve():
+            continue  # a study shipped with the code
         if not any(path == root or path.is_relative_to(root) for root in roots):
             listed = ", ".join(str(root) for root in roots)
             raise PathOutsideRootsError(

@@ -63,7 +63,10 @@ log = logging.getLogger(__name__)
 VALIDATED_ZONES: tuple[str, ...] = ("raw", "pseudonymised", "linked", "release")
 # Settings that are paths on one machine, secrets' locations, or the day of the run: none of them
 # describes the release's content, so the content manifest leaves them out.
-PER_RUN_SETTINGS: frozenset[str] = frozenset({"raw_dir", "work_dir", "key_file", "publishing_key_file", "unit_costs", "run_date"})
+# The study file's path is one of them; its content is recorded under "study", by name and hash.
+PER_RUN_SETTINGS: frozenset[str] = frozenset(
+    {"raw_dir", "work_dir", "key_file", "publishing_key_file", "unit_costs", "run_date", "study_file"}
+)
 # The person-level table whose quasi-identifiers the small-group policy works on; people it drops
 # leave every release table.
 PERSON_TABLE = "cohort"
@@ -205,6 +208,8 @@ def _manifest(cfg: RunConfig, controlled: dict[str, Any], small: dict[str, Any])
         "kid": consent["kid"],
         # run_date differs from run to run: it is recorded in the release's provenance.json instead.
         "settings": {k: v for k, v in cfg.to_conf().items() if k not in PER_RUN_SETTINGS},
+        # The study the release evaluates: its file's name and SHA-256 (pipeline.study), and its design.
+        "study": cfg.study.manifest_record(),
         "inputs": io.read_json(inputs_file(cfg))["files"],
         "consent": consent["consent"],
         "pseudonymisation": {s: io.read_json(counts_file(cfg, s))["counts"] for s in SOURCES},
