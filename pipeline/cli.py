@@ -18,7 +18,10 @@ from pipeline.errors import PipelineError
 def _synth(args: argparse.Namespace) -> int:
     from pipeline.synth import generate
 
-    out = generate(Path(args.out), persons=args.persons, seed=args.seed, profile=args.profile, mdt_effect=args.mdt_effect)
+    from pipeline.study import PIONEER, load_study
+
+    study = load_study(args.study or PIONEER)
+    out = generate(Path(args.out), persons=args.persons, seed=args.seed, profile=args.profile, mdt_effect=args.mdt_effect, study=study)
     print(f"synthetic extracts in {out / 'raw'}; ground truth (never read by the pipeline) in {out / 'truth'}")
     return 0
 
@@ -31,6 +34,13 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_check(args: argparse.Namespace) -> int:
+    from pipeline.study import check_study, describe
+
+    print(describe(check_study(args.file)))
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from pipeline.orchestration.embedded import run_embedded
     from pipeline.preflight import preflight
@@ -39,7 +49,7 @@ def _run(args: argparse.Namespace) -> int:
     conf = {"raw_dir": args.raw, "work_dir": args.work, "release_label": args.release, "key_file": args.key}
     if args.publishing_key:
         conf["publishing_key_file"] = args.publishing_key
-    for name in ("study_start", "study_end", "extract_date", "unit_costs", "small_groups", "run_date"):
+    for name in ("study_file", "study_start", "study_end", "extract_date", "unit_costs", "small_groups", "run_date"):
         if getattr(args, name):
             conf[name] = getattr(args, name)
     if args.link_threshold is not None:
@@ -124,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--profile", choices=["clean", "realistic", "hard"], default="realistic")
     s.add_argument("--mdt-effect", type=float, default=0.8, help="rate ratio of emergency admissions after MDT enrolment")
+    s.add_argument("--study", metavar="FILE", help="study file whose sites, teams and eligibility to generate for (default studies/pioneer.yaml)")
     s.set_defaults(func=_synth)
 
     add_keys_parser(sub)
@@ -134,21 +145,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--mapping", help="YAML mapping the provider's column names to the contract's")
     c.set_defaults(func=_check)
 
+    st = sub.add_parser("study", help="work with a study file (studies/<name>.yaml)")
+    st_sub = st.add_subparsers(dest="study_command", required=True)
+    sc = st_sub.add_parser("check", help="check a study file; list every problem by its YAML key")
+    sc.add_argument("file", help="the study YAML file, e.g. studies/pioneer.yaml")
+    sc.set_defaults(func=_study_check)
+
     r = sub.add_parser("run", help="run the three DAGs on the embedded default (dag.test on SQLite)")
     r.add_argument("--raw", required=True, help="folder of input Parquet files following schemas/")
     r.add_argument("--work", required=True, help="folder holding the zones (pseudonymised/, linked/, releases/, reports/)")
     r.add_argument("--key", help="0600 key file (or set PPRL_KEY_FILE, or the Airflow connection pprl_key)")
     r.add_argument("--publishing-key", help="0600 publishing key file that signs the release (or set PPRL_PUBLISHING_KEY_FILE)")
     r.add_argument("--release", required=True, help="release label")
-    r.add_argument("--study-start", help="first day of the study window, YYYY-MM-DD (default 2021-04-01)")
-    r.add_argument("--study-end", help="last day of the study window, YYYY-MM-DD (default 2026-03-31)")
-    r.add_argument("--extract-date", help="the day the extracts were taken, YYYY-MM-DD (default 2026-03-31)")
+    r.add_argument("--study", dest="study_file", metavar="FILE", help="the study file (default studies/pioneer.yaml)")
+    r.add_argument("--study-start", help="first day of the study window, YYYY-MM-DD (default: the study file's)")
+    r.add_argument("--study-end", help="last day of the study window, YYYY-MM-DD (default: the study file's)")
+    r.add_argument("--extract-date", help="the day the extracts were taken, YYYY-MM-DD (default: the study file's)")
     r.add_argument(
         "--run-date",
         help="the day of the run, YYYY-MM-DD (default: today, UTC): withdrawals dated up to it are counted as "
         "withdrawn, later ones as register errors; either way the person is not linked",
     )
-    r.add_argument("--unit-costs", help="CSV following schemas/unit_costs.yaml (default: reference/unit_costs.csv)")
+    r.add_argument("--unit-costs", help="CSV following schemas/unit_costs.yaml (default: the study file's)")
     r.add_argument("--replace", action="store_true", help="replace an existing release of the same label")
     r.add_argument(
         "--small-groups", choices=["suppress", "coarsen", "block"],

@@ -15,7 +15,7 @@ from airflow.sdk import ExceptionRetryPolicy, Param, RetryAction, RetryRule
 __all__ = ["KEY_HOLDER_QUEUE", "default_args", "run_params"]
 
 from pipeline.orchestration import KEY_HOLDER_QUEUE
-from pipeline.settings import LABEL_SCHEMA_PATTERN, LINKAGE_ADDRESSES, SMALL_GROUP_POLICIES, LinkageOptions, MatchingOptions, RunConfig
+from pipeline.settings import LABEL_SCHEMA_PATTERN, LINKAGE_ADDRESSES, SMALL_GROUP_POLICIES, LinkageOptions, RunConfig
 
 OWNER = "pprl"
 RETRIES = 2
@@ -62,7 +62,7 @@ def run_params(*, filled_by_upstream: bool) -> dict[str, Param]:
     else:
         required = {"type": "string", "minLength": 1}
         how = ""
-    date = {"type": "string", "format": "date"}
+    date = {"type": ["null", "string"], "format": "date"}
     return {
         "raw_dir": Param(
             **required,
@@ -85,17 +85,23 @@ def run_params(*, filled_by_upstream: bool) -> dict[str, Param]:
             "Every zone keeps one folder per label, so runs of different labels never share a file." + how,
             section="Inputs",
         ),
+        "study_file": Param(
+            _default(RunConfig, "study_file"), type="string", minLength=1, title="Study file",
+            description="The study YAML file (sites, teams, eligibility, windows, samples, reference tables); "
+            "check one with `pipeline study check FILE`.", section="Study window",
+        ),
         "study_start": Param(
-            _default(RunConfig, "study_start"), **date, title="Study start",
-            description="First day of the study window (YYYY-MM-DD).", section="Study window",
+            None, **date, title="Study start",
+            description="First day of the study window (YYYY-MM-DD). Leave empty for the study file's.", section="Study window",
         ),
         "study_end": Param(
-            _default(RunConfig, "study_end"), **date, title="Study end",
-            description="Last day of the study window (YYYY-MM-DD); must be after the start.", section="Study window",
+            None, **date, title="Study end",
+            description="Last day of the study window (YYYY-MM-DD); must be after the start. Leave empty for the study file's.",
+            section="Study window",
         ),
         "extract_date": Param(
-            _default(RunConfig, "extract_date"), **date, title="Extract date",
-            description="Date the extracts were taken (YYYY-MM-DD).", section="Study window",
+            None, **date, title="Extract date",
+            description="Date the extracts were taken (YYYY-MM-DD). Leave empty for the study file's.", section="Study window",
         ),
         "run_date": Param(
             None, type=["null", "string"], format="date", title="Run date",
@@ -118,7 +124,7 @@ def run_params(*, filled_by_upstream: bool) -> dict[str, Param]:
         ),
         "unit_costs": Param(
             None, type=["null", "string"], title="Unit-cost table",
-            description="CSV of unit costs to use instead of the bundled, cited reference/unit_costs.csv.",
+            description="CSV of unit costs to use instead of the study file's (the bundled studies name the cited reference/unit_costs.csv).",
             section="Release",
         ),
         "replace_release": Param(
@@ -147,22 +153,23 @@ def run_params(*, filled_by_upstream: bool) -> dict[str, Param]:
             description="Required when keeping the working files; recorded in the release manifest's settings.",
             section="Release",
         ),
+        # The matching options default to the study file's matching section (empty: the study's).
         "ratio": Param(
-            _default(MatchingOptions, "ratio"), type="integer", minimum=1, title="Matching ratio (1:k)",
-            description="Comparators matched to each MDT participant.", section="Matching",
+            None, type=["null", "integer"], minimum=1, title="Matching ratio (1:k)",
+            description="Comparators matched to each MDT participant. Empty: the study file's.", section="Matching",
         ),
         "caliper_sd": Param(
-            _default(MatchingOptions, "caliper_sd"), type="number", exclusiveMinimum=0, title="Caliper",
-            description="Caliper width in standard deviations of the propensity-score logit.", section="Matching",
+            None, type=["null", "number"], exclusiveMinimum=0, title="Caliper",
+            description="Caliper width in standard deviations of the propensity-score logit. Empty: the study file's.", section="Matching",
         ),
         "replace": Param(
-            _default(MatchingOptions, "replace"), type="boolean", title="Match with replacement",
-            description="Allow one comparator to be matched to several participants.", section="Matching",
+            None, type=["null", "boolean"], title="Match with replacement",
+            description="Allow one comparator to be matched to several participants. Empty: the study file's.", section="Matching",
         ),
         "exact": Param(
-            list(_default(MatchingOptions, "exact")), type="array", items={"type": "string"},
+            None, type=["null", "array"], items={"type": "string"},
             title="Exact-match variables",
-            description="Variables a comparator must share exactly with its participant.", section="Matching",
+            description="Variables a comparator must share exactly with its participant. Empty: the study file's.", section="Matching",
         ),
         # The probabilistic linkage options (RunConfig.linkage), flat as pipeline.settings.LINKAGE_PARAMS names them.
         "link_threshold": Param(
