@@ -7,8 +7,8 @@ and code hold none of these values: the cohort stage, the synthetic generator an
 Great Expectations suite parameters, `suite_parameters`) ask the `Study`.
 
     >>> study = load_study(PIONEER)
-    >>> study.sites, len(study.teams), study.min_age
-    (('site_a', 'site_b'), 11, 55)
+    >>> len(study.sites), len(study.teams), len(study.operating_models), study.min_age
+    (2, 11, 4, 55)
     >>> study.periods
     ('pre_12m', 'post_12m')
 
@@ -236,6 +236,9 @@ class Study:
             "periods": list(self.periods),
             "panel_months": [self.panel_months[0], self.panel_months[-1]],
             "samples": list(self.sample_names),
+            # The values the release's contracts were bound to, so `pipeline audit` can check a
+            # release against its own study without the study file.
+            "values": self.suite_parameters(),
         }
 
 

@@ -1,5 +1,5 @@
-"""Stage 3a: the analysis cohort. Eligibility, baseline covariates, survey outcomes, service use and
-costs (by 12-month period and by month), propensity matching per sample, balance and the love plot.
+"""Stage 3a: the analysis cohort of the run's study. Eligibility, baseline covariates, survey outcomes,
+service use and costs (by the study's pre/post period and by month), propensity matching per sample, balance and the love plot.
 Reads `pseudonymised/` payloads and `linked/`; never the key, never `raw/`.
 
 Output goes to `linked/<label>/cohort/`, one Parquet file per release table (keyed by
@@ -19,7 +19,7 @@ import polars as pl
 
 from pipeline import io
 from pipeline.cohort.balance import BALANCE_SCHEMA
-from pipeline.cohort.covariates import BASELINE_USE, COVARIATE_NAMES, baseline_use
+from pipeline.cohort.covariates import BASELINE_USE, baseline_use, covariate_names
 from pipeline.cohort.eligibility import age_band, baseline_answers, eligible_persons
 from pipeline.cohort.events import duplicate_counts, linked_events
 from pipeline.cohort.love_plot import draw_love_plot
@@ -28,7 +28,7 @@ from pipeline.cohort.outputs import ARTEFACTS_DIR, LOVE_PLOT, UNIT_COSTS_ARTEFAC
 from pipeline.cohort.panel import person_month_panel
 from pipeline.cohort.samples import MATCHES_SCHEMA, SampleMatch, match_sample, samples
 from pipeline.cohort.service_use import service_use
-from pipeline.costs import DEFAULT_VALUE_SET, read_value_set, scan_unit_costs
+from pipeline.costs import read_value_set, scan_unit_costs
 from pipeline.settings import RunConfig
 from pipeline.zones import COHORT_SCRATCH, cohort_dir, cohort_summary_file, study_persons_file, survey_file
 
@@ -37,8 +37,8 @@ MAIN_SAMPLE = "all"
 
 
 def value_set_path(cfg: RunConfig) -> Path:
-    # A run setting once the lead adds `eq5d_value_set` to RunConfig; the shipped England set until then.
-    return Path(getattr(cfg, "eq5d_value_set", None) or DEFAULT_VALUE_SET)
+    # A run setting `eq5d_value_set` when RunConfig has one and it is set; the study's otherwise.
+    return Path(getattr(cfg, "eq5d_value_set", None) or cfg.study.eq5d_value_set)
 
 
 def with_main_sample(cohort: pl.DataFrame, main: SampleMatch | None) -> pl.DataFrame:
@@ -74,20 +74,21 @@ def build_cohort(cfg: RunConfig) -> Path:
     value_set = read_value_set(value_set_path(cfg))
     costs = scan_unit_costs(Path(cfg.unit_costs))
     outcomes = survey_outcomes(pl.scan_parquet(survey_file(cfg)), value_set).collect()
-    eligible, counts = eligible_persons(persons, baseline_answers(outcomes), cfg.start, cfg.end, cfg.extract)
+    study = cfg.study
+    eligible, counts = eligible_persons(persons, baseline_answers(outcomes, study), cfg.start, cfg.end, cfg.extract, study)
 
     work = out / COHORT_SCRATCH
     shutil.rmtree(work, ignore_errors=True)
     events = linked_events(cfg, work)
-    use = service_use(events, eligible.lazy(), costs, cfg.extract).collect()
+    use = service_use(events, eligible.lazy(), costs, cfg.extract, study).collect()
     cohort = (
-        eligible.join(baseline_use(use.lazy()).collect(), on="participant_id", how="left")
+        eligible.join(baseline_use(use.lazy(), study).collect(), on="participant_id", how="left")
         .with_columns([pl.col(c).fill_null(0.0) for c in (*BASELINE_USE, "baseline_cost_gbp")])
-        .with_columns(age_band=age_band(pl.col("age_at_index")))
+        .with_columns(age_band=age_band(pl.col("age_at_index"), study))
         .sort("participant_id")
     )
 
-    matched = {s.name: match_sample(cohort, s, cfg.matching) for s in samples()}
+    matched = {s.name: match_sample(cohort, s, cfg.matching, study) for s in samples(study)}
     found = [m for m in matched.values() if m is not None]
     cohort = with_main_sample(cohort, matched[MAIN_SAMPLE])
     # A sample with an empty arm (a run with no MDT participants yet) has no rows, never a missing file.
@@ -97,7 +98,7 @@ def build_cohort(cfg: RunConfig) -> Path:
     for name, table in (("cohort", cohort), ("service_use", use), ("matches", matches), ("balance", balance)):
         io.write_table(table.to_arrow(), out / f"{name}.parquet")
     panel = (
-        person_month_panel(events, eligible.lazy(), costs, cfg.extract)
+        person_month_panel(events, eligible.lazy(), costs, cfg.extract, study)
         .join(cohort.lazy().select("participant_id", "arm", "matched_set", "match_weight"), on="participant_id", how="left")
         .sort("participant_id", "month")
     )
@@ -111,7 +112,7 @@ def build_cohort(cfg: RunConfig) -> Path:
     artefacts.mkdir(parents=True)
     if balance.height:
         with io.atomic_path(artefacts / LOVE_PLOT) as tmp:
-            draw_love_plot(balance, COVARIATE_NAMES, tmp)
+            draw_love_plot(balance, covariate_names(study), tmp)
     io.copy_file(Path(cfg.unit_costs), artefacts / UNIT_COSTS_ARTEFACT)
     io.copy_file(value_set_path(cfg), artefacts / VALUE_SET_ARTEFACT)
 
@@ -136,7 +137,7 @@ def _summary(cfg: RunConfig, counts: dict[str, Any], value_set_name: str) -> dic
     return {
         "counts": counts,
         "matching": cfg.to_conf()["matching"],
-        "covariates": list(COVARIATE_NAMES),
+        "covariates": list(covariate_names(cfg.study)),
         "reference": {
             "unit_costs": {
                 "file": UNIT_COSTS_ARTEFACT,

@@ -15,7 +15,7 @@ import polars as pl
 
 from pipeline import io
 from pipeline.costs import scan_unit_costs
-from pipeline.contracts import ContractError, load_contract, parquet_files, scan_checked
+from pipeline.contracts import ContractError, parquet_files, scan_checked, study_contract
 from pipeline.errors import InputOutsideFolderError, Violation
 from pipeline.settings import SOURCES, RunConfig
 from pipeline.zones import inputs_file
@@ -65,7 +65,7 @@ def input_files(cfg: RunConfig, dataset: str) -> list[Path]:
 
 
 def scan_input(cfg: RunConfig, dataset: str) -> pl.LazyFrame:
-    return scan_checked(input_path(cfg, dataset), load_contract(dataset))
+    return scan_checked(input_path(cfg, dataset), study_contract(dataset, cfg.study))
 
 
 def input_hash(path: Path) -> str:
@@ -92,7 +92,7 @@ def check_inputs(cfg: RunConfig) -> Path:
             continue
         try:
             # Every value decoded once here, so a damaged or wrongly encoded file stops the run now.
-            rows = scan_checked(path, load_contract(dataset), read_all=True).select(pl.len()).collect().item()
+            rows = scan_checked(path, study_contract(dataset, cfg.study), read_all=True).select(pl.len()).collect().item()
         except ContractError as exc:
             violations += exc.violations
             continue

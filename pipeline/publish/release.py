@@ -36,7 +36,7 @@ import polars as pl
 
 from pipeline import __version__, io
 from pipeline.cohort.outputs import ARTEFACTS_DIR, RELEASE_TABLES
-from pipeline.contracts import dictionary_records, load_contract, render_dictionary_markdown
+from pipeline.contracts import dictionary_records, load_contract, render_dictionary_markdown, study_contract
 from pipeline.errors import ContractError, ReleaseExistsError, ValidationFailed
 from pipeline.publish import disclosure, release_log, signing, small_groups
 from pipeline.publish.privacy import assess_release_privacy
@@ -129,7 +129,8 @@ def stage_release(cfg: RunConfig) -> Path:
     if artefacts.is_dir():
         for f in sorted(artefacts.iterdir()):
             io.copy_file(f, staging / f.name)
-    contracts = [load_contract(t) for t in RELEASE_TABLES]
+    # Bound to the run's study, so the dictionary lists its sites, samples and periods.
+    contracts = [study_contract(t, cfg.study) for t in RELEASE_TABLES]
     with io.atomic_path(staging / "data_dictionary.md") as tmp:
         tmp.write_text(render_dictionary_markdown(contracts, f"Data dictionary: release {cfg.release_label}"))
     io.write_json(dictionary_records(contracts), staging / "data_dictionary.json")
@@ -142,7 +143,7 @@ def _person_table(cfg: RunConfig, built: Path) -> tuple[small_groups.Outcome, di
     contract = load_contract(PERSON_TABLE)
     frame = pl.read_parquet(built / f"{PERSON_TABLE}.parquet")
     qi = [c.name for c in contract.columns_of_class("quasi_identifier") if c.name in frame.columns]
-    out = small_groups.apply_policy(frame, qi, "participant_id", cfg.small_groups)
+    out = small_groups.apply_policy(frame, qi, "participant_id", cfg.small_groups, cfg.study)
     record = {
         "policy": cfg.small_groups,
         "min_group_size": disclosure.MIN_GROUP_SIZE,
@@ -150,7 +151,7 @@ def _person_table(cfg: RunConfig, built: Path) -> tuple[small_groups.Outcome, di
         "withheld_order": list(disclosure.WITHHOLD_ORDER),
         "coarsening": [
             f"{column}: " + (", ".join(f"{a} -> {b}" for a, b in mapping.items()) if mapping else "withheld for everyone")
-            for column, mapping in disclosure.COARSENING
+            for column, mapping in disclosure.coarsening(cfg.study)
         ],
         "coarsened": out.coarsened,
         "withheld_values": {c: out.withheld.get(c, 0) for c in disclosure.WITHHOLD_ORDER},
