@@ -83,8 +83,17 @@ def design(study: Any) -> dict[str, Any]:
     """The module values that come from a pipeline.study.Study."""
     n = len(study.sites)
     shares = np.linspace(FIRST_SITE_SHARE, LAST_SITE_SHARE, n) if n > 1 else np.ones(1)
-    index_end = min(_years_before(study.extract_date, INDEX_YEARS_BEFORE_EXTRACT), study.study_end)
-    index_start = max(_years_before(index_end, 1) + dt.timedelta(days=1), study.study_start)
+    # Questionnaires must fall in the study window too: the MDT arm's baseline up to
+    # SURVEY_BEFORE_ENROLMENT_DAYS before the index date, the follow-up about a year after it.
+    last_followup = dt.timedelta(days=FOLLOWUP_AFTER_DAYS + FOLLOWUP_JITTER_DAYS)
+    index_end = min(_years_before(study.extract_date, INDEX_YEARS_BEFORE_EXTRACT), study.study_end - last_followup)
+    earliest = study.study_start + dt.timedelta(days=SURVEY_BEFORE_ENROLMENT_DAYS)
+    index_start = max(_years_before(index_end, 1) + dt.timedelta(days=1), earliest)
+    if index_start > index_end:
+        raise ValueError(
+            f"study {study.name!r}: its window ({study.study_start} to {study.study_end}) and extract date leave no "
+            "year of index dates with follow-up questionnaires inside the window; the synthetic generator needs a longer window"
+        )
     return {
         "SITES": tuple(study.sites),
         "SITE_SHARE": tuple(float(x) for x in shares / shares.sum()),
