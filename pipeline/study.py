@@ -146,19 +146,21 @@ class Study:
         return dict(self.index_date)[arm]
 
     # --- periods -------------------------------------------------------------------------------
+    # Month m relative to the index date holds the days d with floor(12 d / 365) = m, so the months of
+    # a period add up to it exactly: 12 months are 365 days either side; 6 months are days -182..-1
+    # before the index date (182 days) and days 0..182 from it (183 days).
     @staticmethod
-    def days_in(months: int) -> int:
-        """Days of a period of `months` months: 365 days a year, month m of a year holding the days d
-        with floor(12 d / 365) = m (so 12 months are 365 days, 6 months 183)."""
-        return math.ceil(DAYS_PER_YEAR * months / 12)
+    def month_start(month: int) -> int:
+        """The first day (relative to the index date) of month `month`."""
+        return math.ceil(DAYS_PER_YEAR * month / 12)
 
     @property
     def pre_days(self) -> int:
-        return self.days_in(self.pre_months)
+        return -self.month_start(-self.pre_months)
 
     @property
     def post_days(self) -> int:
-        return self.days_in(self.post_months)
+        return self.month_start(self.post_months)
 
     @property
     def periods(self) -> tuple[str, str]:

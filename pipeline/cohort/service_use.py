@@ -1,8 +1,7 @@
 """Service use per participant x period x service type, and its cost.
 
 Periods are windows of days relative to the index date (day 0), their lengths set by the study
-(pipeline.study: periods, panel). A period of n months is ceil(365 n / 12) days: for Pioneer's 12
-months, the 365 days before the index date (pre_12m, days -365 to -1) and the 365 days from it
+(pipeline.study: periods, panel; Study.pre_days and post_days): for Pioneer's 12 months, the 365 days before the index date (pre_12m, days -365 to -1) and the 365 days from it
 (post_12m, days 0 to 364). The monthly panel's months split those same days (month m holds day d
 when floor(12 d / 365) = m, so months are 30 or 31 days long and the months of a period add up
 exactly to it).
@@ -16,7 +15,6 @@ twice are counted once). Each function is LazyFrame -> LazyFrame.
 from __future__ import annotations
 
 import datetime as dt
-import math
 from dataclasses import dataclass
 
 import polars as pl
@@ -57,8 +55,7 @@ def period_windows(study: Study | None = None) -> tuple[Window, Window]:
 def month_windows(study: Study | None = None) -> tuple[Window, ...]:
     """The panel's months (labels "-12" .. "11" for Pioneer), splitting the periods' days."""
     study = study or load_study()
-    year = Study.days_in(12)
-    return tuple(Window(str(m), math.ceil(year * m / 12), math.ceil(year * (m + 1) / 12) - 1) for m in study.panel_months)
+    return tuple(Window(str(m), Study.month_start(m), Study.month_start(m + 1) - 1) for m in study.panel_months)
 
 
 def exact_sum(expr: pl.Expr) -> pl.Expr:
