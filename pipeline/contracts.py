@@ -13,6 +13,7 @@ from the same objects elsewhere.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from string import Template
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -159,22 +160,27 @@ class Contract:
         """The names of the study values (pipeline.study.Study.suite_parameters) its rules need."""
         return {name for c in self.columns for _, name in c.study_refs}
 
-    def for_study(self, values: Mapping[str, Any]) -> Contract:
+    def for_study(self, values: Mapping[str, Any], texts: Mapping[str, str] | None = None) -> Contract:
         """The contract with its study-given rules filled in from `values` (a study's
-        `suite_parameters()`), so it checks, and documents, that study's own values.
+        `suite_parameters()`), so it checks, and documents, that study's own values; with `texts`
+        (a study's `description_values()`) its descriptions' `${NAME}` placeholders filled in too.
 
         The unbound contract is the same for every study; this is the only place they differ.
         """
         missing = sorted(self.study_values - set(values))
         if missing:
             raise KeyError(f"contract {self.name} needs the study values {missing}")
+
+        def words(text: str) -> str:
+            return Template(text).substitute(texts) if texts is not None else text
+
         columns = []
         for c in self.columns:
             if c.study_refs:
                 bound = {rule: (tuple(values[name]) if rule == "allowed" else values[name]) for rule, name in c.study_refs}
                 c = replace(c, study_refs=(), **bound)
-            columns.append(c)
-        return replace(self, columns=tuple(columns))
+            columns.append(replace(c, description=words(c.description)))
+        return replace(self, description=words(self.description), columns=tuple(columns))
 
     def restricted_to(self, classes: tuple[str, ...], name: str, zone: str) -> Contract:
         """A derived contract keeping only columns of the given classes (plus the primary key)."""
@@ -489,9 +495,8 @@ def mapping_back(mapping: dict[str, str] | None, column: str) -> str:
 
 
 def study_contract(name: str, study: Any) -> Contract:
-    """The contract `name` bound to a study's values (a pipeline.study.Study)."""
-    contract = load_contract(name)
-    return contract.for_study(study.suite_parameters()) if contract.study_values else contract
+    """The contract `name` bound to a study's values and words (a pipeline.study.Study)."""
+    return load_contract(name).for_study(study.suite_parameters(), study.description_values())
 
 
 def check_file(path: Path, contract: Contract | str, mapping_file: Path | None = None, study: Any = None) -> int:

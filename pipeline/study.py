@@ -67,6 +67,9 @@ EXACT_COLUMNS: tuple[str, ...] = ("site", "sex", "age_band", "imd_quintile")
 # small-group policy `coarsen`) they are 20 years wide, the last open.
 OPEN_AGE_BAND = 85
 DAYS_PER_YEAR = 365
+NUMBER_WORDS: dict[int, str] = dict(enumerate(
+    ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+))  # fmt: skip
 TOP_KEYS: tuple[str, ...] = (
     "name", "description", "sites", "operating_models", "teams", "arms", "eligibility", "window", "periods",
     "panel", "propensity", "matching", "samples", "unit_costs", "eq5d_value_set",
@@ -214,6 +217,30 @@ class Study:
             "periods": list(self.periods),
             "panel_first_month": self.panel_months[0],
             "panel_last_month": self.panel_months[-1],
+        }
+
+    def description_values(self) -> dict[str, str]:
+        """Words for the `${NAME}` placeholders of contract descriptions (the data dictionary), so a
+        release's dictionary says its own study's ages, conditions and periods."""
+        pre, post = self.periods
+        coarse = list(dict.fromkeys(self.coarse_age_bands.values()))
+        same = self.pre_months == self.post_months
+        return {
+            "min_age": str(self.min_age),
+            "min_conditions": NUMBER_WORDS.get(self.min_long_term_conditions, str(self.min_long_term_conditions)),
+            "pre_months": str(self.pre_months),
+            "post_months": str(self.post_months),
+            "period_length": f"{self.post_months}-month period" if same else f"period ({self.pre_months} months before, {self.post_months} after)",
+            "pre_period": pre,
+            "post_period": post,
+            "pre_days": str(self.pre_days),
+            "post_days": str(self.post_days),
+            "post_last_day": str(self.post_days - 1),
+            "panel_before": str(self.panel_months_before),
+            "panel_after": str(self.panel_months_after),
+            "panel_first_month": str(self.panel_months[0]),
+            "panel_last_month": str(self.panel_months[-1]),
+            "coarse_age_bands": " and ".join(coarse),
         }
 
     def manifest_record(self) -> dict[str, Any]:

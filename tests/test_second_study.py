@@ -75,6 +75,8 @@ def test_the_second_study_is_published_with_its_own_sites_models_and_periods(pub
     assert manifest["settings"]["study_start"] == "2023-01-01"
     dictionary = (release / "data_dictionary.md").read_text()
     assert "wyebridge" in dictionary and "pre_6m" in dictionary and "site_a" not in dictionary
+    assert "aged 65+, one or more long-term conditions" in dictionary and "in the 6 months before index" in dictionary
+    assert "${" not in dictionary
     audit = (published.reports_dir / "audit.html").read_text()
     assert study.sha256 in audit and study.name in audit
 

@@ -107,7 +107,8 @@ def stage_release(cfg: RunConfig) -> Path:
     controlled: dict[str, Any] = {}
     people, small = _person_table(cfg, built)
     for name in RELEASE_TABLES:
-        contract = load_contract(name)
+        # Bound to the run's study: its descriptions (Parquet field metadata) say the study's periods.
+        contract = study_contract(name, cfg.study)
         lf = people.frame.lazy() if name == PERSON_TABLE else pl.scan_parquet(built / f"{name}.parquet")
         columns = lf.collect_schema().names()
         if "participant_id" in columns:
