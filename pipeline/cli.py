@@ -28,8 +28,10 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from pipeline.contracts import check_file
+    from pipeline.study import PIONEER, load_study
 
-    rows = check_file(Path(args.file), args.dataset, Path(args.mapping) if args.mapping else None)
+    study = load_study(args.study or PIONEER)
+    rows = check_file(Path(args.file), args.dataset, Path(args.mapping) if args.mapping else None, study=study)
     print(f"{args.file}: follows the {args.dataset} contract ({rows} rows)")
     return 0
 
@@ -143,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("dataset", help="contract name, e.g. hospital_apc")
     c.add_argument("file")
     c.add_argument("--mapping", help="YAML mapping the provider's column names to the contract's")
+    c.add_argument("--study", metavar="FILE", help="the study whose sites, teams and models the file may hold (default studies/pioneer.yaml)")
     c.set_defaults(func=_check)
 
     st = sub.add_parser("study", help="work with a study file (studies/<name>.yaml)")

@@ -138,3 +138,13 @@ def test_contracts_and_suites_hold_no_study_values() -> None:
     ).stdout.split()  # fmt: skip
     assert [f for f in found if not f.startswith("pipeline/synth/")] == []
     assert Path(REPO_DIR / "studies" / "pioneer.yaml").read_text().count("site_a") > 1
+
+
+def test_a_register_is_checked_against_the_study_it_belongs_to(published: RunConfig, capsys) -> None:
+    """The same consent register follows its own study's contract, not Pioneer's."""
+    register = str(published.raw / "consent_register.parquet")
+    assert main(["check", "consent_register", register, "--study", str(SECOND)]) == 0
+    assert main(["check", "consent_register", register]) == 2
+    err = capsys.readouterr().err
+    assert "column site: rule 'allowed values' broken" in err and "column mdt_id: rule 'allowed values' broken" in err
+    assert "wyebridge" not in err  # never a value
