@@ -21,7 +21,6 @@ import stage_runner
 from conftest import RELIABILITY_LABEL, RETAIN, Reference, record_tokens
 
 from pipeline import io, tasks
-from pipeline.contracts import load_contract
 from pipeline.errors import PipelineError
 from pipeline.publish.release import PUBLISHING_MARK
 from pipeline.settings import SOURCES, RunConfig
