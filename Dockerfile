@@ -19,6 +19,7 @@ COPY pipeline ./pipeline
 COPY schemas ./schemas
 COPY expectations ./expectations
 COPY reference ./reference
+COPY studies ./studies
 COPY dags ./dags
 RUN uv sync --frozen --no-dev --extra production
 

@@ -13,6 +13,8 @@ PERSONS ?= 3000
 PROFILE ?= realistic
 SEED ?= 7
 LABEL ?= demo-$(PROFILE)
+# The study the demo generates for and runs (the Pioneer design by default).
+STUDY ?= studies/pioneer.yaml
 SIZE ?= small
 # For example BENCH_ARGS=--no-dags to time the stages only.
 BENCH_ARGS ?=
@@ -49,13 +51,14 @@ setup: .venv/.synced
 demo: setup
 	@rm -rf $(DEMO_DIR)/work/releases/$(LABEL) $(DEMO_DIR)/work/reports/$(LABEL)
 	@echo "== 1/3 synthetic extracts: $(PERSONS) people, profile $(PROFILE), seed $(SEED)"
-	$(RUN) pipeline synth --out $(DEMO_DIR)/input --persons $(PERSONS) --seed $(SEED) --profile $(PROFILE)
+	$(RUN) pipeline study check $(STUDY)
+	$(RUN) pipeline synth --study $(STUDY) --out $(DEMO_DIR)/input --persons $(PERSONS) --seed $(SEED) --profile $(PROFILE)
 	@echo "== 2/3 a new linkage key (0600, never committed)"
 	@test -f $(DEMO_DIR)/secrets/demo.key.json || $(RUN) pipeline keys new --out $(DEMO_DIR)/secrets/demo.key.json
 	@echo "== 2b/3 a new publishing key that signs releases (0600, never committed; the .pub is for the auditor)"
 	@test -f $(DEMO_DIR)/secrets/demo-publishing.pem || $(RUN) pipeline keys new-publishing --out $(DEMO_DIR)/secrets/demo-publishing.pem
 	@echo "== 3/3 the three DAGs on the embedded default (dag.test on SQLite)"
-	$(RUN) pipeline run --raw $(DEMO_DIR)/input/raw --work $(DEMO_DIR)/work --key $(DEMO_DIR)/secrets/demo.key.json \
+	$(RUN) pipeline run --study $(STUDY) --raw $(DEMO_DIR)/input/raw --work $(DEMO_DIR)/work --key $(DEMO_DIR)/secrets/demo.key.json \
 	  --publishing-key $(DEMO_DIR)/secrets/demo-publishing.pem --release $(LABEL) --replace
 	@echo "== check it as the governance officer would"
 	$(RUN) pipeline audit $(DEMO_DIR)/work/releases/$(LABEL) --public-key $(DEMO_DIR)/secrets/demo-publishing.pem.pub

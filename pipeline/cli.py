@@ -18,8 +18,11 @@ from pipeline.errors import OutputFolderError, PipelineError
 def _synth(args: argparse.Namespace) -> int:
     from pipeline.synth import generate
 
+    from pipeline.study import PIONEER, load_study
+
+    study = load_study(args.study or PIONEER)
     try:
-        out = generate(Path(args.out), persons=args.persons, seed=args.seed, profile=args.profile, mdt_effect=args.mdt_effect)
+        out = generate(Path(args.out), persons=args.persons, seed=args.seed, profile=args.profile, mdt_effect=args.mdt_effect, study=study)
         if args.layout == "nhs":
             from pipeline.synth.native import write_native_layout
 
@@ -39,9 +42,18 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from pipeline.contracts import check_file
+    from pipeline.study import PIONEER, load_study
 
-    rows = check_file(Path(args.file), args.dataset, args.mapping)
+    study = load_study(args.study or PIONEER)
+    rows = check_file(Path(args.file), args.dataset, args.mapping, study=study)
     print(f"{args.file}: follows the {args.dataset} contract ({rows} rows)")
+    return 0
+
+
+def _study_check(args: argparse.Namespace) -> int:
+    from pipeline.study import check_study, describe
+
+    print(describe(check_study(args.file)))
     return 0
 
 
@@ -53,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
     conf = {"raw_dir": args.raw, "work_dir": args.work, "release_label": args.release, "key_file": args.key}
     if args.publishing_key:
         conf["publishing_key_file"] = args.publishing_key
-    for name in ("study_start", "study_end", "extract_date", "unit_costs", "small_groups", "run_date", "deliveries", "eq5d_value_set"):
+    for name in ("study_file", "study_start", "study_end", "extract_date", "unit_costs", "small_groups", "run_date", "deliveries", "eq5d_value_set"):
         if getattr(args, name):
             conf["deliveries_file" if name == "deliveries" else name] = getattr(args, name)
     matching = matching_conf(args)
@@ -196,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sources also written in providers' layouts (HES APC and OP, ECDS, a GP extract, ASC CLD) as CSV or "
         "pipe-delimited text, with deliveries.yaml naming the shipped mapping of each",
     )
+    s.add_argument("--study", metavar="FILE", help="study file whose sites, teams and eligibility to generate for (default studies/pioneer.yaml)")
     s.set_defaults(func=_synth)
 
     add_keys_parser(sub)
@@ -208,7 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="a shipped mapping's name (schemas/mappings/, e.g. hes_apc) or a mapping YAML, to read the file in its "
         "provider's layout; the format (.parquet, .csv, .txt pipe-delimited, .gz) is taken from the file's name",
     )
+    c.add_argument("--study", metavar="FILE", help="the study whose sites, teams and models the file may hold (default studies/pioneer.yaml)")
     c.set_defaults(func=_check)
+
+    st = sub.add_parser("study", help="work with a study file (studies/<name>.yaml)")
+    st_sub = st.add_subparsers(dest="study_command", required=True)
+    sc = st_sub.add_parser("check", help="check a study file; list every problem by its YAML key")
+    sc.add_argument("file", help="the study YAML file, e.g. studies/pioneer.yaml")
+    sc.set_defaults(func=_study_check)
 
     r = sub.add_parser("run", help="run the three DAGs on the embedded default (dag.test on SQLite)")
     r.add_argument("--raw", required=True, help="folder of input Parquet files following schemas/")
@@ -219,21 +239,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--release", required=True,
         help="release label, 1-64 letters, digits, '.', '_' or '-'; names the folder in every zone, so it must be new unless --replace",
     )
-    r.add_argument("--study-start", help="first day of the study window, YYYY-MM-DD (default 2021-04-01)")
-    r.add_argument("--study-end", help="last day of the study window, YYYY-MM-DD (default 2026-03-31)")
-    r.add_argument("--extract-date", help="the day the extracts were taken, YYYY-MM-DD (default 2026-03-31)")
+    r.add_argument("--study", dest="study_file", metavar="FILE", help="the study file (default studies/pioneer.yaml)")
+    r.add_argument("--study-start", help="first day of the study window, YYYY-MM-DD (default: the study file's)")
+    r.add_argument("--study-end", help="last day of the study window, YYYY-MM-DD (default: the study file's)")
+    r.add_argument("--extract-date", help="the day the extracts were taken, YYYY-MM-DD (default: the study file's)")
     r.add_argument(
         "--run-date",
         help="the day of the run, YYYY-MM-DD (default: today, UTC): withdrawals dated up to it are counted as "
         "withdrawn, later ones as register errors; either way the person is not linked",
     )
-    r.add_argument("--unit-costs", help="CSV following schemas/unit_costs.yaml (default: reference/unit_costs.csv)")
+    r.add_argument("--unit-costs", help="CSV following schemas/unit_costs.yaml (default: the study file's)")
     r.add_argument(
         "--deliveries", metavar="FILE",
         help="deliveries YAML: sources delivered in a provider's layout (CSV, pipe-delimited, gzip, Parquet) with the "
         "mapping of each (docs/data-engineers.md); the other inputs stay <dataset>.parquet in --raw",
     )
-    r.add_argument("--eq5d-value-set", metavar="NAME_OR_FILE", help="EQ-5D value set: a shipped name (england, the default) or a CSV following schemas/eq5d_value_set.yaml")
+    r.add_argument("--eq5d-value-set", metavar="NAME_OR_FILE", help="EQ-5D value set: a shipped name (england) or a CSV following schemas/eq5d_value_set.yaml (default: the study file's)")
     r.add_argument("--replace", action="store_true", help="replace an existing release of the same label")
     r.add_argument(
         "--small-groups", choices=["suppress", "coarsen", "block"],

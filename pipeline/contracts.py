@@ -12,7 +12,9 @@ from the same objects elsewhere.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from string import Template
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -74,6 +76,10 @@ class Column:
     min: Any = None
     max: Any = None
     unique: bool = False
+    # Rules whose values the study gives at run time: (rule, study value name), such as
+    # ("allowed", "sites") for `allowed: {study: sites}`. Until bound (Contract.for_study) the rule's
+    # own field is None; the structural GX suite refers to it as the suite parameter of that name.
+    study_refs: tuple[tuple[str, str], ...] = ()
 
     @property
     def arrow_type(self) -> pa.DataType:
@@ -86,14 +92,18 @@ class Column:
     def rules(self) -> list[str]:
         """The rules of this column, in words, for the data dictionary."""
         out = [] if self.nullable else ["not null"]
+        refs = dict(self.study_refs)
         if self.allowed is not None:
             out.append("one of " + ", ".join(str(v) for v in self.allowed))
+        elif "allowed" in refs:
+            out.append(f"one of the study's {refs['allowed'].replace('_', ' ')}")
         if self.pattern is not None:
             out.append(f"matches `{self.pattern}`")
-        if self.min is not None:
-            out.append(f">= {self.min}")
-        if self.max is not None:
-            out.append(f"<= {self.max}")
+        for bound, op in (("min", ">="), ("max", "<=")):
+            if getattr(self, bound) is not None:
+                out.append(f"{op} {getattr(self, bound)}")
+            elif bound in refs:
+                out.append(f"{op} the study's {refs[bound].replace('_', ' ')}")
         if self.unique:
             out.append("unique")
         return out
@@ -148,6 +158,33 @@ class Contract:
         columns = tuple(column if c.name == column.name else c for c in self.columns)
         return Contract(name=self.name, zone=self.zone, description=self.description, primary_key=self.primary_key, columns=columns)
 
+    @property
+    def study_values(self) -> set[str]:
+        """The names of the study values (pipeline.study.Study.suite_parameters) its rules need."""
+        return {name for c in self.columns for _, name in c.study_refs}
+
+    def for_study(self, values: Mapping[str, Any], texts: Mapping[str, str] | None = None) -> Contract:
+        """The contract with its study-given rules filled in from `values` (a study's
+        `suite_parameters()`), so it checks, and documents, that study's own values; with `texts`
+        (a study's `description_values()`) its descriptions' `${NAME}` placeholders filled in too.
+
+        The unbound contract is the same for every study; this is the only place they differ.
+        """
+        missing = sorted(self.study_values - set(values))
+        if missing:
+            raise KeyError(f"contract {self.name} needs the study values {missing}")
+
+        def words(text: str) -> str:
+            return Template(text).substitute(texts) if texts is not None else text
+
+        columns = []
+        for c in self.columns:
+            if c.study_refs:
+                bound = {rule: (tuple(values[name]) if rule == "allowed" else values[name]) for rule, name in c.study_refs}
+                c = replace(c, study_refs=(), **bound)
+            columns.append(replace(c, description=words(c.description)))
+        return replace(self, description=words(self.description), columns=tuple(columns))
+
     def restricted_to(self, classes: tuple[str, ...], name: str, zone: str) -> Contract:
         """A derived contract keeping only columns of the given classes (plus the primary key)."""
         keep = tuple(c for c in self.columns if c.column_class in classes or c.name in self.primary_key)
@@ -164,6 +201,12 @@ def _parse_columns(spec: dict[str, Any], source: str) -> list[Column]:
             raise ValueError(f"{source}: column {name!r} has type {c.get('type')!r}; use one of {list(ARROW_TYPES)}")
         if not c.get("description"):
             raise ValueError(f"{source}: column {name!r} needs a description for the data dictionary")
+        # `allowed: {study: sites}`, `min: {study: panel_first_month}`: the study gives the value.
+        refs = tuple((rule, c[rule]["study"]) for rule in ("allowed", "min", "max") if isinstance(c.get(rule), dict))
+        for rule, ref in refs:
+            if set(c[rule]) != {"study"} or not isinstance(ref, str):
+                raise ValueError(f"{source}: column {name!r}: {rule} must be a list, a value, or {{study: NAME}}")
+        c = {k: v for k, v in c.items() if k not in dict(refs)}
         cols.append(
             Column(
                 name=name,
@@ -176,6 +219,7 @@ def _parse_columns(spec: dict[str, Any], source: str) -> list[Column]:
                 min=c.get("min"),
                 max=c.get("max"),
                 unique=bool(c.get("unique", False)),
+                study_refs=refs,
             )
         )
     return cols
@@ -245,6 +289,8 @@ def _schema_violations(path: Path, contract: Contract, schema: pa.Schema, allow_
 
 def _value_rule_exprs(contract: Contract, columns: set[str]) -> list[tuple[Column, str, pl.Expr]]:
     """(column, rule, expression counting rows that break the rule) for every value rule."""
+    if contract.study_values:
+        raise ValueError(f"contract {contract.name}: bind it to the run's study (Contract.for_study) before checking a file")
     rules: list[tuple[Column, str, pl.Expr]] = []
     for c in contract.columns:
         if c.name not in columns:
@@ -413,14 +459,25 @@ def scan_checked(
     return lf
 
 
-def check_file(path: Path, contract: Contract | str, mapping_file: Path | str | None = None) -> int:
+def study_contract(name: str, study: Any) -> Contract:
+    """The contract `name` bound to a study's values and words (a pipeline.study.Study)."""
+    return load_contract(name).for_study(study.suite_parameters(), study.description_values())
+
+
+def check_file(path: Path, contract: Contract | str, mapping_file: Path | str | None = None, study: Any = None) -> int:
     """Check one file; return its row count or raise ContractError with every violation.
 
     With `mapping_file` (a shipped mapping's name or a mapping's path) the file is read in the
-    provider's layout, its format taken from its name (pipeline.deliveries).
+    provider's layout, its format taken from its name (pipeline.deliveries). `study` (a
+    pipeline.study.Study) gives the values of the study-given rules (sites, teams, ...); the default
+    study when None.
     """
     if isinstance(contract, str):
         contract = load_contract(contract)
+    if contract.study_values:
+        from pipeline.study import load_study
+
+        contract = contract.for_study((study or load_study()).suite_parameters())
     if mapping_file is not None:
         from pipeline.deliveries.delivery import delivery_for_file, scan_delivery
 

@@ -114,6 +114,18 @@ class PreflightError(ContractError):
         Exception.__init__(self, "\n".join(lines))
 
 
+class StudyError(PipelineError):
+    """A study file (`studies/<name>.yaml`) is not usable. Carries every problem found, each named by
+    its YAML key path (e.g. `teams[3].site`) with what to do."""
+
+    def __init__(self, path: str, problems: list[tuple[str, str]]):
+        self.path = path
+        self.problems = list(problems)
+        lines = [f"{path}: {len(self.problems)} problem(s) in the study file:"]
+        lines += [f"  - {key}: {what}" for key, what in self.problems]
+        super().__init__("\n".join(lines))
+
+
 class PathOutsideRootsError(PipelineError):
     """A path setting (`raw_dir`, `work_dir`, `key_file`, ...) resolves outside the data roots the
     deployment allows (`PPRL_DATA_ROOTS`)."""

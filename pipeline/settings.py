@@ -14,11 +14,13 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 from pipeline import zones
 from pipeline.errors import PathOutsideRootsError, PipelineError, SettingsError
+from pipeline.study import PIONEER, STUDIES_DIR, Study, load_study
 
 SOURCES: tuple[str, ...] = ("hospital_apc", "hospital_ae", "hospital_op", "gp_events", "social_care")
 # A label names a folder in every zone, so the whole string must match: always `fullmatch`, never
@@ -53,7 +55,7 @@ CLI_FLAGS: dict[str, str] = {
     "publishing_key_file": "--publishing-key", "small_groups": "--small-groups",
     "retain_working_files": "--retain-working-files", "retention_reason": "--retain-working-files",
     "link_threshold": "--link-threshold", "deliveries_file": "--deliveries", "eq5d_value_set": "--eq5d-value-set",
-    **MATCHING_FLAGS,
+    "study_file": "--study", **MATCHING_FLAGS,
 }  # fmt: skip
 # Who set the run's settings, and so which names messages use: "cli" (the flags of `pipeline run`),
 # "airflow" (the Params of the trigger form), or unset (library use, tests' stage runner): both. An
@@ -121,7 +123,7 @@ NAMED_VALUE_SETS: dict[str, Path] = {"england": REPO_DIR / "reference" / "eq5d5l
 # The settings that name a path on the worker. Anyone who may trigger a DAG sets them, so where a
 # deployment lists its data roots they must resolve inside one of them (`confine_to_data_roots`).
 PATH_SETTINGS: tuple[str, ...] = (
-    "raw_dir", "work_dir", "unit_costs", "key_file", "publishing_key_file", "deliveries_file", "eq5d_value_set",
+    "raw_dir", "work_dir", "unit_costs", "key_file", "publishing_key_file", "deliveries_file", "eq5d_value_set", "study_file",
 )
 # Colon-separated folders a run's paths may resolve into; unset or empty allows any path (one
 # analyst's own machine). docker-compose.yml sets it to /data:/run/secrets.
@@ -257,14 +259,19 @@ class RunConfig:
     raw_dir: str
     work_dir: str
     release_label: str
-    study_start: str = "2021-04-01"
-    study_end: str = "2026-03-31"
-    extract_date: str = "2026-03-31"
+    # The study file (pipeline.study): sites, teams, eligibility, windows, samples, reference tables.
+    study_file: str = str(PIONEER)
+    # The study window and extract date: None takes the study's (window: in the study file); a value
+    # overrides it for this run, and the manifest's settings record what was used.
+    study_start: str | None = None
+    study_end: str | None = None
+    extract_date: str | None = None
     # The day the run is made, which decides which withdrawals it must honour (the consent gate):
     # None means today in UTC, resolved once by the consent gate task. Tests pin it. It differs
     # from run to run, so it is kept out of the content manifest (pipeline.publish.release).
     run_date: str | None = None
-    unit_costs: str = str(DEFAULT_UNIT_COSTS)
+    # The unit-cost table: None takes the study's (unit_costs: in the study file).
+    unit_costs: str | None = None
     # A deliveries file (pipeline.deliveries): sources delivered in a provider's own layout (CSV,
     # pipe-delimited, gzip, Parquet) with the mapping that reads each. None: every input is
     # `<dataset>.parquet` in the contracts' layout in raw_dir. The deliveries themselves (file hashes,
@@ -299,6 +306,12 @@ class RunConfig:
     retention_reason: str | None = None
 
     def __post_init__(self) -> None:
+        study = self.study  # checked once here: a broken study file stops the run before any work
+        for name in ("study_start", "study_end", "extract_date"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, getattr(study, name).isoformat())
+        if self.unit_costs is None:
+            object.__setattr__(self, "unit_costs", str(study.unit_costs))
         if isinstance(self.retention_reason, str) and not self.retention_reason.strip():
             # An empty field of the Airflow trigger form is no reason.
             object.__setattr__(self, "retention_reason", None)
@@ -355,6 +368,12 @@ class RunConfig:
                 raise PipelineError(
                     f"unknown matching options {sorted(unknown_options)}; known ones are {sorted(f.name for f in fields(MatchingOptions))}"
                 )
+            # The study's matching section gives the defaults, field by field; a value set for the
+            # run (CLI flag, Param, conf) overrides it. None means "not set".
+            study = load_study(conf.get("study_file") or PIONEER)
+            m = {**study.matching_defaults, **{k: v for k, v in m.items() if v is not None}}
+            if "exact" in m:
+                m["exact"] = tuple(m["exact"])
             m = MatchingOptions(**m)
         link = conf.pop("linkage", None) or {}
         if not isinstance(link, LinkageOptions):
@@ -371,6 +390,11 @@ class RunConfig:
         confine_to_data_roots(conf, data_roots())
         return cls(matching=m, linkage=link, **conf)
 
+    @cached_property
+    def study(self) -> Study:
+        """The run's study (pipeline.study), loaded and checked once."""
+        return load_study(self.study_file)
+
     def to_conf(self) -> dict[str, Any]:
         d = asdict(self)
         d["matching"]["exact"] = list(self.matching.exact)
@@ -379,9 +403,10 @@ class RunConfig:
 
     @property
     def value_set_file(self) -> Path:
-        """The EQ-5D value set's file: a named one's, the given path, or the shipped England set."""
-        name = self.eq5d_value_set or "england"
-        return NAMED_VALUE_SETS.get(name, Path(name))
+        """The EQ-5D value set's file: a named one's, the given path, or else the study file's."""
+        if self.eq5d_value_set is None:
+            return Path(self.study.eq5d_value_set)
+        return NAMED_VALUE_SETS.get(self.eq5d_value_set, Path(self.eq5d_value_set))
 
     # Zone layout: the folders are declared in pipeline.zones, with every file in them.
     @property
@@ -464,6 +489,8 @@ def confine_to_data_roots(conf: dict[str, Any], roots: tuple[Path, ...]) -> None
             continue
         if name == "eq5d_value_set" and (value in NAMED_VALUE_SETS or path in {v.resolve() for v in NAMED_VALUE_SETS.values()}):
             continue
+        if name == "study_file" and path.parent == STUDIES_DIR.resolve():
+            continue  # a study shipped with the code
         if not any(path == root or path.is_relative_to(root) for root in roots):
             listed = ", ".join(str(root) for root in roots)
             raise PathOutsideRootsError(

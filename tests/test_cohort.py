@@ -13,15 +13,15 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline.cohort.covariates import COVARIATE_NAMES
+from pipeline.cohort.covariates import covariate_names
 from pipeline.cohort.eligibility import eligible_persons
 from pipeline.cohort.love_plot import draw_love_plot
 from pipeline.cohort.matching import match_nearest
 from pipeline.cohort.outcomes import with_eq5d_index
 from pipeline.cohort.outputs import RELEASE_TABLES
 from pipeline.cohort.panel import person_month_panel
-from pipeline.cohort.samples import SAMPLE_NAMES, SampleMatch
-from pipeline.cohort.service_use import MONTH_WINDOWS, SERVICE_TYPES, exact_sum, service_use
+from pipeline.cohort.samples import SampleMatch
+from pipeline.cohort.service_use import SERVICE_TYPES, exact_sum, month_windows, service_use
 from pipeline.cohort.stage import with_main_sample
 from pipeline.contracts import load_contract, render_dictionary_markdown
 from pipeline.costs import ALL_PROFILES, DEFAULT_VALUE_SET, read_value_set
@@ -136,10 +136,24 @@ def test_sums_do_not_depend_on_the_order_of_the_rows():
 
 
 def test_months_split_the_two_years_exactly():
-    days = [d for w in MONTH_WINDOWS for d in range(w.first, w.last + 1)]
+    """Pioneer's panel (12 months each side) splits its two 12-month periods day for day."""
+    windows = month_windows()
+    days = [d for w in windows for d in range(w.first, w.last + 1)]
     assert days == list(range(-365, 365))
-    assert {w.last - w.first + 1 for w in MONTH_WINDOWS} == {30, 31}
-    assert [int(w.label) for w in MONTH_WINDOWS] == list(range(-12, 12))
+    assert {w.last - w.first + 1 for w in windows} == {30, 31}
+    assert [int(w.label) for w in windows] == list(range(-12, 12))
+
+
+def test_six_month_periods_are_split_by_the_first_six_months():
+    """A study of 6-month periods (studies/three_rivers.yaml): months -6..5 split its periods day for day."""
+    from pipeline.cohort.service_use import period_windows
+    from pipeline.study import STUDIES_DIR, load_study
+
+    study = load_study(STUDIES_DIR / "three_rivers.yaml")
+    pre, post = period_windows(study)
+    assert (pre.label, pre.first, pre.last, post.label, post.first, post.last) == ("pre_6m", -182, -1, "post_6m", 0, 182)
+    days = [d for w in month_windows(study) for d in range(w.first, w.last + 1)]
+    assert days == list(range(-182, 183))
 
 
 def test_panel_months_add_up_to_the_12_month_periods():
@@ -274,14 +288,19 @@ def test_release_tables_have_release_contracts_and_no_free_text():
         assert ("study_id" in contract.column_names) == (table not in ("balance", "estimates"))
         for c in contract.columns:
             if c.type == "string":
-                assert c.allowed is not None or c.pattern is not None, f"{table}.{c.name} would allow free text"
+                assert c.allowed is not None or c.pattern is not None or dict(c.study_refs).get("allowed"), f"{table}.{c.name} would allow free text"
 
 
-def test_sample_and_covariate_names_are_the_contracts_allowed_values():
+def test_sample_and_covariate_names_are_the_study_values_the_contracts_name():
+    from pipeline.contracts import study_contract
+    from pipeline.study import load_study
+
+    study = load_study()
     for table in ("matches", "balance", "estimates"):
-        assert load_contract(table).column("sample").allowed == SAMPLE_NAMES
-    assert load_contract("balance").column("covariate").allowed == COVARIATE_NAMES
-    assert "all" in SAMPLE_NAMES and "site=site_a" in SAMPLE_NAMES and "operating_model=virtual_ward" in SAMPLE_NAMES
+        assert load_contract(table).column("sample").study_refs == (("allowed", "samples"),)
+        assert study_contract(table, study).column("sample").allowed == study.sample_names
+    assert study_contract("balance", study).column("covariate").allowed == covariate_names(study)
+    assert "all" in study.sample_names and f"site={study.sites[0]}" in study.sample_names
 
 
 def test_every_released_column_is_in_the_data_dictionary_with_type_and_description():
@@ -299,7 +318,7 @@ def test_panel_has_a_units_column_per_service_type():
 def test_love_plot_is_the_same_bytes_every_time(tmp_path: Path):
     balance = pl.DataFrame(
         {
-            "sample": ["all", "all", "site=site_a"],
+            "sample": ["all", "all", "site=north"],
             "covariate": ["age_at_index", "n_ltc", "age_at_index"],
             "covariate_type": ["continuous"] * 3,
             "smd_before": [0.4, -0.3, 0.5],
@@ -308,8 +327,8 @@ def test_love_plot_is_the_same_bytes_every_time(tmp_path: Path):
             "variance_ratio_after": [1.0, 1.0, 1.0],
         }
     )
-    a = draw_love_plot(balance, COVARIATE_NAMES, tmp_path / "a.png").read_bytes()
-    b = draw_love_plot(balance, COVARIATE_NAMES, tmp_path / "b.png").read_bytes()
+    a = draw_love_plot(balance, covariate_names(), tmp_path / "a.png").read_bytes()
+    b = draw_love_plot(balance, covariate_names(), tmp_path / "b.png").read_bytes()
     assert a == b and a[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -323,7 +342,7 @@ def test_love_plot_orders_covariates_by_unadjusted_smd_of_the_first_sample():
             "smd_before": [0.1, -0.6, 0.3, 0.0],
         }
     )
-    assert covariate_order(balance, COVARIATE_NAMES) == ["n_ltc", "sex=F", "age_at_index"]
+    assert covariate_order(balance, covariate_names()) == ["n_ltc", "sex=F", "age_at_index"]
 
 
 def test_love_plot_titles_use_the_tables_sample_names_and_flag_an_unbalanced_sample():

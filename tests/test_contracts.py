@@ -50,7 +50,7 @@ def test_a_good_file_passes(tmp_path):
 
 
 def test_all_value_violations_are_reported_together_without_values(tmp_path):
-    df = apc_frame(admission_method="ZZ", record_id="bad-id", sex="X")
+    df = apc_frame(admission_method="ZZ", record_id=" padded-id", sex="X")
     path = tmp_path / "apc.parquet"
     df.write_parquet(path)
     with pytest.raises(ContractError) as err:

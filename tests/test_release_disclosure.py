@@ -172,8 +172,8 @@ def test_no_count_from_1_to_7_anywhere_in_the_release(reference) -> None:
     manifest = io.read_json(release / "manifest.json")
     found = []
     for path, n in integers(manifest):
-        if path[0] == "settings" or path[-1] in disclosure.NOT_A_COUNT_KEYS:
-            continue  # settings and thresholds, listed as such in pipeline.publish.disclosure
+        if path[0] in disclosure.SETTINGS_SECTIONS or path[-1] in disclosure.NOT_A_COUNT_KEYS:
+            continue  # settings, the study's design and thresholds, listed as such in pipeline.publish.disclosure
         if isinstance(n, float):
             found += [path] if path[-1] in disclosure.SHARE_KEYS else []
         elif 1 <= n <= SUPPRESSION_THRESHOLD or n % disclosure.ROUNDING_BASE:

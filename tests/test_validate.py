@@ -19,13 +19,18 @@ import pytest
 from pipeline import io
 from pipeline.contracts import load_contract, to_arrow
 from pipeline.errors import ValidationFailed
+from pipeline.study import load_study
 from pipeline.validate import structural_suite, structural_suite_drift, validate_files, validated_contract, write_structural_suites
 from pipeline.validate.parameters import RUN_PARAMETERS
 from pipeline.validate.privacy import scrub_result
 from pipeline.validate.suites import REGENERATE_COMMAND, business_suite, validated_dataset_names, validation_suite
 
 # The run parameters rules may name (the default study window of pipeline.settings.RunConfig).
-WINDOW = {"study_start": dt.date(2021, 4, 1), "study_end": dt.date(2026, 3, 31), "extract_date": dt.date(2026, 3, 31)}
+# The run parameters of a run of the default study: its window and the study values contracts name.
+WINDOW = {
+    "study_start": dt.date(2021, 4, 1), "study_end": dt.date(2026, 3, 31), "extract_date": dt.date(2026, 3, 31),
+    **load_study().suite_parameters(),
+}  # fmt: skip
 
 # ---------------------------------------------------------------------------------------------------
 # Test data
@@ -76,6 +81,7 @@ PATTERN_EXAMPLES = {
     "MDT[0-9]{2}": lambda i: f"MDT{i:02d}",
     "[A-Z0-9]{3,9}": lambda i: f"ZZ{i:03d}",
     "R[0-9]{8}": lambda i: f"R{i:08d}",
+    r"\S(?:.{0,62}\S)?": lambda i: f"ID-{i:06d}",
     "E01[0-9]{6}": lambda i: f"E01{i:06d}",
     "[A-Z]{1,2}[0-9][0-9A-Z]? ?[0-9][A-Z]{2}": lambda i: f"LS1{i} 1AA",
     "20[0-9]{2}/[0-9]{2}": lambda i: "2024/25",
@@ -103,8 +109,10 @@ OVERRIDES: dict[str, dict[str, Any]] = {
 
 
 def clean_frame(dataset: str, rows: int = 3) -> pl.DataFrame:
-    """A frame that meets every rule of `dataset`, built from its contract alone."""
+    """A frame that meets every rule of `dataset`, built from its contract (bound to the default study) alone."""
     contract = validated_contract(dataset)
+    if contract.study_values:
+        contract = contract.for_study(WINDOW)
     data: dict[str, list[Any]] = {}
     for c in contract.columns:
         if c.name in OVERRIDES.get(dataset, {}):
@@ -163,7 +171,7 @@ def test_structural_suite_follows_the_contract() -> None:
     for e in suite.expectations:
         assert e.meta["severity"] == "critical" and e.meta["source"] == "contract" and e.meta["rule"]
     by_column = {(e.expectation_type, getattr(e, "column", None)): e for e in suite.expectations}
-    assert by_column[("expect_column_values_to_match_regex", "record_id")].regex == "^(?:APC[0-9]{9})$"
+    assert by_column[("expect_column_values_to_match_regex", "record_id")].regex == r"^(?:\S(?:.{0,62}\S)?)$"
     assert ("expect_column_values_to_not_be_null", "admission_date") in by_column
     assert ("expect_column_values_to_not_be_null", "discharge_date") not in by_column
     assert by_column[("expect_column_values_to_be_in_set", "sex")].value_set == ["F", "M", "U"]
@@ -195,7 +203,7 @@ def test_drift_is_detected(tmp_path: Path) -> None:
     write_structural_suites(tmp_path)
     assert structural_suite_drift(tmp_path) == []
     edited = tmp_path / "hospital_apc.json"
-    edited.write_text(edited.read_text().replace("APC[0-9]{9}", "APC[0-9]{8}"))
+    edited.write_text(edited.read_text().replace("admission_method", "admission_methods"))
     (tmp_path / "retired_dataset.json").write_text("{}")
     drift = structural_suite_drift(tmp_path)
     assert any("hospital_apc.json" in d for d in drift) and any("retired_dataset.json" in d for d in drift)
@@ -230,7 +238,7 @@ def test_every_dataset_accepts_a_clean_file(tmp_path: Path) -> None:
     summary = io.read_json(validate_files("all", files, tmp_path / "reports", "run-1", parameters=WINDOW))
     failures = [f for d in summary["datasets"].values() for fs in d["files"] for f in fs["failures"]]
     assert failures == []
-    assert summary["parameters"] == {k: v.isoformat() for k, v in WINDOW.items()}
+    assert summary["parameters"] == {k: v.isoformat() if isinstance(v, dt.date) else v for k, v in WINDOW.items()}
 
 
 INJECTIONS = {
@@ -434,7 +442,7 @@ def test_a_rule_with_run_parameters_checks_this_runs_window(tmp_path: Path) -> N
 
 def test_a_missing_run_parameter_is_refused_before_anything_runs(tmp_path: Path) -> None:
     path = write(clean_frame("study_persons"), "study_persons", tmp_path / "in" / "study_persons.parquet")
-    with pytest.raises(ValueError, match=r"need run parameter\(s\) \['study_end', 'study_start'\]"):
+    with pytest.raises(ValueError, match=r"need run parameter\(s\) \['operating_models', 'sites', 'study_end', 'study_start', 'team_ids'\]"):
         validate_files("pseudonymised", {"study_persons": [path]}, tmp_path / "reports", "r1")
     assert not (tmp_path / "reports").exists()
 
@@ -540,3 +548,14 @@ def test_a_worker_process_gives_the_same_summary_as_this_process(tmp_path: Path,
     assert summaries[0] == summaries[1]
     failures = {(f["column"], f["unexpected_count"]) for f in summaries[1]["hospital_apc"]["files"][0]["failures"]}
     assert {("record_id", 2), ("sex", 1)} <= failures
+
+
+def test_study_values_are_checked_against_the_runs_study(tmp_path: Path) -> None:
+    """A contract's `{study: sites}` rule is a GX suite parameter: the same file passes for the study
+    that has the site and fails for one that has not."""
+    frame = clean_frame("study_persons")
+    path = write(frame, "study_persons", tmp_path / "in" / "study_persons.parquet")
+    validate_files("pseudonymised", {"study_persons": [path]}, tmp_path / "ok", "r1", parameters=WINDOW)
+    other = {**WINDOW, "sites": ["wyebridge", "kirkby_marsh"]}
+    with pytest.raises(ValidationFailed, match=r"column site: expect_column_values_to_be_in_set failed \[critical\], rule: site is one of the study's sites"):
+        validate_files("pseudonymised", {"study_persons": [path]}, tmp_path / "refused", "r2", parameters=other)

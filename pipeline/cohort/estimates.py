@@ -1,6 +1,7 @@
 """First estimates of the MDT effect, per sample and outcome, on the matched data (`estimates.parquet`).
 
-For each sample (pipeline.cohort.samples) and each outcome in the 12 months after the index date:
+For each sample (pipeline.cohort.samples) and each outcome in the study's post-index period (12 months
+in the Pioneer study):
 - `mean_difference`: the matching-weighted mean of the MDT arm minus that of the comparators, from a
   weighted least-squares regression of the outcome on arm (MatchIt's recommended `lm(y ~ treat,
   weights = weights)`), standard errors clustered by matched set;
@@ -32,9 +33,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipeline.cohort.covariates import PROPENSITY_COVARIATES, covariate_columns, informative
+from pipeline.cohort.covariates import covariate_columns, informative, propensity_covariates
 from pipeline.cohort.samples import SampleMatch
 from pipeline.cohort.service_use import exact_sum
+from pipeline.study import Study, load_study
 
 # Outcome -> the service types whose post-index units it adds up.
 COUNT_OUTCOMES: dict[str, tuple[str, ...]] = {
@@ -59,10 +61,10 @@ ESTIMATES_SCHEMA = {
 }  # fmt: skip
 
 
-def person_outcomes(use: pl.DataFrame, outcomes: pl.DataFrame) -> pl.DataFrame:
-    """participant_id and every outcome: post_12m units and cost from service_use, and the EQ-5D index
-    at follow-up minus baseline (null without both)."""
-    post = use.filter(pl.col("period") == "post_12m")
+def person_outcomes(use: pl.DataFrame, outcomes: pl.DataFrame, post_period: str = "post_12m") -> pl.DataFrame:
+    """participant_id and every outcome: units and cost of service_use's post-index period (the
+    study's, e.g. post_12m), and the EQ-5D index at follow-up minus baseline (null without both)."""
+    post = use.filter(pl.col("period") == post_period)
     kind = pl.col("service_type")
     per_person = post.group_by("participant_id").agg(
         *[exact_sum(pl.col("units").filter(kind.is_in(list(types)))).alias(name) for name, types in COUNT_OUTCOMES.items()],
@@ -77,7 +79,7 @@ def person_outcomes(use: pl.DataFrame, outcomes: pl.DataFrame) -> pl.DataFrame:
 
 
 def did_counts(panel: pl.LazyFrame) -> pl.DataFrame:
-    """participant_id, emergency admissions in months -12..-1 (`pre`) and 0..11 (`post`)."""
+    """participant_id, emergency admissions in the panel's months before index (`pre`) and from it (`post`)."""
     e = pl.col("emergency_admission")
     return (
         panel.group_by("participant_id")
@@ -142,9 +144,12 @@ def did_rate_ratio(pre: np.ndarray, post: np.ndarray, mdt: np.ndarray, w: np.nda
     return _clustered(sm.GLM(post[keep] / total[keep], x, family=sm.families.Binomial(), var_weights=w[keep] * total[keep]), groups[keep])
 
 
-def estimate_effects(matched: list[SampleMatch], cohort: pl.DataFrame, person: pl.DataFrame, did: pl.DataFrame, min_group: int) -> pl.DataFrame:
+def estimate_effects(
+    matched: list[SampleMatch], cohort: pl.DataFrame, person: pl.DataFrame, did: pl.DataFrame, min_group: int, study: Study | None = None
+) -> pl.DataFrame:
     """Every sample x outcome x estimator (see the module docstring), sorted."""
-    covs = informative(covariate_columns(cohort), PROPENSITY_COVARIATES)
+    study = study or load_study()
+    covs = informative(covariate_columns(cohort, study), propensity_covariates(study))
     covariates = pl.DataFrame({"participant_id": cohort.get_column("participant_id"), **{f"_c{i}": v for i, v in enumerate(covs.values())}})
     rows: list[dict[str, Any]] = []
     for m in matched:

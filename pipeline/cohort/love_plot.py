@@ -5,7 +5,7 @@ row) and the variance ratio of each continuous covariate (bottom row, log scale,
 largest at the top, as cobalt orders them. A point after matching above the balance threshold is
 drawn as a filled red triangle, and a sample that misses the threshold says so in its title with the
 number of specifications the ladder tried. Each title is the sample's name exactly as the tables
-write it (`site=site_a`) with its matched numbers (disclosure-controlled: the plot is released).
+write it (`site=<site>`) with its matched numbers (disclosure-controlled: the plot is released).
 
 Written as a PNG artefact of the release (`love_plot.png`), drawn headless (Agg) and without
 metadata that changes between runs, so the same balance table always gives the same bytes.

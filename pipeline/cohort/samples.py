@@ -1,32 +1,33 @@
-"""The samples a release is matched in: the whole study, each site, and each MDT operating model.
+"""The samples a release is matched in, as the study lists them (pipeline.study: samples).
 
 Each sample is matched on its own, with its own propensity model (as an analyst would run MatchIt on
 the subset), with the run's matching options:
 - `all`: every eligible participant;
-- `site=<site>`: the participants of one site (exact matching on site is then a no-op);
-- `operating_model=<model>`: the MDT participants of teams with that operating model, against every
-  comparator (comparators have no operating model; exact matching keeps them to the same site and sex).
+- `site=<site>` (per_site): the participants of one site (exact matching on site is then a no-op);
+- `operating_model=<model>` (per_operating_model): the MDT participants of teams with that operating
+  model, against every comparator (comparators have no operating model; exact matching keeps them to
+  the same site and sex);
+- a named subset: the participants of its sites, of the MDT arm only those of its operating models.
 
 A sample's matched sets become rows of the long `matches` table (one row per sample, participant
 and matched set: with replacement a comparator can be in several sets), and its balance rows go to
-`balance`. Sample names come from the allowed values of the cohort contract's site and
-operating_model columns, so a new site is a contract change, not a code change.
+`balance`. Sample names come from the study, so a new site is a change of the study file only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
 
 from pipeline.cohort.balance import balance_table
-from pipeline.cohort.covariates import COVARIATE_NAMES, PROPENSITY_COVARIATES, covariate_columns, informative
+from pipeline.cohort.covariates import covariate_columns, covariate_names, informative, propensity_covariates
 from pipeline.cohort.ladder import balance_summary, chosen_step, imbalanced_covariates, ladder
 from pipeline.cohort.matching import MatchResult, PropensityModel, fit_propensity, match
-from pipeline.contracts import load_contract
 from pipeline.errors import PipelineError
-from pipeline.settings import MatchingOptions, setting
+from pipeline.settings import DEFAULT_MAHVARS, MatchingOptions, setting
+from pipeline.study import SampleSpec, Study, load_study
 
 
 @dataclass(frozen=True)
@@ -35,18 +36,18 @@ class Sample:
     members: pl.Expr  # which cohort rows belong to it
 
 
-def samples() -> tuple[Sample, ...]:
-    cohort = load_contract("cohort")
-    sites = cohort.column("site").allowed or ()
-    models = cohort.column("operating_model").allowed or ()
-    return (
-        Sample("all", pl.lit(True)),
-        *(Sample(f"site={s}", pl.col("site") == s) for s in sites),
-        *(Sample(f"operating_model={m}", (pl.col("arm") == "comparator") | (pl.col("operating_model") == m)) for m in models),
-    )
+def _members(spec: SampleSpec) -> pl.Expr:
+    rule = pl.lit(True)
+    if spec.sites is not None:
+        rule = rule & pl.col("site").is_in(list(spec.sites))
+    if spec.operating_models is not None:
+        rule = rule & ((pl.col("arm") == "comparator") | pl.col("operating_model").is_in(list(spec.operating_models)))
+    return rule
 
 
-SAMPLE_NAMES: tuple[str, ...] = tuple(s.name for s in samples())
+def samples(study: Study | None = None) -> tuple[Sample, ...]:
+    """The study's samples, in its order."""
+    return tuple(Sample(spec.name, _members(spec)) for spec in (study or load_study()).samples)
 MATCHES_SCHEMA = {
     "sample": pl.String, "participant_id": pl.String, "matched_set": pl.Int32, "arm": pl.String,
     "weight": pl.Float64, "propensity_score": pl.Float64,
@@ -134,22 +135,26 @@ def strata_codes(frame: pl.DataFrame, exact: tuple[str, ...]) -> np.ndarray:
     return frame.select(pl.struct(list(exact)).rank("dense").alias("s")).get_column("s").to_numpy().astype(np.int64)
 
 
-def match_sample(cohort: pl.DataFrame, sample: Sample, options: MatchingOptions) -> SampleMatch | None:
+def match_sample(cohort: pl.DataFrame, sample: Sample, options: MatchingOptions, study: Study | None = None) -> SampleMatch | None:
     """Fit the propensity model in the sample and match, climbing the balance ladder
     (pipeline.cohort.ladder) until the sample balances; None when an arm is empty."""
+    study = study or load_study()
     frame = cohort.filter(sample.members)
     treated = (frame.get_column("arm") == "mdt").to_numpy()
     if not treated.any() or treated.all():
         return None
-    columns = covariate_columns(frame)
-    ps = informative(columns, PROPENSITY_COVARIATES)
+    columns = covariate_columns(frame, study)
+    ps = informative(columns, propensity_covariates(study))
     x = np.column_stack(list(ps.values())) if ps else np.zeros((frame.height, 0))
     model = fit_propensity(x, treated.astype(float), tuple(ps))
     logit = model.logit(x)
+    if options.mahvars == DEFAULT_MAHVARS:
+        # The default key covariates are those of the study's covariates it has (a study may leave out EQ-5D).
+        options = replace(options, mahvars=tuple(v for v in DEFAULT_MAHVARS if v in columns))
     unknown = [v for v in options.mahvars if v not in columns]
     if unknown:
-        raise PipelineError(f"{setting('mahvars')} names {unknown}, which are not covariates; use names of the balance table, e.g. {', '.join(COVARIATE_NAMES[:3])}")
-    balance_columns = informative(columns, COVARIATE_NAMES)
+        raise PipelineError(f"{setting('mahvars')} names {unknown}, which are not covariates; use names of the balance table, e.g. {', '.join(covariate_names(study)[:3])}")
+    balance_columns = informative(columns, covariate_names(study))
     tried: list[tuple[MatchingOptions, MatchResult, pl.DataFrame, dict]] = []
     steps = list(ladder(options))
     while len(tried) < len(steps):

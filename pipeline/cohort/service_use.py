@@ -1,9 +1,10 @@
 """Service use per participant x period x service type, and its cost.
 
-Periods are windows of days relative to the index date (day 0): the 365 days before it (pre_12m,
-days -365 to -1) and the 365 days from it (post_12m, days 0 to 364); and for the monthly panel, 24
-months that split those same days (month m holds day d when floor(12 d / 365) = m, so months are
-30 or 31 days long and the twelve months of a year add up exactly to its 12-month period).
+Periods are windows of days relative to the index date (day 0), their lengths set by the study
+(pipeline.study: periods, panel; Study.pre_days and post_days): for Pioneer's 12 months, the 365 days before the index date (pre_12m, days -365 to -1) and the 365 days from it
+(post_12m, days 0 to 364). The monthly panel's months split those same days (month m holds day d
+when floor(12 d / 365) = m, so months are 30 or 31 days long and the months of a period add up
+exactly to it).
 
 Events are attributed to the period their start falls in: an admission (and all its bed days) to the
 period of its admission date. Social-care episodes are split across periods by the days they
@@ -14,14 +15,13 @@ twice are counted once). Each function is LazyFrame -> LazyFrame.
 from __future__ import annotations
 
 import datetime as dt
-import math
 from dataclasses import dataclass
 
 import polars as pl
 
 from pipeline.cohort.events import deduplicate
+from pipeline.study import Study, load_study
 
-PERIOD_DAYS = 365
 SERVICE_TYPES: tuple[str, ...] = (
     "emergency_admission", "elective_admission", "other_admission", "bed_day", "ae_attendance",
     "outpatient_first", "outpatient_follow_up", "gp_surgery", "gp_telephone", "gp_home_visit", "gp_video",
@@ -45,12 +45,17 @@ class Window:
     last: int
 
 
-TWELVE_MONTHS: tuple[Window, ...] = (Window("pre_12m", -PERIOD_DAYS, -1), Window("post_12m", 0, PERIOD_DAYS - 1))
-PERIODS: tuple[str, ...] = tuple(w.label for w in TWELVE_MONTHS)
-MONTHS: tuple[int, ...] = tuple(range(-12, 12))
-MONTH_WINDOWS: tuple[Window, ...] = tuple(
-    Window(str(m), math.ceil(PERIOD_DAYS * m / 12), math.ceil(PERIOD_DAYS * (m + 1) / 12) - 1) for m in MONTHS
-)
+def period_windows(study: Study | None = None) -> tuple[Window, Window]:
+    """The study's two periods (pre_<n>m, post_<n>m), in days relative to the index date."""
+    study = study or load_study()
+    pre, post = study.periods
+    return (Window(pre, -study.pre_days, -1), Window(post, 0, study.post_days - 1))
+
+
+def month_windows(study: Study | None = None) -> tuple[Window, ...]:
+    """The panel's months (labels "-12" .. "11" for Pioneer), splitting the periods' days."""
+    study = study or load_study()
+    return tuple(Window(str(m), Study.month_start(m), Study.month_start(m + 1) - 1) for m in study.panel_months)
 
 
 def exact_sum(expr: pl.Expr) -> pl.Expr:
@@ -121,7 +126,7 @@ def dated_units(events: dict[str, pl.LazyFrame], extract_date: dt.date) -> pl.La
 
 
 def social_care_units(
-    sc: pl.LazyFrame, persons: pl.LazyFrame, extract_date: dt.date, windows: tuple[Window, ...] = TWELVE_MONTHS
+    sc: pl.LazyFrame, persons: pl.LazyFrame, extract_date: dt.date, windows: tuple[Window, ...]
 ) -> pl.LazyFrame:
     """Hours (home care, reablement) or weeks (residential, nursing) of each episode overlapping each window."""
     end = pl.col("end_date").fill_null(pl.lit(extract_date))
@@ -163,17 +168,20 @@ def units_by_window(
 
 
 def service_use(
-    events: dict[str, pl.LazyFrame], persons: pl.LazyFrame, unit_costs: pl.LazyFrame, extract_date: dt.date
+    events: dict[str, pl.LazyFrame], persons: pl.LazyFrame, unit_costs: pl.LazyFrame, extract_date: dt.date,
+    study: Study | None = None,
 ) -> pl.LazyFrame:
-    """Units and cost per participant x 12-month period x service type, zeros included, sorted.
+    """Units and cost per participant x period (the study's pre and post) x service type, zeros
+    included, sorted.
 
     `events` maps each source to its linked payload (payload columns plus participant_id);
     `persons` has participant_id and index_date for the participants to report.
     """
-    totals = units_by_window(events, persons, extract_date, TWELVE_MONTHS)
+    windows = period_windows(study)
+    totals = units_by_window(events, persons, extract_date, windows)
     grid = (
         persons.select("participant_id")
-        .join(pl.LazyFrame({"period": list(PERIODS)}), how="cross")
+        .join(pl.LazyFrame({"period": [w.label for w in windows]}), how="cross")
         .join(pl.LazyFrame({"service_type": list(SERVICE_TYPES)}), how="cross")
     )
     return (

@@ -1,5 +1,5 @@
-"""Stage 3a: the analysis cohort. Eligibility, baseline covariates, survey outcomes, service use and
-costs (by 12-month period and by month), propensity matching per sample, balance and the love plot.
+"""Stage 3a: the analysis cohort of the run's study. Eligibility, baseline covariates, survey outcomes,
+service use and costs (by the study's pre/post period and by month), propensity matching per sample, balance and the love plot.
 Reads `pseudonymised/` payloads and `linked/`; never the key, never `raw/`.
 
 Output goes to `linked/<label>/cohort/`, one Parquet file per release table (keyed by
@@ -19,7 +19,7 @@ import polars as pl
 
 from pipeline import io
 from pipeline.cohort.balance import BALANCE_SCHEMA
-from pipeline.cohort.covariates import BASELINE_USE, COVARIATE_NAMES, baseline_use
+from pipeline.cohort.covariates import BASELINE_USE, baseline_use, covariate_names
 from pipeline.cohort.eligibility import age_band, baseline_answers, eligible_persons
 from pipeline.cohort.estimates import did_counts, estimate_effects, person_outcomes
 from pipeline.cohort.events import duplicate_counts, linked_events
@@ -29,7 +29,7 @@ from pipeline.cohort.outputs import ARTEFACTS_DIR, LOVE_PLOT, UNIT_COSTS_ARTEFAC
 from pipeline.cohort.panel import person_month_panel
 from pipeline.cohort.samples import MATCHES_SCHEMA, SampleMatch, match_sample, samples
 from pipeline.cohort.service_use import service_use
-from pipeline.costs import DEFAULT_VALUE_SET, read_value_set, scan_unit_costs
+from pipeline.costs import read_value_set, scan_unit_costs
 from pipeline.progress import Progress
 from pipeline.publish.disclosure import MIN_GROUP_SIZE, control_count
 from pipeline.settings import RunConfig
@@ -88,22 +88,23 @@ def _build_cohort(cfg: RunConfig, progress: Progress) -> Path:
     value_set = read_value_set(value_set_path(cfg))
     costs = scan_unit_costs(Path(cfg.unit_costs))
     outcomes = survey_outcomes(pl.scan_parquet(survey_file(cfg)), value_set).collect()
-    eligible, counts = eligible_persons(persons, baseline_answers(outcomes), cfg.start, cfg.end, cfg.extract)
+    study = cfg.study
+    eligible, counts = eligible_persons(persons, baseline_answers(outcomes, study), cfg.start, cfg.end, cfg.extract, study)
 
     work = out / COHORT_SCRATCH
     shutil.rmtree(work, ignore_errors=True)
     events = linked_events(cfg, work)
-    use = service_use(events, eligible.lazy(), costs, cfg.extract).collect()
+    use = service_use(events, eligible.lazy(), costs, cfg.extract, study).collect()
     cohort = (
-        eligible.join(baseline_use(use.lazy()).collect(), on="participant_id", how="left")
+        eligible.join(baseline_use(use.lazy(), study).collect(), on="participant_id", how="left")
         .with_columns([pl.col(c).fill_null(0.0) for c in (*BASELINE_USE, "baseline_cost_gbp")])
-        .with_columns(age_band=age_band(pl.col("age_at_index")))
+        .with_columns(age_band=age_band(pl.col("age_at_index"), study))
         .sort("participant_id")
     )
 
     progress.advance()
     progress.step(COHORT_STEPS[1])
-    matched = {s.name: match_sample(cohort, s, cfg.matching) for s in samples()}
+    matched = {s.name: match_sample(cohort, s, cfg.matching, study) for s in samples(study)}
     progress.advance()
     progress.step(COHORT_STEPS[2])
     found = [m for m in matched.values() if m is not None]
@@ -115,7 +116,7 @@ def _build_cohort(cfg: RunConfig, progress: Progress) -> Path:
     for name, table in (("cohort", cohort), ("service_use", use), ("matches", matches), ("balance", balance)):
         io.write_table(table.to_arrow(), out / f"{name}.parquet")
     panel = (
-        person_month_panel(events, eligible.lazy(), costs, cfg.extract)
+        person_month_panel(events, eligible.lazy(), costs, cfg.extract, study)
         .join(cohort.lazy().select("participant_id", "arm", "matched_set", "match_weight"), on="participant_id", how="left")
         .sort("participant_id", "month")
     )
@@ -123,7 +124,8 @@ def _build_cohort(cfg: RunConfig, progress: Progress) -> Path:
     eligible_outcomes = outcomes.join(cohort.select("participant_id"), on="participant_id", how="semi").sort("participant_id", "wave")
     io.write_table(eligible_outcomes.to_arrow(), out / "outcomes.parquet")
     estimates = estimate_effects(
-        found, cohort, person_outcomes(use, eligible_outcomes), did_counts(pl.scan_parquet(out / "panel.parquet")), MIN_GROUP_SIZE
+        found, cohort, person_outcomes(use, eligible_outcomes, study.periods[1]), did_counts(pl.scan_parquet(out / "panel.parquet")),
+        MIN_GROUP_SIZE, study,
     )
     io.write_table(estimates.to_arrow(), out / "estimates.parquet")
 
@@ -135,7 +137,7 @@ def _build_cohort(cfg: RunConfig, progress: Progress) -> Path:
     artefacts.mkdir(parents=True)
     if balance.height:
         with io.atomic_path(artefacts / LOVE_PLOT) as tmp:
-            draw_love_plot(balance, COVARIATE_NAMES, tmp, _plot_facts(matched, cfg.matching.balance_threshold), cfg.matching.balance_threshold)
+            draw_love_plot(balance, covariate_names(study), tmp, _plot_facts(matched, cfg.matching.balance_threshold), cfg.matching.balance_threshold)
     io.copy_file(Path(cfg.unit_costs), artefacts / UNIT_COSTS_ARTEFACT)
     io.copy_file(value_set_path(cfg), artefacts / VALUE_SET_ARTEFACT)
 
@@ -182,7 +184,7 @@ def _summary(cfg: RunConfig, counts: dict[str, Any], value_set_name: str) -> dic
     return {
         "counts": counts,
         "matching": cfg.to_conf()["matching"],
-        "covariates": list(COVARIATE_NAMES),
+        "covariates": list(covariate_names(cfg.study)),
         "reference": {
             "unit_costs": {
                 "file": UNIT_COSTS_ARTEFACT,

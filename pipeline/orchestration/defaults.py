@@ -23,7 +23,6 @@ from pipeline.settings import (
     NAMED_VALUE_SETS,
     SMALL_GROUP_POLICIES,
     LinkageOptions,
-    MatchingOptions,
     RunConfig,
 )
 
@@ -72,7 +71,7 @@ def run_params(*, filled_by_upstream: bool) -> dict[str, Param]:
     else:
         required = {"type": "string", "minLength": 1}
         how = ""
-    date = {"type": "string", "format": "date"}
+    date = {"type": ["null", "string"], "format": "date"}
     return {
         "raw_dir": Param(
             **required,
@@ -95,17 +94,23 @@ def run_params(*, filled_by_upstream: bool) -> dict[str, Param]:
             "Every zone keeps one folder per label, so runs of different labels never share a file." + how,
             section="Inputs",
         ),
+        "study_file": Param(
+            _default(RunConfig, "study_file"), type="string", minLength=1, title="Study file",
+            description="The study YAML file (sites, teams, eligibility, windows, samples, reference tables); "
+            "check one with `pipeline study check FILE`.", section="Study window",
+        ),
         "study_start": Param(
-            _default(RunConfig, "study_start"), **date, title="Study start",
-            description="First day of the study window (YYYY-MM-DD).", section="Study window",
+            None, **date, title="Study start",
+            description="First day of the study window (YYYY-MM-DD). Leave empty for the study file's.", section="Study window",
         ),
         "study_end": Param(
-            _default(RunConfig, "study_end"), **date, title="Study end",
-            description="Last day of the study window (YYYY-MM-DD); must be after the start.", section="Study window",
+            None, **date, title="Study end",
+            description="Last day of the study window (YYYY-MM-DD); must be after the start. Leave empty for the study file's.",
+            section="Study window",
         ),
         "extract_date": Param(
-            _default(RunConfig, "extract_date"), **date, title="Extract date",
-            description="Date the extracts were taken (YYYY-MM-DD).", section="Study window",
+            None, **date, title="Extract date",
+            description="Date the extracts were taken (YYYY-MM-DD). Leave empty for the study file's.", section="Study window",
         ),
         "run_date": Param(
             None, type=["null", "string"], format="date", title="Run date",
@@ -128,7 +133,7 @@ def run_params(*, filled_by_upstream: bool) -> dict[str, Param]:
         ),
         "unit_costs": Param(
             None, type=["null", "string"], title="Unit-cost table",
-            description="CSV of unit costs to use instead of the bundled, cited reference/unit_costs.csv.",
+            description="CSV of unit costs to use instead of the study file's (the bundled studies name the cited reference/unit_costs.csv).",
             section="Release",
         ),
         "deliveries_file": Param(
@@ -165,55 +170,56 @@ def run_params(*, filled_by_upstream: bool) -> dict[str, Param]:
             section="Release",
         ),
         "eq5d_value_set": Param(
-            _default(RunConfig, "eq5d_value_set"), type=["null", "string"], title="EQ-5D value set",
+            None, type=["null", "string"], title="EQ-5D value set",
             description="A shipped value set by name (" + ", ".join(NAMED_VALUE_SETS) + ") or the path of a CSV "
-            "following schemas/eq5d_value_set.yaml. Empty: the England EQ-5D-5L set.",
+            "following schemas/eq5d_value_set.yaml. Empty: the study file's.",
             section="Release",
         ),
-        # The matching options (RunConfig.matching), flat, each Param named as its MatchingOptions field.
+        # The matching options (RunConfig.matching), flat, each Param named as its MatchingOptions field;
+        # empty takes the study file's matching section (and MatchingOptions' default where it is silent).
         "method": Param(
-            _default(MatchingOptions, "method"), type="string", enum=list(MATCHING_METHODS), title="Matching method",
+            None, type=["null", "string"], enum=[None, *MATCHING_METHODS], title="Matching method",
             description="nearest: greedy nearest neighbour, largest propensity score first; optimal: the pairs "
-            "with the least total distance (within the caliper).", section="Matching",
+            "with the least total distance (within the caliper). Empty: the study file's.", section="Matching",
         ),
         "distance": Param(
-            _default(MatchingOptions, "distance"), type="string", enum=list(MATCHING_DISTANCES), title="Distance",
+            None, type=["null", "string"], enum=[None, *MATCHING_DISTANCES], title="Distance",
             description="glm: the logit of the propensity score; mahalanobis: Mahalanobis distance on the key "
-            "covariates (mahvars), inside the propensity-score caliper.", section="Matching",
+            "covariates (mahvars), inside the propensity-score caliper. Empty: the study file's.", section="Matching",
         ),
         "ratio": Param(
-            _default(MatchingOptions, "ratio"), type="integer", minimum=1, title="Matching ratio (1:k)",
-            description="Comparators matched to each MDT participant.", section="Matching",
+            None, type=["null", "integer"], minimum=1, title="Matching ratio (1:k)",
+            description="Comparators matched to each MDT participant. Empty: the study file's.", section="Matching",
         ),
         "caliper": Param(
-            _default(MatchingOptions, "caliper"), type="number", exclusiveMinimum=0, title="Caliper",
-            description="Caliper width in pooled standard deviations of the propensity-score logit.", section="Matching",
+            None, type=["null", "number"], exclusiveMinimum=0, title="Caliper",
+            description="Caliper width in pooled standard deviations of the propensity-score logit. Empty: the study file's.", section="Matching",
         ),
         "replace": Param(
-            _default(MatchingOptions, "replace"), type="boolean", title="Match with replacement",
-            description="Allow one comparator to be matched to several participants (method nearest only).", section="Matching",
+            None, type=["null", "boolean"], title="Match with replacement",
+            description="Allow one comparator to be matched to several participants (method nearest only). Empty: the study file's.", section="Matching",
         ),
         "exact": Param(
-            list(_default(MatchingOptions, "exact")), type="array", items={"type": "string"},
+            None, type=["null", "array"], items={"type": "string"},
             title="Exact-match variables",
-            description="Variables a comparator must share exactly with its participant.", section="Matching",
+            description="Variables a comparator must share exactly with its participant. Empty: the study file's.", section="Matching",
         ),
         "mahvars": Param(
-            list(_default(MatchingOptions, "mahvars")), type="array", items={"type": "string"},
+            None, type=["null", "array"], items={"type": "string"},
             title="Mahalanobis covariates",
-            description="Covariates of the Mahalanobis distance (distance mahalanobis, and the ladder's Mahalanobis steps).",
+            description="Covariates of the Mahalanobis distance (distance mahalanobis, and the ladder's Mahalanobis steps). Empty: the study file's, or the key covariates it has.",
             section="Matching",
         ),
         "balance_threshold": Param(
-            _default(MatchingOptions, "balance_threshold"), type="number", exclusiveMinimum=0, maximum=1,
+            None, type=["null", "number"], exclusiveMinimum=0, maximum=1,
             title="Balance threshold (|SMD|)",
             description="Every covariate's absolute standardised mean difference after matching must be below this "
-            "in every sample; a sample above it is flagged.", section="Matching",
+            "in every sample; a sample above it is flagged. Empty: the study file's (0.1 if silent).", section="Matching",
         ),
         "ladder": Param(
-            _default(MatchingOptions, "ladder"), type="boolean", title="Seek balance (ladder)",
+            None, type=["null", "boolean"], title="Seek balance (ladder)",
             description="Rematch a sample that misses the threshold with the next specification of a short fixed "
-            "ladder, keeping the first that balances (or the best); every attempt is in the manifest.", section="Matching",
+            "ladder, keeping the first that balances (or the best); every attempt is in the manifest. Empty: the study file's (on if silent).", section="Matching",
         ),
         # The probabilistic linkage options (RunConfig.linkage), flat as pipeline.settings.LINKAGE_PARAMS names them.
         "link_threshold": Param(

@@ -183,15 +183,24 @@ def _imd_lookup(cfg: RunConfig) -> pl.LazyFrame:
     )
 
 
-def _with_index_date(kept: pl.DataFrame, survey: pl.DataFrame) -> pl.DataFrame:
-    """MDT enrolment for the MDT arm, the baseline survey date for comparators."""
+# Where each index-date rule of a study (pipeline.study.INDEX_DATE_RULES) takes its date from.
+INDEX_DATE_COLUMNS: dict[str, str] = {
+    "enrolment_date": "enrolment_date", "baseline_survey_date": "_baseline_date", "consent_date": "consent_date",
+}  # fmt: skip
+
+
+def _with_index_date(kept: pl.DataFrame, survey: pl.DataFrame, rules: dict[str, str]) -> pl.DataFrame:
+    """Each arm's index date by the study's rule (arms.<arm>.index_date): for Pioneer, MDT enrolment
+    for the MDT arm and the baseline survey date for comparators."""
     baseline = (
         survey.filter(pl.col("wave") == "baseline")
         .sort("survey_date", "response_id")
         .unique("participant_id", keep="first")
         .select("participant_id", pl.col("survey_date").alias("_baseline_date"))
     )
-    index = pl.when(pl.col("arm") == "mdt").then(pl.col("enrolment_date")).otherwise(pl.col("_baseline_date"))
+    index = pl.when(pl.col("arm") == "mdt").then(pl.col(INDEX_DATE_COLUMNS[rules["mdt"]])).otherwise(
+        pl.col(INDEX_DATE_COLUMNS[rules["comparator"]])
+    )
     return kept.join(baseline, on="participant_id", how="left").with_columns(index.alias("index_date"))
 
 
@@ -215,7 +224,7 @@ def run_consent_gate(cfg: RunConfig, key: LinkageKey) -> Path:
         .then(pl.lit(QUARANTINE_REASONS["no_identifier"]))
         .otherwise(None)
     )
-    persons = _with_index_date(kept, survey).with_columns(_reason=reason, _canon_pc=postcode_expr("postcode"))
+    persons = _with_index_date(kept, survey, dict(cfg.study.index_date)).with_columns(_reason=reason, _canon_pc=postcode_expr("postcode"))
     quarantined = pl.concat(
         [register_errors, persons.filter(pl.col("_reason").is_not_null()).select(register_errors.columns)]
     )

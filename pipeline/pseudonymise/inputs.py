@@ -19,7 +19,7 @@ import polars as pl
 
 from pipeline import io
 from pipeline.costs import scan_unit_costs
-from pipeline.contracts import ContractError, load_contract, parquet_files, scan_checked
+from pipeline.contracts import ContractError, parquet_files, scan_checked, study_contract
 from pipeline.errors import InputOutsideFolderError, Violation
 from pipeline.settings import SOURCES, RunConfig
 from pipeline.zones import inputs_file
@@ -91,8 +91,8 @@ def scan_input(cfg: RunConfig, dataset: str, read_all: bool = False) -> pl.LazyF
     if delivered is not None:
         from pipeline.deliveries.delivery import scan_delivery
 
-        return scan_delivery(delivered, load_contract(dataset), read_all=read_all)
-    return scan_checked(input_path(cfg, dataset), load_contract(dataset), read_all=read_all)
+        return scan_delivery(delivered, study_contract(dataset, cfg.study), read_all=read_all)
+    return scan_checked(input_path(cfg, dataset), study_contract(dataset, cfg.study), read_all=read_all)
 
 
 def input_hash(path: Path) -> str:

@@ -72,15 +72,20 @@ WITHHOLD_ORDER: tuple[str, ...] = ("imd_quintile", "age_band", "sex")
 # Global recoding, level by level, each level applied to every row and only while a group is too
 # small: merged age bands first, then the IMD quintile withheld for everyone (an int8 quintile has no
 # honest coarser level; a merged "1-2" would need a new type).
-COARSE_AGE_BANDS: dict[str, str] = {"55-64": "55-74", "65-74": "55-74", "75-84": "75+", "85+": "75+"}
-COARSENING: tuple[tuple[str, dict[str, str] | None], ...] = (("age_band", COARSE_AGE_BANDS), ("imd_quintile", None))
+# The age bands are the study's (pipeline.study.Study.coarse_age_bands: for Pioneer 55-64 and 65-74
+# -> 55-74, 75-84 and 85+ -> 75+).
+def coarsening(study: Any) -> tuple[tuple[str, dict[str, str] | None], ...]:
+    """The levels of global recoding for a study (a pipeline.study.Study), in order."""
+    return (("age_band", study.coarse_age_bands), ("imd_quintile", None))
 # Whole numbers in the manifest that are not counts of people or records: thresholds and parameters.
 # Every other whole number in the manifest, outside `settings`, is a count and is controlled.
 NOT_A_COUNT_KEYS: frozenset[str] = frozenset(
-    {"suppression_threshold", "rounding_base", "min_group_size", "seed", "max_training_profiles", "min_records_to_train"}
-)
-# Manifest sections that hold settings, not figures.
-SETTINGS_SECTIONS: tuple[str, ...] = ("settings",)
+    {"suppression_threshold", "rounding_base", "min_group_size", "seed", "max_training_profiles", "min_records_to_train",
+     # the study's panel span, a validation parameter (pipeline.validate.parameters)
+     "panel_first_month", "panel_last_month"}
+)  # fmt: skip
+# Manifest sections that hold settings, not figures (the study: its design, pipeline.study).
+SETTINGS_SECTIONS: tuple[str, ...] = ("settings", "study")
 # Fractions computed from exact counts: with a controlled denominator they would give the exact
 # numerator back, so the released manifest leaves them out (null); the audit page computes shares
 # from the controlled counts.

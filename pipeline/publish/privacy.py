@@ -132,14 +132,30 @@ def assess_release_privacy(release_dir: Path, token_files: list[tuple[str, Path]
     release_dir = Path(release_dir)
     report = PrivacyReport()
     _check_files(release_dir, report)
+    values = _study_values(release_dir)
     for table in RELEASE_TABLES:
         path = release_dir / f"{table}.parquet"
         if path.exists():
-            _check_table(path, load_contract(table), report)
+            contract = load_contract(table)
+            if contract.study_values and values is not None:
+                contract = contract.for_study(values)
+            _check_table(path, contract, report)
     if token_files:
         _check_not_tokens(release_dir, token_files, report)
         report.tokens_checked = True
     return report
+
+
+def _study_values(release_dir: Path) -> dict[str, Any] | None:
+    """The study values the release's contracts were bound to, from its manifest (pipeline.study's
+    manifest record); None when there is none, and the study-given rules then fail as unconstrained."""
+    import json
+
+    manifest = release_dir / "manifest.json"
+    try:
+        return json.loads(manifest.read_text())["study"]["values"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def check_release_privacy(release_dir: Path, token_files: list[tuple[str, Path]] | None = None) -> list[Violation]:

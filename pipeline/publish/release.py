@@ -36,7 +36,7 @@ import polars as pl
 
 from pipeline import __version__, io
 from pipeline.cohort.outputs import ARTEFACTS_DIR, RELEASE_TABLES
-from pipeline.contracts import dictionary_records, load_contract, render_dictionary_markdown
+from pipeline.contracts import dictionary_records, load_contract, render_dictionary_markdown, study_contract
 from pipeline.errors import ContractError, ReleaseExistsError, ValidationFailed
 from pipeline.publish import disclosure, release_log, signing, small_groups
 from pipeline.publish.privacy import assess_release_privacy
@@ -63,7 +63,10 @@ log = logging.getLogger(__name__)
 VALIDATED_ZONES: tuple[str, ...] = ("raw", "pseudonymised", "linked", "release")
 # Settings that are paths on one machine, secrets' locations, or the day of the run: none of them
 # describes the release's content, so the content manifest leaves them out.
-PER_RUN_SETTINGS: frozenset[str] = frozenset({"raw_dir", "work_dir", "key_file", "publishing_key_file", "unit_costs", "run_date", "deliveries_file"})
+# The study file's path is one of them; its content is recorded under "study", by name and hash.
+PER_RUN_SETTINGS: frozenset[str] = frozenset(
+    {"raw_dir", "work_dir", "key_file", "publishing_key_file", "unit_costs", "run_date", "study_file", "deliveries_file"}
+)
 # The person-level table whose quasi-identifiers the small-group policy works on; people it drops
 # leave every release table.
 PERSON_TABLE = "cohort"
@@ -104,7 +107,8 @@ def stage_release(cfg: RunConfig) -> Path:
     controlled: dict[str, Any] = {}
     people, small = _person_table(cfg, built)
     for name in RELEASE_TABLES:
-        contract = load_contract(name)
+        # Bound to the run's study: its descriptions (Parquet field metadata) say the study's periods.
+        contract = study_contract(name, cfg.study)
         lf = people.frame.lazy() if name == PERSON_TABLE else pl.scan_parquet(built / f"{name}.parquet")
         columns = lf.collect_schema().names()
         if "participant_id" in columns:
@@ -126,7 +130,8 @@ def stage_release(cfg: RunConfig) -> Path:
     if artefacts.is_dir():
         for f in sorted(artefacts.iterdir()):
             io.copy_file(f, staging / f.name)
-    contracts = [load_contract(t) for t in RELEASE_TABLES]
+    # Bound to the run's study, so the dictionary lists its sites, samples and periods.
+    contracts = [study_contract(t, cfg.study) for t in RELEASE_TABLES]
     with io.atomic_path(staging / "data_dictionary.md") as tmp:
         tmp.write_text(render_dictionary_markdown(contracts, f"Data dictionary: release {cfg.release_label}"))
     io.write_json(dictionary_records(contracts), staging / "data_dictionary.json")
@@ -139,7 +144,7 @@ def _person_table(cfg: RunConfig, built: Path) -> tuple[small_groups.Outcome, di
     contract = load_contract(PERSON_TABLE)
     frame = pl.read_parquet(built / f"{PERSON_TABLE}.parquet")
     qi = [c.name for c in contract.columns_of_class("quasi_identifier") if c.name in frame.columns]
-    out = small_groups.apply_policy(frame, qi, "participant_id", cfg.small_groups)
+    out = small_groups.apply_policy(frame, qi, "participant_id", cfg.small_groups, cfg.study)
     record = {
         "policy": cfg.small_groups,
         "min_group_size": disclosure.MIN_GROUP_SIZE,
@@ -147,7 +152,7 @@ def _person_table(cfg: RunConfig, built: Path) -> tuple[small_groups.Outcome, di
         "withheld_order": list(disclosure.WITHHOLD_ORDER),
         "coarsening": [
             f"{column}: " + (", ".join(f"{a} -> {b}" for a, b in mapping.items()) if mapping else "withheld for everyone")
-            for column, mapping in disclosure.COARSENING
+            for column, mapping in disclosure.coarsening(cfg.study)
         ],
         "coarsened": out.coarsened,
         "withheld_values": {c: out.withheld.get(c, 0) for c in disclosure.WITHHOLD_ORDER},
@@ -205,6 +210,8 @@ def _manifest(cfg: RunConfig, controlled: dict[str, Any], small: dict[str, Any])
         "kid": consent["kid"],
         # run_date differs from run to run: it is recorded in the release's provenance.json instead.
         "settings": {k: v for k, v in cfg.to_conf().items() if k not in PER_RUN_SETTINGS},
+        # The study the release evaluates: its file's name and SHA-256 (pipeline.study), and its design.
+        "study": cfg.study.manifest_record(),
         "inputs": io.read_json(inputs_file(cfg))["files"],
         "consent": consent["consent"],
         "pseudonymisation": {s: io.read_json(counts_file(cfg, s))["counts"] for s in SOURCES},

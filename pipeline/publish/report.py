@@ -138,6 +138,7 @@ def _identity(p: _Page, manifest_sha256: str, release_location: str) -> None:
         ("Release folder", release_location),
         ("Code version", m.get("code_version")),
         ("Key id (kid) of the linkage key", m.get("kid")),
+        *_study_rows(m.get("study")),
         ("Study window", f"{s.get('study_start')} to {s.get('study_end')}"),
         ("Extract date", s.get("extract_date")),
         (
@@ -156,6 +157,24 @@ def _identity(p: _Page, manifest_sha256: str, release_location: str) -> None:
           "<p class=\"note\">Run <code>pipeline audit &lt;release folder&gt; --fingerprint &lt;fingerprint above&gt;</code> "
           "on the copy you hand over: it must report no problem and print the same manifest SHA-256 and publishing key "
           "fingerprint as above, so this signed page binds to exactly one release.</p></section>")
+
+
+def _study_rows(study: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The study file the release evaluates (pipeline.study), with its hash to compare with the file."""
+    if not study:
+        return [("Study", "not recorded (published before the pipeline read a study file)")]
+    window = study.get("window", {})
+    eligibility = study.get("eligibility", {})
+    return [
+        ("Study", f"{study.get('name')} ({study.get('file')})"),
+        ("Study file SHA-256 (canonical form)", study.get("sha256")),
+        ("Sites and operating models", f"{', '.join(study.get('sites', []))}; {study.get('teams')} teams; "
+                                       f"{', '.join(study.get('operating_models', []))}"),
+        ("Eligibility", f"aged {eligibility.get('min_age')}+, {eligibility.get('min_long_term_conditions')}+ long-term "
+                        f"conditions" + "".join(f", {c}" for c in eligibility.get("survey_criteria", []))),
+        ("Periods", f"{', '.join(study.get('periods', []))}; study's window {window.get('study_start')} to "
+                    f"{window.get('study_end')}, extract {window.get('extract_date')}"),
+    ]  # fmt: skip
 
 
 def _signing_rows(m: dict[str, Any]) -> list[tuple[str, str]]:

@@ -24,10 +24,11 @@ from every release table. `tests/test_disclosure.py` has the ladder written out 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import polars as pl
 
-from pipeline.publish.disclosure import COARSENING, MIN_GROUP_SIZE, WITHHOLD_ORDER
+from pipeline.publish.disclosure import MIN_GROUP_SIZE, WITHHOLD_ORDER, coarsening
 
 
 @dataclass
@@ -65,11 +66,13 @@ def withhold(df: pl.DataFrame, qi: list[str], key: str, order: tuple[str, ...] =
     return out
 
 
-def coarsen(df: pl.DataFrame, qi: list[str], key: str, min_size: int = MIN_GROUP_SIZE) -> Outcome:
-    """Global recoding per `COARSENING`, one level at a time while a group is too small; then local
-    suppression for whatever is still too small."""
+def coarsen(df: pl.DataFrame, qi: list[str], key: str, min_size: int = MIN_GROUP_SIZE, study: Any = None) -> Outcome:
+    """Global recoding per the study's `coarsening` (default study when None), one level at a time
+    while a group is too small; then local suppression for whatever is still too small."""
+    from pipeline.study import load_study
+
     coarsened: list[str] = []
-    for column, mapping in COARSENING:
+    for column, mapping in coarsening(study or load_study()):
         if column not in qi or smallest(df, qi, key) >= min_size:
             continue
         recoded = pl.col(column).replace_strict(mapping, default=None) if mapping else pl.lit(None)
@@ -80,12 +83,12 @@ def coarsen(df: pl.DataFrame, qi: list[str], key: str, min_size: int = MIN_GROUP
     return out
 
 
-def apply_policy(df: pl.DataFrame, qi: list[str], key: str, policy: str) -> Outcome:
-    """The run's policy (`RunConfig.small_groups`) on one person-level table."""
+def apply_policy(df: pl.DataFrame, qi: list[str], key: str, policy: str, study: Any = None) -> Outcome:
+    """The run's policy (`RunConfig.small_groups`) on one person-level table of the run's study."""
     if policy == "block":
         return Outcome(df)  # nothing changed: the privacy check refuses the release if a group is small
     if policy == "coarsen":
-        return coarsen(df, qi, key)
+        return coarsen(df, qi, key, study=study)
     return withhold(df, qi, key)
 
 

@@ -18,6 +18,7 @@ import datetime as dt
 import math
 import platform
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -26,6 +27,7 @@ import pyarrow as pa
 from pipeline.contracts import load_contract
 from pipeline.errors import SynthSettingsError
 from pipeline.synth import events, study
+from pipeline.synth import study as synth_study
 from pipeline.synth.events import ChunkPeople
 from pipeline.synth.extracts import SOURCES, TRUTH_LINK_SCHEMA, consent_register, deliver, postcode_lookup
 from pipeline.synth.faults import PersonIdentifiers, register_errors
@@ -62,6 +64,7 @@ def generate(
     seed: int,
     profile: Profile,
     mdt_effect: float = 0.8,
+    study: Any = None,
 ) -> Path:
     """Write `out_dir/raw/<dataset>.parquet` for every input of the pipeline and `out_dir/truth/`.
 
@@ -69,8 +72,17 @@ def generate(
     postcode_imd, each following its contract in schemas/.
     truth/ (never read by the pipeline): record_links.parquet (source, record_id, participant_id,
     person_index, is_duplicate, faults), persons.parquet (one row per person) and parameters.json.
+    `study` (a pipeline.study.Study; the default study, studies/pioneer.yaml, when None) gives the
+    sites, teams, operating models, minimum age, baseline period and calendar.
     The same arguments always give byte-identical files. Returns `out_dir`.
     """
+    from pipeline.study import load_study
+
+    with synth_study.configured(study or load_study()):
+        return _generate(out_dir, persons, seed, profile, mdt_effect)
+
+
+def _generate(out_dir: Path, persons: int, seed: int, profile: Profile, mdt_effect: float) -> Path:
     if persons < MIN_PERSONS:
         raise SynthSettingsError(f"persons (--persons) must be at least {MIN_PERSONS}, for every cell of the study design (got {persons})")
     if not isinstance(seed, int) or seed < 0:

@@ -1,14 +1,15 @@
 """Synthetic geography: postcodes grouped into LSOAs, each LSOA with an IMD decile.
 
-The postcode areas are invented on purpose: UK postcode areas never start with Q, so "QA" (site_a)
-and "QB" (site_b) give codes in valid UK format ("QA12 3BD") that can never be a real address.
+The postcode areas are invented on purpose: UK postcode areas never start with Q, so "QA" (the
+study's first site), "QB" (its second), ... give codes in valid UK format ("QA12 3BD") that can never
+be a real address.
 Districts (QA1, QA2, ...) hold sectors (QA1 3), sectors hold LSOAs, LSOAs hold about 50 postcode
 units; the number of each grows with the population so there are roughly 8 people per postcode,
 whatever `persons` is.
 
 Deprivation is spatially clustered, as it is in reality: each district has its own mean and LSOAs
-scatter around it. site_a is more deprived than site_b, so IMD differs between sites and the
-matching's exact match on site matters.
+scatter around it. The first site is the most deprived and the last the least, so IMD differs
+between sites and the matching's exact match on site matters.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import polars as pl
 
 # Letters allowed in the inward code's last two characters (Royal Mail never uses C I K M O V there).
 _INWARD_LETTERS = np.array(list("ABDEFGHJLNPQRSTUWXYZ"))
-AREA_OF_SITE: dict[str, str] = {"site_a": "QA", "site_b": "QB"}
-# Mean deprivation score of a site's districts (negative is more deprived) and the spreads.
-_SITE_DEPRIVATION: dict[str, float] = {"site_a": -0.35, "site_b": 0.30}
+# Mean deprivation score of the districts of the first and the last site (negative is more
+# deprived; sites between are spaced evenly), and the spreads.
+_FIRST_SITE_DEPRIVATION, _LAST_SITE_DEPRIVATION = -0.35, 0.30
 _DISTRICT_SD = 0.6
 _LSOA_SD = 0.55
 PERSONS_PER_LSOA = 400
@@ -51,7 +52,21 @@ class Geography:
         return self.lookup.get_column("imd_decile").to_numpy()
 
 
-def _site_units(rng: np.random.Generator, site: str, persons_in_site: int, lsoa_offset: int) -> pl.DataFrame:
+def area_of_sites(sites: tuple[str, ...]) -> dict[str, str]:
+    """Each site's invented postcode area: QA, QB, ... in the study's order."""
+    if len(sites) > 26:
+        raise ValueError("the synthetic geography has postcode areas for at most 26 sites")
+    return {s: "Q" + chr(ord("A") + i) for i, s in enumerate(sites)}
+
+
+def _site_deprivation(sites: tuple[str, ...]) -> dict[str, float]:
+    scores = np.linspace(_FIRST_SITE_DEPRIVATION, _LAST_SITE_DEPRIVATION, len(sites)) if len(sites) > 1 else np.zeros(1)
+    return {s: float(v) for s, v in zip(sites, scores, strict=True)}
+
+
+def _site_units(
+    rng: np.random.Generator, site: str, persons_in_site: int, lsoa_offset: int, area: str, deprivation: float
+) -> pl.DataFrame:
     """All postcode units of one site with their LSOA number (counting from `lsoa_offset`) and IMD score."""
     n_lsoa = max(8, math.ceil(persons_in_site / PERSONS_PER_LSOA))
     n_sectors = math.ceil(n_lsoa / LSOAS_PER_SECTOR)
@@ -60,7 +75,7 @@ def _site_units(rng: np.random.Generator, site: str, persons_in_site: int, lsoa_
     if n_districts > 99:
         raise ValueError(f"{persons_in_site} people in {site} exceed the synthetic postcode space (about 1.5 million per site)")
 
-    district_score = rng.normal(_SITE_DEPRIVATION[site], _DISTRICT_SD, size=n_districts)
+    district_score = rng.normal(deprivation, _DISTRICT_SD, size=n_districts)
     sector_district = np.arange(n_sectors) // sectors_per_district
     # Sector digits within a district: 0-9 in a random order, so codes do not all end in sector 1.
     sector_digit = np.concatenate([rng.permutation(10)[:sectors_per_district] for _ in range(n_districts)])[:n_sectors]
@@ -74,7 +89,7 @@ def _site_units(rng: np.random.Generator, site: str, persons_in_site: int, lsoa_
     for s in range(n_sectors):
         lsoas = np.flatnonzero(lsoa_sector == s)
         picked = np.sort(rng.choice(len(combos), size=units_per_sector, replace=False))[: len(lsoas) * POSTCODES_PER_LSOA]
-        outward = f"{AREA_OF_SITE[site]}{sector_district[s] + 1}"
+        outward = f"{area}{sector_district[s] + 1}"
         rows.append(
             pl.DataFrame(
                 {
@@ -88,10 +103,13 @@ def _site_units(rng: np.random.Generator, site: str, persons_in_site: int, lsoa_
 
 
 def build_geography(rng: np.random.Generator, persons_per_site: dict[str, int]) -> Geography:
-    """Postcode units, LSOAs and IMD deciles for every site, sized for its number of people."""
+    """Postcode units, LSOAs and IMD deciles for every site (in the order given), sized for its
+    number of people."""
+    sites = tuple(persons_per_site)
+    areas, deprivation = area_of_sites(sites), _site_deprivation(sites)
     parts, offset = [], 0
-    for site in AREA_OF_SITE:
-        df = _site_units(rng, site, persons_per_site.get(site, 0), offset)
+    for site in sites:
+        df = _site_units(rng, site, persons_per_site.get(site, 0), offset, areas[site], deprivation[site])
         offset = int(df.get_column("lsoa_index").max()) + 1
         parts.append(df)
     units = pl.concat(parts)
@@ -111,4 +129,4 @@ def build_geography(rng: np.random.Generator, persons_per_site: dict[str, int]) 
         .sort("postcode")
     )
     site_col = lookup.get_column("site").to_numpy()
-    return Geography(lookup=lookup, site_rows={s: np.flatnonzero(site_col == s) for s in AREA_OF_SITE})
+    return Geography(lookup=lookup, site_rows={s: np.flatnonzero(site_col == s) for s in sites})

@@ -101,8 +101,9 @@ def build_population(seed: int, persons: int, faults: FaultRates) -> Population:
         other_row[in_site] = rows[(pos + rng.integers(1, rows.shape[0], size=k)) % rows.shape[0]]  # never home
     imd = geo.imd()[home_row].astype(np.int64)
     female = rng.random(n) < 0.55
-    # Ages 55-100, most in their 60s and 70s (a Beta shape, mean ~70).
-    age = np.minimum(study.AGE_MIN + np.floor(46 * rng.beta(1.5, 3.0, size=n)), study.AGE_MAX).astype(np.int64)
+    # Ages from the study's minimum (Pioneer: 55) to 100, most in the first two decades (a Beta shape).
+    age_span = study.AGE_MAX - study.AGE_MIN + 1
+    age = np.minimum(study.AGE_MIN + np.floor(age_span * rng.beta(1.5, 3.0, size=n)), study.AGE_MAX).astype(np.int64)
     n_ltc = np.clip(rng.poisson(2.4 + 0.055 * (age - 55) + 0.09 * (5.5 - imd)), 0, 10)
     need = NEED.score(age, n_ltc, imd)
     frailty = rng.gamma(NEED.frailty_shape, 1.0 / NEED.frailty_shape, size=n)

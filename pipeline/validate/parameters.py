@@ -18,16 +18,31 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 # Every parameter a rule may name, and what it means (for error messages and the audit page).
-RUN_PARAMETERS: dict[str, str] = {
+WINDOW_PARAMETERS: dict[str, str] = {
     "study_start": "first day of the study window (run setting study_start)",
     "study_end": "last day of the study window (run setting study_end)",
     "extract_date": "the day the extracts were taken (run setting extract_date)",
 }
+# The study's values contracts refer to as `{study: NAME}` (pipeline.study.Study.suite_parameters):
+# the structural suites name them, so checked-in suites hold no study's sites, teams or samples.
+STUDY_PARAMETERS: dict[str, str] = {
+    "sites": "the study's sites (study file: sites)",
+    "team_ids": "the study's team IDs (study file: teams[].id)",
+    "operating_models": "the study's operating models (study file: operating_models)",
+    "samples": "the samples the study matches in (study file: samples)",
+    "covariates": "the propensity and balance covariates (study file: propensity.covariates)",
+    "age_bands": "the release's age bands, from the study's minimum age (study file: eligibility.min_age)",
+    "periods": "the service_use periods (study file: periods)",
+    "panel_first_month": "the panel's first month (study file: panel.months_before)",
+    "panel_last_month": "the panel's last month (study file: panel.months_after)",
+}
+RUN_PARAMETERS: dict[str, str] = {**WINDOW_PARAMETERS, **STUDY_PARAMETERS}
 
 
-def run_parameters(cfg: Any) -> dict[str, dt.date]:
-    """The parameter values of one run (a pipeline.settings.RunConfig)."""
-    return {name: dt.date.fromisoformat(getattr(cfg, name)) for name in RUN_PARAMETERS}
+def run_parameters(cfg: Any) -> dict[str, Any]:
+    """The parameter values of one run (a pipeline.settings.RunConfig): its window and its study's values."""
+    window = {name: dt.date.fromisoformat(getattr(cfg, name)) for name in WINDOW_PARAMETERS}
+    return {**window, **cfg.study.suite_parameters()}
 
 
 def parameter_names(kwargs: Mapping[str, Any]) -> set[str]:
@@ -51,6 +66,14 @@ def check_supplied(needed: Iterable[str], parameters: Mapping[str, Any] | None, 
         )
 
 
-def as_json(parameters: Mapping[str, Any] | None) -> dict[str, str]:
-    """Parameters as the validation summary records them (ISO dates)."""
-    return {k: v.isoformat() if isinstance(v, dt.date) else str(v) for k, v in sorted((parameters or {}).items())}
+def as_json(parameters: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Parameters as the validation summary records them (ISO dates, lists as lists)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, dt.date):
+            return v.isoformat()
+        if isinstance(v, list | tuple):
+            return [plain(x) for x in v]
+        return v if isinstance(v, int | float) and not isinstance(v, bool) else str(v)
+
+    return {k: plain(v) for k, v in sorted((parameters or {}).items())}

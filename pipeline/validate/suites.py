@@ -114,6 +114,17 @@ def _column_expectations(c: Column) -> list[Any]:
     ]
     if not c.nullable:
         out.append(E.ExpectColumnValuesToNotBeNull(column=c.name, meta=_meta(f"{c.name} is never missing"), severity="critical"))
+    refs = dict(c.study_refs)
+    if "allowed" in refs:
+        # The study gives the values at run time (pipeline.validate.parameters): no study's values here.
+        out.append(
+            E.ExpectColumnValuesToBeInSet(
+                column=c.name,
+                value_set={"$PARAMETER": refs["allowed"]},
+                meta=_meta(f"{c.name} is one of the study's {refs['allowed'].replace('_', ' ')} (run parameter {refs['allowed']})"),
+                severity="critical",
+            )
+        )
     if c.allowed is not None:
         out.append(
             E.ExpectColumnValuesToBeInSet(
@@ -133,10 +144,11 @@ def _column_expectations(c: Column) -> list[Any]:
                 severity="critical",
             )
         )
-    if c.min is not None or c.max is not None:
-        low = None if c.min is None else _bound(c, c.min)
-        high = None if c.max is None else _bound(c, c.max)
-        words = " and ".join(w for w in (low is not None and f">= {low}", high is not None and f"<= {high}") if w)
+    if c.min is not None or c.max is not None or "min" in refs or "max" in refs:
+        low = {"$PARAMETER": refs["min"]} if "min" in refs else None if c.min is None else _bound(c, c.min)
+        high = {"$PARAMETER": refs["max"]} if "max" in refs else None if c.max is None else _bound(c, c.max)
+        shown = {"min": refs.get("min", low), "max": refs.get("max", high)}
+        words = " and ".join(w for w in (low is not None and f">= {shown['min']}", high is not None and f"<= {shown['max']}") if w)
         out.append(
             E.ExpectColumnValuesToBeBetween(
                 column=c.name, min_value=low, max_value=high, meta=_meta(f"{c.name} is {words}"), severity="critical"
