@@ -42,8 +42,9 @@ def _run(args: argparse.Namespace) -> int:
     for name in ("study_start", "study_end", "extract_date", "unit_costs", "small_groups", "run_date"):
         if getattr(args, name):
             conf[name] = getattr(args, name)
-    if args.link_threshold is not None:
-        conf["linkage"] = {"threshold": args.link_threshold}
+    linkage = {"threshold": args.link_threshold, "backend": args.link_backend}
+    if any(v is not None for v in linkage.values()):
+        conf["linkage"] = {k: v for k, v in linkage.items() if v is not None}
     if args.replace:
         conf["replace_release"] = True
     if args.retain_working_files is not None:
@@ -164,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--link-threshold", type=float, metavar="P",
         help="match probability a record needs to link to a participant in the probabilistic step, "
         "at least 0.5 and below 1 (default 0.9)",
+    )
+    r.add_argument(
+        "--link-backend", choices=["duckdb", "spark"],
+        help="where Splink runs the probabilistic step: duckdb in this process (the default), or spark, on the "
+        "cluster Spark's configuration names or a local session (needs pip install 'mdt-linkage[spark]' and Java)",
     )
     r.add_argument("--airflow-home", help="private AIRFLOW_HOME (default WORK/.airflow/<label>)")
     r.set_defaults(func=_run)
