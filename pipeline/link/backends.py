@@ -49,9 +49,15 @@ Backend = Literal["duckdb", "spark"]
 BACKENDS: tuple[str, ...] = ("duckdb", "spark")
 # The dialect pipeline.link.model writes its comparison levels and blocking rules in.
 MODEL_DIALECT = "duckdb"
-# Shuffle partitions of a local session: Spark's default (200) is for clusters; on one machine a
-# few hundred empty tasks per step cost more than the linkage of a small delivery.
-LOCAL_SHUFFLE_PARTITIONS = 4
+# A local session's SQL settings. Splink runs hundreds of small queries (an EM iteration is one);
+# Spark's defaults are for clusters, where a query's fixed costs are small beside its data. On one
+# machine: one shuffle partition instead of 200 empty tasks, no adaptive re-planning (a job per
+# stage), and no whole-stage code generation (compiling each new query costs more than it saves).
+LOCAL_SQL_SETTINGS: dict[str, str] = {
+    "spark.sql.shuffle.partitions": "1",
+    "spark.sql.adaptive.enabled": "false",
+    "spark.sql.codegen.wholeStage": "false",
+}
 JAVA_HINT = "install a Java runtime, 17 or later (Debian/Ubuntu: apt-get install default-jre-headless), or set JAVA_HOME"
 PYSPARK_HINT = "install the Spark extra: pip install 'mdt-linkage[spark]' (uv sync --extra spark)"
 
@@ -233,7 +239,7 @@ def spark_session():
 
     Its master and resources come from Spark's own configuration (spark-defaults.conf in
     SPARK_CONF_DIR, or PYSPARK_SUBMIT_ARGS); with none, a local session on every core. A local
-    session gets few shuffle partitions and no web UI."""
+    session gets LOCAL_SQL_SETTINGS; a cluster keeps its own."""
     check_spark_available()
     from pyspark.sql import SparkSession
     from splink.backends.spark import similarity_jar_location
@@ -246,7 +252,8 @@ def spark_session():
         .getOrCreate()
     )
     if spark.sparkContext.master.startswith("local"):
-        spark.conf.set("spark.sql.shuffle.partitions", str(LOCAL_SHUFFLE_PARTITIONS))
+        for name, value in LOCAL_SQL_SETTINGS.items():
+            spark.conf.set(name, value)
         spark.sparkContext.setLogLevel("ERROR")
     atexit.register(spark.stop)
     return spark
