@@ -108,3 +108,11 @@ def test_model_sql_reads_the_same_in_spark():
     assert translate_sql(rule, "spark") == rule
     assert translate_sql("ELSE", "spark") == "ELSE"
     assert translate_sql('"forename_l" = "forename_r"', "duckdb") == '"forename_l" = "forename_r"'
+
+
+def test_spark_without_java_is_a_named_error(monkeypatch, tmp_path):
+    """Choosing Spark on a machine without Java stops with what to install, in the user's words."""
+    pytest.importorskip("pyspark")
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-java"))
+    with pytest.raises(SparkUnavailableError, match=r"--link-backend \(Airflow Param link_backend\) is 'spark'.*default-jre-headless"):
+        check_spark_available()
