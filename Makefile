@@ -33,11 +33,13 @@ $(CURDIR)/.tools/bin/uv:
 	$(UV) sync --frozen
 	@touch $@
 
-# Server binaries the tests start themselves (Postgres, Redis) and the browser that renders the audit
-# page. This machine kind has Postgres and Redis; elsewhere they come from Debian's packages.
+# Server binaries the tests start themselves (Postgres, Redis), the browser that renders the audit
+# page, and the Java runtime of Splink on Spark (tests/test_link_spark.py; any Java 17 or later).
+# This machine kind has Postgres and Redis; elsewhere they come from Debian's packages.
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v java >/dev/null 2>&1 || [ -x "$$JAVA_HOME/bin/java" ] || missing="$$missing default-jre-headless"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \

@@ -71,8 +71,9 @@ def _run(args: argparse.Namespace) -> int:
     matching = matching_conf(args)
     if matching:
         conf["matching"] = matching
-    if args.link_threshold is not None:
-        conf["linkage"] = {"threshold": args.link_threshold}
+    linkage = {"threshold": args.link_threshold, "backend": args.link_backend}
+    if any(v is not None for v in linkage.values()):
+        conf["linkage"] = {k: v for k, v in linkage.items() if v is not None}
     if args.replace:
         conf["replace_release"] = True
     if args.retain_working_files is not None:
@@ -272,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
         "at least 0.5 and below 1 (default 0.9)",
     )
     add_matching_arguments(r)
+    r.add_argument(
+        "--link-backend", choices=["duckdb", "spark"],
+        help="where Splink runs the probabilistic step: duckdb in this process (the default), or spark, on the "
+        "cluster Spark's configuration names or a local session (needs pip install 'mdt-linkage[spark]' and Java)",
+    )
     r.add_argument("--airflow-home", help="private AIRFLOW_HOME (default WORK/.airflow/<label>)")
     r.set_defaults(func=_run)
 

@@ -54,8 +54,8 @@ CLI_FLAGS: dict[str, str] = {
     "extract_date": "--extract-date", "unit_costs": "--unit-costs", "run_date": "--run-date",
     "publishing_key_file": "--publishing-key", "small_groups": "--small-groups",
     "retain_working_files": "--retain-working-files", "retention_reason": "--retain-working-files",
-    "link_threshold": "--link-threshold", "deliveries_file": "--deliveries", "eq5d_value_set": "--eq5d-value-set",
-    "study_file": "--study", **MATCHING_FLAGS,
+    "link_threshold": "--link-threshold", "link_backend": "--link-backend", "deliveries_file": "--deliveries",
+    "eq5d_value_set": "--eq5d-value-set", "study_file": "--study", **MATCHING_FLAGS,
 }  # fmt: skip
 # Who set the run's settings, and so which names messages use: "cli" (the flags of `pipeline run`),
 # "airflow" (the Params of the trigger form), or unset (library use, tests' stage runner): both. An
@@ -199,9 +199,11 @@ class MatchingOptions:
 # Each probabilistic linkage option's flat name: the trigger form's Param and the word messages use.
 LINKAGE_PARAMS: dict[str, str] = {
     "link_threshold": "threshold", "link_addresses": "addresses", "link_u_max_pairs": "u_max_pairs",
-    "link_em_max_pairs": "em_max_pairs", "link_seed": "seed",
+    "link_em_max_pairs": "em_max_pairs", "link_seed": "seed", "link_backend": "backend",
 }  # fmt: skip
 LINKAGE_ADDRESSES: tuple[str, ...] = ("register", "register_and_linked")
+# Engines Splink can run the probabilistic step on (pipeline.link.backends).
+LINKAGE_BACKENDS: tuple[str, ...] = ("duckdb", "spark")
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,10 @@ class LinkageOptions:
     em_max_pairs: float | None = 5e5
     # Seed of every random draw of the model (u pairs, EM samples, training profiles).
     seed: int = 2026
+    # Where Splink runs: DuckDB inside the link task (one machine), or Spark (a local session, or the
+    # cluster Spark's own configuration names; needs the `spark` extra and Java). The same pairs give
+    # the same links on both (pipeline.link.backends).
+    backend: Literal["duckdb", "spark"] = "duckdb"
 
     def __post_init__(self) -> None:
         def bad(name: str, rule: str) -> PipelineError:
@@ -245,6 +251,8 @@ class LinkageOptions:
             raise bad("em_max_pairs", "a number of at least 1,000, or empty for all blocked pairs")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise bad("seed", "a whole number")
+        if self.backend not in LINKAGE_BACKENDS:
+            raise bad("backend", "one of " + ", ".join(repr(b) for b in LINKAGE_BACKENDS))
         # Numbers as floats whichever way they were typed (3000000 on the form, 3e6 here), so the
         # manifest's settings read the same for the same choice.
         for name in ("threshold", "u_max_pairs", "em_max_pairs"):

@@ -75,6 +75,8 @@ class ProbabilisticOptions:
     max_training_profiles: int = 1_000_000
     # DuckDB's memory ceiling; beyond it DuckDB spills to the run's temporary folder.
     duckdb_memory_limit: str = "3GB"
+    # The engine Splink runs on (pipeline.link.backends): DuckDB in the link task's process, or Spark.
+    backend: Literal["duckdb", "spark"] = "duckdb"
     seed: int = 2026
 
     def __post_init__(self) -> None:
@@ -86,6 +88,8 @@ class ProbabilisticOptions:
             raise ValueError("m_floor must be at least 0 and below 0.05")
         if self.addresses not in ("register", "register_and_linked"):
             raise ValueError("addresses must be 'register' or 'register_and_linked'")
+        if self.backend not in ("duckdb", "spark"):
+            raise ValueError("backend must be 'duckdb' or 'spark'")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -101,6 +101,7 @@ def probabilistic_options(linkage: LinkageOptions) -> ProbabilisticOptions:
         u_max_pairs=linkage.u_max_pairs,
         em_max_pairs=linkage.em_max_pairs,
         seed=linkage.seed,
+        backend=linkage.backend,
     )
 
 

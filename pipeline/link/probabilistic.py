@@ -1,5 +1,6 @@
 """Probabilistic linkage (rank P) of the records the deterministic ranks leave unlinked, with Splink
-on DuckDB over token codes (pipeline.link.profiles). The model is pipeline.link.model.
+over token codes (pipeline.link.profiles), on DuckDB or Spark (pipeline.link.backends). The model is
+pipeline.link.model.
 
 Per source:
 1. train: u by random sampling and m by EM (two sessions, pipeline.link.model.TRAINING_RULES) on all
@@ -25,6 +26,7 @@ import numpy as np
 import polars as pl
 
 from pipeline import io
+from pipeline.link.backends import SplinkBackend, open_backend
 from pipeline.link.model import (
     ADDRESS_LISTS,
     COMPARISON_COLUMNS,
@@ -128,24 +130,12 @@ class SourceModel:
         return {k: v for k, v in self.__dict__.items()}
 
 
-def _db(options: ProbabilisticOptions, temp_dir: Path):
-    import duckdb
-    from splink import DuckDBAPI
-
-    con = duckdb.connect()
-    temp_dir.mkdir(parents=True, exist_ok=True)
-    con.execute(f"SET memory_limit='{options.duckdb_memory_limit}'")
-    con.execute("SET temp_directory='" + str(temp_dir).replace("'", "''") + "'")
-    con.execute("SET preserve_insertion_order=false")
-    return con, DuckDBAPI(con)
-
-
-def _linker(db, records: pl.DataFrame, participants: pl.DataFrame, settings: dict[str, Any]):
+def _linker(backend: SplinkBackend, records: pl.DataFrame, participants: pl.DataFrame, settings: dict[str, Any]):
     from splink import Linker
 
-    left = db.register(records.to_arrow(), dataset_display_name=RECORDS)
-    right = db.register(participants.to_arrow(), dataset_display_name=PARTICIPANTS)
-    return Linker([left, right], settings, log_level=logging.WARNING)
+    left = backend.register(records, RECORDS)
+    right = backend.register(participants, PARTICIPANTS)
+    return Linker([left, right], backend.settings(settings), log_level=logging.WARNING)
 
 
 def train_model(
@@ -162,43 +152,30 @@ def train_model(
     token model (pipeline.link.model.splink_settings). Step times go into `seconds`."""
     settings = settings or splink_settings(options, 1.0 / max(participants.height, 1))
     seconds = {} if seconds is None else seconds
-    con, db = _db(options, temp_dir)
-    try:
+    with open_backend(options, temp_dir) as backend:
         t = time.perf_counter()
-        linker = _linker(db, records, participants, settings)
-        linker.training.estimate_u_using_random_sampling(max_pairs=options.u_max_pairs, seed=options.seed)
+        linker = _linker(backend, records, participants, settings)
+        # Every sampled pair, in one pass: Splink's default stops once each level has 100 pairs, at
+        # a chunk its engine's hash function picks, so DuckDB and Spark would estimate u on different
+        # pairs (pipeline.link.backends).
+        linker.training.estimate_u_using_random_sampling(
+            max_pairs=options.u_max_pairs, seed=options.seed, min_count_per_level=None, num_chunks=1
+        )
         seconds["train_u"] = round(time.perf_counter() - t, 1)
         for i, rule in enumerate(training_rules, 1):
             t = time.perf_counter()
             linker.training.estimate_parameters_using_expectation_maximisation(
-                with_nhs_rule(rule), estimate_without_term_frequencies=True, max_pairs=options.em_max_pairs
+                backend.sql(with_nhs_rule(rule)), estimate_without_term_frequencies=True, max_pairs=options.em_max_pairs
             )
             seconds[f"train_em{i}"] = round(time.perf_counter() - t, 1)
-        return floor_m(linker.misc.save_model_to_json(), options.m_floor)
-    finally:
-        con.close()
+        return floor_m(backend.model(linker.misc.save_model_to_json(), settings), options.m_floor)
 
 
 def score_pairs(records: pl.DataFrame, participants: pl.DataFrame, model: dict[str, Any], options: ProbabilisticOptions, temp_dir: Path) -> pl.DataFrame:
     """Every blocked (record uid, participant uid) pair with its match weight under `model`."""
-    con, db = _db(options, temp_dir)
-    try:
-        linker = _linker(db, records, participants, model)
-        scored = linker.inference.predict(warning_mode="never")
-        rel = scored.as_duckdbpyrelation()
-        # Splink puts either table on the left; orient every pair as (record, participant). Sorted,
-        # because DuckDB returns them in any order and estimate_prior sums over them: a sum in
-        # another order differs in the last bits, and so would a rerun's manifest.
-        sql = f"""
-            SELECT CASE WHEN source_dataset_l = '{RECORDS}' THEN uid_l ELSE uid_r END AS record_uid,
-                   CASE WHEN source_dataset_l = '{RECORDS}' THEN uid_r ELSE uid_l END AS participant_uid,
-                   match_weight
-            FROM rel
-            ORDER BY record_uid, participant_uid
-        """
-        return con.sql(sql).pl()
-    finally:
-        con.close()
+    with open_backend(options, temp_dir) as backend:
+        linker = _linker(backend, records, participants, model)
+        return backend.pairs(linker.inference.predict(warning_mode="never"), RECORDS)
 
 
 def estimate_prior(match_weights: np.ndarray, model_prior: float, n_possible_pairs: int, iterations: int = 200) -> float:

@@ -29,6 +29,7 @@ from pipeline import io
 from pipeline.contracts import load_contract, to_arrow
 from pipeline.crypto.spec import KID_METADATA, SPEC_METADATA, SPEC_VERSION
 from pipeline.errors import KeyMismatchError, PipelineError, TokenSpecMismatchError
+from pipeline.link.backends import check_spark_available
 from pipeline.link.deterministic import DETERMINISTIC_RANKS, link_deterministic
 from pipeline.link.model import ADDRESS_LISTS, COMPARISON_COLUMNS, ProbabilisticOptions
 from pipeline.link.probabilistic import (
@@ -111,6 +112,8 @@ def execute_link(plan: LinkPlan) -> Path:
     """Run a plan: check the token files, rank every source's profiles, add rank P, and write the
     link map, the linkage quality report and the summary. Says every minute how far it is
     (pipeline.progress): one step per source's ranks 1-5, then the link map, then the quality report."""
+    if plan.options.backend == "spark":
+        check_spark_available()  # before the ranks, not after them
     with Progress("link", total=len(plan.sources) + 2, unit="steps") as progress:
         return _execute_link(plan, progress)
 

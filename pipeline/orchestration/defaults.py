@@ -18,6 +18,7 @@ from pipeline.orchestration import KEY_HOLDER_QUEUE
 from pipeline.settings import (
     LABEL_SCHEMA_PATTERN,
     LINKAGE_ADDRESSES,
+    LINKAGE_BACKENDS,
     MATCHING_DISTANCES,
     MATCHING_METHODS,
     NAMED_VALUE_SETS,
@@ -244,5 +245,11 @@ def run_params(*, filled_by_upstream: bool) -> dict[str, Param]:
         "link_seed": Param(
             _default(LinkageOptions, "seed"), type="integer", title="Linkage seed",
             description="Seed of the model's random draws; the same seed gives the same links.", section="Linkage",
+        ),
+        "link_backend": Param(
+            _default(LinkageOptions, "backend"), type="string", enum=list(LINKAGE_BACKENDS), title="Linkage engine",
+            description="Where Splink runs: duckdb inside the link task, or spark (the cluster of the worker's Spark "
+            "configuration, or a local session); spark needs the spark extra and Java on the worker.",
+            section="Linkage",
         ),
     }
