@@ -140,7 +140,7 @@ def _duplicate_record_id(raw: Path, _: Path) -> None:
 FILE_FAULTS: dict[str, FileFault] = {
     "missing column": FileFault(
         lambda raw, _: rewrite(raw, "hospital_apc", lambda df: df.drop("admission_method")),
-        ContractError, "hospital_apc.parquet", "admission_method", "column present", "add it or map the provider's name",
+        ContractError, "hospital_apc.parquet", "admission_method", "column present", "add it, or read the file through a mapping",
     ),
     "wrong type": FileFault(
         lambda raw, _: rewrite(raw, "gp_events", lambda df: df.with_columns(pl.col("event_date").cast(pl.String))),

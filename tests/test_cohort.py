@@ -40,14 +40,16 @@ def day(n: int) -> dt.date:
 
 
 def events(apc=(), ae=(), op=(), gp=(), sc=()) -> dict[str, pl.LazyFrame]:
-    """Linked payloads of participant P1 (and whoever a row names), one tuple per record."""
-    return {
+    """Linked payloads of participant P1 (and whoever a row names), one tuple per record, from a
+    provider whose code is not recorded."""
+    frames = {
         "hospital_apc": pl.LazyFrame(list(apc), schema={"participant_id": pl.String, "admission_date": pl.Date, "discharge_date": pl.Date, "admission_method": pl.String}, orient="row"),
         "hospital_ae": pl.LazyFrame(list(ae), schema={"participant_id": pl.String, "arrival_date": pl.Date, "department_type": pl.String}, orient="row"),
         "hospital_op": pl.LazyFrame(list(op), schema={"participant_id": pl.String, "appointment_date": pl.Date, "attendance_type": pl.String, "attended": pl.Boolean}, orient="row"),
         "gp_events": pl.LazyFrame(list(gp), schema={"participant_id": pl.String, "event_date": pl.Date, "consultation_type": pl.String, "staff_role": pl.String}, orient="row"),
         "social_care": pl.LazyFrame(list(sc), schema={"participant_id": pl.String, "service_type": pl.String, "start_date": pl.Date, "end_date": pl.Date, "hours_per_week": pl.Float64}, orient="row"),
     }
+    return {s: f.with_columns(pl.lit(None, pl.String).alias("provider_code")) for s, f in frames.items()}
 
 
 PERSONS = pl.LazyFrame({"participant_id": ["P1", "P2"], "index_date": [INDEX, INDEX]})
