@@ -156,10 +156,10 @@ def test_the_released_estimates_recover_the_planted_effect(release: Path, estima
 
 def test_the_released_estimates_have_every_sample_outcome_and_estimator(release: Path):
     from pipeline.cohort.estimates import ESTIMATORS, OUTCOMES
-    from pipeline.cohort.samples import SAMPLE_NAMES
+    from pipeline.study import load_study
 
     est = pl.read_parquet(release / "estimates.parquet")
-    assert set(est.get_column("sample")) == set(SAMPLE_NAMES) and set(est.get_column("outcome")) == set(OUTCOMES)
+    assert set(est.get_column("sample")) == set(load_study().sample_names) and set(est.get_column("outcome")) == set(OUTCOMES)
     assert set(est.get_column("estimator")) == set(ESTIMATORS)
     # One DiD (emergency admissions), no ratio of an EQ-5D change (it can be negative).
     assert est.filter(pl.col("estimator") == "did_rate_ratio").get_column("outcome").unique().to_list() == ["emergency_admissions"]

@@ -100,7 +100,10 @@ def _row(sample: str, outcome: str, estimator: str, n_mdt: int, n_comp: int, fit
     low, high = b - Z95 * se, b + Z95 * se
     p = float(2 * norm.sf(abs(b / se)))
     if ratio:
-        b, low, high = np.exp(b), np.exp(low), np.exp(high)
+        with np.errstate(over="ignore"):
+            b, low, high = np.exp(b), np.exp(low), np.exp(high)
+    if not np.all(np.isfinite([b, low, high])):  # a ratio beyond any float: no estimate, as for a failed fit
+        return {**row, "estimate": None, "std_error": None, "ci_low": None, "ci_high": None, "p_value": None}
     return {**row, "estimate": float(b), "std_error": float(se), "ci_low": float(low), "ci_high": float(high), "p_value": p}
 
 

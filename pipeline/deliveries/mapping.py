@@ -8,7 +8,7 @@ A mapping is a YAML file, shipped in `schemas/mappings/` or written by a team fo
     dataset: hospital_apc                 # the contract it fills
     follows: {dictionary: ..., version: ..., url: ...}
     columns:                              # contract column: how to get it from the provider's file
-      record_id: {from: EPIKEY, prefix: APC}
+      record_id: {from: EPIKEY, prefix: APC, digits: 9}
       nhs_number: {from: NEWNHSNO, nhs_number: true}   # spaces and hyphens removed, then 10 digits
       sex: {from: SEX, codes: sex}                     # recoded with the code list `sex` below
       admission_date: {from: ADMIDATE, date: yyyy-mm-dd}
@@ -60,7 +60,7 @@ MONTH_ONLY_FORMATS: frozenset[str] = frozenset({"yyyy-mm"})
 # must be 10 digits. The Modulus 11 check is pseudonymisation's (an invalid number is treated as missing).
 NHS_NUMBER_SEPARATORS = r"[\s\-]"
 NHS_NUMBER_DIGITS = r"^[0-9]{10}$"
-_COLUMN_KEYS = frozenset({"from", "codes", "date", "nhs_number", "prefix", "absent", "note"})
+_COLUMN_KEYS = frozenset({"from", "codes", "date", "nhs_number", "prefix", "digits", "absent", "note"})
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,7 @@ class ColumnMap:
     date: str | None = None  # a name of DATE_FORMATS
     nhs_number: bool = False
     prefix: str | None = None  # put before the provider's value (EPIKEY 1234 -> APC000001234)
+    digits: int = 0  # with `prefix`: the number zero-padded to this many digits (0: as delivered)
     absent: bool = False
 
     @property
@@ -135,6 +136,7 @@ def parse_mapping(spec: Any, path: str, sha256: str = "") -> Mapping:
             date=c.get("date"),
             nhs_number=bool(c.get("nhs_number", False)),
             prefix=None if c.get("prefix") is None else str(c["prefix"]),
+            digits=int(c.get("digits") or 0),
             absent=absent,
         )
     rows = spec.get("rows") or {}
@@ -229,19 +231,12 @@ def _canonical_expr(m: ColumnMap, mapping: Mapping, contract: Contract) -> pl.Ex
     elif m.nhs_number:
         col = _clean_nhs(col)
     elif m.prefix is not None:
-        col = pl.lit(m.prefix) + col.str.strip_chars().str.zfill(_prefixed_width(target.pattern, m.prefix))
+        col = pl.lit(m.prefix) + col.str.strip_chars().str.zfill(m.digits)
     elif target.type == "bool":
         col = col.str.strip_chars().str.to_lowercase().replace_strict(list(BOOLEAN_TEXT), list(BOOLEAN_TEXT.values()), default=None, return_dtype=pl.Boolean)
     elif target.type != "string":
         col = col.str.strip_chars().cast(target.polars_type, strict=False)
     return col.cast(target.polars_type).alias(m.column)
-
-
-def _prefixed_width(pattern: str | None, prefix: str) -> int:
-    """The digits after `prefix` a contract's record_id pattern asks for ("APC[0-9]{9}" -> 9)."""
-    if pattern and pattern.startswith(prefix) and pattern.endswith("}") and "{" in pattern:
-        return int(pattern[pattern.rindex("{") + 1 : -1])
-    return 0
 
 
 def to_canonical(lf: pl.LazyFrame, mapping: Mapping, contract: Contract) -> pl.LazyFrame:

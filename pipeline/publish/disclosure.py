@@ -237,7 +237,10 @@ def imprecise_expr(column: str, rule: dict[str, int]) -> pl.Expr:
     """True for a value finer than its release precision (a release not built by stage_release)."""
     c = pl.col(column)
     scaled = c / rule["nearest"] if "nearest" in rule else c * 10 ** rule["decimals"]
-    return ((scaled - scaled.round(0)).abs() > 1e-6).fill_null(False)
+    # The tolerance grows with the value: a large value rounded to 4 places and scaled by 10^4 is a
+    # whole number only to within the float's own resolution (about 1e-16 of it).
+    tolerance = pl.max_horizontal(pl.lit(1e-6), scaled.abs() * 1e-12)
+    return ((scaled - scaled.round(0)).abs() > tolerance).fill_null(False) & c.is_finite().fill_null(False)
 
 
 def shown(n: Any) -> str:

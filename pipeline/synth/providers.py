@@ -8,7 +8,7 @@ pipeline code knows them).
 
 | kind of record | providers per site | code | which one a record names |
 | --- | --- | --- | --- |
-| hospital (APC, A&E, outpatients) | 2 trusts at site_a, 1 at site_b | ZZ1nn (trust) | the person's own trust, else (1 in 10) another trust of any site |
+| hospital (APC, A&E, outpatients) | 2 trusts at the first site, 1 at each other | ZZ1nn (trust) | the person's own trust, else (1 in 10) another trust of any site |
 | GP consultation | 3 practices a site | ZZ2nnn (practice) | the practice the person is registered with |
 | social care | 1 council a site | ZZ9nn (local authority) | the council of the person's site |
 
@@ -31,15 +31,34 @@ import polars as pl
 
 from pipeline.synth import study
 
-HOSPITALS: dict[str, tuple[str, ...]] = {"site_a": ("ZZ101", "ZZ102"), "site_b": ("ZZ103",)}
-# The share of the site's people whose own trust is each of the site's trusts.
-HOSPITAL_SHARE: dict[str, tuple[float, ...]] = {"site_a": (0.6, 0.4), "site_b": (1.0,)}
-GP_PRACTICES: dict[str, tuple[str, ...]] = {"site_a": ("ZZ2001", "ZZ2002", "ZZ2003"), "site_b": ("ZZ2004", "ZZ2005", "ZZ2006")}
-COUNCILS: dict[str, tuple[str, ...]] = {"site_a": ("ZZ901",), "site_b": ("ZZ902",)}
+
+
+def hospitals(site_index: int) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """The trusts of the study's `site_index`-th site and the share of its people whose own trust each
+    is: two at the first site, one at every other, numbered across the study (ZZ101, ZZ102, ZZ103, ...)."""
+    if site_index == 0:
+        return ("ZZ101", "ZZ102"), (0.6, 0.4)
+    return (f"ZZ1{site_index + 2:02d}",), (1.0,)
+
+
+def gp_practices(site_index: int) -> tuple[str, ...]:
+    """Three practices a site, numbered across the study (ZZ2001-ZZ2003 at the first site, ...)."""
+    return tuple(f"ZZ2{3 * site_index + k:03d}" for k in (1, 2, 3))
+
+
+def council(site_index: int) -> str:
+    """One council a site (ZZ901, ZZ902, ...)."""
+    return f"ZZ9{site_index + 1:02d}"
+
+
+def all_hospitals() -> tuple[str, ...]:
+    """Every trust of the study being generated (pipeline.synth.study.SITES, in order)."""
+    return tuple(c for i in range(len(study.SITES)) for c in hospitals(i)[0])
+
+
 # A hospital record names another trust than the person's own this often (care away from home).
 OTHER_HOSPITAL = 0.10
 HOSPITAL_SOURCES: tuple[str, ...] = ("hospital_apc", "hospital_ae", "hospital_op")
-ALL_HOSPITALS: tuple[str, ...] = tuple(c for s in study.SITES for c in HOSPITALS[s])
 
 
 @dataclass(frozen=True)
@@ -77,14 +96,15 @@ class PersonProviders:
         n = site.shape[0]
         hospital = np.empty(n, dtype=object)
         practice = np.empty(n, dtype=object)
-        council = np.empty(n, dtype=object)
-        for s in study.SITES:
+        councils = np.empty(n, dtype=object)
+        for i, s in enumerate(study.SITES):
             here = site == s
             k = int(here.sum())
-            hospital[here] = rng.choice(np.array(HOSPITALS[s], dtype=object), size=k, p=np.array(HOSPITAL_SHARE[s]))
-            practice[here] = rng.choice(np.array(GP_PRACTICES[s], dtype=object), size=k)
-            council[here] = COUNCILS[s][0]
-        return cls(hospital=hospital, practice=practice, council=council)
+            trusts, share = hospitals(i)
+            hospital[here] = rng.choice(np.array(trusts, dtype=object), size=k, p=np.array(share))
+            practice[here] = rng.choice(np.array(gp_practices(i), dtype=object), size=k)
+            councils[here] = council(i)
+        return cls(hospital=hospital, practice=practice, council=councils)
 
 
 def record_providers(rng: np.random.Generator, providers: PersonProviders, source: str, pid: np.ndarray) -> pl.Series:
@@ -92,7 +112,7 @@ def record_providers(rng: np.random.Generator, providers: PersonProviders, sourc
     if source in HOSPITAL_SOURCES:
         codes = providers.hospital[pid].copy()
         away = rng.random(pid.shape[0]) < OTHER_HOSPITAL
-        codes[away] = rng.choice(np.array(ALL_HOSPITALS, dtype=object), size=int(away.sum()))
+        codes[away] = rng.choice(np.array(all_hospitals(), dtype=object), size=int(away.sum()))
     elif source == "gp_events":
         codes = providers.practice[pid]
     elif source == "social_care":
