@@ -18,6 +18,9 @@ STUDY ?= studies/pioneer.yaml
 SIZE ?= small
 # For example BENCH_ARGS=--no-dags to time the stages only.
 BENCH_ARGS ?=
+# The suite runs on every core, one test file per worker at a time (a file's fixtures are built once);
+# PYTEST_ARGS= runs it in this process alone, PYTEST_ARGS="tests/test_cli.py" one file.
+PYTEST_ARGS ?= -n auto --dist loadfile
 
 .PHONY: setup system-deps demo test bench clean-demo help
 
@@ -66,7 +69,7 @@ demo: setup
 	$(RUN) pipeline audit $(DEMO_DIR)/work/releases/$(LABEL) --public-key $(DEMO_DIR)/secrets/demo-publishing.pem.pub
 
 test: setup system-deps
-	$(RUN) pytest
+	$(RUN) pytest $(PYTEST_ARGS)
 
 bench: setup
 	$(RUN) python bench/run.py --size $(SIZE) $(BENCH_ARGS)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import copy
+import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -241,6 +242,9 @@ def spark_session():
     SPARK_CONF_DIR, or PYSPARK_SUBMIT_ARGS); with none, a local session on every core. A local
     session gets LOCAL_SQL_SETTINGS; a cluster keeps its own."""
     check_spark_available()
+    # py4j logs every connection it opens and closes at INFO; the last of them comes from a finaliser
+    # at interpreter exit, after logging's streams are closed, and prints a "Logging error" traceback.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     from pyspark.sql import SparkSession
     from splink.backends.spark import similarity_jar_location
 
