@@ -18,9 +18,10 @@ STUDY ?= studies/pioneer.yaml
 SIZE ?= small
 # For example BENCH_ARGS=--no-dags to time the stages only.
 BENCH_ARGS ?=
-# The suite runs on every core, one test file per worker at a time (a file's fixtures are built once);
+# The suite runs on every core, one test file per worker at a time (a file's fixtures are built once),
+# slowest files first (tests/conftest.py, SLOWEST_FIRST);
 # PYTEST_ARGS= runs it in this process alone, PYTEST_ARGS="tests/test_cli.py" one file.
-PYTEST_ARGS ?= -n auto --dist loadfile
+PYTEST_ARGS ?= -n auto --dist loadfile --no-loadscope-reorder
 
 .PHONY: setup system-deps demo test bench clean-demo help
 

@@ -18,6 +18,38 @@ from pipeline.settings import RunConfig
 # processes, pipeline.orchestration.embedded.airflow_env) cover the child processes.
 os.environ[KEY_HOLDER_PROCESS] = IN_PROCESS
 
+# `make test` runs the suite on every core, a whole file per worker (pytest-xdist, --dist loadfile),
+# in the order below: the files that take longest first (seconds on 2 cores, serial, December 2026),
+# so that no worker starts one of them while the other has nothing left to do. The rest follow in
+# their usual order.
+SLOWEST_FIRST = (
+    "integration/test_celery_deployment.py",  # 280 s: Postgres, Redis and Airflow's services
+    "test_crash_safety.py",  # 240 s
+    "test_end_to_end.py",  # 150 s
+    "test_privacy_zones.py",  # 120 s
+    "test_dags.py",  # 85 s
+    "test_key_holder.py",  # 70 s
+    "test_validate.py",  # 60 s
+    "test_effect_recovery.py",  # 60 s
+    "test_pseudonymise.py",  # 55 s
+    "test_link_spark.py",  # 55 s
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    here = Path(__file__).resolve().parent
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+
+    def slowness(item) -> int:
+        try:
+            name = Path(item.fspath).resolve().relative_to(here).as_posix()
+        except ValueError:
+            return len(rank)
+        return rank.get(name, len(rank))
+
+    items.sort(key=slowness)  # stable: the usual order within a file and among the rest
+
+
 RELIABILITY_LABEL = "ref-1"
 # Settings for a run whose tests read its working zones (pseudonymised/, linked/) after publication,
 # which removes them by default (pipeline.zones.purge_working_files).
