@@ -530,6 +530,63 @@ def test_column_groups_give_what_one_whole_frame_run_gives(tmp_path: Path, datas
         assert i == 0 or not got.success
 
 
+TOKEN = "[0-9a-f]{64}"
+PATTERN_COLUMNS = {
+    "clean": [f"{i:064x}" for i in range(4)],
+    "broken and missing": [f"{1:064x}", None, "ABC", f"{2:064x}" + "0", None, f"{3:064x}"],
+    "all missing": [None, None],
+    "empty": [],
+}
+
+
+@pytest.mark.parametrize("mostly", [None, 0.5, 0.9])
+@pytest.mark.parametrize("values", list(PATTERN_COLUMNS))
+def test_pattern_rules_counted_with_polars_give_what_gx_gives(tmp_path: Path, values: str, mostly: float | None) -> None:
+    """A pattern rule counted with Polars (pipeline.validate.patterns) gives the very result GX's own
+    evaluation gives: configuration, verdict under `mostly`, every count and percentage."""
+    import pandas as pd
+
+    from pipeline.validate import docs
+    from pipeline.validate._gx import Validator, gx
+    from pipeline.validate.patterns import counted_here, pattern_result
+    from pipeline.validate.privacy import RESULT_FORMAT
+
+    frame = pa.table({"tok": pa.array(PATTERN_COLUMNS[values], pa.large_string())}).to_pandas(types_mapper=pd.ArrowDtype)
+    context = docs.ephemeral_context(tmp_path / "docs")
+    batch_definition = context.data_sources.add_pandas("p").add_dataframe_asset("a").add_batch_definition_whole_dataframe("a")
+    extra = {} if mostly is None else {"mostly": mostly}
+    expectation = gx.expectations.ExpectColumnValuesToMatchRegex(column="tok", regex=f"^(?:{TOKEN})$", meta={"rule": "r"}, **extra)
+    assert counted_here(expectation, frame)
+    validator = Validator(batch_definition=batch_definition, batch_parameters={"dataframe": frame}, result_format=dict(RESULT_FORMAT))
+    (expected,) = validator.validate_expectation_suite(gx.ExpectationSuite(name="s", expectations=[expectation])).results
+    got = pattern_result(expectation, frame, expected.expectation_config.kwargs["batch_id"])
+    assert json.dumps(got.to_json_dict(), sort_keys=True) == json.dumps(expected.to_json_dict(), sort_keys=True)
+
+
+def test_pattern_rules_polars_cannot_count_alike_stay_with_gx() -> None:
+    import pandas as pd
+
+    from pipeline.validate._gx import gx
+    from pipeline.validate.patterns import counted_here
+
+    frame = pa.table({"tok": pa.array(["a"], pa.string()), "n": pa.array([1], pa.int64())}).to_pandas(types_mapper=pd.ArrowDtype)
+    regex = gx.expectations.ExpectColumnValuesToMatchRegex
+    assert not counted_here(regex(column="n", regex="^1$"), frame)  # not a string column: GX reports the type
+    assert not counted_here(regex(column="gone", regex="^a$"), frame)  # a missing column: GX says it cannot evaluate
+    assert not counted_here(regex(column="tok", regex="^(a)\\1$"), frame)  # a back-reference Polars has not
+    condition = {"type": "nullity", "column": {"name": "n"}, "is_null": False}
+    assert not counted_here(regex(column="tok", regex="^a$", row_condition=condition), frame)
+
+
+def test_a_pattern_means_the_whole_value_even_before_a_final_line_break(tmp_path: Path) -> None:
+    """Python's `$` (GX's regex) also matches before a final line break; the Polars count does not,
+    so a token with a line break appended fails its pattern, as the contract check says it does."""
+    df = clean_frame("record_blocks").with_columns(record_id=pl.Series([f"{1:064x}", f"{2:064x}\n", f"{3:064x}"]))
+    path = write(df, "record_blocks", tmp_path / "in" / "record_blocks.parquet")
+    with pytest.raises(ValidationFailed, match=r"column record_id: expect_column_values_to_match_regex failed \[critical\]"):
+        validate_files("pseudonymised", {"record_blocks": [path]}, tmp_path / "reports", "r1", parameters=WINDOW)
+
+
 def test_a_worker_process_gives_the_same_summary_as_this_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches validated on a worker process (pipeline.validate.workers) are summarised exactly as
     batches validated in the calling process, failures, counts and batch order included."""
