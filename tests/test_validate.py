@@ -534,18 +534,18 @@ TOKEN = "[0-9a-f]{64}"
 # Columns (Arrow type, values) and the rules counted on them: clean, broken with missing values, all missing, empty.
 COUNTED_COLUMNS: dict[str, tuple[pa.DataType, list[Any]]] = {
     "tokens": (pa.large_string(), [f"{i:064x}" for i in range(4)]),
-    "tokens broken": (pa.large_string(), [f"{1:064x}", None, "ABC", f"{2:064x}" + "0", None, f"{3:064x}"]),
+    "tokens broken": (pa.large_string(), [f"{1:064x}", None, "ABC", f"{2:064x}" + "0", None, f"{3:064x}", f"{1:064x}"]),
     "ints": (pa.int64(), [0, 5, 10, 3]),
-    "ints broken": (pa.int8(), [0, None, -1, 11, 10, 7]),
+    "ints broken": (pa.int8(), [0, None, -1, 11, 10, 7, 7, None]),
     "floats broken": (pa.float64(), [0.0, float("nan"), None, 1.0, 1.5, -0.25]),
     "dates broken": (pa.date32(), [dt.date(2021, 4, 1), None, dt.date(2021, 3, 31), dt.date(2026, 4, 1), dt.date(2024, 1, 1)]),
     "all missing": (pa.int64(), [None, None]),
     "empty": (pa.large_string(), []),
 }
 COUNTED_RULES = {
-    pa.large_string(): [{"type": "regex", "regex": f"^(?:{TOKEN})$"}],
-    pa.int64(): [{"min_value": 0, "max_value": 10}, {"min_value": 0, "max_value": 10, "strict_min": True, "strict_max": True}],
-    pa.int8(): [{"min_value": 0}, {"max_value": 10}, {"min_value": 0.5, "max_value": 9.5}],
+    pa.large_string(): [{"type": "regex", "regex": f"^(?:{TOKEN})$"}, {"type": "unique"}],
+    pa.int64(): [{"min_value": 0, "max_value": 10}, {"min_value": 0, "max_value": 10, "strict_min": True, "strict_max": True}, {"type": "unique"}],
+    pa.int8(): [{"min_value": 0}, {"max_value": 10}, {"min_value": 0.5, "max_value": 9.5}, {"type": "unique"}],
     pa.float64(): [{"min_value": 0, "max_value": 1}, {"min_value": 0}, {"max_value": 1.0, "strict_max": True}],
     pa.date32(): [{"min_value": {"$PARAMETER": "study_start"}, "max_value": {"$PARAMETER": "study_end"}}, {"min_value": dt.date(2021, 4, 1)}],
 }
@@ -554,7 +554,7 @@ COUNTED_RULES = {
 @pytest.mark.parametrize("mostly", [None, 0.5, 0.9])
 @pytest.mark.parametrize("values", list(COUNTED_COLUMNS))
 def test_rules_counted_with_polars_give_what_gx_gives(tmp_path: Path, values: str, mostly: float | None) -> None:
-    """A pattern or range rule counted with Polars (pipeline.validate.vectorised) gives the very
+    """A pattern, range or uniqueness rule counted with Polars (pipeline.validate.vectorised) gives the very
     result GX's own evaluation gives: configuration, verdict under `mostly`, every count and percentage."""
     import pandas as pd
 
@@ -571,6 +571,8 @@ def test_rules_counted_with_polars_give_what_gx_gives(tmp_path: Path, values: st
     for kwargs in COUNTED_RULES[arrow_type]:
         if kwargs.get("type") == "regex":
             expectation = gx.expectations.ExpectColumnValuesToMatchRegex(column="c", regex=kwargs["regex"], meta={"rule": "r"}, **extra)
+        elif kwargs.get("type") == "unique":
+            expectation = gx.expectations.ExpectColumnValuesToBeUnique(column="c", meta={"rule": "r"}, **extra)
         else:
             expectation = gx.expectations.ExpectColumnValuesToBeBetween(column="c", meta={"rule": "r"}, **kwargs, **extra)
         assert counted_here(expectation, frame, WINDOW), kwargs
