@@ -9,7 +9,8 @@ So the suite is cut into groups of expectations that read the same columns (`exp
 row conditions included), each group is validated on `frame[those columns]`, and the group results
 are put back together, in the suite's order, as one GX suite result. Every expectation is still
 evaluated by GX on every row of the batch; only the columns it never reads are left out of its frame.
-Table-level expectations (the column list, the row count) see the whole frame.
+Table-level expectations (the column list, the row count) see the whole frame. Pattern and range rules
+are counted with Polars instead, into the result GX gives them (pipeline.validate.vectorised).
 
     result = validate_batch(batch_definition, frame, suite, parameters, result_format)
 """
@@ -21,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.validate._gx import ExpectationSuiteValidationResult, Validator, gx
+from pipeline.validate.vectorised import counted_result, split_counted
 from pipeline.validate.suites import expectation_columns
 
 
@@ -47,9 +49,10 @@ def validate_batch(
 ) -> Any:
     """One GX suite result for `frame`, each expectation evaluated on the columns it reads."""
     order = {id(e): i for i, e in enumerate(suite.expectations)}
+    by_gx, counted = split_counted(list(suite.expectations), frame, parameters)
     results: list[tuple[int, Any]] = []
     meta: dict[str, Any] | None = None
-    for cols, expectations in column_groups(list(suite.expectations), list(frame.columns)):
+    for cols, expectations in column_groups(by_gx, list(frame.columns)):
         part = frame if cols is None else frame[cols]
         validator = Validator(
             batch_definition=batch_definition,
@@ -64,6 +67,9 @@ def validate_batch(
             meta = group_result.meta  # the whole frame's batch, when a group had it
         results += [(order[id(e)], r) for e, r in zip(expectations, group_result.results, strict=True)]
         del validator, part
+    # GX names the batch in each result's expectation; the counted rules' results name it alike.
+    batch_id = next((r.expectation_config.kwargs.get("batch_id") for _, r in results if r.expectation_config is not None), None)
+    results += [(order[id(e)], counted_result(e, frame, parameters, batch_id)) for e in counted]
     ordered = [r for _, r in sorted(results, key=lambda ir: ir[0])]
     passed = sum(bool(r.success) for r in ordered)
     return ExpectationSuiteValidationResult(
