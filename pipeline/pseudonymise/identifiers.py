@@ -169,15 +169,17 @@ def _quality_exprs() -> list[pl.Expr]:
     return [rows.sum().alias("rows")] + [rows.filter(cond).sum().alias(name) for name, cond in counted.items()]
 
 
-def _block_table(lf: pl.LazyFrame, key: LinkageKey, keep: pl.Expr | None) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
+def _block_table(
+    lf: pl.LazyFrame, key: LinkageKey, keep: pl.Expr | None, usable_only: bool = False
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
     """(the kept identifier blocks of `lf`, each with its token columns as categoricals; the blocks not
     kept, with UNUSABLE; identifier-quality counts over all rows).
 
     The records of one person repeat the same block, so an extract of 50 million rows has a few
     million distinct blocks. One pass over `lf` finds them (with how many rows carry each); their
     canonical values are tokenised once per field and distinct value (`tokenise_distinct`). A block
-    is kept when `keep` holds on one of its rows and it has a usable identifier (UNUSABLE, tested
-    here once per block). Values of blocks not kept are never tokenised.
+    is kept when `keep` holds on one of its rows and, with `usable_only`, it has a usable identifier
+    (UNUSABLE, tested here once per block). Values of blocks not kept are never tokenised.
     """
     started = time.perf_counter()
     keep = pl.lit(True) if keep is None else keep
@@ -187,7 +189,7 @@ def _block_table(lf: pl.LazyFrame, key: LinkageKey, keep: pl.Expr | None) -> tup
     canon = _with_canonical(blocks.lazy()).with_columns(unusable).collect()
     counts = {k: int(v) for k, v in canon.select(_quality_exprs()).row(0, named=True).items()}
 
-    kept_block = pl.col("_keep") & ~pl.col(UNUSABLE)
+    kept_block = pl.col("_keep") & ~pl.col(UNUSABLE) if usable_only else pl.col("_keep")
     kept = canon.filter(kept_block)
     not_kept = canon.filter(~kept_block).select(*ids, UNUSABLE)
     table = kept.select(ids)
@@ -248,14 +250,15 @@ def tokenise_blocks(
     lf: pl.LazyFrame, key: LinkageKey, keep: pl.Expr | None = None, first_block: int = 0
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
     """(every identifier block of `lf`: the identifier columns, UNUSABLE and TOKEN_BLOCK, null for a
-    block not kept; the token blocks; identifier-quality counts over all rows).
+    block not kept; the token blocks; identifier-quality counts over all rows). A block is kept when
+    `keep` holds on one of its rows and it has a usable identifier.
 
     Tokens are written once per token block, not once per row: a source's rows then take a block
     number each, by a join on the identifier columns, and 50 million rows need a few million rows of
     tokens (schemas/token_blocks.yaml, schemas/record_blocks.yaml). Blocks are numbered from
     `first_block` (`number_token_blocks`).
     """
-    table, not_kept, counts = _block_table(lf, key, keep)
+    table, not_kept, counts = _block_table(lf, key, keep, usable_only=True)
     numbered, blocks = number_token_blocks(table, first_block)
     columns = [*IDENTIFIER_COLUMNS, UNUSABLE, TOKEN_BLOCK]
     every = pl.concat(
