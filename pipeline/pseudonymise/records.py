@@ -10,12 +10,18 @@ payload columns of the source's contract. No direct identifier leaves this step,
 record ID: from here on `record_id` holds the record's keyed token (`with_record_tokens`). Record-level files
 are streamed to Parquet: the extract is never collected whole.
 
+The extract is read twice: once to find its identifier blocks (the distinct identifier columns),
+which are tested for a usable identifier and tokenised once each, and once more to give every row its
+block, its record token and its reason to be set aside, if any, writing the record blocks, the
+payload and the quarantine from that one pass (`pipeline.io.sink_frames`), so no record ID is
+tokenised twice and no identifier is normalised row by row.
+
 Memory follows the number of distinct identifier blocks: their canonical forms while they are
 tokenised (about 1 kB each), then their 19 tokens as categorical codes (pipeline.pseudonymise.
-identifiers). An extract of more than `ROWS_PER_PART` rows is done in parts by a hash of the date of
-birth, so every identifier block and every token block falls in exactly one part and is still
-tokenised only once. Parts cost a pass over the extract each, so they are kept few: a 30 million-row
-GP extract (a million people) takes two.
+identifiers), and in the second pass each block's identifiers and number. An extract of more than
+`ROWS_PER_PART` rows is tokenised in parts by a hash of the date of birth, so every identifier block
+and every token block falls in exactly one part and is still tokenised only once. Parts cost a pass
+over the extract each, so they are kept few: a 30 million-row GP extract (a million people) takes two.
 """
 
 from __future__ import annotations
