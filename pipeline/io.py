@@ -148,6 +148,35 @@ def sink_frame(lf: pl.LazyFrame, contract: Contract, path: Path, metadata: dict[
     return Path(path)
 
 
+def sink_frames(
+    sinks: list[tuple[pl.LazyFrame, Contract, Path, dict[str, str] | None]], collect: list[pl.LazyFrame] | None = None
+) -> list[pl.DataFrame]:
+    """Stream several lazy frames to Parquet, each as `sink_frame` writes it, in one run of their
+    plans; return the frames of `collect`, run with them.
+
+    Polars runs the part of the plans the frames have in common once (a scan, a join, a Python
+    function over a column), so work shared by several outputs is not done once per output. Every
+    file is renamed into place only if all of them were written.
+    """
+    with contextlib.ExitStack() as stack:
+        queries = []
+        for lf, contract, path, metadata in sinks:
+            tmp = stack.enter_context(atomic_path(path))
+            queries.append(
+                lf.select([pl.col(c.name).cast(c.polars_type) for c in contract.columns]).sink_parquet(
+                    tmp,
+                    compression="zstd",
+                    compression_level=3,
+                    row_group_size=SINK_ROW_GROUP_ROWS,
+                    metadata=metadata,
+                    arrow_schema=_sink_schema(contract),
+                    lazy=True,
+                )
+            )
+        results = pl.collect_all([*queries, *(collect or [])], engine="streaming")
+    return results[len(sinks) :]
+
+
 def sink_lazy(lf: pl.LazyFrame, path: Path, metadata: dict[str, str] | None = None, private: bool = False) -> Path:
     """Stream a lazy frame with no contract of its own (quarantined rows, the monthly panel) to
     Parquet with the fixed writer settings; `private`: see `atomic_path`."""

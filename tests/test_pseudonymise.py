@@ -230,6 +230,27 @@ def test_records_with_no_usable_identifier_are_quarantined_with_the_reason(recor
     assert not set(payload.columns) & set(IDENTIFIERS)
 
 
+def test_each_kept_record_id_is_tokenised_once_for_the_record_blocks_and_the_payload(tmp_path, monkeypatch):
+    from pipeline.pseudonymise import records
+
+    asked: list[str] = []
+    real = records.tokenise_record_ids
+
+    def counting(record_key, source, ids):
+        asked.extend(ids.to_list())
+        return real(record_key, source, ids)
+
+    monkeypatch.setattr(records, "tokenise_record_ids", counting)
+    write_input(tmp_path / "input" / "raw", "social_care", [{**CARE, **r} for r in RECORDS])
+    cfg = config(tmp_path, "once", write_key(tmp_path / "key.json"))
+    pseudonymise_source(cfg, LinkageKey(FIXED_KEY, key_id(FIXED_KEY)), "social_care")
+    # The two quarantined records are never tokenised; the six kept ones once each, for both files.
+    assert sorted(asked) == [f"SC00000000{i}" for i in range(1, 7)]
+    kept = [record_token("social_care", f"SC00000000{i}") for i in range(1, 7)]
+    assert pl.read_parquet(payload_file(cfg, "social_care")).get_column("record_id").to_list() == kept
+    assert pl.read_parquet(records_path(cfg.pseudonymised_dir, "social_care")).get_column("record_id").to_list() == kept
+
+
 # --- a whole synthetic extract -----------------------------------------------------------------------
 
 

@@ -45,13 +45,13 @@ def deduplicate(events: pl.LazyFrame, source: str) -> pl.LazyFrame:
     return events.select(cols).unique(maintain_order=False)
 
 
-def linked_events(cfg: RunConfig, work: Path | None = None) -> dict[str, pl.LazyFrame]:
-    """Each source's payload with the participant its record links to (linked records only).
+def linked_events(cfg: RunConfig, work: Path | None = None, participants: pl.LazyFrame | None = None) -> dict[str, pl.LazyFrame]:
+    """Each source's payload with the participant its record links to (linked records only; with
+    `participants`, only theirs).
 
     With `work`, each source's linked events are joined once and written there (`<source>.parquet`),
-    and the frames returned read them back: the cohort reads the events several times (service use,
-    the monthly panel, duplicate counts), and joining 50 million payload rows to the link map on
-    record_id each time cost more than writing the result once. The caller removes `work`.
+    and the frames returned read them back: joining 50 million payload rows to the link map on
+    record_id costs more than writing the result once. The caller removes `work`.
     """
     link_map = pl.scan_parquet(link_map_file(cfg)).filter(pl.col("participant_id").is_not_null())
     events = {
@@ -60,6 +60,8 @@ def linked_events(cfg: RunConfig, work: Path | None = None) -> dict[str, pl.Lazy
         )
         for s in SOURCES
     }
+    if participants is not None:
+        events = {s: lf.join(participants.select("participant_id"), on="participant_id", how="semi") for s, lf in events.items()}
     if work is None:
         return events
     work.mkdir(parents=True, exist_ok=True)
@@ -68,12 +70,16 @@ def linked_events(cfg: RunConfig, work: Path | None = None) -> dict[str, pl.Lazy
     return {s: pl.scan_parquet(work / f"{s}.parquet") for s in SOURCES}
 
 
-def duplicate_counts(events: dict[str, pl.LazyFrame], participants: pl.LazyFrame) -> dict[str, int]:
-    """Records removed as exact duplicates, per source, among the given participants (for the manifest)."""
-    out = {}
+def distinct_events(events: dict[str, pl.LazyFrame], work: Path) -> tuple[dict[str, pl.LazyFrame], dict[str, int]]:
+    """Each source's distinct events (`deduplicate`), written once to `work` (`<source>.distinct.parquet`)
+    for the frames returned to read back; and the records removed as exact duplicates, per source
+    (for the manifest). The cohort reads the events several times (service use, the monthly panel),
+    and removing duplicates once costs less than once per read. The caller removes `work`."""
+    distinct, removed = {}, {}
     for source, lf in events.items():
-        mine = lf.join(participants.select("participant_id"), on="participant_id", how="semi")
-        total = mine.select(pl.len()).collect().item()
-        distinct = deduplicate(mine, source).select(pl.len()).collect().item()
-        out[source] = int(total - distinct)
-    return out
+        total = lf.select(pl.len()).collect().item()
+        path = io.write_scratch(deduplicate(lf, source), work / f"{source}.distinct.parquet")
+        distinct[source] = pl.scan_parquet(path)
+        removed[source] = int(total - distinct[source].select(pl.len()).collect().item())
+    return distinct, removed
+

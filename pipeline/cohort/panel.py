@@ -22,12 +22,13 @@ COST_COLUMNS: tuple[str, ...] = (*(f"{s}_cost_gbp" for s in SECTORS), "cost_gbp"
 
 def person_month_panel(
     events: dict[str, pl.LazyFrame], persons: pl.LazyFrame, unit_costs: pl.LazyFrame, extract_date: dt.date,
-    study: Study | None = None,
+    study: Study | None = None, distinct: bool = False,
 ) -> pl.LazyFrame:
-    """participant_id, month, post, one units column per service type, costs by sector and in total."""
+    """participant_id, month, post, one units column per service type, costs by sector and in total.
+    `distinct`: as for pipeline.cohort.service_use.service_use."""
     study = study or load_study()
     monthly = (
-        units_by_window(events, persons, extract_date, month_windows(study))
+        units_by_window(events, persons, extract_date, month_windows(study), distinct)
         .join(unit_costs.select("service_type", "unit_cost_gbp"), on="service_type", how="left")
         .with_columns(month=pl.col("period").cast(pl.Int8), _cost=pl.col("units") * pl.col("unit_cost_gbp"))
     )

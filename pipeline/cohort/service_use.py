@@ -113,24 +113,29 @@ def gp_units(gp: pl.LazyFrame) -> pl.LazyFrame:
     return gp.select("participant_id", pl.col("event_date").alias("date"), kind.alias("service_type"), pl.lit(1.0).alias("units"))
 
 
-def dated_units(events: dict[str, pl.LazyFrame], extract_date: dt.date) -> pl.LazyFrame:
+def _distinct(events: dict[str, pl.LazyFrame], source: str, distinct: bool) -> pl.LazyFrame:
+    """A source's events, each distinct event once (pipeline.cohort.events): `distinct` says they already are."""
+    return events[source] if distinct else deduplicate(events[source], source)
+
+
+def dated_units(events: dict[str, pl.LazyFrame], extract_date: dt.date, distinct: bool = False) -> pl.LazyFrame:
     """participant_id, date, service_type, units of every distinct hospital and GP event."""
     return pl.concat(
         [
-            apc_units(deduplicate(events["hospital_apc"], "hospital_apc"), extract_date),
-            ae_units(deduplicate(events["hospital_ae"], "hospital_ae")),
-            op_units(deduplicate(events["hospital_op"], "hospital_op")),
-            gp_units(deduplicate(events["gp_events"], "gp_events")),
+            apc_units(_distinct(events, "hospital_apc", distinct), extract_date),
+            ae_units(_distinct(events, "hospital_ae", distinct)),
+            op_units(_distinct(events, "hospital_op", distinct)),
+            gp_units(_distinct(events, "gp_events", distinct)),
         ]
     )
 
 
 def social_care_units(
-    sc: pl.LazyFrame, persons: pl.LazyFrame, extract_date: dt.date, windows: tuple[Window, ...]
+    sc: pl.LazyFrame, persons: pl.LazyFrame, extract_date: dt.date, windows: tuple[Window, ...], distinct: bool = False
 ) -> pl.LazyFrame:
     """Hours (home care, reablement) or weeks (residential, nursing) of each episode overlapping each window."""
     end = pl.col("end_date").fill_null(pl.lit(extract_date))
-    spells = deduplicate(sc, "social_care").join(persons.select("participant_id", "index_date"), on="participant_id", how="inner")
+    spells = _distinct({"social_care": sc}, "social_care", distinct).join(persons.select("participant_id", "index_date"), on="participant_id", how="inner")
     bounds = pl.LazyFrame({"period": [w.label for w in windows], "_lo": [w.first for w in windows], "_hi": [w.last for w in windows]})
     p_start = pl.col("index_date") + pl.duration(days=pl.col("_lo"))
     p_end = pl.col("index_date") + pl.duration(days=pl.col("_hi"))
@@ -153,32 +158,34 @@ def social_care_units(
 
 
 def units_by_window(
-    events: dict[str, pl.LazyFrame], persons: pl.LazyFrame, extract_date: dt.date, windows: tuple[Window, ...]
+    events: dict[str, pl.LazyFrame], persons: pl.LazyFrame, extract_date: dt.date, windows: tuple[Window, ...], distinct: bool = False
 ) -> pl.LazyFrame:
-    """participant_id, period (window label), service_type, units: only combinations with some use."""
+    """participant_id, period (window label), service_type, units: only combinations with some use.
+    `distinct`: the events are already each distinct event once (pipeline.cohort.events.distinct_events)."""
     dated = (
-        dated_units(events, extract_date)
+        dated_units(events, extract_date, distinct)
         .join(persons.select("participant_id", "index_date"), on="participant_id", how="inner")
         .with_columns(period=window_of((pl.col("date") - pl.col("index_date")).dt.total_days(), windows))
         .filter(pl.col("period").is_not_null())
         .select("participant_id", "period", "service_type", "units")
     )
-    used = pl.concat([dated, social_care_units(events["social_care"], persons, extract_date, windows)])
+    used = pl.concat([dated, social_care_units(events["social_care"], persons, extract_date, windows, distinct)])
     return used.group_by("participant_id", "period", "service_type").agg(exact_sum(pl.col("units")))
 
 
 def service_use(
     events: dict[str, pl.LazyFrame], persons: pl.LazyFrame, unit_costs: pl.LazyFrame, extract_date: dt.date,
-    study: Study | None = None,
+    study: Study | None = None, distinct: bool = False,
 ) -> pl.LazyFrame:
     """Units and cost per participant x period (the study's pre and post) x service type, zeros
     included, sorted.
 
     `events` maps each source to its linked payload (payload columns plus participant_id);
-    `persons` has participant_id and index_date for the participants to report.
+    `persons` has participant_id and index_date for the participants to report; `distinct`: the
+    events are already each distinct event once (pipeline.cohort.events.distinct_events).
     """
     windows = period_windows(study)
-    totals = units_by_window(events, persons, extract_date, windows)
+    totals = units_by_window(events, persons, extract_date, windows, distinct)
     grid = (
         persons.select("participant_id")
         .join(pl.LazyFrame({"period": [w.label for w in windows]}), how="cross")

@@ -22,7 +22,7 @@ from pipeline.cohort.balance import BALANCE_SCHEMA
 from pipeline.cohort.covariates import BASELINE_USE, baseline_use, covariate_names
 from pipeline.cohort.eligibility import age_band, baseline_answers, eligible_persons
 from pipeline.cohort.estimates import did_counts, estimate_effects, person_outcomes
-from pipeline.cohort.events import duplicate_counts, linked_events
+from pipeline.cohort.events import distinct_events, linked_events
 from pipeline.cohort.love_plot import draw_love_plot
 from pipeline.cohort.outcomes import survey_outcomes
 from pipeline.cohort.outputs import ARTEFACTS_DIR, LOVE_PLOT, UNIT_COSTS_ARTEFACT, VALUE_SET_ARTEFACT
@@ -93,8 +93,10 @@ def _build_cohort(cfg: RunConfig, progress: Progress) -> Path:
 
     work = out / COHORT_SCRATCH
     shutil.rmtree(work, ignore_errors=True)
-    events = linked_events(cfg, work)
-    use = service_use(events, eligible.lazy(), costs, cfg.extract, study).collect()
+    # The eligible participants' linked events, joined once, then each distinct event once, read by
+    # service use and the panel alike.
+    events, duplicates = distinct_events(linked_events(cfg, work, eligible.lazy()), work)
+    use = service_use(events, eligible.lazy(), costs, cfg.extract, study, distinct=True).collect()
     cohort = (
         eligible.join(baseline_use(use.lazy(), study).collect(), on="participant_id", how="left")
         .with_columns([pl.col(c).fill_null(0.0) for c in (*BASELINE_USE, "baseline_cost_gbp")])
@@ -116,7 +118,7 @@ def _build_cohort(cfg: RunConfig, progress: Progress) -> Path:
     for name, table in (("cohort", cohort), ("service_use", use), ("matches", matches), ("balance", balance)):
         io.write_table(table.to_arrow(), out / f"{name}.parquet")
     panel = (
-        person_month_panel(events, eligible.lazy(), costs, cfg.extract, study)
+        person_month_panel(events, eligible.lazy(), costs, cfg.extract, study, distinct=True)
         .join(cohort.lazy().select("participant_id", "arm", "matched_set", "match_weight"), on="participant_id", how="left")
         .sort("participant_id", "month")
     )
@@ -145,7 +147,7 @@ def _build_cohort(cfg: RunConfig, progress: Progress) -> Path:
     main_counts = main.counts() if main else {"matched_mdt": 0, "matched_comparators": 0, "unmatched_mdt": counts["eligible_mdt"]}
     counts.update({k: main_counts[k] for k in ("matched_mdt", "matched_comparators", "unmatched_mdt")})
     counts["max_abs_smd_after"] = _max_abs_smd(balance, MAIN_SAMPLE)
-    counts["duplicate_records_removed"] = duplicate_counts(events, eligible.lazy())
+    counts["duplicate_records_removed"] = duplicates
     threshold = cfg.matching.balance_threshold
     counts["samples"] = {name: m.diagnostics(threshold) for name, m in matched.items() if m}
     # The balance gate: every sample's largest |SMD| after matching must be below the threshold.

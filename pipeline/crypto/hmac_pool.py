@@ -6,9 +6,10 @@
 
 SHA-256 of short messages in CPython holds the GIL, so threads cannot share the work; worker
 processes can. Below `PARALLEL_MIN_VALUES` values the work is done in this process. Above it, the
-values are cut into chunks that worker processes (`python -m pipeline.crypto.hmac_batch`, started
-once and kept for the life of this process) hash, each chunk's reply turned straight into an Arrow
-string array without a Python object per token.
+values are cut into chunks, at least one per worker, that worker processes (`python -m
+pipeline.crypto.hmac_batch`, started once and kept for the life of this process) hash, each chunk's
+reply turned straight into an Arrow string array without a Python object per token. Record tokens
+come a streaming batch (about 100,000 values) at a time, so a batch of that size is shared too.
 
 Workers are plain subprocesses, not `multiprocessing`: forking a process that runs Polars' thread
 pool (and, inside Airflow, several more threads) can deadlock, and the spawn start method would
@@ -38,7 +39,8 @@ import pyarrow as pa
 from pipeline.crypto.hmac_batch import HEX_DIGEST, REQUEST, SEPARATOR, HmacSha256
 from pipeline.crypto.keys import KEY_ENVIRONMENT  # the variables a worker is started without
 
-PARALLEL_MIN_VALUES = 200_000
+# A pipe round trip costs about what hashing a few hundred values does.
+PARALLEL_MIN_VALUES = 16_384
 # Chunks small enough that both workers stay busy to the end when one core is shared with other
 # work, large enough that the per-request overhead (a pipe round trip) is lost in the hashing.
 CHUNK_VALUES = 131_072
@@ -197,7 +199,9 @@ def hex_hmac(key: bytes, values: pl.Series, workers: int | None = None) -> pl.Se
         if n == 0:
             return pl.Series(values.name, [], dtype=pl.String)
         return _as_strings(HmacSha256(key).hex_lines(_joined(values)), n).alias(values.name)
-    chunks = [values.slice(start, CHUNK_VALUES) for start in range(0, n, CHUNK_VALUES)]
+    # A batch smaller than a chunk per worker is split evenly, so every worker has a share.
+    step = min(CHUNK_VALUES, -(-n // size))
+    chunks = [values.slice(start, step) for start in range(0, n, step)]
     replies = _shared_pool(size).hex_hmac_chunks(key, chunks)
     parts = [_as_strings(reply, chunk.len()) for reply, chunk in zip(replies, chunks, strict=True)]
     return pl.concat(parts, rechunk=False).alias(values.name)

@@ -98,6 +98,9 @@ NO_USABLE_IDENTIFIER = (
     & pl.col("date_of_birth").is_null()
     & normalise.postcode_expr("postcode").is_null()
 )
+# The same test over an identifier block's canonical forms (`_block_table`): every row of a block
+# has the same identifiers, so a big extract is tested once per block, not once per row.
+UNUSABLE = "_unusable"
 
 
 def _with_base_forms(lf: pl.LazyFrame) -> pl.LazyFrame:
@@ -108,12 +111,6 @@ def _with_base_forms(lf: pl.LazyFrame) -> pl.LazyFrame:
         normalise.sex_expr("sex").alias(_SEX),
         normalise.date_swapped_expr("date_of_birth").alias(_DOB_SWAP),
     )
-
-
-def with_unusable_flag(lf: pl.LazyFrame, name: str = "_unusable") -> pl.LazyFrame:
-    """`lf` with a Boolean column `name`: NO_USABLE_IDENTIFIER, computed cheaply enough for 50 million rows."""
-    flag = _nhs.is_null() & pl.col("date_of_birth").is_null() & _postcode.is_null()
-    return _with_base_forms(lf).with_columns(flag.alias(name)).drop(_BASE_FORMS)
 
 
 def _name_forms(values: pl.Series, forms: dict[str, object]) -> pl.DataFrame:
@@ -172,23 +169,29 @@ def _quality_exprs() -> list[pl.Expr]:
     return [rows.sum().alias("rows")] + [rows.filter(cond).sum().alias(name) for name, cond in counted.items()]
 
 
-def _block_table(lf: pl.LazyFrame, key: LinkageKey, keep: pl.Expr | None) -> tuple[pl.DataFrame, dict[str, int]]:
-    """The kept identifier blocks of `lf` (its distinct identifier columns), each with its token
-    columns as categoricals; and identifier-quality counts over all rows.
+def _block_table(
+    lf: pl.LazyFrame, key: LinkageKey, keep: pl.Expr | None, usable_only: bool = False
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
+    """(the kept identifier blocks of `lf`, each with its token columns as categoricals; the blocks not
+    kept, with UNUSABLE; identifier-quality counts over all rows).
 
     The records of one person repeat the same block, so an extract of 50 million rows has a few
     million distinct blocks. One pass over `lf` finds them (with how many rows carry each); their
-    canonical values are tokenised once per field and distinct value (`tokenise_distinct`). Values
-    of rows not kept are never tokenised.
+    canonical values are tokenised once per field and distinct value (`tokenise_distinct`). A block
+    is kept when `keep` holds on one of its rows and, with `usable_only`, it has a usable identifier
+    (UNUSABLE, tested here once per block). Values of blocks not kept are never tokenised.
     """
     started = time.perf_counter()
     keep = pl.lit(True) if keep is None else keep
     ids = list(IDENTIFIER_COLUMNS)
     blocks = lf.group_by(ids).agg(pl.len().alias("_rows"), keep.any().alias("_keep")).collect()
-    canon = _with_canonical(blocks.lazy()).collect()
+    unusable = (_nhs.is_null() & pl.col("date_of_birth").is_null() & _postcode.is_null()).alias(UNUSABLE)
+    canon = _with_canonical(blocks.lazy()).with_columns(unusable).collect()
     counts = {k: int(v) for k, v in canon.select(_quality_exprs()).row(0, named=True).items()}
 
-    kept = canon.filter(pl.col("_keep"))
+    kept_block = pl.col("_keep") & ~pl.col(UNUSABLE) if usable_only else pl.col("_keep")
+    kept = canon.filter(kept_block)
+    not_kept = canon.filter(~kept_block).select(*ids, UNUSABLE)
     table = kept.select(ids)
     for field in dict.fromkeys(c.field for c in TOKEN_COLUMNS):
         columns = [c for c in TOKEN_COLUMNS if c.field == field]
@@ -205,7 +208,7 @@ def _block_table(lf: pl.LazyFrame, key: LinkageKey, keep: pl.Expr | None) -> tup
         "tokenised %d identifier blocks of %d rows (%d kept) in %.1fs",
         canon.height, counts["rows"], kept.height, time.perf_counter() - started,
     )  # fmt: skip
-    return table, counts
+    return table, not_kept, counts
 
 
 def tokenise_identifiers(
@@ -215,7 +218,7 @@ def tokenise_identifiers(
     counts over all rows (`_block_table`). One join on the identifier columns takes each block's
     tokens back to its rows. The identifier columns are left for the caller to drop.
     """
-    table, counts = _block_table(lf, key, keep)
+    table, _, counts = _block_table(lf, key, keep)
     keep = pl.lit(True) if keep is None else keep
     # nulls_equal: a block with a missing identifier must still find its own tokens. maintain_order:
     # rows keep the input's order (reproducible bytes) while the join still streams. Tokens become
@@ -245,16 +248,23 @@ def number_token_blocks(frame: pl.DataFrame, first: int = 0) -> tuple[pl.DataFra
 
 def tokenise_blocks(
     lf: pl.LazyFrame, key: LinkageKey, keep: pl.Expr | None = None, first_block: int = 0
-) -> tuple[pl.LazyFrame, pl.DataFrame, dict[str, int]]:
-    """(the rows of `lf` where `keep` holds, with TOKEN_BLOCK added; the token blocks; identifier-
-    quality counts over all rows).
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
+    """(every identifier block of `lf`: the identifier columns, UNUSABLE and TOKEN_BLOCK, null for a
+    block not kept; the token blocks; identifier-quality counts over all rows). A block is kept when
+    `keep` holds on one of its rows and it has a usable identifier.
 
     Tokens are written once per token block, not once per row: a source's rows then take a block
-    number each, and 50 million rows need a few million rows of tokens (schemas/token_blocks.yaml,
-    schemas/record_blocks.yaml). Blocks are numbered from `first_block` (`number_token_blocks`).
+    number each, by a join on the identifier columns, and 50 million rows need a few million rows of
+    tokens (schemas/token_blocks.yaml, schemas/record_blocks.yaml). Blocks are numbered from
+    `first_block` (`number_token_blocks`).
     """
-    table, counts = _block_table(lf, key, keep)
-    table, blocks = number_token_blocks(table, first_block)
-    keep = pl.lit(True) if keep is None else keep
-    out = lf.filter(keep).join(table.lazy(), on=list(IDENTIFIER_COLUMNS), how="left", nulls_equal=True, maintain_order="left")
-    return out, blocks, counts
+    table, not_kept, counts = _block_table(lf, key, keep, usable_only=True)
+    numbered, blocks = number_token_blocks(table, first_block)
+    columns = [*IDENTIFIER_COLUMNS, UNUSABLE, TOKEN_BLOCK]
+    every = pl.concat(
+        [
+            numbered.with_columns(pl.lit(False).alias(UNUSABLE)).select(columns),
+            not_kept.with_columns(pl.lit(None, dtype=pl.Int64).alias(TOKEN_BLOCK)).select(columns),
+        ]
+    )
+    return every, blocks, counts

@@ -10,12 +10,18 @@ payload columns of the source's contract. No direct identifier leaves this step,
 record ID: from here on `record_id` holds the record's keyed token (`with_record_tokens`). Record-level files
 are streamed to Parquet: the extract is never collected whole.
 
+The extract is read twice: once to find its identifier blocks (the distinct identifier columns),
+which are tested for a usable identifier and tokenised once each, and once more to give every row its
+block, its record token and its reason to be set aside, if any, writing the record blocks, the
+payload and the quarantine from that one pass (`pipeline.io.sink_frames`), so no record ID is
+tokenised twice and no identifier is normalised row by row.
+
 Memory follows the number of distinct identifier blocks: their canonical forms while they are
 tokenised (about 1 kB each), then their 19 tokens as categorical codes (pipeline.pseudonymise.
-identifiers). An extract of more than `ROWS_PER_PART` rows is done in parts by a hash of the date of
-birth, so every identifier block and every token block falls in exactly one part and is still
-tokenised only once. Parts cost a pass over the extract each, so they are kept few: a 30 million-row
-GP extract (a million people) takes two.
+identifiers), and in the second pass each block's identifiers and number. An extract of more than
+`ROWS_PER_PART` rows is tokenised in parts by a hash of the date of birth, so every identifier block
+and every token block falls in exactly one part and is still tokenised only once. Parts cost a pass
+over the extract each, so they are kept few: a 30 million-row GP extract (a million people) takes two.
 """
 
 from __future__ import annotations
@@ -32,10 +38,10 @@ from pipeline import io
 from pipeline.contracts import load_contract
 from pipeline.crypto.keys import LinkageKey
 from pipeline.crypto.tokens import record_token_key, token_file_metadata, tokenise_record_ids
-from pipeline.pseudonymise.identifiers import number_token_blocks, tokenise_blocks, with_unusable_flag
+from pipeline.pseudonymise.identifiers import IDENTIFIER_COLUMNS, UNUSABLE, number_token_blocks, tokenise_blocks
 from pipeline.pseudonymise.inputs import scan_input
 from pipeline.progress import Progress
-from pipeline.pseudonymise.row_rules import rules_for
+from pipeline.pseudonymise.row_rules import quarantine_reason, rules_for
 from pipeline.zones import blocks_path, counts_file, payload_contract, payload_file, quarantine_file
 from pipeline.zones import records_path as record_blocks_path
 from pipeline.settings import SOURCES, RunConfig
@@ -43,7 +49,6 @@ from pipeline.settings import SOURCES, RunConfig
 log = logging.getLogger(__name__)
 
 QUARANTINE_REASON = "no usable identifier (no valid NHS number, date of birth or postcode)"
-SET_ASIDE = "_set_aside"
 ROWS_PER_PART = 16_000_000
 
 
@@ -57,7 +62,8 @@ def with_record_tokens(lf: pl.LazyFrame, key: LinkageKey, source: str) -> pl.Laz
 
 
 # What pseudonymise_source's progress reports say it is doing (pipeline.progress).
-PSEUDONYMISE_STEPS: tuple[str, ...] = ("tokenising identifiers", "writing the payload", "setting aside quarantined rows")
+PSEUDONYMISE_STEPS: tuple[str, ...] = ("tokenising identifiers", "writing records and the payload, setting aside quarantined rows")
+_RULE, _REASON = "_rule", "_reason"
 
 
 def pseudonymise_source(cfg: RunConfig, key: LinkageKey, source: str) -> Path:
@@ -68,44 +74,37 @@ def pseudonymise_source(cfg: RunConfig, key: LinkageKey, source: str) -> Path:
 
 
 def _pseudonymise_source(cfg: RunConfig, key: LinkageKey, source: str, progress: Progress) -> Path:
+    """Two passes over the extract: the first finds its identifier blocks and tokenises them (in
+    parts when it is big); the second gives each row its block, its reason to be set aside if any,
+    and its record token, and writes the record blocks, the payload and the quarantine from the one
+    pass, so each record ID is tokenised once."""
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; sources are {SOURCES}")
-    # Rows with no usable identifier (NO_USABLE_IDENTIFIER) or breaking a row rule (row_rules) are
-    # set aside before tokenising: their values are never tokenised.
-    reason = pl.when(pl.col("_unusable")).then(pl.lit(QUARANTINE_REASON))
-    for rule in rules_for(source):
-        reason = reason.when(rule.broken(cfg.extract)).then(pl.lit(rule.reason))
-    raw = (
-        with_unusable_flag(scan_input(cfg, source))
-        .with_columns(reason.otherwise(pl.lit(None, dtype=pl.String)).alias("_reason"))
-        .with_columns(pl.col("_reason").is_not_null().alias(SET_ASIDE))
-    )
     out = cfg.pseudonymised_dir
-    progress.step(PSEUDONYMISE_STEPS[0])
-    counts = _write_tokens(raw, key, source, out)
-    progress.advance()
-    progress.step(PSEUDONYMISE_STEPS[1])
-    # Rows keep the order of the delivered extract (part by part when in parts), so the same extract
-    # always gives the same bytes without a sort, which would hold every row in memory at once.
-    # The payload needs no token, so its plan skips the token join.
-    io.sink_frame(with_record_tokens(raw.filter(~pl.col(SET_ASIDE)), key, source), payload_contract(source), payload_file(cfg, source))
-    progress.advance()
-    progress.step(PSEUDONYMISE_STEPS[2])
-
-    quarantined = raw.filter(pl.col(SET_ASIDE))
-    reasons = dict(sorted(quarantined.group_by("_reason").len().collect().iter_rows()))
-    n_quarantined = sum(reasons.values())
-    qpath = quarantine_file(cfg, source)
-    if n_quarantined:
-        src_contract = load_contract(source)
-        rows = quarantined.select(*src_contract.column_names, pl.col("_reason").alias("quarantine_reason")).sort("record_id")
-        io.sink_lazy(rows, qpath, private=True)  # identifiable rows: 0600 in a 0700 folder
-    elif qpath.exists():
-        qpath.unlink()  # a rerun of the label must not leave the last run's quarantine behind
-
-    counts["quarantined"] = int(n_quarantined)
-    counts["quarantine_reasons"] = {str(k): int(v) for k, v in reasons.items()}
-    counts["pseudonymised"] = counts["rows"] - int(n_quarantined)
+    # The first row rule (pipeline.pseudonymise.row_rules) each row breaks; DATE_OF_BIRTH applies to every source.
+    rows = scan_input(cfg, source).with_columns(quarantine_reason(rules_for(source), cfg.extract).alias(_RULE))
+    parts = max(1, math.ceil(rows.select(pl.len()).collect().item() / ROWS_PER_PART))
+    # Parts by the date of birth: records with the same tokens have the same date of birth (the token
+    # spec's canonical date is one-to-one), so each token block falls in exactly one part, and the
+    # parts' blocks, numbered one after another, are still the source's distinct blocks.
+    part_of = pl.col("date_of_birth").hash(seed=0) % parts
+    folder = out / f".parts-{source}"
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        progress.step(PSEUDONYMISE_STEPS[0])
+        table, counts = _write_token_blocks(rows, key, source, out, parts, part_of, folder)
+        progress.advance()
+        progress.step(PSEUDONYMISE_STEPS[1])
+        n_quarantined, reasons = _write_rows(cfg, rows, table, key, source, parts, part_of, folder)
+        progress.advance()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(folder)
+    if parts > 1:
+        log.info("tokenised %s in %d parts", source, parts)
+    counts["quarantined"] = n_quarantined
+    counts["quarantine_reasons"] = reasons
+    counts["pseudonymised"] = counts["rows"] - n_quarantined
     io.write_json({"source": source, "kid": key.kid, "counts": counts}, counts_file(cfg, source))
     log.info("pseudonymised %s: %d rows, %d quarantined", source, counts["rows"], n_quarantined)
     return out
@@ -119,44 +118,76 @@ def write_token_files(tokens: pl.DataFrame, out: Path, source: str, metadata: di
     io.write_frame(records, load_contract("record_blocks"), record_blocks_path(out, source), metadata)
 
 
-def _write_tokens(raw: pl.LazyFrame, key: LinkageKey, source: str, out: Path) -> dict[str, int]:
-    """Tokenise the usable rows of `raw` into tokens/<source>.parquet (its token blocks) and
-    records/<source>.parquet (each row's block), in parts when it is big; return the identifier counts."""
-    tokens_path, records_path = blocks_path(out, source), record_blocks_path(out, source)
-    blocks_contract, records_contract = load_contract("token_blocks"), load_contract("record_blocks")
-    metadata = {**token_file_metadata(key.kid), "source": source}
-    keep = ~pl.col(SET_ASIDE)
-    parts = max(1, math.ceil(raw.select(pl.len()).collect().item() / ROWS_PER_PART))
-    if parts == 1:
-        records, blocks, counts = tokenise_blocks(raw, key, keep=keep)
-        io.sink_frame(blocks.lazy(), blocks_contract, tokens_path, metadata)
-        io.sink_frame(with_record_tokens(records, key, source), records_contract, records_path, metadata)
-        return counts
+def _metadata(key: LinkageKey, source: str) -> dict[str, str]:
+    return {**token_file_metadata(key.kid), "source": source}
 
-    # Parts by the date of birth: records with the same tokens have the same date of birth (the token
-    # spec's canonical date is one-to-one), so each token block falls in exactly one part, and the
-    # parts' blocks, numbered one after another, are still the source's distinct blocks.
-    part_of = pl.col("date_of_birth").hash(seed=0) % parts
-    folder = out / f".parts-{source}"
-    shutil.rmtree(folder, ignore_errors=True)
+
+def _write_token_blocks(
+    rows: pl.LazyFrame, key: LinkageKey, source: str, out: Path, parts: int, part_of: pl.Expr, folder: Path
+) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Tokenise the identifier blocks of `rows` (rows breaking a row rule count, but their blocks are
+    only tokenised if another row of theirs is kept), part by part; write tokens/<source>.parquet.
+    Return every block (`tokenise_blocks`) and the identifier counts over all rows."""
+    blocks_contract = load_contract("token_blocks")
+    keep = pl.col(_RULE).is_null()
+    if parts == 1:
+        table, blocks, counts = tokenise_blocks(rows, key, keep=keep)
+        io.sink_frame(blocks.lazy(), blocks_contract, blocks_path(out, source), _metadata(key, source))
+        return table, counts
+    tables: list[pl.DataFrame] = []
     totals: dict[str, int] = {}
     first_block = 0
-    try:
-        for part in range(parts):
-            records, blocks, counts = tokenise_blocks(raw.filter(part_of == part), key, keep=keep, first_block=first_block)
-            io.sink_frame(blocks.lazy(), blocks_contract, folder / f"tokens-{part:04d}.parquet")
-            io.sink_frame(with_record_tokens(records, key, source), records_contract, folder / f"records-{part:04d}.parquet")
-            first_block += blocks.height
-            totals = {k: totals.get(k, 0) + v for k, v in counts.items()}
-            del records, blocks
-        for name, contract, path in (("tokens", blocks_contract, tokens_path), ("records", records_contract, records_path)):
-            files = [folder / f"{name}-{part:04d}.parquet" for part in range(parts)]
-            io.sink_frame(pl.scan_parquet(files), contract, path, metadata)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(folder)
-    log.info("tokenised %s in %d parts", source, parts)
-    return totals
+    for part in range(parts):
+        table, blocks, counts = tokenise_blocks(rows.filter(part_of == part), key, keep=keep, first_block=first_block)
+        io.sink_frame(blocks.lazy(), blocks_contract, folder / f"tokens-{part:04d}.parquet")
+        first_block += blocks.height
+        totals = {k: totals.get(k, 0) + v for k, v in counts.items()}
+        tables.append(table)
+        del blocks
+    files = [folder / f"tokens-{part:04d}.parquet" for part in range(parts)]
+    io.sink_frame(pl.scan_parquet(files), blocks_contract, blocks_path(out, source), _metadata(key, source))
+    # Each block is in one part only, so the parts' tables together are the source's blocks.
+    return pl.concat(tables), totals
+
+
+def _write_rows(
+    cfg: RunConfig, rows: pl.LazyFrame, table: pl.DataFrame, key: LinkageKey, source: str, parts: int, part_of: pl.Expr, folder: Path
+) -> tuple[int, dict[str, int]]:
+    """Write records/<source>.parquet (each kept row's record token and block, part by part when in
+    parts), payload/<source>.parquet and the quarantine in one pass over `rows`; return the number
+    of rows set aside and their reasons.
+
+    Rows keep the order of the delivered extract (records part by part when in parts), so the same
+    extract always gives the same bytes without a sort, which would hold every row in memory at once.
+    """
+    # nulls_equal: a block with a missing identifier must still find itself. maintain_order: rows keep
+    # the input's order while the join still streams.
+    joined = rows.join(table.lazy(), on=list(IDENTIFIER_COLUMNS), how="left", nulls_equal=True, maintain_order="left")
+    # A row with no usable identifier is set aside for that; otherwise for the first row rule it breaks.
+    joined = joined.with_columns(pl.when(pl.col(UNUSABLE)).then(pl.lit(QUARANTINE_REASON)).otherwise(pl.col(_RULE)).alias(_REASON))
+    # One frame for every output of kept rows, so Polars makes each record token once for all of them.
+    kept = with_record_tokens(joined.filter(pl.col(_REASON).is_null()), key, source)
+    records_contract = load_contract("record_blocks")
+    sinks = [(kept, payload_contract(source), payload_file(cfg, source), None)]
+    if parts == 1:
+        sinks.append((kept, records_contract, record_blocks_path(cfg.pseudonymised_dir, source), _metadata(key, source)))
+    else:
+        sinks += [(kept.filter(part_of == p), records_contract, folder / f"records-{p:04d}.parquet", None) for p in range(parts)]
+    # Quarantined rows are few and written sorted, so they are collected.
+    columns = load_contract(source).column_names
+    set_aside = joined.filter(pl.col(_REASON).is_not_null()).select(*columns, pl.col(_REASON).alias("quarantine_reason"))
+    (quarantined,) = io.sink_frames(sinks, collect=[set_aside.sort("record_id")])
+    if parts > 1:
+        files = [folder / f"records-{p:04d}.parquet" for p in range(parts)]
+        io.sink_frame(pl.scan_parquet(files), records_contract, record_blocks_path(cfg.pseudonymised_dir, source), _metadata(key, source))
+
+    qpath = quarantine_file(cfg, source)
+    if quarantined.height:
+        io.sink_lazy(quarantined.lazy(), qpath, private=True)  # identifiable rows: 0600 in a 0700 folder
+    elif qpath.exists():
+        qpath.unlink()  # a rerun of the label must not leave the last run's quarantine behind
+    reasons = dict(sorted(quarantined.group_by("quarantine_reason").len().iter_rows())) if quarantined.height else {}
+    return quarantined.height, {str(k): int(v) for k, v in reasons.items()}
 
 
 def record_tokeniser(key: LinkageKey):
