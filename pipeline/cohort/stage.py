@@ -76,8 +76,16 @@ COHORT_STEPS: tuple[str, ...] = ("eligibility and service use", "propensity matc
 
 
 def build_cohort(cfg: RunConfig) -> Path:
-    """Build the cohort zone's tables; says every minute how far it is (pipeline.progress)."""
-    with Progress("cohort", total=len(COHORT_STEPS), unit="steps") as progress:
+    """Build the cohort zone's tables; says every minute how far it is (pipeline.progress).
+
+    The models (propensity, effect estimates) run on one BLAS thread. A threaded BLAS splits its sums
+    by the number of cores, so their last bits, and with them the bytes of the matches, cohort and
+    estimates tables, would depend on the machine; and on a busy machine its threads mostly wait for
+    each other (at 100 thousand people the stage took a quarter of the CPU time on one thread).
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"), Progress("cohort", total=len(COHORT_STEPS), unit="steps") as progress:
         return _build_cohort(cfg, progress)
 
 
