@@ -64,10 +64,16 @@ class PropensityModel:
         return {
             "converged": self.converged,
             "coefficients": [
-                {"term": t, "estimate": round(float(b), 6), "std_error": None if not np.isfinite(se) else round(float(se), 6)}
+                {"term": t, "estimate": _rounded(b), "std_error": None if not np.isfinite(se) else _rounded(se)}
                 for t, b, se in zip(terms, self.coef, self.std_error, strict=True)
             ],
         }
+
+
+def _rounded(value: float) -> float:
+    """`value` to 6 decimals, with no negative zero: a coefficient shrunk to nothing by the penalty
+    rounds to 0.0 whichever side of zero its last bits fell."""
+    return round(float(value), 6) + 0.0
 
 
 def fit_propensity(x: np.ndarray, y: np.ndarray, names: tuple[str, ...] | None = None) -> PropensityModel:

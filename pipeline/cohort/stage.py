@@ -83,6 +83,9 @@ def build_cohort(cfg: RunConfig) -> Path:
     estimates tables, would depend on the machine; and on a busy machine its threads mostly wait for
     each other (at 100 thousand people the stage took a quarter of the CPU time on one thread).
     """
+    # Every BLAS the models use must be loaded before it is limited, or it keeps its threads: numpy's,
+    # and scipy's own copy, which statsmodels brings in.
+    import statsmodels.api  # noqa: F401
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"), Progress("cohort", total=len(COHORT_STEPS), unit="steps") as progress:
