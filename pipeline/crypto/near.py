@@ -12,11 +12,11 @@ small set of fragments, and two values share a fragment exactly when they are cl
   deleted, once per position. Two names share a fragment when one is the other with a letter
   inserted or deleted, a letter changed, or two neighbouring letters swapped.
 
-Every fragment is salted with an initial (`|` and one letter) so that fragments meet only within
-people whose other name starts alike (section 7: the similarity graph the fragments reveal breaks into
-26 unconnected pieces): a forename's fragments with the surname's initial, a surname's with the first
-forename's initial, a date's and a postcode's with the surname's initial. A value, or its salt,
-missing: no fragments.
+Every fragment is salted (`|` and the salt) so that fragments meet only within people who share the
+salt (section 7: the similarity graph the fragments reveal breaks into unconnected pieces): a
+forename's fragments with the surname's initial, a surname's with the first forename's initial, a
+date's with the surname's initial, a postcode's with the year of birth (`YYYY`). A value, or its
+salt, missing: no fragments.
 
     >>> masked_fragments("1985-03-12", "S")[:3]
     ['1985-03-1_|S', '1985-03-_2|S', '1985-0_-12|S']

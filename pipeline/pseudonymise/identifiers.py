@@ -107,7 +107,10 @@ _NEAR_FORMS: dict[str, tuple[pl.Expr, pl.Expr, object]] = {
     "_f_tok_surname_near": (pl.col(_SURNAME), pl.col(_FIRST).str.head(1), near.name_fragments),
     "_f_tok_forename_near": (pl.col(_FIRST), pl.col(_SURNAME).str.head(1), near.name_fragments),
     "_f_tok_dob_near": (pl.col("_b_dob"), pl.col(_SURNAME).str.head(1), near.masked_fragments),
-    "_f_tok_postcode_near": (pl.col("_b_postcode"), pl.col(_SURNAME).str.head(1), near.masked_fragments),
+    # The year of birth, not an initial: a postcode one character off is common among strangers (units
+    # of one street differ in one character), and salted with an initial, agreement on it counted the
+    # surname's initial a second time (docs/token-spec.md section 7).
+    "_f_tok_postcode_near": (pl.col("_b_postcode"), pl.col("_b_dob").str.head(4), near.masked_fragments),
 }
 
 # A row with none of these can be linked to nobody, by any rank or by the probabilistic model (a name
