@@ -28,7 +28,8 @@ from pipeline.errors import KeyFileError
 from pipeline.settings import REPO_DIR
 
 VECTORS_DIR = Path(__file__).resolve().parent / "vectors"
-FIXED_KEY = b"pprl-v2 published TEST key #112."  # the published test key of tests/vectors/tokens_v3.json
+FIXED_KEY = b"pprl-v3 public TEST key #005227."  # the published test key of tests/vectors/tokens_v3.json
+V2_KEY = b"pprl-v2 published TEST key #112."  # that of tests/vectors/tokens_v2.json (spec v2, still valid)
 
 
 def _load(name: str):
@@ -62,12 +63,19 @@ def test_the_vectors_file_is_exactly_what_the_pipeline_makes():
 
 
 def test_version_3_left_every_version_2_token_as_it_was():
-    # The version 2 field keys (kid 0d4d68f2d7c66ade's, published in tokens_v2.json before version 3)
-    # and one token of each kind: version 3 added fields and changed none.
-    assert VECTORS["field_keys"]["nhs_number"].startswith("84d5703c") and VECTORS["vectors"][0]["token"].startswith("7cdc749b")
-    assert {f for f in FIELDS if field_key(LinkageKey(FIXED_KEY, key_id(FIXED_KEY)), f).hex() != reference.field_key(FIXED_KEY, f).hex()} == set()
-    near = [v for v in VECTORS["vectors"] if v["field"] in NEAR_FIELDS]
-    assert near and all(v["column"].endswith("_near") for v in near)
+    # Version 3 added fields and changed none: the pipeline and the v3 reference still make every
+    # field key, token and study ID of version 2's published vectors, under version 2's test key.
+    v2 = json.loads((VECTORS_DIR / "tokens_v2.json").read_text(encoding="utf-8"))
+    key = LinkageKey(V2_KEY, key_id(V2_KEY))
+    assert base64.b64decode(v2["key_file"]["key"]) == V2_KEY
+    for field, hex_key in v2["field_keys"].items():
+        assert field_key(key, field).hex() == reference.field_key(V2_KEY, field).hex() == hex_key
+    for v in v2["vectors"]:
+        assert reference.canonical_values(v["raw"])[v["column"]] == (v["field"], v["canonical"])
+        if v["canonical"] is not None:
+            assert tokenise(key, v["field"], v["canonical"]) == v["token"]
+    for v in v2["study_ids"]:
+        assert study_ids(key, v["release_label"], [v["participant_id"]]) == [v["study_id"]]
     assert {v["field"] for v in VECTORS["vectors"]} == set(FIELDS)
 
 
@@ -80,8 +88,9 @@ def test_no_vector_holds_ten_digits_a_scanner_could_take_for_an_nhs_number():
 
 
 def test_no_older_vectors_or_reference_are_left_beside_v3():
+    # tokens_v2.json stays: version 3 keeps every version 2 token, and the test above holds it to that.
     assert sorted(p.name for p in VECTORS_DIR.iterdir() if p.suffix in (".py", ".json")) == [
-        "make_tokens_v3.py", "reference_v3.py", "tokens_v3.json",
+        "make_tokens_v3.py", "reference_v3.py", "tokens_v2.json", "tokens_v3.json",
     ]  # fmt: skip
 
 

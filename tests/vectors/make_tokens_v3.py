@@ -8,7 +8,7 @@ from `pipeline.pseudonymise.identifiers` exactly as a run makes them. tests/test
 that this script still writes the checked-in file (so a change to a canonical form or a token
 cannot slip in unnoticed) and that tests/vectors/reference_v3.py, written from the spec alone,
 reproduces every vector. Version 3 left every version 2 field as it was, so the cases and vectors of
-version 2 are here unchanged (same key, same tokens), followed by the near-miss columns' cases; a
+version 2 are here (under this version's test key), followed by the near-miss columns' cases; a
 near-miss vector's canonical value and token are lists (its fragments, and their tokens, sorted).
 """
 
@@ -25,11 +25,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
 OUT = HERE / "tokens_v3.json"
-# Published, never for real data: 32 ASCII bytes, easy to type in any language. #112 is the first
-# number whose v2 vectors hold no run of ten digits, outside the 999 test range, that a data scanner
-# could take for an NHS number (tests/test_crypto.py checks it). Spec v1's vectors used #056, whose v2
-# vectors would hold such runs.
-TEST_KEY = b"pprl-v2 published TEST key #112."
+# Published, never for real data: 32 ASCII bytes, easy to type in any language. #005227 is the first
+# number whose v3 vectors hold no run of ten digits, outside the 999 test range, that a data scanner
+# could take for an NHS number (tests/test_crypto.py checks it); version 2's key (#112, whose vectors
+# stay in tokens_v2.json and still hold) would put such runs into the near-miss tokens.
+TEST_KEY = b"pprl-v3 public TEST key #005227."
 TEST_KEY_CREATED = "2026-01-01T00:00:00+00:00"
 
 FULL = {"nhs_number": "999 000 0018", "date_of_birth": "1950-03-07", "sex": "female", "postcode": "ls1 4ab",
