@@ -21,7 +21,7 @@ from pipeline.pseudonymise.identifiers import TOKEN_COLUMNS, canonical_forms
 from pipeline.settings import SOURCES, RunConfig
 from pipeline.zones import TOKEN_BLOCK, blocks_path, records_path
 
-FIXED_KEY = b"pprl-v2 published TEST key #112."  # the published test key of tests/vectors/tokens_v3.json
+FIXED_KEY = b"pprl-v3 public TEST key #005227."  # the published test key of tests/vectors/tokens_v3.json
 RECORD_KEY = record_token_key(LinkageKey(FIXED_KEY, key_id(FIXED_KEY)))
 IDENTIFIERS = ["nhs_number", "given_name", "family_name", "date_of_birth", "sex", "postcode"]
 STAND_ALONE = [c.name for c in TOKEN_COLUMNS if not is_composite(c.field)]
