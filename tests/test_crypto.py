@@ -504,3 +504,30 @@ def test_swapped_date_is_a_valid_different_date_or_null(d):
         assert out == dt.date(d.year, d.day, d.month).isoformat()
     else:
         assert out is None
+
+
+# --- near-miss fragments (token spec v3, section 3.8) -------------------------------------------------
+
+NAMES = st.text(alphabet=string.ascii_uppercase, min_size=5, max_size=12)
+
+
+@given(name=NAMES, edit=st.sampled_from(["insert", "delete", "change", "swap"]), where=st.integers(0, 10), letter=st.sampled_from(string.ascii_uppercase))
+def test_names_one_edit_apart_share_a_fragment(name, edit, where, letter):
+    i = where % (len(name) - 1)
+    other = {
+        "insert": name[:i] + letter + name[i:],
+        "delete": name[:i] + name[i + 1 :],
+        "change": name[:i] + letter + name[i + 1 :],
+        "swap": name[:i] + name[i + 1] + name[i] + name[i + 2 :],
+    }[edit]
+    assert set(near.name_fragments(name, "J")) & set(near.name_fragments(other, "J"))
+    assert not set(near.name_fragments(name, "J")) & set(near.name_fragments(other, "K"))  # another salt: nothing
+
+
+@given(a=st.dates(dt.date(1900, 1, 1), dt.date(2030, 1, 1)), b=st.dates(dt.date(1900, 1, 1), dt.date(2030, 1, 1)))
+def test_dates_share_a_fragment_exactly_when_at_most_one_digit_differs(a, b):
+    x, y = a.isoformat(), b.isoformat()
+    differing = sum(p != q for p, q in zip(x, y, strict=True))
+    shared = set(near.masked_fragments(x, "S")) & set(near.masked_fragments(y, "S"))
+    assert bool(shared) == (differing <= 1)
+    assert len(near.masked_fragments(x, "S")) == 8
