@@ -5,9 +5,11 @@ A whole-value token only says "equal" or "not"; a date of birth or postcode one 
 name typo that changes its Soundex code, then counts as plain disagreement. Each value here becomes a
 small set of fragments, and two values share a fragment exactly when they are close:
 
-- a date of birth (`YYYY-MM-DD`) or postcode unit: the value with one character replaced by `_`, once
-  per position (dates: the eight digits). Two values of equal length share a fragment exactly when
-  they differ in at most one position;
+- a postcode unit (or, for bench/near_graph.py only, a date of birth `YYYY-MM-DD`): the value with
+  one character other than `-` replaced by `_`, once per position. Two values of equal length share a
+  fragment exactly when they differ in at most one position. Token spec v3 has no date-of-birth
+  fragments: salted or not, at a million people they join the calendar into pieces a graph-matching
+  attack could decode (docs/token-spec.md section 7);
 - a canonical name of at least MIN_NAME_LENGTH letters: the name itself and the name with one letter
   deleted, once per position. Two names share a fragment when one is the other with a letter
   inserted or deleted, a letter changed, or two neighbouring letters swapped.
@@ -15,8 +17,7 @@ small set of fragments, and two values share a fragment exactly when they are cl
 Every fragment is salted (`|` and the salt) so that fragments meet only within people who share the
 salt (section 7: the similarity graph the fragments reveal breaks into unconnected pieces): a
 forename's fragments with the surname's initial, a surname's with the first forename's initial, a
-date's with the surname's initial, a postcode's with the year of birth (`YYYY`). A value, or its
-salt, missing: no fragments.
+postcode's with the year of birth (`YYYY`). A value, or its salt, missing: no fragments.
 
     >>> masked_fragments("1985-03-12", "S")[:3]
     ['1985-03-1_|S', '1985-03-_2|S', '1985-0_-12|S']
