@@ -86,10 +86,8 @@ def plaintext_settings(prior: float) -> dict[str, Any]:
     import splink.comparison_library as cl
 
     # Token spec v2 has no sex comparison (sex counts only in ours' dob|sex level), so neither has this.
-    # The postcode: the unit against every known address, as ours; without ours' near-miss level
-    # (token spec v3), so the yardstick is the one every earlier model was measured against.
+    # The postcode: the unit against every known address, as ours.
     postcode = comparisons()[3]
-    postcode["comparison_levels"] = [lvl for lvl in postcode["comparison_levels"] if "postcode_near" not in lvl["sql_condition"]]
     return {
         "link_type": "link_only",
         "unique_id_column_name": "uid",

@@ -35,7 +35,20 @@ sys.path.insert(0, str(HERE.parent))
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
+from pipeline.crypto import near  # noqa: E402
+
 PEOPLE_PER_POSTCODE = 40
+MASK = "_"
+
+
+def masked_fragments(value: str | None, salt: str | None) -> list[str] | None:
+    """The fragments a draft of token spec v3 made of a date of birth or postcode unit (dropped:
+    docs/token-spec.md section 7): the value with each character other than `-` replaced by `_` in
+    turn, each `|` salt, sorted. Two values of equal length share one exactly when they differ in at
+    most one position."""
+    if not value or not salt:
+        return None
+    return sorted({value[:i] + MASK + value[i + 1 :] + near.SALT_SEPARATOR + salt for i, ch in enumerate(value) if ch != "-"})
 REFERENCE_YEAR = 2026
 
 
@@ -88,9 +101,8 @@ def piece_sizes(fragments: list[list[str]]) -> np.ndarray:
 
 def salt_options(canon: pl.DataFrame) -> dict[str, tuple[pl.Series, callable, dict[str, pl.Series]]]:
     """Per near-miss column: the value, the fragment function, and the salts to compare (name ->
-    salt per row); the first is token spec v3's."""
-    from pipeline.crypto import near
-
+    salt per row); the first is token spec v3's (or its draft's, for the dropped date and postcode
+    columns)."""
     c = {k: canon.get_column(k) for k in ("tok_surname", "tok_forename_first", "tok_dob", "tok_postcode")}
     sur_i, fore_i, year = c["tok_surname"].str.head(1), c["tok_forename_first"].str.head(1), c["tok_dob"].str.head(4)
     sex = canon.get_column("sex").str.to_uppercase().str.head(1)
@@ -101,10 +113,10 @@ def salt_options(canon: pl.DataFrame) -> dict[str, tuple[pl.Series, callable, di
         "tok_forename_near": (c["tok_forename_first"], near.name_fragments, {
             "surname initial*": sur_i, "surname initial+sex": sur_i + sex, "surname initial+year of birth": sur_i + year,
             "none": pl.Series(["-"] * canon.height)}),
-        "tok_dob_near": (c["tok_dob"], near.masked_fragments, {
+        "tok_dob_near": (c["tok_dob"], masked_fragments, {
             "surname initial*": sur_i, "both initials": sur_i + fore_i, "surname initial+sex": sur_i + sex,
             "both initials+sex": sur_i + fore_i + sex, "surname": c["tok_surname"], "none": pl.Series(["-"] * canon.height)}),
-        "tok_postcode_near": (c["tok_postcode"], near.masked_fragments, {
+        "tok_postcode_near": (c["tok_postcode"], masked_fragments, {
             "year of birth*": year, "year of birth+sex": year + sex, "surname initial": sur_i, "none": pl.Series(["-"] * canon.height)}),
     }  # fmt: skip
 

@@ -94,12 +94,12 @@ def coded(key: str, rows: list[dict]) -> pl.DataFrame:
 
 def person(uid: int, nhs: int | None, **over) -> dict:
     # One person's tokens: surname 10 (phonetic with initial 11, near-miss [100, 101]), forenames 20
-    # (phonetic with initial 21, near-miss [200]), dob 30 (with sex 31), postcode 50 (near-miss [500]).
+    # (phonetic with initial 21, near-miss [200]), dob 30 (with sex 31), postcode 50.
     # `over` replaces any of them.
     base = {
         "tok_surname": 10, "tok_surname_phonetic_initial": 11, "tok_forename": 20, "tok_forename_first": 20,
         "tok_forename_phonetic_initial": 21, "tok_dob": 30, "tok_dob_sex": 31, "tok_postcode": 50,
-        "tok_surname_near": [100, 101], "tok_forename_near": [200], "tok_postcode_near": [500],
+        "tok_surname_near": [100, 101], "tok_forename_near": [200],
     }  # fmt: skip
     return {"uid": uid, "tok_nhs": nhs, **base, **over}
 
@@ -112,9 +112,10 @@ def scored(tmp_path_factory) -> dict[int, dict[int, float]]:
         [
             person(11, nhs=None),  # no NHS number, everything else as participant 1 (and 2's surname, dob)
             person(12, nhs=999),  # an NHS number that contradicts participant 1's
-            person(13, nhs=None, tok_postcode=59, tok_postcode_near=[590]),  # moved house
+            person(13, nhs=None, tok_postcode=59),  # moved house
             person(14, nhs=None, tok_dob=32, tok_dob_sex=33),  # day and month swapped: the date disagrees
-            person(16, nhs=None, tok_postcode=57, tok_postcode_near=[500, 570]),  # the postcode one character off
+            person(16, nhs=None, tok_surname=17, tok_surname_phonetic_initial=16, tok_surname_near=[101, 170]),  # surname one edit apart
+            person(17, nhs=None, tok_surname=19, tok_surname_phonetic_initial=18, tok_surname_near=[190]),  # another surname
             person(15, nhs=None, tok_surname=19, tok_surname_phonetic_initial=18, tok_dob=39, tok_dob_sex=38, tok_forename_phonetic_initial=26, tok_postcode=58),
         ],
     )
@@ -138,8 +139,8 @@ def test_agreement_raises_the_weight_and_each_fault_costs_less_than_disagreement
     full = scored[11][1]
     moved, swapped = scored[13][1], scored[14][1]
     assert full > moved > 0 and full > swapped > 0
-    # A postcode one character off (a shared near-miss token) costs less than one that disagrees.
-    assert full > scored[16][1] > moved
+    # A surname one edit apart (a shared near-miss token) costs less than one that disagrees.
+    assert full > scored[16][1] > scored[17][1]
     # Full agreement with 1 beats the same surname and dob with a different forename (participant 2).
     assert scored[11][1] > scored[11][2]
 

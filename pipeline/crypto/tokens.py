@@ -47,9 +47,8 @@ FIELDS: dict[str, str] = {
     "rank3": "nhs_number|date_of_birth_ym",
     "rank4": "nhs_number|postcode",
     "rank5": "date_of_birth|sex|postcode",
-    # Token spec v3: near-miss fragments (pipeline.crypto.near), each salted (none of the date of birth).
+    # Token spec v3: near-miss fragments (pipeline.crypto.near), names only, each salted with the other name's initial.
     "name_near": "a canonical name of 4 or more letters, or it with one letter deleted|the other name's initial",
-    "postcode_near": "postcode unit with one character replaced by _|the year of birth (YYYY)",
 }
 # The spec version whose `info` prefix derives each field's key: fields of version 2 keep theirs, so
 # their tokens (and the version 2 test vectors) are unchanged; a new field takes the version adding it.
@@ -80,8 +79,6 @@ DOMAINS: dict[str, int] = {
     "initials": 676,
     # Near-miss fragments (token spec v3): strings, not values; each counted with its position.
     "name_fragment": 700_000,  # a name or it less one letter: about 7 per name
-    "postcode_masked": 100_000,  # units in a study area, one of 5-7 characters masked
-    "year_of_birth": 100,
 }
 COMPOSITES: dict[str, tuple[str, ...]] = {
     "date_of_birth_sex": ("date_of_birth", "sex"),
@@ -93,7 +90,6 @@ COMPOSITES: dict[str, tuple[str, ...]] = {
     "rank4": ("nhs_number", "postcode"),
     "rank5": ("date_of_birth", "sex", "postcode"),
     "name_near": ("name_fragment", "initial"),
-    "postcode_near": ("postcode_masked", "year_of_birth"),
 }
 
 

@@ -10,8 +10,8 @@ Every comparison is agreement of tokens (a keyed hash hides how close two names 
 is expressed by agreement on coarser tokens, as ordered levels of one comparison (so correlated tokens
 are never counted twice): the full name, then the first forename, then its phonetic code with the
 other name's initial, then a shared near-miss token (token spec v3: the two values are one edit
-apart); the date of birth with sex, then the date alone (no near-miss level: docs/token-spec.md
-section 7); the postcode unit, then one character apart. Token
+apart); the date of birth with sex, then the date alone (no near-miss level for dates or postcodes:
+docs/token-spec.md section 7). Token
 spec v2 has no token of a field with few values (sex, postcode sector or district, initials, year and
 month of birth: docs/token-spec.md), so sex counts only beside the date of birth, and a postcode
 agrees as a unit or not at all. A forename and surname given the other way round is a level of
@@ -41,15 +41,14 @@ COMPARISON_COLUMNS: dict[str, str] = {
     # Token spec v3: near-miss tokens, lists; two values one edit apart share one (docs/token-spec.md 3.8).
     "surname_near": "tok_surname_near",
     "forename_near": "tok_forename_near",
-    "postcode_near": "tok_postcode_near",
 }
 # Every address a participant is known at: the register's, plus those on the participant's records
 # linked by NHS number (ranks 1-4). A record carries its one address in the same list form.
 ADDRESS_LISTS: dict[str, str] = {"postcodes": "postcode"}
 # 2: token spec v2 (no sex, sector, district, initials, swap or year-month tokens).
 # 3: blocking on the date of birth, the postcode, both Soundex tokens or swapped names; swapped-name levels.
-# 4: token spec v3; a "one edit apart" level below the exact levels of the name and postcode comparisons
-#    (near-miss tokens; none for the date of birth, docs/token-spec.md section 7).
+# 4: token spec v3; a "one edit apart" level below the exact levels of both name comparisons (near-miss
+#    tokens; none for dates of birth or postcodes, docs/token-spec.md section 7).
 MODEL_VERSION = "4"
 
 # A candidate pair is never formed where both sides have an NHS number and the numbers differ: the
@@ -186,7 +185,6 @@ def comparisons(tf: bool = True) -> list[dict[str, Any]]:
             "comparison_levels": [
                 _level('"postcodes_l" IS NULL OR "postcodes_r" IS NULL', "postcode missing", null=True),
                 _level(_shares("postcodes"), "postcode unit agrees"),
-                _level(_shares("postcode_near"), "postcode units one character apart (the record's and the register's), years of birth agree"),
                 _ELSE,
             ],
         },

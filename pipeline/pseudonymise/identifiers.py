@@ -92,11 +92,10 @@ TOKEN_COLUMNS: tuple[TokenColumn, ...] = (
     TokenColumn("tok_rank4", "rank4", _joined(_nhs, _postcode)),
     TokenColumn("tok_rank5", "rank5", _joined(_dob, _sex, _postcode)),
     # Token spec v3: near-miss fragments (pipeline.crypto.near), so values one edit apart can agree.
-    # None of the date of birth: its graph is the calendar's (docs/token-spec.md section 7). Each is
-    # salted; `_with_near_forms` makes them once per distinct value and salt.
+    # Names only: the similarity graphs of dates of birth and postcode units are the calendar's and the
+    # postcode map's, decodable at scale (docs/token-spec.md section 7). Each is salted; `_with_near_forms` makes them once per distinct value and salt.
     TokenColumn("tok_surname_near", "name_near", pl.col("_f_tok_surname_near"), is_set=True),
     TokenColumn("tok_forename_near", "name_near", pl.col("_f_tok_forename_near"), is_set=True),
-    TokenColumn("tok_postcode_near", "postcode_near", pl.col("_f_tok_postcode_near"), is_set=True),
 )
 TOKEN_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in TOKEN_COLUMNS)
 SET_TOKEN_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in TOKEN_COLUMNS if c.is_set)
@@ -106,10 +105,6 @@ SCALAR_TOKEN_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in TOKEN_COLUMNS
 _NEAR_FORMS: dict[str, tuple[pl.Expr, pl.Expr, object]] = {
     "_f_tok_surname_near": (pl.col(_SURNAME), pl.col(_FIRST).str.head(1), near.name_fragments),
     "_f_tok_forename_near": (pl.col(_FIRST), pl.col(_SURNAME).str.head(1), near.name_fragments),
-    # The year of birth, not an initial: a postcode one character off is common among strangers (units
-    # of one street differ in one character), and salted with an initial, agreement on it counted the
-    # surname's initial a second time (docs/token-spec.md section 7).
-    "_f_tok_postcode_near": (pl.col("_b_postcode"), pl.col("_b_dob").str.head(4), near.masked_fragments),
 }
 
 # A row with none of these can be linked to nobody, by any rank or by the probabilistic model (a name

@@ -112,10 +112,6 @@ CASES: list[tuple[str, dict[str, str]]] = [
     ("tok_forename_near", {"given_name": "Dr Zoë  Mary–Jane", "family_name": "Smith"}),  # the first forename, ZOE: none
     ("tok_forename_near", {"given_name": "Mary-Jane", "family_name": "O'Brien"}),
     ("tok_forename_near", {"given_name": "Mari", "family_name": "Obrien"}),  # shares MAR|O with Mary-Jane O'Brien's
-    ("tok_postcode_near", {"postcode": "ls1 4ab", "date_of_birth": "1950-03-07"}),
-    ("tok_postcode_near", {"postcode": "LS1 4AD", "date_of_birth": "1950-11-30"}),  # shares LS14A_|1950
-    ("tok_postcode_near", {"postcode": "SW1A 1AA", "date_of_birth": "1950-03-07"}),
-    ("tok_postcode_near", {"postcode": "LS1 4AB"}),  # no date of birth: none
 ]
 STUDY_IDS: list[tuple[str, str]] = [("2026-q1", "P0000001"), ("2026-q1", "P0000002"), ("2026-q2", "P0000001")]
 IDENTIFIERS = ("nhs_number", "given_name", "family_name", "date_of_birth", "sex", "postcode")

@@ -29,7 +29,7 @@ def kid(key: bytes) -> str:
 
 
 # Fields added by version 3 take the info prefix pprl/v3/; every version 2 field keeps pprl/v2/.
-V3_FIELDS = ("name_near", "postcode_near")
+V3_FIELDS = ("name_near",)
 
 
 def field_key(key: bytes, field: str) -> bytes:
@@ -182,22 +182,6 @@ def composite(*parts: str | None) -> str | None:
 # --- near-miss fragments (section 3.8) ----------------------------------------------------------------
 
 
-def one_masked(value: str | None, salt: str | None) -> list[str] | None:
-    """Postcode unit: one string per character that is not "-", with that character replaced by "_",
-    each followed by "|" and the salt (the year of birth); sorted, repeats removed. (A date of birth
-    has no near-miss fragments: section 7.)"""
-    if value is None or salt is None:
-        return None
-    out = set()
-    for i in range(len(value)):
-        if value[i] == "-":
-            continue
-        chars = list(value)
-        chars[i] = "_"
-        out.add("".join(chars) + "|" + salt)
-    return sorted(out)
-
-
 def one_deleted(name: str | None, initial: str | None) -> list[str] | None:
     """Canonical name of 4 letters or more: the name and the name without each letter in turn, each
     followed by "|" and the initial; sorted, repeats removed."""
@@ -235,7 +219,6 @@ def canonical_values(record: dict) -> dict[str, tuple[str, str | None]]:
         "tok_rank5": ("rank5", composite(d, s, p)),
         "tok_surname_near": ("name_near", one_deleted(sn, first and first[0])),
         "tok_forename_near": ("name_near", one_deleted(first, sn and sn[0])),
-        "tok_postcode_near": ("postcode_near", one_masked(p, d and d[:4])),
     }
 
 
