@@ -14,7 +14,7 @@ A profile's key is the hash of the codes of its *key columns*: the tokens every 
 from (NHS number, date of birth, date of birth with sex, postcode, surname, forenames). The others
 (phonetic codes with initials, NHS number with the date or the swapped date, the rank composites) are
 functions of those under the token spec, and so are spec v3's near-miss lists (each made from a
-name, date or postcode and a salt taken from a name or the date), so they add no distinctness and the pass that maps records to profiles need not read them. A clash
+name and a salt taken from the other name), so they add no distinctness and the pass that maps records to profiles need not read them. A clash
 of two profiles' keys, or derived tokens that differ under one key (files not made to the spec),
 is detected and refused.
 """

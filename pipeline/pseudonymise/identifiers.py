@@ -91,9 +91,10 @@ TOKEN_COLUMNS: tuple[TokenColumn, ...] = (
     TokenColumn("tok_rank3", "rank3", _joined(_nhs, pl.col(_DOB_YM))),
     TokenColumn("tok_rank4", "rank4", _joined(_nhs, _postcode)),
     TokenColumn("tok_rank5", "rank5", _joined(_dob, _sex, _postcode)),
-    # Token spec v3: near-miss fragments (pipeline.crypto.near), so values one edit apart can agree.
+    # Token spec v3: near-miss fragments (pipeline.crypto.near), so names one edit apart can agree.
     # Names only: the similarity graphs of dates of birth and postcode units are the calendar's and the
-    # postcode map's, decodable at scale (docs/token-spec.md section 7). Each is salted; `_with_near_forms` makes them once per distinct value and salt.
+    # postcode map's, decodable at scale (docs/token-spec.md section 7). Each is salted with the other
+    # name's initial; `_with_near_forms` makes them once per distinct value and salt.
     TokenColumn("tok_surname_near", "name_near", pl.col("_f_tok_surname_near"), is_set=True),
     TokenColumn("tok_forename_near", "name_near", pl.col("_f_tok_forename_near"), is_set=True),
 )
@@ -162,7 +163,7 @@ def _with_name_forms(lf: pl.LazyFrame) -> pl.LazyFrame:
 
 def _with_near_forms(lf: pl.LazyFrame) -> pl.LazyFrame:
     """`lf` (with base and name forms) with each near-miss column's fragments, made in Python once
-    per distinct (value, salt): a few tens of thousands of dates, postcodes and names."""
+    per distinct (value, salt): a few tens of thousands of names."""
     pairs = lf.select([pl.struct(v.alias("v"), s.alias("s")).unique().implode().alias(out) for out, (v, s, _) in _NEAR_FORMS.items()]).collect()
     for out, (value, salt, make) in _NEAR_FORMS.items():
         distinct = pairs.get_column(out).explode().struct.unnest().drop_nulls()
