@@ -45,14 +45,16 @@ sys.path.insert(0, str(HERE.parent))
 import polars as pl  # noqa: E402
 
 from linkage_inputs import prepare, record_tokens  # noqa: E402
-from pipeline.link.model import BLOCKING_RULES, TRAINING_RULES, ProbabilisticOptions, comparisons, with_nhs_rule  # noqa: E402
+from pipeline.link.model import BLOCKING_RULES, COMPARISON_COLUMNS, TRAINING_RULES, ProbabilisticOptions, comparisons, with_nhs_rule  # noqa: E402
 from pipeline.link.probabilistic import link_probabilistic, resolve_probabilistic, with_known_addresses  # noqa: E402
 from pipeline.link.quality import evaluate_against_truth, headline, in_probabilistic_scope  # noqa: E402
 from pipeline.settings import SOURCES, RunConfig  # noqa: E402
 from pipeline.zones import linkage_summary_file, persons_file, scan_record_tokens, study_persons_file  # noqa: E402
 
 RESULTS = HERE / "results" / "linkage_quality.json"
-PLAIN_COLUMNS = ["uid", "nhs", "surname", "surname_phonetic", "forename", "forename_first", "forename_phonetic", "dob", "dob_sex", "postcode"]
+# The model's columns in clear (the near-miss ones as their lists of fragments, which plaintext
+# Splink's comparisons never read; they are carried only because the model's tables have them).
+PLAIN_COLUMNS = ["uid", *COMPARISON_COLUMNS]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -84,6 +86,7 @@ def plaintext_settings(prior: float) -> dict[str, Any]:
     import splink.comparison_library as cl
 
     # Token spec v2 has no sex comparison (sex counts only in ours' dob|sex level), so neither has this.
+    # The postcode: the unit against every known address, as ours.
     postcode = comparisons()[3]
     return {
         "link_type": "link_only",

@@ -144,7 +144,8 @@ def scaling_exponents(results_dir: Path, largest: int | None = None) -> dict[str
     """Least-squares slope of log(seconds) on log(persons) per stage, over every size measured (or
     over the `largest` sizes only: fixed costs, such as importing GX, flatten the slope at 10k)."""
     runs = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
-    runs = sorted((r for r in runs if r.get("persons")), key=lambda r: r["persons"])
+    # Only this bench's results: linkage_quality*.json in the same folder also records "persons".
+    runs = sorted((r for r in runs if r.get("persons") and "stages" in r), key=lambda r: r["persons"])
     if largest:
         runs = runs[-largest:]
     if len({r["persons"] for r in runs}) < 2:

@@ -40,6 +40,9 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "float64": pa.float64(),
     "bool": pa.bool_(),
     "date": pa.date32(),
+    # A set of strings, sorted and without repeats (token spec v3's near-miss token columns); a
+    # `pattern` applies to every element.
+    "list[string]": pa.large_list(pa.large_string()),
 }
 POLARS_TYPES: dict[str, pl.DataType] = {
     "string": pl.String(),
@@ -50,6 +53,7 @@ POLARS_TYPES: dict[str, pl.DataType] = {
     "float64": pl.Float64(),
     "bool": pl.Boolean(),
     "date": pl.Date(),
+    "list[string]": pl.List(pl.String()),
 }
 # Arrow types a delivered file may use for a contract type; they are cast on read without loss.
 COMPATIBLE_ARROW_TYPES: dict[str, tuple[pa.DataType, ...]] = {
@@ -61,6 +65,9 @@ COMPATIBLE_ARROW_TYPES: dict[str, tuple[pa.DataType, ...]] = {
     "float64": (pa.float32(), pa.float64(), pa.int8(), pa.int16(), pa.int32()),
     "bool": (pa.bool_(),),
     "date": (pa.date32(), pa.date64()),
+    "list[string]": tuple(
+        outer(inner) for outer in (pa.list_, pa.large_list, pa.list_view, pa.large_list_view) for inner in (pa.string(), pa.large_string(), pa.string_view())
+    ),
 }
 
 
@@ -301,7 +308,10 @@ def _value_rule_exprs(contract: Contract, columns: set[str]) -> list[tuple[Colum
         if c.allowed is not None:
             allowed = pl.Series(list(c.allowed), dtype=c.polars_type)
             rules.append((c, "allowed values", (col.is_not_null() & ~col.is_in(allowed.implode())).sum()))
-        if c.pattern is not None:
+        if c.pattern is not None and c.type == "list[string]":
+            broken = col.list.eval(~pl.element().str.contains(f"^(?:{c.pattern})$").fill_null(False)).list.any()
+            rules.append((c, f"pattern {c.pattern}", (col.is_not_null() & broken).sum()))
+        elif c.pattern is not None:
             rules.append((c, f"pattern {c.pattern}", (col.is_not_null() & ~col.str.contains(f"^(?:{c.pattern})$")).sum()))
         for bound, op in ((c.min, "ge"), (c.max, "le")):
             if bound is None:

@@ -1,4 +1,4 @@
-"""Keys, canonical forms and tokens (token spec v2, docs/token-spec.md): the published test vectors,
+"""Keys, canonical forms and tokens (token spec v3, docs/token-spec.md): the published test vectors,
 an independent implementation, property tests of every canonical form, the fast HMAC path, and
 where keys come from."""
 
@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.crypto import hmac_pool, names, normalise
+from pipeline.crypto import hmac_pool, names, near, normalise
 from pipeline.crypto.hmac_batch import HmacSha256
 from pipeline.crypto.keys import LinkageKey, key_id, load_key, new_key_file, read_key_file
 from pipeline.crypto.tokens import FIELDS, field_key, study_ids, tokenise, tokenise_series
@@ -28,7 +28,8 @@ from pipeline.errors import KeyFileError
 from pipeline.settings import REPO_DIR
 
 VECTORS_DIR = Path(__file__).resolve().parent / "vectors"
-FIXED_KEY = b"pprl-v2 published TEST key #112."  # the published test key of tests/vectors/tokens_v2.json
+FIXED_KEY = b"pprl-v3 public TEST key #005227."  # the published test key of tests/vectors/tokens_v3.json
+V2_KEY = b"pprl-v2 published TEST key #112."  # that of tests/vectors/tokens_v2.json (spec v2, still valid)
 
 
 def _load(name: str):
@@ -38,14 +39,16 @@ def _load(name: str):
     return module
 
 
-reference = _load("reference_v2")
-VECTORS = json.loads((VECTORS_DIR / "tokens_v2.json").read_text(encoding="utf-8"))
+reference = _load("reference_v3")
+VECTORS = json.loads((VECTORS_DIR / "tokens_v3.json").read_text(encoding="utf-8"))
+NEAR_FIELDS = ("name_near",)  # added by version 3 (info pprl/v3/)
 
 
 def independent_token(key: bytes, field: str, value: str) -> str:
     """The spec, written out with the standard library only: HKDF-SHA256 (RFC 5869) then HMAC."""
+    version = b"v3" if field in NEAR_FIELDS else b"v2"
     prk = hmac.new(b"\x00" * 32, key, hashlib.sha256).digest()  # extract with the default all-zero salt
-    okm = hmac.new(prk, b"pprl/v2/" + field.encode() + b"\x01", hashlib.sha256).digest()  # expand, one block
+    okm = hmac.new(prk, b"pprl/" + version + b"/" + field.encode() + b"\x01", hashlib.sha256).digest()  # expand, one block
     return hmac.new(okm, value.encode(), hashlib.sha256).hexdigest()
 
 
@@ -54,22 +57,40 @@ def independent_token(key: bytes, field: str, value: str) -> str:
 
 def test_the_vectors_file_is_exactly_what_the_pipeline_makes():
     # A change to a canonical form or a token shows up here; regenerate deliberately with
-    # `python tests/vectors/make_tokens_v2.py` and say why in the change.
-    maker = _load("make_tokens_v2")
-    assert maker.render(maker.build()) == (VECTORS_DIR / "tokens_v2.json").read_text(encoding="utf-8")
+    # `python tests/vectors/make_tokens_v3.py` and say why in the change.
+    maker = _load("make_tokens_v3")
+    assert maker.render(maker.build()) == (VECTORS_DIR / "tokens_v3.json").read_text(encoding="utf-8")
+
+
+def test_version_3_left_every_version_2_token_as_it_was():
+    # Version 3 added fields and changed none: the pipeline and the v3 reference still make every
+    # field key, token and study ID of version 2's published vectors, under version 2's test key.
+    v2 = json.loads((VECTORS_DIR / "tokens_v2.json").read_text(encoding="utf-8"))
+    key = LinkageKey(V2_KEY, key_id(V2_KEY))
+    assert base64.b64decode(v2["key_file"]["key"]) == V2_KEY
+    for field, hex_key in v2["field_keys"].items():
+        assert field_key(key, field).hex() == reference.field_key(V2_KEY, field).hex() == hex_key
+    for v in v2["vectors"]:
+        assert reference.canonical_values(v["raw"])[v["column"]] == (v["field"], v["canonical"])
+        if v["canonical"] is not None:
+            assert tokenise(key, v["field"], v["canonical"]) == v["token"]
+    for v in v2["study_ids"]:
+        assert study_ids(key, v["release_label"], [v["participant_id"]]) == [v["study_id"]]
+    assert {v["field"] for v in VECTORS["vectors"]} == set(FIELDS)
 
 
 def test_no_vector_holds_ten_digits_a_scanner_could_take_for_an_nhs_number():
     # The vectors are published: a run of ten digits (as a privacy scanner reads them, 3-3-4 spacing
     # allowed) outside the 999 test range, inside a hex token, would look like a real NHS number.
     nhs_like = re.compile(r"(?<![0-9])[0-9]{3}[ -]?[0-9]{3}[ -]?[0-9]{4}(?![0-9])")
-    text = (VECTORS_DIR / "tokens_v2.json").read_text(encoding="utf-8")
+    text = (VECTORS_DIR / "tokens_v3.json").read_text(encoding="utf-8")
     assert [m.group() for m in nhs_like.finditer(text) if not re.sub("[ -]", "", m.group()).startswith("999")] == []
 
 
-def test_no_v1_vectors_or_reference_are_left_beside_v2():
+def test_no_older_vectors_or_reference_are_left_beside_v3():
+    # tokens_v2.json stays: version 3 keeps every version 2 token, and the test above holds it to that.
     assert sorted(p.name for p in VECTORS_DIR.iterdir() if p.suffix in (".py", ".json")) == [
-        "make_tokens_v2.py", "reference_v2.py", "tokens_v2.json",
+        "make_tokens_v3.py", "reference_v3.py", "tokens_v2.json", "tokens_v3.json",
     ]  # fmt: skip
 
 
@@ -90,6 +111,10 @@ def test_field_keys_match_the_independent_implementations():
 def test_the_reference_implementation_reproduces_every_vector(vector):
     field, canonical = reference.canonical_values(vector["raw"])[vector["column"]]
     assert (field, canonical) == (vector["field"], vector["canonical"])
+    if isinstance(canonical, list):  # a near-miss column: the sorted tokens of its fragments
+        assert vector["token"] == reference.set_token(FIXED_KEY, field, canonical)
+        assert vector["token"] == sorted({independent_token(FIXED_KEY, field, f) for f in canonical})
+        return
     expected = None if canonical is None else reference.token(FIXED_KEY, field, canonical)
     assert vector["token"] == expected
     if canonical is not None:
@@ -108,6 +133,7 @@ def _scalar_canonical(column: str, raw: dict) -> str | None:
         return None if None in parts else "|".join(parts)
 
     date, swap = normalise.canonical_date(dob), normalise.canonical_date_swapped(dob)
+    first_initial, surname_initial = first and first[0], surname and surname[0]
     return {
         "tok_nhs": nhs, "tok_dob": date, "tok_dob_sex": joined(date, sex), "tok_postcode": pc,
         "tok_surname": surname, "tok_forename": full, "tok_forename_first": first,
@@ -120,6 +146,8 @@ def _scalar_canonical(column: str, raw: dict) -> str | None:
         "tok_rank3": joined(nhs, normalise.canonical_date_ym(dob)),
         "tok_rank4": joined(nhs, pc),
         "tok_rank5": joined(date, sex, pc),
+        "tok_surname_near": near.name_fragments(surname, first_initial),
+        "tok_forename_near": near.name_fragments(first, surname_initial),
     }[column]  # fmt: skip
 
 
@@ -127,8 +155,11 @@ def _scalar_canonical(column: str, raw: dict) -> str | None:
 def test_the_scalar_canonical_forms_agree_with_the_vectors(vector):
     canonical = _scalar_canonical(vector["column"], vector["raw"])
     assert canonical == vector["canonical"]
-    if canonical is not None:
-        assert tokenise(LinkageKey(FIXED_KEY, key_id(FIXED_KEY)), vector["field"], canonical) == vector["token"]
+    key = LinkageKey(FIXED_KEY, key_id(FIXED_KEY))
+    if isinstance(canonical, list):
+        assert sorted({tokenise(key, vector["field"], f) for f in canonical}) == vector["token"]
+    elif canonical is not None:
+        assert tokenise(key, vector["field"], canonical) == vector["token"]
 
 
 ANY_TEXT = st.one_of(st.none(), st.text(max_size=16), st.text(alphabet=string.digits + " -abcdefXYZ\u00a0\u2003ÄäÖøß'’.", max_size=14))
@@ -269,7 +300,7 @@ def test_the_key_loads_from_the_airflow_connection_password_or_extra(tmp_path):
 # --- tokens and the fast HMAC path ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("field,value", [("nhs_number", "9990000018"), ("date_of_birth", "1950-01-02"), ("postcode", "LS14AB"), ("date_of_birth_sex", "1950-01-02|F")])
+@pytest.mark.parametrize("field,value", [("nhs_number", "9990000018"), ("date_of_birth", "1950-01-02"), ("postcode", "LS14AB"), ("date_of_birth_sex", "1950-01-02|F"), ("name_near", "SMTH|M")])
 def test_tokens_match_an_independent_implementation_of_the_spec(field, value):
     key = LinkageKey(key=FIXED_KEY, kid=key_id(FIXED_KEY))
     assert tokenise(key, field, value) == independent_token(FIXED_KEY, field, value)
@@ -471,3 +502,21 @@ def test_swapped_date_is_a_valid_different_date_or_null(d):
         assert out == dt.date(d.year, d.day, d.month).isoformat()
     else:
         assert out is None
+
+
+# --- near-miss fragments (token spec v3, section 3.8) -------------------------------------------------
+
+NAMES = st.text(alphabet=string.ascii_uppercase, min_size=5, max_size=12)
+
+
+@given(name=NAMES, edit=st.sampled_from(["insert", "delete", "change", "swap"]), where=st.integers(0, 10), letter=st.sampled_from(string.ascii_uppercase))
+def test_names_one_edit_apart_share_a_fragment(name, edit, where, letter):
+    i = where % (len(name) - 1)
+    other = {
+        "insert": name[:i] + letter + name[i:],
+        "delete": name[:i] + name[i + 1 :],
+        "change": name[:i] + letter + name[i + 1 :],
+        "swap": name[:i] + name[i + 1] + name[i] + name[i + 2 :],
+    }[edit]
+    assert set(near.name_fragments(name, "J")) & set(near.name_fragments(other, "J"))
+    assert not set(near.name_fragments(name, "J")) & set(near.name_fragments(other, "K"))  # another salt: nothing

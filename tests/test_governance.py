@@ -158,6 +158,17 @@ def test_a_study_id_that_is_a_token_is_refused(cfg, published) -> None:
     assert token not in message
 
 
+def test_a_study_id_that_is_a_near_miss_token_is_refused(cfg, published) -> None:
+    # Token spec v3's near-miss columns are lists: every element is checked, not the list as a whole.
+    column = pl.read_parquet(cfg.pseudonymised_dir / "persons.parquet", columns=["tok_surname_near"]).get_column("tok_surname_near")
+    token = column.drop_nulls()[0][-1]
+    stage_release(cfg)
+    tamper(cfg, "cohort", lambda df: df.with_columns(pl.when(FIRST_ROW).then(pl.lit(token)).otherwise(pl.col("study_id")).alias("study_id")))
+    message = refused(cfg, published)
+    assert "persons.parquet, column tok_surname_near: rule 'study IDs are not tokens' broken: 1 study ID(s)" in message
+    assert token not in message
+
+
 def test_a_failed_critical_expectation_is_refused(cfg, published) -> None:
     stage_release(cfg)
     tamper(cfg, "cohort", lambda df: df.with_columns(propensity_score=pl.col("propensity_score") + 2.0))

@@ -82,19 +82,24 @@ def hand_set_model() -> dict:
 
 
 TOKENS = list(COMPARISON_COLUMNS.values())
+# Token spec v3's near-miss columns hold lists of tokens (coded: lists of codes).
+SETS = {c.name for c in load_contract("token_blocks").columns if c.type == "list[string]"}
 
 
 def coded(key: str, rows: list[dict]) -> pl.DataFrame:
     """A coded table: `key` (uid) and every token column, unspecified tokens null."""
-    return pl.DataFrame([{key: r[key], **{t: r.get(t) for t in TOKENS}} for r in rows], schema={key: pl.UInt64, **dict.fromkeys(TOKENS, pl.UInt64)})
+    schema = {key: pl.UInt64, **{t: pl.List(pl.UInt64) if t in SETS else pl.UInt64 for t in TOKENS}}
+    return pl.DataFrame([{key: r[key], **{t: r.get(t) for t in TOKENS}} for r in rows], schema=schema)
 
 
 def person(uid: int, nhs: int | None, **over) -> dict:
-    # One person's tokens: surname 10 (phonetic with initial 11), forenames 20 (phonetic with initial
-    # 21), dob 30 (with sex 31), postcode 50. `over` replaces any of them.
+    # One person's tokens: surname 10 (phonetic with initial 11, near-miss [100, 101]), forenames 20
+    # (phonetic with initial 21, near-miss [200]), dob 30 (with sex 31), postcode 50.
+    # `over` replaces any of them.
     base = {
         "tok_surname": 10, "tok_surname_phonetic_initial": 11, "tok_forename": 20, "tok_forename_first": 20,
         "tok_forename_phonetic_initial": 21, "tok_dob": 30, "tok_dob_sex": 31, "tok_postcode": 50,
+        "tok_surname_near": [100, 101], "tok_forename_near": [200],
     }  # fmt: skip
     return {"uid": uid, "tok_nhs": nhs, **base, **over}
 
@@ -109,6 +114,8 @@ def scored(tmp_path_factory) -> dict[int, dict[int, float]]:
             person(12, nhs=999),  # an NHS number that contradicts participant 1's
             person(13, nhs=None, tok_postcode=59),  # moved house
             person(14, nhs=None, tok_dob=32, tok_dob_sex=33),  # day and month swapped: the date disagrees
+            person(16, nhs=None, tok_surname=17, tok_surname_phonetic_initial=16, tok_surname_near=[101, 170]),  # surname one edit apart
+            person(17, nhs=None, tok_surname=19, tok_surname_phonetic_initial=18, tok_surname_near=[190]),  # another surname
             person(15, nhs=None, tok_surname=19, tok_surname_phonetic_initial=18, tok_dob=39, tok_dob_sex=38, tok_forename_phonetic_initial=26, tok_postcode=58),
         ],
     )
@@ -132,6 +139,8 @@ def test_agreement_raises_the_weight_and_each_fault_costs_less_than_disagreement
     full = scored[11][1]
     moved, swapped = scored[13][1], scored[14][1]
     assert full > moved > 0 and full > swapped > 0
+    # A surname one edit apart (a shared near-miss token) costs less than one that disagrees.
+    assert full > scored[16][1] > scored[17][1]
     # Full agreement with 1 beats the same surname and dob with a different forename (participant 2).
     assert scored[11][1] > scored[11][2]
 
@@ -202,6 +211,10 @@ def _tokenised(lf: pl.LazyFrame, keep: list[str]) -> pl.DataFrame:
     out = df.select(keep)
     for c in TOKEN_COLUMNS:
         values = df.get_column(c.name)
+        if c.is_set:  # a near-miss column: the list of its fragments' tokens, sorted
+            sets = [None if v is None else sorted({hashlib.sha256(f"{c.field}|{f}".encode()).hexdigest() for f in v}) for v in values.to_list()]
+            out = out.with_columns(pl.Series(c.name, sets, dtype=pl.List(pl.String)))
+            continue
         distinct = values.drop_nulls().unique()
         lookup = dict(zip(distinct.to_list(), [hashlib.sha256(f"{c.field}|{v}".encode()).hexdigest() for v in distinct.to_list()], strict=True))
         out = out.with_columns(values.replace_strict(lookup, default=None, return_dtype=pl.String).alias(c.name))

@@ -133,8 +133,13 @@ def _parquet_leaks(path: Path, ids: dict[str, set[str]]) -> list[str]:
     meta = pq.read_schema(path).metadata or {}
     found += leaks_in_text(" ".join(v.decode("utf-8", "replace") for v in meta.values()), ids)
     df = pl.read_parquet(path)
-    for col in df.select(pl.col(pl.String)).columns:
-        cells = df.get_column(col).drop_nulls().unique()
+    # Text columns, Categorical ones and lists of either (near-miss tokens): each list element is a cell.
+    text = df.select(pl.col(pl.String, pl.Categorical, pl.List(pl.String), pl.List(pl.Categorical)))
+    for col in text.columns:
+        cells = text.get_column(col)
+        if isinstance(cells.dtype, pl.List):
+            cells = cells.explode()
+        cells = cells.cast(pl.String).drop_nulls().unique()
         if cells.is_in(pl.Series(sorted(ids["names"])).implode()).any():
             found.append(f"name (whole cell, column {col})")
         found += leaks_in_text("\n".join(cells.to_list()), {**ids, "names": set()})
@@ -152,6 +157,11 @@ def test_the_scan_finds_planted_identifiers_and_ignores_tokens(run, tmp_path):
     planted = tmp_path / "planted.parquet"
     pl.DataFrame({"note": ["ok", short_name], "code": [f"x{nhs}", f"see {nhs}"]}).write_parquet(planted)
     assert sorted(set(_parquet_leaks(planted, ids))) == ["NHS number", "name (whole cell, column note)"]
+    in_lists = tmp_path / "planted_lists.parquet"
+    pl.DataFrame(
+        {"near": [["ab12", short_name], None], "pcs": [[], [f"at {pc}"]], "cat": pl.Series(["ok", nhs], dtype=pl.Categorical)}
+    ).write_parquet(in_lists)
+    assert sorted(set(_parquet_leaks(in_lists, ids))) == ["NHS number", "name (whole cell, column near)", "postcode"]
 
 
 def test_no_parquet_file_outside_raw_has_an_identifier_column(run):

@@ -28,14 +28,14 @@ from pipeline.pseudonymise.records import QUARANTINE_REASON
 from pipeline.settings import SOURCES, RunConfig
 from pipeline.zones import blocks_path, payload_file, records_path, persons_file, scan_record_tokens, study_persons_file
 
-FIXED_KEY = b"pprl-v2 published TEST key #112."  # the published test key of tests/vectors/tokens_v2.json
+FIXED_KEY = b"pprl-v3 public TEST key #005227."  # the published test key of tests/vectors/tokens_v3.json
 TOKEN_COLUMNS = list(load_contract("token_blocks").column_names[1:])
 IDENTIFIERS = ["nhs_number", "given_name", "family_name", "date_of_birth", "sex", "postcode"]
 
 
 def _reference():
-    path = Path(__file__).resolve().parent / "vectors" / "reference_v2.py"
-    spec = importlib.util.spec_from_file_location("reference_v2", path)
+    path = Path(__file__).resolve().parent / "vectors" / "reference_v3.py"
+    spec = importlib.util.spec_from_file_location("reference_v3", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -279,7 +279,7 @@ def _with_record_tokens(delivered: pl.DataFrame, source: str) -> pl.DataFrame:
 
 
 def test_an_independent_implementation_reproduces_every_token_in_the_pseudonymised_zone(synthetic):
-    """tests/vectors/reference_v2.py (HKDF and HMAC from `cryptography`, nothing from `pipeline`),
+    """tests/vectors/reference_v3.py (HKDF and HMAC from `cryptography`, nothing from `pipeline`),
     given each row's raw identifiers, makes exactly the tokens the stage wrote."""
     base, cfg = synthetic
     raw = cfg.raw
@@ -356,22 +356,22 @@ def test_linking_tokens_made_under_a_different_kid_is_refused(synthetic, tmp_pat
 
 
 def test_linking_tokens_of_another_token_spec_version_is_refused(synthetic, tmp_path):
-    # A token file from spec v1 (or one recording no version) among v2 files: same key, but its tokens
-    # hash other canonical values under other field keys, so they must never meet.
+    # A token file from spec v2 (or one recording no version) among v3 files: same key, but it lacks
+    # the near-miss tokens (and a v1 file hashes other canonical values), so they must never meet.
     from pipeline.errors import TokenSpecMismatchError
     from pipeline.link.stage import run_link
 
     base, cfg = synthetic
     other = config(base, "mixed-specs", base / "key.json")
     shutil.copytree(cfg.pseudonymised_dir, other.pseudonymised_dir)
-    for path, spec in ((blocks_path(other.pseudonymised_dir, "gp_events"), "v1"), (other.pseudonymised_dir / "persons.parquet", None)):
+    for path, spec in ((blocks_path(other.pseudonymised_dir, "gp_events"), "v2"), (other.pseudonymised_dir / "persons.parquet", None)):
         metadata = {k: v for k, v in io.parquet_metadata(path).items() if k != "pprl_spec"} | ({"pprl_spec": spec} if spec else {})
         pl.read_parquet(path).write_parquet(path, metadata=metadata)
     with pytest.raises(TokenSpecMismatchError) as err:
         run_link(other)
     assert str(err.value) == (
-        "tokens were made under a token spec other than v2 (gp_events: v1/v2, persons: none); "
-        "re-pseudonymise every source with this pipeline (token spec v2) before linking"
+        "tokens were made under a token spec other than v3 (gp_events: v2/v3, persons: none); "
+        "re-pseudonymise every source with this pipeline (token spec v3) before linking"
     )
     assert not (other.linked_dir / "link_map.parquet").exists()
 
@@ -380,7 +380,7 @@ def test_every_token_file_records_the_token_spec_version(synthetic):
     _, cfg = synthetic
     d = cfg.pseudonymised_dir
     files = [d / "persons.parquet"] + [blocks_path(d, s) for s in SOURCES] + [records_path(d, s) for s in SOURCES]
-    assert {io.parquet_metadata(p)["pprl_spec"] for p in files} == {"v2"}
+    assert {io.parquet_metadata(p)["pprl_spec"] for p in files} == {"v3"}
 
 
 def test_a_missing_day_and_month_swap_is_not_told_by_a_missing_token(synthetic):

@@ -119,6 +119,8 @@ def clean_frame(dataset: str, rows: int = 3) -> pl.DataFrame:
             values = [OVERRIDES[dataset][c.name]] * rows
         elif c.allowed is not None:
             values = [c.allowed[i % len(c.allowed)] for i in range(rows)]
+        elif c.type == "list[string]":  # token spec v3's near-miss tokens: sorted lists
+            values = [sorted({pattern_example(c.pattern, i + 1), pattern_example(c.pattern, i + 2)}) for i in range(rows)]
         elif c.pattern is not None:
             values = [pattern_example(c.pattern, i + 1) for i in range(rows)]
         elif c.type == "date":
@@ -510,7 +512,11 @@ def test_column_groups_give_what_one_whole_frame_run_gives(tmp_path: Path, datas
     broken = clean.with_columns(
         [pl.when(row == 1).then(None).otherwise(pl.col(c.name)).alias(c.name) for c in contract.columns if not c.nullable]
     ).with_columns(
-        [pl.when(row == 2).then(pl.lit("not it")).otherwise(pl.col(c.name)).alias(c.name) for c in contract.columns if c.pattern]
+        [
+            pl.when(row == 2).then(pl.lit(["not it"] if c.type == "list[string]" else "not it")).otherwise(pl.col(c.name)).alias(c.name)
+            for c in contract.columns
+            if c.pattern
+        ]
     )
     context = docs.ephemeral_context(Path(tempfile.mkdtemp(dir=tmp_path)))
     batch_definition = context.data_sources.add_pandas("p").add_dataframe_asset(dataset).add_batch_definition_whole_dataframe(dataset)

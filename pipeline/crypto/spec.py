@@ -3,12 +3,12 @@ carry it and the key id. Key-free on purpose: the link stage reads these names t
 under another key or spec, and must not import the code that holds the key (tests/test_key_boundary.py).
 
     >>> token_file_metadata("bf991a618eff74c0")
-    {'pprl_kid': 'bf991a618eff74c0', 'pprl_spec': 'v2'}
+    {'pprl_kid': 'bf991a618eff74c0', 'pprl_spec': 'v3'}
 """
 
 from __future__ import annotations
 
-SPEC_VERSION = "v2"
+SPEC_VERSION = "v3"
 # Parquet metadata keys every token file carries: the key id and the spec version its tokens follow.
 KID_METADATA, SPEC_METADATA = "pprl_kid", "pprl_spec"
 

@@ -1,6 +1,9 @@
-"""Tokens, token spec v2 (docs/token-spec.md): HMAC-SHA256 under a per-field key derived with HKDF-SHA256.
+"""Tokens, token spec v3 (docs/token-spec.md): HMAC-SHA256 under a per-field key derived with HKDF-SHA256.
 
-    field key = HKDF-SHA256(key, length=32, salt=None, info=b"pprl/v2/" + FIELD)
+    field key = HKDF-SHA256(key, length=32, salt=None, info=b"pprl/" + VERSION + b"/" + FIELD)
+
+VERSION is the spec version that introduced the field (`FIELD_VERSIONS`): v2 for every field of
+version 2, whose tokens version 3 leaves unchanged, and v3 for the near-miss fields.
     token     = hex(HMAC-SHA256(field key, canonical value as UTF-8))
 
 Composite fields join their canonical parts with "|". Release study IDs use a separate derivation
@@ -44,7 +47,14 @@ FIELDS: dict[str, str] = {
     "rank3": "nhs_number|date_of_birth_ym",
     "rank4": "nhs_number|postcode",
     "rank5": "date_of_birth|sex|postcode",
+    # Token spec v3: near-miss fragments (pipeline.crypto.near), names only, each salted with the other name's initial.
+    "name_near": "a canonical name of 4 or more letters, or it with one letter deleted|the other name's initial",
 }
+# The spec version whose `info` prefix derives each field's key: fields of version 2 keep theirs, so
+# their tokens (and the version 2 test vectors) are unchanged; a new field takes the version adding it.
+FIELD_VERSIONS: dict[str, str] = {f: ("v3" if f.endswith("_near") else "v2") for f in FIELDS}
+# Release study IDs and record tokens keep version 2's derivation (nothing about them changed).
+_STABLE_INFO_VERSION = "v2"
 COMPOSITE_SEPARATOR = "|"
 
 # A token keeps its value from anyone without the key, not how often it occurs: the k-th most frequent
@@ -67,6 +77,8 @@ DOMAINS: dict[str, int] = {
     "name_soundex": 8_918,  # every Soundex code there is; far fewer are in use
     "initial": 26,
     "initials": 676,
+    # Near-miss fragments (token spec v3): strings, not values; each counted with its position.
+    "name_fragment": 700_000,  # a name or it less one letter: about 7 per name
 }
 COMPOSITES: dict[str, tuple[str, ...]] = {
     "date_of_birth_sex": ("date_of_birth", "sex"),
@@ -77,6 +89,7 @@ COMPOSITES: dict[str, tuple[str, ...]] = {
     "rank3": ("nhs_number", "date_of_birth_ym"),
     "rank4": ("nhs_number", "postcode"),
     "rank5": ("date_of_birth", "sex", "postcode"),
+    "name_near": ("name_fragment", "initial"),
 }
 
 
@@ -98,8 +111,8 @@ def _hkdf(key: bytes, info: bytes) -> bytes:
 @lru_cache(maxsize=256)
 def _field_key(key: bytes, field: str) -> bytes:
     if field not in FIELDS:
-        raise ValueError(f"no token field {field!r}; token spec v2 fields are {tuple(FIELDS)}")
-    return _hkdf(key, b"pprl/" + SPEC_VERSION.encode() + b"/" + field.encode())
+        raise ValueError(f"no token field {field!r}; token spec {SPEC_VERSION} fields are {tuple(FIELDS)}")
+    return _hkdf(key, b"pprl/" + FIELD_VERSIONS[field].encode() + b"/" + field.encode())
 
 
 def field_key(key: LinkageKey, field: str) -> bytes:
@@ -129,7 +142,7 @@ def tokenise_series(key: LinkageKey, field: str, canonical: pl.Series) -> pl.Ser
 
 
 def release_key(key: LinkageKey, release_label: str) -> bytes:
-    return _hkdf(key.key, b"pprl/" + SPEC_VERSION.encode() + b"/release/" + release_label.encode("utf-8"))
+    return _hkdf(key.key, b"pprl/" + _STABLE_INFO_VERSION.encode() + b"/release/" + release_label.encode("utf-8"))
 
 
 def study_ids(key: LinkageKey, release_label: str, participant_ids: list[str]) -> list[str]:
@@ -144,7 +157,7 @@ def study_ids(key: LinkageKey, release_label: str, participant_ids: list[str]) -
 # link map and the payload files need a key per record to join on, and a provider's own ID in clear
 # would let anyone holding the provider's extract (or its later deliveries) read off which of its
 # records are a participant's. Keyed, only the key holder can go from a record ID to its token.
-RECORD_FIELD_INFO = f"pprl/{SPEC_VERSION}/record".encode()
+RECORD_FIELD_INFO = f"pprl/{_STABLE_INFO_VERSION}/record".encode()
 
 
 def record_token_key(key: LinkageKey) -> bytes:

@@ -6,10 +6,12 @@ them (the plan kept apart from running it, as Splink itself does).
 schemas/_tokens.yaml: rename a token column there and nothing else changes. Inside Splink every
 column carries the model's name, so a saved model reads the same whatever the tokens are called.
 
-Every comparison is exact agreement of tokens (a keyed hash hides how close two names are), so
-closeness is expressed by agreement on coarser tokens, as ordered levels of one comparison (so
-correlated tokens are never counted twice): the full name, then the first forename, then its
-phonetic code with the other name's initial; the date of birth with sex, then the date alone. Token
+Every comparison is agreement of tokens (a keyed hash hides how close two names are), so closeness
+is expressed by agreement on coarser tokens, as ordered levels of one comparison (so correlated tokens
+are never counted twice): the full name, then the first forename, then its phonetic code with the
+other name's initial, then a shared near-miss token (token spec v3: the two values are one edit
+apart); the date of birth with sex, then the date alone (no near-miss level for dates or postcodes:
+docs/token-spec.md section 7). Token
 spec v2 has no token of a field with few values (sex, postcode sector or district, initials, year and
 month of birth: docs/token-spec.md), so sex counts only beside the date of birth, and a postcode
 agrees as a unit or not at all. A forename and surname given the other way round is a level of
@@ -36,13 +38,18 @@ COMPARISON_COLUMNS: dict[str, str] = {
     "dob": "tok_dob",
     "dob_sex": "tok_dob_sex",
     "postcode": "tok_postcode",
+    # Token spec v3: near-miss tokens, lists; two values one edit apart share one (docs/token-spec.md 3.8).
+    "surname_near": "tok_surname_near",
+    "forename_near": "tok_forename_near",
 }
 # Every address a participant is known at: the register's, plus those on the participant's records
 # linked by NHS number (ranks 1-4). A record carries its one address in the same list form.
 ADDRESS_LISTS: dict[str, str] = {"postcodes": "postcode"}
 # 2: token spec v2 (no sex, sector, district, initials, swap or year-month tokens).
 # 3: blocking on the date of birth, the postcode, both Soundex tokens or swapped names; swapped-name levels.
-MODEL_VERSION = "3"
+# 4: token spec v3; a "one edit apart" level below the exact levels of both name comparisons (near-miss
+#    tokens; none for dates of birth or postcodes, docs/token-spec.md section 7).
+MODEL_VERSION = "4"
 
 # A candidate pair is never formed where both sides have an NHS number and the numbers differ: the
 # same rule as rank 5 ("where the NHS numbers do not contradict").
@@ -143,6 +150,7 @@ def comparisons(tf: bool = True) -> list[dict[str, Any]]:
                 _level(_eq("forename"), "all forenames agree", tf=t("forename")),
                 _level(_eq("forename_first"), "first forename agrees", tf=t("forename_first")),
                 _level(_eq("forename_phonetic"), "first forenames sound alike, surname initials agree"),
+                _level(_shares("forename_near"), "first forenames one edit apart, surname initials agree"),
                 _level(_swapped("forename_first", "surname"), "first forename is the other's surname"),
                 _ELSE,
             ],
@@ -154,6 +162,7 @@ def comparisons(tf: bool = True) -> list[dict[str, Any]]:
                 _level(_either_null("surname"), "surname missing", null=True),
                 _level(_eq("surname"), "surname agrees", tf=t("surname")),
                 _level(_eq("surname_phonetic"), "surnames sound alike, forename initials agree"),
+                _level(_shares("surname_near"), "surnames one edit apart, forename initials agree"),
                 _level(_swapped("surname", "forename_first"), "surname is the other's first forename"),
                 _ELSE,
             ],

@@ -41,8 +41,10 @@ if TYPE_CHECKING:
 DETERMINISTIC_COLUMNS: tuple[str, ...] = (
     "tok_nhs", "tok_nhs_dob", "tok_nhs_dob_swap", "tok_rank1", "tok_rank2", "tok_rank3", "tok_rank4", "tok_rank5",
 )  # fmt: skip
-# Tokens every other token is a function of (token spec v2): a profile is the combination of these.
+# Tokens every other token is a function of (token spec v3): a profile is the combination of these.
 # Sex has no token of its own; with the date of birth, tok_dob_sex carries it wherever a token uses it.
+# The near-miss lists (spec v3) are functions of these too: of a name, date or postcode and a salt
+# taken from a name or the date.
 KEY_COLUMNS: tuple[str, ...] = ("tok_nhs", "tok_dob", "tok_dob_sex", "tok_postcode", "tok_surname", "tok_forename")
 # Ranks whose links rest on the NHS number; the addresses on their records are a participant's own.
 NHS_RANKS: tuple[str, ...] = ("1", "2", "3", "4")

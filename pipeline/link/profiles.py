@@ -13,8 +13,8 @@ different tokens of one field share a code with probability below 1e-7 at a mill
 A profile's key is the hash of the codes of its *key columns*: the tokens every other token is made
 from (NHS number, date of birth, date of birth with sex, postcode, surname, forenames). The others
 (phonetic codes with initials, NHS number with the date or the swapped date, the rank composites) are
-functions of those under the token spec,
-so they add no distinctness and the pass that maps records to profiles need not read them. A clash
+functions of those under the token spec, and so are spec v3's near-miss lists (each made from a
+name and a salt taken from the other name), so they add no distinctness and the pass that maps records to profiles need not read them. A clash
 of two profiles' keys, or derived tokens that differ under one key (files not made to the spec),
 is detected and refused.
 """
@@ -32,9 +32,21 @@ from pipeline.zones import TOKEN_BLOCK
 PROFILE_KEY = "profile_key"
 
 
+def _set_columns() -> frozenset[str]:
+    """Token columns holding a list of tokens (token spec v3's near-miss tokens), per the contract."""
+    from pipeline.contracts import load_contract
+
+    return frozenset(c.name for c in load_contract("token_blocks").columns if c.type == "list[string]")
+
+
 def token_codes(columns: list[str]) -> list[pl.Expr]:
-    """Expressions turning each token column into its 64-bit code; a null token stays null."""
-    return [pl.when(pl.col(c).is_not_null()).then(pl.col(c).hash()).alias(c) for c in columns]
+    """Expressions turning each token column into its 64-bit code (a list column: a list of codes);
+    a null token stays null."""
+    sets = _set_columns()
+    return [
+        pl.col(c).list.eval(pl.element().hash()).alias(c) if c in sets else pl.when(pl.col(c).is_not_null()).then(pl.col(c).hash()).alias(c)
+        for c in columns
+    ]
 
 
 def profile_key(key_columns: list[str]) -> pl.Expr:

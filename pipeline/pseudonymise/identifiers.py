@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from pipeline.crypto import names, normalise
+from pipeline.crypto import names, near, normalise
 from pipeline.crypto.keys import LinkageKey
 from pipeline.crypto.tokens import COMPOSITE_SEPARATOR, tokenise_distinct
 from pipeline.zones import TOKEN_BLOCK
@@ -38,6 +38,9 @@ class TokenColumn:
     name: str
     field: str
     canonical: pl.Expr
+    # A set column (token spec v3's near-miss fragments): `canonical` gives a list of canonical
+    # values, and the column holds their tokens as a sorted list without repeats (List[String]).
+    is_set: bool = False
 
 
 def _joined(*parts: pl.Expr) -> pl.Expr:
@@ -88,8 +91,22 @@ TOKEN_COLUMNS: tuple[TokenColumn, ...] = (
     TokenColumn("tok_rank3", "rank3", _joined(_nhs, pl.col(_DOB_YM))),
     TokenColumn("tok_rank4", "rank4", _joined(_nhs, _postcode)),
     TokenColumn("tok_rank5", "rank5", _joined(_dob, _sex, _postcode)),
+    # Token spec v3: near-miss fragments (pipeline.crypto.near), so names one edit apart can agree.
+    # Names only: the similarity graphs of dates of birth and postcode units are the calendar's and the
+    # postcode map's, decodable at scale (docs/token-spec.md section 7). Each is salted with the other
+    # name's initial; `_with_near_forms` makes them once per distinct value and salt.
+    TokenColumn("tok_surname_near", "name_near", pl.col("_f_tok_surname_near"), is_set=True),
+    TokenColumn("tok_forename_near", "name_near", pl.col("_f_tok_forename_near"), is_set=True),
 )
 TOKEN_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in TOKEN_COLUMNS)
+SET_TOKEN_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in TOKEN_COLUMNS if c.is_set)
+SCALAR_TOKEN_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in TOKEN_COLUMNS if not c.is_set)
+
+# Each near-miss column: (the canonical value, its salt, the function making its fragments).
+_NEAR_FORMS: dict[str, tuple[pl.Expr, pl.Expr, object]] = {
+    "_f_tok_surname_near": (pl.col(_SURNAME), pl.col(_FIRST).str.head(1), near.name_fragments),
+    "_f_tok_forename_near": (pl.col(_FIRST), pl.col(_SURNAME).str.head(1), near.name_fragments),
+}
 
 # A row with none of these can be linked to nobody, by any rank or by the probabilistic model (a name
 # alone is not enough). Over the raw identifier columns, so such rows are set aside before tokenising.
@@ -141,8 +158,25 @@ def _with_name_forms(lf: pl.LazyFrame) -> pl.LazyFrame:
     return lf.join(forenames.lazy(), on="given_name", how="left").join(surnames.lazy(), on="family_name", how="left")
 
 
+def _with_near_forms(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """`lf` (with base and name forms) with each near-miss column's fragments, made in Python once
+    per distinct (value, salt): a few tens of thousands of names."""
+    pairs = lf.select([pl.struct(v.alias("v"), s.alias("s")).unique().implode().alias(out) for out, (v, s, _) in _NEAR_FORMS.items()]).collect()
+    for out, (value, salt, make) in _NEAR_FORMS.items():
+        distinct = pairs.get_column(out).explode().struct.unnest().drop_nulls()
+        lookup = distinct.with_columns(
+            pl.Series(out, [make(v, s) for v, s in distinct.iter_rows()], dtype=pl.List(pl.String))
+        ).rename({"v": f"{out}_v", "s": f"{out}_s"})
+        lf = lf.with_columns(value.alias(f"{out}_v"), salt.alias(f"{out}_s")).join(
+            lookup.lazy(), on=[f"{out}_v", f"{out}_s"], how="left", maintain_order="left"
+        ).drop(f"{out}_v", f"{out}_s")
+    return lf
+
+
 def _with_canonical(lf: pl.LazyFrame) -> pl.LazyFrame:
-    return _with_base_forms(_with_name_forms(lf)).with_columns([c.canonical.alias(f"_c_{c.name}") for c in TOKEN_COLUMNS])
+    return _with_near_forms(_with_base_forms(_with_name_forms(lf))).with_columns(
+        [c.canonical.alias(f"_c_{c.name}") for c in TOKEN_COLUMNS]
+    )
 
 
 def canonical_forms(lf: pl.LazyFrame) -> pl.LazyFrame:
@@ -167,6 +201,20 @@ def _quality_exprs() -> list[pl.Expr]:
         "forename_missing_or_unusable": pl.col(_FIRST).is_null(),
     }
     return [rows.sum().alias("rows")] + [rows.filter(cond).sum().alias(name) for name, cond in counted.items()]
+
+
+def _set_tokens(fragments: pl.Series, lookup: pl.DataFrame) -> pl.Series:
+    """Each row's list of canonical fragments as the sorted list of their distinct tokens (strings);
+    null where the row has no fragments."""
+    rows = fragments.to_frame("v").with_row_index("_i")
+    tokens = (
+        rows.explode("v")
+        .drop_nulls("v")
+        .join(lookup.with_columns(pl.col("t").cast(pl.String)), on="v", how="left")
+        .group_by("_i")
+        .agg(pl.col("t").unique().sort())
+    )
+    return rows.select("_i").join(tokens, on="_i", how="left", maintain_order="left").get_column("t")
 
 
 def _block_table(
@@ -195,13 +243,17 @@ def _block_table(
     table = kept.select(ids)
     for field in dict.fromkeys(c.field for c in TOKEN_COLUMNS):
         columns = [c for c in TOKEN_COLUMNS if c.field == field]
-        distinct = pl.concat([kept.get_column(f"_c_{c.name}") for c in columns]).drop_nulls().unique().alias("v")
+        values = [kept.get_column(f"_c_{c.name}") for c in columns]
+        distinct = pl.concat([v.explode() if c.is_set else v for c, v in zip(columns, values, strict=True)]).drop_nulls().unique().alias("v")
         # Held as categoricals (a 4-byte code per block, each distinct token stored once) until the
         # rows are written: the join back to the rows then moves codes, not 64-character strings,
         # and the block table of a big extract takes a fraction of the memory.
         tokens = tokenise_distinct(key, field, distinct).cast(pl.Categorical(pl.Categories.random()))
         lookup = pl.DataFrame({"v": distinct, "t": tokens})
         for c in columns:
+            if c.is_set:
+                table = table.with_columns(_set_tokens(kept.get_column(f"_c_{c.name}"), lookup).alias(c.name))
+                continue
             token = kept.select(pl.col(f"_c_{c.name}").alias("v")).join(lookup, on="v", how="left", maintain_order="left")
             table = table.with_columns(token.get_column("t").alias(c.name))
     log.info(
@@ -224,7 +276,7 @@ def tokenise_identifiers(
     # rows keep the input's order (reproducible bytes) while the join still streams. Tokens become
     # strings again row by row, after the join.
     out = lf.filter(keep).join(table.lazy(), on=list(IDENTIFIER_COLUMNS), how="left", nulls_equal=True, maintain_order="left")
-    return out.with_columns(pl.col(TOKEN_COLUMN_NAMES).cast(pl.String)), counts
+    return out.with_columns(pl.col(SCALAR_TOKEN_COLUMN_NAMES).cast(pl.String)), counts
 
 
 def number_token_blocks(frame: pl.DataFrame, first: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:

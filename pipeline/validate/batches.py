@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.contracts import COMPATIBLE_ARROW_TYPES
@@ -83,7 +84,20 @@ def read_batch(path: Path, span: BatchSpan, contract: Contract) -> pd.DataFrame:
         table = pf.read_row_groups(list(range(span.first, span.stop)))
     # Arrow-backed dtypes keep int8 as int8 with nulls and dates as dates, where numpy dtypes would
     # turn nullable ints into floats and dates into objects, and the type check would mean little.
-    return _as_contract_types(table, contract).to_pandas(types_mapper=pd.ArrowDtype)
+    return _lists_as_text(_as_contract_types(table, contract)).to_pandas(types_mapper=pd.ArrowDtype)
+
+
+def _lists_as_text(table: pa.Table) -> pa.Table:
+    """Each list-of-strings column as text, `[` + its elements joined by spaces + `]` (null stays null):
+    GX's column expectations evaluate scalar values only. The brackets keep a column delivered as
+    plain text from passing for a list: the suite's pattern for a list column requires them
+    (pipeline.validate.suites)."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_list(f.type) or pa.types.is_large_list(f.type):
+            items = table.column(i).cast(pa.list_(pa.string()))
+            joined = pc.binary_join_element_wise("[", pc.binary_join(items, " "), "]", "")
+            table = table.set_column(i, pa.field(f.name, pa.large_string()), joined.cast(pa.large_string()))
+    return table
 
 
 def iter_batches(path: Path, spans: list[BatchSpan], contract: Contract) -> Iterator[tuple[BatchSpan, pd.DataFrame]]:

@@ -19,6 +19,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from pipeline.contracts import Column, Contract, all_contract_names, load_contract
 from pipeline.settings import SOURCES
 from pipeline.validate._gx import ExpectationConfiguration, gx
@@ -103,12 +105,14 @@ def _bound(column: Column, value: Any) -> Any:
 
 
 def _column_expectations(c: Column) -> list[Any]:
+    listed = c.type == "list[string]"
     out: list[Any] = [
-        # Batches are pandas frames with Arrow-backed dtypes, so the dtype name is the Arrow type.
+        # Batches are pandas frames with Arrow-backed dtypes, so the dtype name is the Arrow type. A
+        # list column reaches GX as text, its elements in brackets (pipeline.validate.batches).
         E.ExpectColumnTypeToBe(
             column=c.name,
-            type_=f"{c.arrow_type}[pyarrow]",
-            meta=_meta(f"{c.name} has type {c.type}"),
+            type_=f"{pa.large_string() if listed else c.arrow_type}[pyarrow]",
+            meta=_meta(f"{c.name} has type {c.type}" + (" (seen by validation as [element element ...])" if listed else "")),
             severity="critical",
         )
     ]
@@ -138,9 +142,10 @@ def _column_expectations(c: Column) -> list[Any]:
         out.append(
             E.ExpectColumnValuesToMatchRegex(
                 column=c.name,
-                # Anchored so the whole value must match, as the contract says (not just a prefix).
-                regex=f"^(?:{c.pattern})$",
-                meta=_meta(f"{c.name} matches the pattern {c.pattern} in full"),
+                # Anchored so the whole value must match, as the contract says (not just a prefix); a
+                # list column: one or more elements, every one matching.
+                regex=rf"^\[(?:{c.pattern})(?: (?:{c.pattern}))*\]$" if listed else f"^(?:{c.pattern})$",
+                meta=_meta(f"{c.name} {'is a list of one or more elements each matching' if listed else 'matches'} the pattern {c.pattern} in full"),
                 severity="critical",
             )
         )

@@ -1,13 +1,15 @@
-"""Write tokens_v2.json, the published test vectors of token spec v2, from the pipeline's own code path.
+"""Write tokens_v3.json, the published test vectors of token spec v3, from the pipeline's own code path.
 
-    .venv/bin/python tests/vectors/make_tokens_v2.py          # rewrites tests/vectors/tokens_v2.json
+    .venv/bin/python tests/vectors/make_tokens_v3.py          # rewrites tests/vectors/tokens_v3.json
 
 Each vector is (token column, field, raw identifiers, canonical string, token) under a fixed,
 published test key that must never be used for real data. The canonical strings and tokens come
 from `pipeline.pseudonymise.identifiers` exactly as a run makes them. tests/test_crypto.py checks
 that this script still writes the checked-in file (so a change to a canonical form or a token
-cannot slip in unnoticed) and that tests/vectors/reference_v2.py, written from the spec alone,
-reproduces every vector.
+cannot slip in unnoticed) and that tests/vectors/reference_v3.py, written from the spec alone,
+reproduces every vector. Version 3 left every version 2 field as it was, so the cases and vectors of
+version 2 are here (under this version's test key), followed by the near-miss columns' cases; a
+near-miss vector's canonical value and token are lists (its fragments, and their tokens, sorted).
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-OUT = HERE / "tokens_v2.json"
-# Published, never for real data: 32 ASCII bytes, easy to type in any language. #112 is the first
-# number whose v2 vectors hold no run of ten digits, outside the 999 test range, that a data scanner
-# could take for an NHS number (tests/test_crypto.py checks it). Spec v1's vectors used #056, whose v2
-# vectors would hold such runs.
-TEST_KEY = b"pprl-v2 published TEST key #112."
+OUT = HERE / "tokens_v3.json"
+# Published, never for real data: 32 ASCII bytes, easy to type in any language. #005227 is the first
+# number whose v3 vectors hold no run of ten digits, outside the 999 test range, that a data scanner
+# could take for an NHS number (tests/test_crypto.py checks it); version 2's key (#112, whose vectors
+# stay in tokens_v2.json and still hold) would put such runs into the near-miss tokens.
+TEST_KEY = b"pprl-v3 public TEST key #005227."
 TEST_KEY_CREATED = "2026-01-01T00:00:00+00:00"
 
 FULL = {"nhs_number": "999 000 0018", "date_of_birth": "1950-03-07", "sex": "female", "postcode": "ls1 4ab",
@@ -100,6 +102,16 @@ CASES: list[tuple[str, dict[str, str]]] = [
     *[(f"tok_rank{r}", FULL) for r in range(1, 6)],
     ("tok_rank1", {**FULL, "sex": "U"}),  # a part is unknown: no composite
     ("tok_rank5", {**FULL, "nhs_number": None}),
+    # Token spec v3: near-miss fragments, each salted (section 3.8).
+    ("tok_surname_near", {"given_name": "Mary", "family_name": "Smith"}),
+    ("tok_surname_near", {"given_name": "Mary", "family_name": "Smyth"}),  # shares SMTH|M with Smith
+    ("tok_surname_near", {"given_name": "Mary", "family_name": "Simth"}),  # two letters swapped: shares SITH|M and SMTH|M with Smith
+    ("tok_surname_near", {"given_name": "Mary", "family_name": "Aaron"}),  # deleting either A gives ARON once
+    ("tok_surname_near", {"given_name": "Mary", "family_name": "Lee"}),  # under 4 letters: none
+    ("tok_surname_near", {"family_name": "Smith"}),  # no forename, no salt: none
+    ("tok_forename_near", {"given_name": "Dr Zoë  Mary–Jane", "family_name": "Smith"}),  # the first forename, ZOE: none
+    ("tok_forename_near", {"given_name": "Mary-Jane", "family_name": "O'Brien"}),
+    ("tok_forename_near", {"given_name": "Mari", "family_name": "Obrien"}),  # shares MAR|O with Mary-Jane O'Brien's
 ]
 STUDY_IDS: list[tuple[str, str]] = [("2026-q1", "P0000001"), ("2026-q1", "P0000002"), ("2026-q2", "P0000001")]
 IDENTIFIERS = ("nhs_number", "given_name", "family_name", "date_of_birth", "sex", "postcode")
@@ -124,13 +136,13 @@ def build() -> dict[str, Any]:
             "column": column,
             "field": field_of[column],
             "raw": {k: v for k, v in raw.items() if v is not None},
-            "canonical": canonical.get_column(column)[i],
-            "token": tokened.get_column(column)[i],
+            "canonical": canonical.get_column(column).to_list()[i],
+            "token": tokened.get_column(column).to_list()[i],
         }
         for i, (column, raw) in enumerate(CASES)
     ]
     return {
-        "spec": "pprl token spec v2 (docs/token-spec.md)",
+        "spec": "pprl token spec v3 (docs/token-spec.md)",
         "warning": "TEST KEY: published so anyone can check an implementation; never use it for real data",
         "key_file": {"kid": key.kid, "key": base64.b64encode(TEST_KEY).decode(), "created": TEST_KEY_CREATED},
         "field_keys": {f: field_key(key, f).hex() for f in FIELDS},

@@ -1,11 +1,11 @@
-"""A second, independent implementation of token spec v2, written from docs/token-spec.md alone.
+"""A second, independent implementation of token spec v3, written from docs/token-spec.md alone.
 
 It imports nothing from `pipeline`: HKDF and HMAC come from the `cryptography` package, and the
 canonical forms (Soundex included) are written out here. Tests check that it reproduces the test
-vectors in tokens_v2.json and every token the pipeline writes to the pseudonymised zone. A
+vectors in tokens_v3.json and every token the pipeline writes to the pseudonymised zone. A
 provider porting the spec to another language can read it as a worked example.
 
-    python tests/vectors/reference_v2.py KEY_FILE < records.jsonl   # one JSON object of tokens per line
+    python tests/vectors/reference_v3.py KEY_FILE < records.jsonl   # one JSON object of tokens per line
 """
 
 from __future__ import annotations
@@ -28,8 +28,13 @@ def kid(key: bytes) -> str:
     return h.finalize()[:8].hex()
 
 
+# Fields added by version 3 take the info prefix pprl/v3/; every version 2 field keeps pprl/v2/.
+V3_FIELDS = ("name_near",)
+
+
 def field_key(key: bytes, field: str) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"pprl/v2/" + field.encode()).derive(key)
+    version = b"v3" if field in V3_FIELDS else b"v2"
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"pprl/" + version + b"/" + field.encode()).derive(key)
 
 
 def token(key: bytes, field: str, canonical: str) -> str:
@@ -174,6 +179,20 @@ def composite(*parts: str | None) -> str | None:
     return None if any(p is None for p in parts) else "|".join(parts)
 
 
+# --- near-miss fragments (section 3.8) ----------------------------------------------------------------
+
+
+def one_deleted(name: str | None, initial: str | None) -> list[str] | None:
+    """Canonical name of 4 letters or more: the name and the name without each letter in turn, each
+    followed by "|" and the initial; sorted, repeats removed."""
+    if name is None or initial is None or len(name) < 4:
+        return None
+    out = {name + "|" + initial}
+    for i in range(len(name)):
+        out.add(name[:i] + name[i + 1 :] + "|" + initial)
+    return sorted(out)
+
+
 def canonical_values(record: dict) -> dict[str, tuple[str, str | None]]:
     """Token column -> (field, canonical value or None) for one record of the identifier block
     (dates as YYYY-MM-DD strings)."""
@@ -198,18 +217,33 @@ def canonical_values(record: dict) -> dict[str, tuple[str, str | None]]:
         "tok_rank3": ("rank3", composite(n, d and d[:7])),
         "tok_rank4": ("rank4", composite(n, p)),
         "tok_rank5": ("rank5", composite(d, s, p)),
+        "tok_surname_near": ("name_near", one_deleted(sn, first and first[0])),
+        "tok_forename_near": ("name_near", one_deleted(first, sn and sn[0])),
     }
 
 
-def tokens(key: bytes, record: dict) -> dict[str, str | None]:
-    return {col: (None if v is None else token(key, field, v)) for col, (field, v) in canonical_values(record).items()}
+def set_token(key: bytes, field: str, fragments: list[str]) -> list[str]:
+    """A near-miss column: the tokens of its fragments, sorted, repeats removed."""
+    return sorted({token(key, field, f) for f in fragments})
+
+
+def tokens(key: bytes, record: dict) -> dict[str, str | list[str] | None]:
+    out: dict[str, str | list[str] | None] = {}
+    for col, (field, v) in canonical_values(record).items():
+        if v is None:
+            out[col] = None
+        elif isinstance(v, list):
+            out[col] = set_token(key, field, v)
+        else:
+            out[col] = token(key, field, v)
+    return out
 
 
 def read_key_file(path: str) -> bytes:
     spec = json.loads(open(path).read())
     key = base64.b64decode(spec["key"], validate=True)
     if len(key) != 32 or spec.get("kid", kid(key)) != kid(key):
-        raise SystemExit(f"{path}: not a token spec v2 key")
+        raise SystemExit(f"{path}: not a token spec v3 key")
     return key
 
 
