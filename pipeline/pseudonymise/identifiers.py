@@ -287,15 +287,21 @@ def number_token_blocks(frame: pl.DataFrame, first: int = 0) -> tuple[pl.DataFra
     order, and say nothing about the identifiers behind them). The blocks frame holds TOKEN_BLOCK and
     the token columns, one row per block.
     """
+    # The near-miss lists (last among the token columns) follow from the name tokens (each is made from
+    # a name and the other name's initial), so the scalar tokens alone tell blocks apart and order them
+    # as all the columns would; lists of 64-character strings are then never hashed, compared or joined.
+    keys = list(SCALAR_TOKEN_COLUMN_NAMES)
     blocks = (
         frame.select(TOKEN_COLUMN_NAMES)
-        .unique()
-        .sort(TOKEN_COLUMN_NAMES, nulls_last=True)
+        .unique(subset=keys, keep="any")
+        .sort(keys, nulls_last=True)
         .with_row_index(TOKEN_BLOCK, offset=first)
         .with_columns(pl.col(TOKEN_BLOCK).cast(pl.Int64))
     )
-    numbered = frame.join(blocks, on=list(TOKEN_COLUMN_NAMES), how="left", nulls_equal=True, maintain_order="left")
-    return numbered.drop(TOKEN_COLUMN_NAMES), blocks
+    numbered = frame.select(pl.exclude(SET_TOKEN_COLUMN_NAMES)).join(
+        blocks.select(*keys, TOKEN_BLOCK), on=keys, how="left", nulls_equal=True, maintain_order="left"
+    )
+    return numbered.drop(keys), blocks
 
 
 def tokenise_blocks(
