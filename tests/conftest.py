@@ -42,7 +42,7 @@ def pytest_collection_modifyitems(config, items):
 
     def slowness(item) -> int:
         try:
-            name = Path(item.fspath).resolve().relative_to(here).as_posix()
+            name = item.path.resolve().relative_to(here).as_posix()
         except ValueError:
             return len(rank)
         return rank.get(name, len(rank))
