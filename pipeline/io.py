@@ -133,18 +133,24 @@ def write_frame(df: pl.DataFrame, contract: Contract, path: Path, metadata: dict
     return write_table(to_arrow(df, contract), path, metadata)
 
 
+def _sink_contract(lf: pl.LazyFrame, contract: Contract, tmp: Path, metadata: dict[str, str] | None, *, lazy: bool):
+    """`lf` streamed to `tmp` in the contract's column order and types, with the fixed writer settings;
+    with `lazy`, the query that does it, to run with others (`sink_frames`)."""
+    return lf.select([pl.col(c.name).cast(c.polars_type) for c in contract.columns]).sink_parquet(
+        tmp,
+        compression="zstd",
+        compression_level=3,
+        row_group_size=SINK_ROW_GROUP_ROWS,
+        metadata=metadata,
+        arrow_schema=_sink_schema(contract),
+        lazy=lazy,
+    )
+
+
 def sink_frame(lf: pl.LazyFrame, contract: Contract, path: Path, metadata: dict[str, str] | None = None) -> Path:
     """Stream a lazy frame to Parquet in the contract's column order and types (never collected whole)."""
-    lf = lf.select([pl.col(c.name).cast(c.polars_type) for c in contract.columns])
     with atomic_path(path) as tmp:
-        lf.sink_parquet(
-            tmp,
-            compression="zstd",
-            compression_level=3,
-            row_group_size=SINK_ROW_GROUP_ROWS,
-            metadata=metadata,
-            arrow_schema=_sink_schema(contract),
-        )
+        _sink_contract(lf, contract, tmp, metadata, lazy=False)
     return Path(path)
 
 
@@ -161,18 +167,7 @@ def sink_frames(
     with contextlib.ExitStack() as stack:
         queries = []
         for lf, contract, path, metadata in sinks:
-            tmp = stack.enter_context(atomic_path(path))
-            queries.append(
-                lf.select([pl.col(c.name).cast(c.polars_type) for c in contract.columns]).sink_parquet(
-                    tmp,
-                    compression="zstd",
-                    compression_level=3,
-                    row_group_size=SINK_ROW_GROUP_ROWS,
-                    metadata=metadata,
-                    arrow_schema=_sink_schema(contract),
-                    lazy=True,
-                )
-            )
+            queries.append(_sink_contract(lf, contract, stack.enter_context(atomic_path(path)), metadata, lazy=True))
         results = pl.collect_all([*queries, *(collect or [])], engine="streaming")
     return results[len(sinks) :]
 
