@@ -80,7 +80,13 @@ def test_release_holds_no_identifier_and_no_token(run):
         df = pl.read_parquet(run["raw"] / f"{dataset}.parquet", columns=["nhs_number", "given_name", "family_name", "postcode"])
         for col in df.columns:
             raw_values |= set(df.get_column(col).drop_nulls().unique().to_list())
-    tokens = set(pl.read_parquet(run["cfg"].pseudonymised_dir / "persons.parquet").get_column("tok_nhs").drop_nulls().to_list())
+    # Every token of the participants' token file, each element of the near-miss lists included.
+    persons = pl.read_parquet(run["cfg"].pseudonymised_dir / "persons.parquet").select(pl.selectors.starts_with("tok_"))
+    tokens: set[str] = set()
+    for col in persons.columns:
+        values = persons.get_column(col)
+        tokens |= set((values.explode() if values.dtype == pl.List(pl.String) else values).drop_nulls().to_list())
+    assert any(len(t) == 64 for t in tokens) and persons.schema["tok_surname_near"] == pl.List(pl.String)
     for table in RELEASE_TABLES:
         df = pl.read_parquet(release / f"{table}.parquet")
         for col in df.select(pl.col(pl.String)).columns:

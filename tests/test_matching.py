@@ -258,3 +258,46 @@ def test_the_ladder_is_fixed_and_off_means_the_study_specification_only():
     assert steps[-1].mahvars[-1] == "imd_quintile=4"
     assert ladder(MatchingOptions(ladder=False)) == (MatchingOptions(ladder=False),)
     assert all(s.method == "nearest" for s in ladder(MatchingOptions(replace=True)))  # optimal has no replacement
+
+
+def test_a_coefficient_shrunk_to_nothing_is_released_as_zero_not_negative_zero():
+    """The sign of a coefficient the penalty shrank to nothing is noise in its last bits (it differed
+    between a Celery task and the embedded run); the manifest must not carry it as -0.0."""
+    import json
+
+    from pipeline.cohort.matching import PropensityModel
+
+    model = PropensityModel(("age",), np.array([0.5, -1e-12]), np.array([0.1, -3e-13]), True)
+    text = json.dumps(model.to_json())
+    assert "-0.0" not in text
+    assert [c["estimate"] for c in model.to_json()["coefficients"]] == [0.5, 0.0]
+
+
+# In a fresh interpreter, where scipy's own BLAS is not loaded yet: does the cohort stage's limit
+# reach every BLAS the models use, scipy's included (loaded by statsmodels)?
+BLAS_PROBE = """
+import json
+from threadpoolctl import threadpool_info
+from pipeline.cohort.stage import one_blas_thread
+with one_blas_thread():
+    import numpy as np
+    from pipeline.cohort.matching import fit_propensity
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 3))
+    fit_propensity(x, (x[:, 0] + rng.normal(size=400) > 0).astype(float))
+    inside = [(i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
+print(json.dumps(inside))
+"""
+
+
+def test_the_cohort_models_run_on_one_thread_of_every_blas():
+    import json
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}
+    done = subprocess.run([sys.executable, "-c", BLAS_PROBE], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    inside = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(inside) >= 2, f"expected numpy's and scipy's BLAS, found {inside}"
+    assert all(threads == 1 for _, threads in inside), inside

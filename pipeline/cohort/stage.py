@@ -9,8 +9,10 @@ reference tables used) and `cohort.json` (flow counts, matching per sample, refe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,13 +85,20 @@ def build_cohort(cfg: RunConfig) -> Path:
     estimates tables, would depend on the machine; and on a busy machine its threads mostly wait for
     each other (at 100 thousand people the stage took a quarter of the CPU time on one thread).
     """
-    # Every BLAS the models use must be loaded before it is limited, or it keeps its threads: numpy's,
-    # and scipy's own copy, which statsmodels brings in.
+    with one_blas_thread(), Progress("cohort", total=len(COHORT_STEPS), unit="steps") as progress:
+        return _build_cohort(cfg, progress)
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Every BLAS the models use on one thread for the duration (see `build_cohort`)."""
+    # A BLAS must be loaded before it is limited, or it keeps its threads: numpy's, and scipy's own
+    # copy, which statsmodels brings in.
     import statsmodels.api  # noqa: F401
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=1, user_api="blas"), Progress("cohort", total=len(COHORT_STEPS), unit="steps") as progress:
-        return _build_cohort(cfg, progress)
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def _build_cohort(cfg: RunConfig, progress: Progress) -> Path:
