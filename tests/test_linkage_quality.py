@@ -216,3 +216,16 @@ def test_evaluation_counts_wrong_links_twice_and_any_link_of_an_excluded_person(
     assert d["records"] == 4  # S1, S2, S5 (a deterministic conflict) and G1
     by_sex = ev.filter((pl.col("scope") == "all") & (pl.col("source") == "social_care") & (pl.col("breakdown") == "sex"))
     assert dict(zip(by_sex.get_column("category"), by_sex.get_column("tp"), strict=True)) == {"F": 2, "M": 0}
+
+
+def test_tallies_of_any_split_of_the_records_add_up_to_the_report_of_the_whole(guild):
+    """The link stage tallies each window of rows as it writes it (pipeline.link.stage): the report
+    from the tallies of pieces must be the report of the whole link map, to the last count."""
+    from pipeline.link.quality import PARTICIPANT, add_tallies, person_groups, quality_report, tally
+
+    rows = LINK_MAP.join(RECORDS, on=["source", "record_id"]).rename({"participant_id": PARTICIPANT})
+    tallies = [tally(rows.slice(start, length).lazy(), facts=True) for start, length in ((0, 3), (3, 1), (4, 4))]
+    categories = add_tallies([c.collect() for c, _ in tallies])
+    participants = add_tallies([p.collect() for _, p in tallies])
+    groups = person_groups(PERSONS.lazy()).rename({"participant_id": PARTICIPANT})
+    assert quality_report(categories, participants, groups, PERSONS.height).equals(guild)

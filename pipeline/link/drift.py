@@ -49,13 +49,17 @@ RULE_TEXT = (
 CELL_KEYS = ("source", "provider_code", "month")
 
 
-def provider_months(records: pl.LazyFrame) -> pl.LazyFrame:
-    """source, provider_code, month, records, linked from one row per record (source,
-    provider_code, month, linked: bool). A record with no provider code counts under "unknown"."""
+def provider_months(tally: pl.LazyFrame) -> pl.LazyFrame:
+    """source, provider_code, month, records, linked from counts of records (source, provider_code,
+    month, linked: bool, count: how many records; pipeline.link.quality.tally). A record with no
+    provider code counts under "unknown"."""
     return (
-        records.with_columns(pl.col("provider_code").fill_null("unknown"))
+        tally.with_columns(pl.col("provider_code").fill_null("unknown"))
         .group_by(*CELL_KEYS)
-        .agg(pl.len().cast(pl.Int64).alias("records"), pl.col("linked").sum().cast(pl.Int64).alias("linked"))
+        .agg(
+            pl.col("count").sum().cast(pl.Int64).alias("records"),
+            pl.col("count").filter(pl.col("linked")).sum().cast(pl.Int64).alias("linked"),
+        )
     )
 
 

@@ -21,11 +21,8 @@ is detected and refused.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import polars as pl
 
-from pipeline import io
 from pipeline.errors import PipelineError
 from pipeline.zones import TOKEN_BLOCK
 
@@ -55,21 +52,23 @@ def profile_key(key_columns: list[str]) -> pl.Expr:
 
 
 def build_profiles(
-    records: pl.LazyFrame, blocks: pl.LazyFrame, columns: list[str], key_columns: list[str], records_path: Path, where: str
-) -> pl.DataFrame:
+    records: pl.LazyFrame, blocks: pl.LazyFrame, columns: list[str], key_columns: list[str], where: str
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Group one source's token blocks into profiles (schemas/token_blocks.yaml, record_blocks.yaml).
 
-    Streams record_id -> profile_key to `records_path` (Parquet) and returns one row per profile:
-    profile_key and the codes of `columns`, sorted by profile_key.
+    Returns (profiles, block_profiles): one row per profile (profile_key and the codes of `columns`,
+    sorted by profile_key), and each token block's profile (token_block, profile_key). The records
+    are only checked here (every record names a block of the file), in one streaming pass over
+    their block numbers; the link stage maps records to profiles window by window through the blocks.
     """
     coded = blocks.select(TOKEN_BLOCK, *token_codes(columns)).with_columns(profile_key(key_columns)).collect()
-    io.write_scratch(
-        records.join(coded.lazy().select(TOKEN_BLOCK, PROFILE_KEY), on=TOKEN_BLOCK, how="left", maintain_order="left").select(
-            "record_id", PROFILE_KEY
-        ),
-        records_path,
+    orphans = (
+        records.select(TOKEN_BLOCK)
+        .join(coded.lazy().select(TOKEN_BLOCK), on=TOKEN_BLOCK, how="anti")
+        .select(pl.len())
+        .collect(engine="streaming")
+        .item()
     )
-    orphans = pl.scan_parquet(records_path).select(pl.col(PROFILE_KEY).null_count()).collect().item()
     if orphans:
         raise PipelineError(
             f"{where}: {orphans} record(s) name a token block that is not in the token file; the two files "
@@ -83,4 +82,4 @@ def build_profiles(
             "from them, or two profiles' keys clash (about a one-in-a-million event at five million "
             "profiles); check the file was pseudonymised with this pipeline's token spec and rerun"
         )
-    return profiles.select(PROFILE_KEY, *columns).sort(PROFILE_KEY)
+    return profiles.select(PROFILE_KEY, *columns).sort(PROFILE_KEY), coded.select(TOKEN_BLOCK, PROFILE_KEY)

@@ -129,56 +129,95 @@ def _rows(lf: pl.LazyFrame, measure: str, **fixed: str) -> pl.LazyFrame:
     return lf.select(*exprs, share.cast(pl.Float64).alias("share"))
 
 
-def record_facts(source: str, payload: pl.LazyFrame, tokens: pl.LazyFrame) -> pl.LazyFrame:
-    """RECORD_COLUMNS for one source's records: from its payload file (provider, date, kind) and its
-    record tokens (pipeline.zones.scan_record_tokens: whether each identifier was usable)."""
-    has = [pl.col(t).is_not_null().alias(f"has_{i}") for i, t in IDENTIFIER_TOKENS.items()]
+def record_facts(source: str, payload: pl.LazyFrame) -> pl.LazyFrame:
+    """record_id, provider_code, month and record_kind of one source's records, from its payload
+    file. Whether each identifier was usable (has_ columns) comes from the record's token block."""
     names = payload.collect_schema().names()
     provider = pl.col("provider_code") if "provider_code" in names else pl.lit(None, dtype=pl.String).alias("provider_code")
-    facts = payload.select(
+    return payload.select(
         "record_id",
         provider,
         pl.col(RECORD_DATES[source]).dt.strftime("%Y-%m").alias("month"),
         RECORD_KINDS[source].cast(pl.String).alias("record_kind"),
     )
-    return facts.join(tokens.select("record_id", *has), on="record_id", how="left").select(
-        pl.lit(source).alias("source"), *RECORD_COLUMNS[1:]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tallies: the report is computed from two tables of counts, not from the records themselves. Both
+# are sums over records, so the tallies of any split of the records (a source, a window of rows)
+# add up to the tallies of the whole (`add_tallies`): the link stage tallies each window of rows as it
+# writes it, and memory follows the window, not the number of records.
+
+PARTICIPANT = "participant"  # the participant key of a tally: participant_id, or the link stage's row number
+FACT_COLUMNS = ("provider_code", "month", "record_kind", *(f"has_{i}" for i in IDENTIFIER_TOKENS))
+HAS_COLUMNS = tuple(f"has_{i}" for i in IDENTIFIER_TOKENS)
+
+
+def tally(rows: pl.LazyFrame, facts: bool) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """(categories, participants) of some records, one row per record in `rows`: source,
+    PARTICIPANT (null when not linked), rank, match_weight, conflict and, with `facts`, FACT_COLUMNS.
+
+    categories: the count of records per source, outcome, linked or not, match-weight bin (null when
+    not scored) and, with `facts`, provider, month, kind and which identifiers were usable.
+    participants: per source, linked participant and outcome, the count of records and, with
+    `facts`, how many of them carried each identifier."""
+    rows = rows.with_columns(
+        outcome=outcome(rows),
+        **{LINKED: pl.col(PARTICIPANT).is_not_null()},
+        weight_bin=pl.when(pl.col("match_weight").is_not_null()).then(weight_bin(pl.col("match_weight"))),
+    )
+    facts_cols = list(FACT_COLUMNS) if facts else []
+    categories = rows.group_by("source", "outcome", LINKED, "weight_bin", *facts_cols).agg(pl.len().cast(pl.Int64).alias("count"))
+    has = [pl.col(c).sum().cast(pl.Int64) for c in HAS_COLUMNS] if facts else []
+    participants = rows.filter(pl.col(LINKED)).group_by("source", PARTICIPANT, "outcome").agg(pl.len().cast(pl.Int64).alias("count"), *has)
+    return categories, participants
+
+
+def add_tallies(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    """One tally from tallies of parts of the records (every column but the counts is a key)."""
+    whole = pl.concat(parts, how="vertical")
+    counts = ["count", *[c for c in HAS_COLUMNS if c in whole.columns and whole.schema[c] != pl.Boolean]]
+    keys = [c for c in whole.columns if c not in counts]
+    return whole.group_by(keys).agg(pl.col(c).sum() for c in counts)
+
+
+def _present(frame: pl.LazyFrame, by: list[str]) -> pl.LazyFrame:
+    """identifier_present rows from a tally whose has_ columns are counts of records."""
+    wide = frame.group_by("source", *by).agg(pl.col("count").sum().alias("denominator"), *[pl.col(c).sum() for c in HAS_COLUMNS])
+    return wide.unpivot(index=["source", *by, "denominator"], on=list(HAS_COLUMNS), variable_name="outcome", value_name="count").with_columns(
+        pl.col("outcome").str.strip_prefix("has_")
     )
 
 
-def _record_measures(lm: pl.LazyFrame, records: pl.LazyFrame, groups: pl.LazyFrame) -> list[pl.LazyFrame]:
+def _record_measures(categories: pl.LazyFrame, linked_groups: pl.LazyFrame) -> list[pl.LazyFrame]:
     """The GUILD measures read off what records carry (see the module docstring)."""
     parts = []
-    rec = records.join(lm.select("source", "record_id", "participant_id", "outcome"), on=["source", "record_id"], how="left").with_columns(
-        pl.col("participant_id").is_not_null().alias(LINKED)
-    )
-    has_cols = [f"has_{i}" for i in IDENTIFIER_TOKENS]
+    # has_ flags weighted by the records they stand for: counts, as in the participants' tally.
+    counted = categories.with_columns([pl.col(c).cast(pl.Int64) * pl.col("count") for c in HAS_COLUMNS])
+    parts.append(_rows(_present(counted, []), "identifier_present"))
+    parts.append(_rows(_present(counted.with_columns(category=pl.col("provider_code").fill_null("unknown")), ["category"]), "identifier_present", breakdown="provider"))
+    parts.append(_rows(_present(linked_groups, ["breakdown", "category"]), "identifier_present"))
 
-    def present(frame: pl.LazyFrame, by: list[str]) -> pl.LazyFrame:
-        wide = frame.group_by("source", *by).agg(pl.len().alias("denominator"), *[pl.col(c).sum() for c in has_cols])
-        return wide.unpivot(index=["source", *by, "denominator"], on=has_cols, variable_name="outcome", value_name="count").with_columns(
-            pl.col("outcome").str.strip_prefix("has_")
-        )
-
-    parts.append(_rows(present(rec, []), "identifier_present"))
-    parts.append(_rows(present(rec.with_columns(category=pl.col("provider_code").fill_null("unknown")), ["category"]), "identifier_present", breakdown="provider"))
-    linked_groups = rec.filter(pl.col(LINKED)).join(groups, on="participant_id")
-    parts.append(_rows(present(linked_groups, ["breakdown", "category"]), "identifier_present"))
-
-    rank_counts = linked_groups.group_by("source", "breakdown", "category", "outcome").agg(pl.len().alias("count"))
-    rank_totals = linked_groups.group_by("source", "breakdown", "category").agg(pl.len().alias("denominator"))
+    rank_counts = linked_groups.group_by("source", "breakdown", "category", "outcome").agg(pl.col("count").sum())
+    rank_totals = linked_groups.group_by("source", "breakdown", "category").agg(pl.col("count").sum().alias("denominator"))
     parts.append(_rows(rank_counts.join(rank_totals, on=["source", "breakdown", "category"]), "linked_by_rank_by_group"))
 
     side = pl.when(pl.col(LINKED)).then(pl.lit(LINKED)).otherwise(pl.lit("unlinked")).alias("outcome")
-    characteristics = rec.select(
-        "source", side, provider=pl.col("provider_code").fill_null("unknown"), record_year=pl.col("month").str.head(4),
-        record_kind=pl.col("record_kind").fill_null("unknown"),
-    ).unpivot(index=["source", "outcome"], variable_name="breakdown", value_name="category")
-    by_char = characteristics.group_by("source", "outcome", "breakdown", "category").agg(pl.len().alias("count"))
-    side_totals = rec.select("source", side).group_by("source", "outcome").agg(pl.len().alias("denominator"))
+    characteristics = {
+        "provider": pl.col("provider_code").fill_null("unknown"),
+        "record_year": pl.col("month").str.head(4),
+        "record_kind": pl.col("record_kind").fill_null("unknown"),
+    }
+    by_char = pl.concat(
+        [
+            categories.group_by("source", side, pl.lit(name).alias("breakdown"), value.alias("category")).agg(pl.col("count").sum())
+            for name, value in characteristics.items()
+        ]
+    )
+    side_totals = categories.group_by("source", side).agg(pl.col("count").sum().alias("denominator"))
     parts.append(_rows(by_char.join(side_totals, on=["source", "outcome"]), "records_by_characteristic"))
 
-    cells = flag_drift(provider_months(rec.select("source", "provider_code", "month", LINKED)).collect())
+    cells = flag_drift(provider_months(categories.select("source", "provider_code", "month", LINKED, "count")).collect())
     cell_rows = cells.lazy().select(
         "source",
         pl.lit("provider_month").alias("breakdown"),
@@ -193,39 +232,49 @@ def _record_measures(lm: pl.LazyFrame, records: pl.LazyFrame, groups: pl.LazyFra
 
 
 def linkage_quality(link_map: pl.LazyFrame, persons: pl.LazyFrame, records: pl.LazyFrame | None = None) -> pl.DataFrame:
-    """The quality report of one run (schemas/linkage_quality.yaml), sorted for a stable file.
+    """The quality report of a whole link map (schemas/linkage_quality.yaml), sorted for a stable file.
 
     `records` (RECORD_COLUMNS, one row per pseudonymised record: `record_facts`) adds the measures
-    read off what records carry; without it the report has only the link map's measures."""
-    lm = link_map.select("source", "record_id", "participant_id", "rank", "match_weight", "conflict").with_columns(
-        outcome=outcome(link_map)
-    )
+    read off what records carry; without it the report has only the link map's measures. The link
+    stage tallies its windows of rows instead (`tally`, `quality_report`); this is the same report
+    of a link map held whole."""
+    rows = link_map.select("source", "record_id", pl.col("participant_id").alias(PARTICIPANT), "rank", "match_weight", "conflict")
+    if records is not None:
+        rows = rows.join(records.select("source", "record_id", *FACT_COLUMNS), on=["source", "record_id"], how="left")
+    categories, participants = tally(rows, facts=records is not None)
+    groups = person_groups(persons).rename({"participant_id": PARTICIPANT})
     n_persons = persons.select(pl.len()).collect().item()
+    return quality_report(categories.collect(), participants.collect(), groups, n_persons)
+
+
+def quality_report(categories: pl.DataFrame, participants: pl.DataFrame, groups: pl.LazyFrame, n_persons: int) -> pl.DataFrame:
+    """The quality report from the tallies of every record (`tally`, `add_tallies`). `groups`:
+    PARTICIPANT, breakdown, category (`person_groups`, keyed as the participants' tally is);
+    `n_persons`: the number of participants. The GUILD measures are included when the tallies
+    carry what records carry (FACT_COLUMNS)."""
+    cat, part = categories.lazy(), participants.lazy()
     parts = []
 
-    by_outcome = lm.group_by("source", "outcome").agg(pl.len().alias("count"))
-    totals = lm.group_by("source").agg(pl.len().alias("denominator"))
+    by_outcome = cat.group_by("source", "outcome").agg(pl.col("count").sum())
+    totals = cat.group_by("source").agg(pl.col("count").sum().alias("denominator"))
     grid = pl.LazyFrame({"source": list(SOURCES)}).join(pl.LazyFrame({"outcome": list(OUTCOMES)}), how="cross")
     by_outcome = grid.join(by_outcome, on=["source", "outcome"], how="left").join(totals, on="source", how="left")
     parts.append(_rows(by_outcome.with_columns(pl.col("count").fill_null(0), pl.col("denominator").fill_null(0)), "records_by_outcome"))
 
-    linked = lm.filter(pl.col("participant_id").is_not_null())
-    found = linked.group_by("source").agg(pl.col("participant_id").n_unique().alias("count"))
+    found = part.group_by("source").agg(pl.col(PARTICIPANT).n_unique().alias("count"))
     found = pl.LazyFrame({"source": list(SOURCES)}).join(found, on="source", how="left").with_columns(pl.col("count").fill_null(0))
-    found_any = linked.select(pl.lit(ANY_SOURCE).alias("source"), pl.col("participant_id").n_unique().alias("count"))
+    found_any = part.select(pl.lit(ANY_SOURCE).alias("source"), pl.col(PARTICIPANT).n_unique().alias("count"))
     parts.append(_rows(pl.concat([found, found_any]).with_columns(denominator=pl.lit(n_persons)), "participants_found"))
 
-    scored = lm.filter(pl.col("match_weight").is_not_null()).with_columns(category=weight_bin(pl.col("match_weight")))
-    weights = scored.group_by("source", "outcome", "category").agg(pl.len().alias("count"))
+    weights = cat.filter(pl.col("weight_bin").is_not_null()).group_by("source", "outcome", pl.col("weight_bin").alias("category")).agg(pl.col("count").sum())
     parts.append(_rows(weights, "match_weight", breakdown="match_weight"))
 
-    groups = person_groups(persons)
     group_sizes = groups.group_by("breakdown", "category").agg(pl.len().alias("denominator"))
     # Per source and participant first (a few rows per participant), then by group.
-    per_participant = linked.group_by("source", "participant_id").agg(
-        pl.len().alias("linked"), (pl.col("rank") == "P").sum().alias("linked_p")
+    per_participant = part.group_by("source", PARTICIPANT).agg(
+        pl.col("count").sum().alias("linked"), pl.col("count").filter(pl.col("outcome") == "P").sum().alias("linked_p")
     )
-    by_group = per_participant.join(groups, on="participant_id").group_by("source", "breakdown", "category").agg(
+    by_group = per_participant.join(groups, on=PARTICIPANT).group_by("source", "breakdown", "category").agg(
         pl.len().alias("found"), pl.col("linked").sum(), pl.col("linked_p").sum()
     )
     grid = pl.LazyFrame({"source": list(SOURCES)}).join(group_sizes, how="cross")
@@ -233,8 +282,8 @@ def linkage_quality(link_map: pl.LazyFrame, persons: pl.LazyFrame, records: pl.L
     parts.append(_rows(found_by.with_columns(pl.col("count").fill_null(0)), "participants_found_by_group"))
     p_share = by_group.select("source", "breakdown", "category", pl.col("linked_p").alias("count"), pl.col("linked").alias("denominator"))
     parts.append(_rows(p_share, "linked_by_p_by_group", outcome="P"))
-    if records is not None:
-        parts += _record_measures(lm, records, groups)
+    if all(c in categories.columns for c in FACT_COLUMNS):
+        parts += _record_measures(cat, part.join(groups, on=PARTICIPANT))
 
     return (
         pl.concat(parts, how="vertical")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +44,15 @@ from pipeline.link.probabilistic import (
 # DETERMINISTIC_COLUMNS is imported from here by tests and benchmarks; pipeline.link.plan owns it.
 from pipeline.link.plan import DETERMINISTIC_COLUMNS, QUALITY_COVARIATES, RECORDS, LinkPlan, plan_link  # noqa: F401
 from pipeline.link.profiles import PROFILE_KEY, build_profiles, token_codes
+from pipeline.link.quality import IDENTIFIER_TOKENS, PARTICIPANT, add_tallies, record_facts, tally
 from pipeline.progress import Progress
 from pipeline.settings import SOURCES, RunConfig
+from pipeline.zones import TOKEN_BLOCK
 
 log = logging.getLogger(__name__)
 
-ROW_GROUP = 1_000_000
+# Records of a source read, linked, written (one row group of the link map) and tallied at a time.
+WINDOW = 1_000_000
 
 
 def check_token_files(plan: LinkPlan) -> dict[str, Path]:
@@ -152,16 +156,18 @@ def _execute_link(plan: LinkPlan, progress: Progress) -> Path:
 
     t = time.perf_counter()
     progress.step("probabilistic linkage and the link map")
-    models = _write_link_map(plan, kid, persons, participants, known)
+    models, tallies = _write_link_map(plan, kid, persons, participants, known)
     progress.advance()
     timings["probabilistic_and_link_map"] = round(time.perf_counter() - t, 1)
 
-    from pipeline.link.quality import linkage_quality, summary_figures
+    from pipeline.link.quality import PARTICIPANT, person_groups, quality_report, summary_figures
 
     t = time.perf_counter()
     progress.step("linkage quality report")
     covariates = pl.scan_parquet(plan.study_persons).select("participant_id", *QUALITY_COVARIATES)
-    quality = linkage_quality(pl.scan_parquet(plan.link_map), covariates, _record_facts(plan))
+    uids = persons.lazy().select("participant_id", pl.col("uid").cast(pl.UInt32).alias(PARTICIPANT))
+    groups = person_groups(covariates).join(uids, on="participant_id", how="left").drop("participant_id")
+    quality = quality_report(*tallies, groups, covariates.select(pl.len()).collect().item())
     io.write_frame(quality, load_contract("linkage_quality"), plan.quality, {"pprl_kid": kid})
     progress.advance()
     timings["quality_report"] = round(time.perf_counter() - t, 1)
@@ -181,40 +187,19 @@ def _execute_link(plan: LinkPlan, progress: Progress) -> Path:
     return plan.link_map
 
 
-def _record_facts(plan: LinkPlan) -> pl.LazyFrame | None:
-    """What each pseudonymised record carries, for the quality report's GUILD measures
-    (pipeline.link.quality.record_facts); None when a source has no payload file (a plan whose
-    tests give only tokens)."""
-    from pipeline.link.quality import record_facts
-
-    if not all(plan.payloads.get(s) and plan.payloads[s].exists() for s in plan.sources):
-        return None
-    return pl.concat(
-        [
-            record_facts(s, pl.scan_parquet(plan.payloads[s]), scan_record_tokens_files(plan.records[s], plan.blocks[s]))
-            for s in plan.sources
-        ]
-    )
-
-
-def scan_record_tokens_files(records: Path, blocks: Path) -> pl.LazyFrame:
-    """record_id and the token columns of each record (as pipeline.zones.scan_record_tokens, from the plan's paths)."""
-    from pipeline.zones import TOKEN_BLOCK
-
-    return pl.scan_parquet(records).join(pl.scan_parquet(blocks), on=TOKEN_BLOCK, how="left").drop(TOKEN_BLOCK)
-
-
 def _deterministic_pass(plan: LinkPlan, source: str, columns: list[str], persons: pl.DataFrame) -> pl.DataFrame:
-    """Profiles and ranks 1-5 for one source. Writes the record -> profile map and the coded
+    """Profiles and ranks 1-5 for one source. Writes each token block's profile and the coded
     profiles with their deterministic result to the work folder; returns the addresses of the
     profiles linked by the plan's address ranks (the NHS number's)."""
     t = time.perf_counter()
     work = plan.work
     key_columns = [c for c in plan.key_columns if c in columns]
     records, blocks = plan.records[source], plan.blocks[source]
-    profiles = build_profiles(
-        pl.scan_parquet(records), pl.scan_parquet(blocks), columns, key_columns, work / f"{source}.records.parquet", where=f"{records}, {blocks}"
+    profiles, block_profiles = build_profiles(
+        pl.scan_parquet(records), pl.scan_parquet(blocks), columns, key_columns, where=f"{records}, {blocks}"
     )
+    io.write_scratch(block_profiles, work / f"{source}.blocks.parquet")
+    del block_profiles
     t_profiles = time.perf_counter() - t
     det = link_deterministic(
         profiles.lazy().rename({PROFILE_KEY: "record_id"}), persons.lazy().select("participant_id", *plan.deterministic_columns)
@@ -252,13 +237,23 @@ def _participant_frames(plan: LinkPlan, persons: pl.DataFrame, addresses: list[p
 
 def _write_link_map(
     plan: LinkPlan, kid: str, persons: pl.DataFrame, participants: pl.DataFrame | None, known: pl.DataFrame | None
-) -> dict[str, SourceModel]:
+) -> tuple[dict[str, SourceModel], Tallies]:
     """Append each source's links to the one link map file, in the plan's link map order; with
-    `participants`, rank P is added first. Returns the Splink model of each source."""
+    `participants`, rank P is added first. Returns the Splink model of each source and the tallies
+    of the quality report (pipeline.link.quality.tally) of every record written.
+
+    Profiles are linked once each; records take their profile's result through their token block,
+    WINDOW rows at a time, and are tallied as they are written, so memory follows the window and the
+    number of profiles, never the number of records."""
     models: dict[str, SourceModel] = {}
     contract = load_contract("link_map")
     schema = contract.arrow_schema()
     schema = schema.with_metadata({**(schema.metadata or {}), b"pprl_kid": kid.encode()})
+    ids = persons.select(pl.col("uid").cast(pl.UInt32).alias(PARTICIPANT), "participant_id")
+    uids = persons.select("participant_id", pl.col("uid").cast(pl.UInt32).alias(PARTICIPANT))
+    facts = all(plan.payloads.get(s) and plan.payloads[s].exists() for s in plan.sources)
+    categories: list[pl.DataFrame] = []
+    linked: list[pl.DataFrame] = []
     with io.parquet_writer(plan.link_map, schema) as writer:
         for source in plan.link_map_order:
             profiles = pl.read_parquet(plan.work / f"{source}.profiles.parquet")
@@ -269,14 +264,72 @@ def _write_link_map(
                     match_weight=pl.lit(None, dtype=pl.Float64)
                 )
             del profiles
-            records = pl.read_parquet(plan.work / f"{source}.records.parquet")
-            if not records.get_column("record_id").is_sorted():
-                records = records.sort("record_id")
-            link = records.join(result, on=PROFILE_KEY, how="left", maintain_order="left").with_columns(source=pl.lit(source))
-            del records, result
-            writer.write_table(to_arrow(link, contract).replace_schema_metadata(schema.metadata), row_group_size=ROW_GROUP)
-            del link
-    return models
+            # Each token block's result, with the participant as its row number (a 4-byte key; the
+            # participant's ID is put back on the rows written).
+            by_block = (
+                pl.read_parquet(plan.work / f"{source}.blocks.parquet")
+                .join(result.join(uids, on="participant_id", how="left").drop("participant_id"), on=PROFILE_KEY, how="left")
+                .drop(PROFILE_KEY)
+            )
+            if facts:
+                by_block = by_block.join(_identifiers_present(plan.blocks[source]), on=TOKEN_BLOCK, how="left")
+            del result
+            source_categories, source_linked = [], []
+            for window in _windows(plan, source, facts):
+                rows = window.join(by_block, on=TOKEN_BLOCK, how="left", maintain_order="left").with_columns(source=pl.lit(source))
+                link = rows.join(ids, on=PARTICIPANT, how="left", maintain_order="left")
+                writer.write_table(to_arrow(link, contract).replace_schema_metadata(schema.metadata), row_group_size=WINDOW)
+                c, p = tally(rows.lazy(), facts)
+                source_categories.append(c.collect())
+                source_linked.append(p.collect())
+                del rows, link
+            categories.append(add_tallies(source_categories))
+            linked.append(add_tallies(source_linked))
+    return models, (add_tallies(categories), add_tallies(linked))
+
+
+Tallies = tuple[pl.DataFrame, pl.DataFrame]
+
+
+def _identifiers_present(blocks: Path) -> pl.DataFrame:
+    """token_block and whether each identifier of pipeline.link.quality.IDENTIFIER_TOKENS was usable
+    (its token is present) in the block."""
+    return pl.scan_parquet(blocks).select(
+        TOKEN_BLOCK, *[pl.col(t).is_not_null().alias(f"has_{i}") for i, t in IDENTIFIER_TOKENS.items()]
+    ).collect()
+
+
+def _windows(plan: LinkPlan, source: str, facts: bool) -> Iterator[pl.DataFrame]:
+    """A source's records, WINDOW rows at a time, in the records file's order: record_id and
+    token_block and, with `facts`, what the record's payload says of it (provider, month, kind:
+    pipeline.link.quality.record_facts).
+
+    The payload file is read beside the records file, row by row: the pseudonymisation stage
+    writes both from one pass in the same order (pipeline.pseudonymise.records), so no join on the
+    record IDs is needed; a record ID that differs between the two files (files of different runs)
+    is refused."""
+    records = pl.scan_parquet(plan.records[source]).select("record_id", TOKEN_BLOCK)
+    n = records.select(pl.len()).collect().item()
+    payload = pl.scan_parquet(plan.payloads[source]) if facts else None
+    if payload is not None and payload.select(pl.len()).collect().item() != n:
+        raise _misaligned(plan, source)
+    for start in range(0, n, WINDOW):
+        window = records.slice(start, WINDOW).collect()
+        if payload is None:
+            yield window
+            continue
+        payload_window = record_facts(source, payload.slice(start, WINDOW)).collect()
+        if not window.get_column("record_id").equals(payload_window.get_column("record_id")):
+            raise _misaligned(plan, source)
+        yield pl.concat([window, payload_window.drop("record_id")], how="horizontal")
+
+
+def _misaligned(plan: LinkPlan, source: str) -> PipelineError:
+    return PipelineError(
+        f"{plan.payloads[source]} and {plan.records[source]} do not hold the same records in the same order "
+        "(rule: the pseudonymisation stage writes both in one pass); they are from different runs: "
+        "re-pseudonymise the source"
+    )
 
 
 def _probabilistic_pass(
@@ -308,12 +361,16 @@ def _probabilistic_pass(
         plan.models[source],
         plan.work / "duckdb",
     )
-    pairs = pairs.join(persons.select(pl.col("uid").cast(pl.UInt64).alias("participant_uid"), "participant_id"), on="participant_uid")
+    # Resolved on the participants' row numbers (8 bytes a pair, where their IDs would be 64
+    # characters): each pair's participant, and the tie rule's "one participant", are the same.
     resolved = resolve_probabilistic(
         unlinked.lazy().select(pl.col(PROFILE_KEY).alias("record_id")),
-        pairs.lazy().rename({PROFILE_KEY: "record_id"}),
+        pairs.lazy().rename({PROFILE_KEY: "record_id", "participant_uid": "participant_id"}),
         options.threshold_match_probability,
     ).collect().rename({"record_id": PROFILE_KEY})
+    del pairs
+    ids = persons.select(pl.col("uid").cast(pl.UInt64), pl.col("participant_id").alias("_id"))
+    resolved = resolved.join(ids, left_on="participant_id", right_on="uid", how="left").with_columns(participant_id=pl.col("_id")).drop("_id")
     det = det.join(resolved.select(PROFILE_KEY), on=PROFILE_KEY, how="anti").with_columns(match_weight=pl.lit(None, dtype=pl.Float64))
     return pl.concat([det, resolved.select(det.columns)]), info
 

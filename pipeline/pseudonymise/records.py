@@ -95,7 +95,7 @@ def _pseudonymise_source(cfg: RunConfig, key: LinkageKey, source: str, progress:
         table, counts = _write_token_blocks(rows, key, source, out, parts, part_of, folder)
         progress.advance()
         progress.step(PSEUDONYMISE_STEPS[1])
-        n_quarantined, reasons = _write_rows(cfg, rows, table, key, source, parts, part_of, folder)
+        n_quarantined, reasons = _write_rows(cfg, rows, table, key, source)
         progress.advance()
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -150,15 +150,13 @@ def _write_token_blocks(
     return pl.concat(tables), totals
 
 
-def _write_rows(
-    cfg: RunConfig, rows: pl.LazyFrame, table: pl.DataFrame, key: LinkageKey, source: str, parts: int, part_of: pl.Expr, folder: Path
-) -> tuple[int, dict[str, int]]:
-    """Write records/<source>.parquet (each kept row's record token and block, part by part when in
-    parts), payload/<source>.parquet and the quarantine in one pass over `rows`; return the number
+def _write_rows(cfg: RunConfig, rows: pl.LazyFrame, table: pl.DataFrame, key: LinkageKey, source: str) -> tuple[int, dict[str, int]]:
+    """Write records/<source>.parquet (each kept row's record token and block), payload/<source>.parquet and the quarantine in one pass over `rows`; return the number
     of rows set aside and their reasons.
 
-    Rows keep the order of the delivered extract (records part by part when in parts), so the same
-    extract always gives the same bytes without a sort, which would hold every row in memory at once.
+    Rows keep the order of the delivered extract in both files, so the same extract always gives the
+    same bytes without a sort, which would hold every row in memory at once, and row i of the record
+    blocks is row i of the payload (the link stage reads them side by side).
     """
     # nulls_equal: a block with a missing identifier must still find itself. maintain_order: rows keep
     # the input's order while the join still streams.
@@ -167,19 +165,16 @@ def _write_rows(
     joined = joined.with_columns(pl.when(pl.col(UNUSABLE)).then(pl.lit(QUARANTINE_REASON)).otherwise(pl.col(_RULE)).alias(_REASON))
     # One frame for every output of kept rows, so Polars makes each record token once for all of them.
     kept = with_record_tokens(joined.filter(pl.col(_REASON).is_null()), key, source)
-    records_contract = load_contract("record_blocks")
-    sinks = [(kept, payload_contract(source), payload_file(cfg, source), None)]
-    if parts == 1:
-        sinks.append((kept, records_contract, record_blocks_path(cfg.pseudonymised_dir, source), _metadata(key, source)))
-    else:
-        sinks += [(kept.filter(part_of == p), records_contract, folder / f"records-{p:04d}.parquet", None) for p in range(parts)]
+    # The payload and the record blocks hold the same records in the same order: the link stage
+    # reads them side by side, row by row, instead of joining them on the record IDs.
+    sinks = [
+        (kept, payload_contract(source), payload_file(cfg, source), None),
+        (kept, load_contract("record_blocks"), record_blocks_path(cfg.pseudonymised_dir, source), _metadata(key, source)),
+    ]
     # Quarantined rows are few and written sorted, so they are collected.
     columns = load_contract(source).column_names
     set_aside = joined.filter(pl.col(_REASON).is_not_null()).select(*columns, pl.col(_REASON).alias("quarantine_reason"))
     (quarantined,) = io.sink_frames(sinks, collect=[set_aside.sort("record_id")])
-    if parts > 1:
-        files = [folder / f"records-{p:04d}.parquet" for p in range(parts)]
-        io.sink_frame(pl.scan_parquet(files), records_contract, record_blocks_path(cfg.pseudonymised_dir, source), _metadata(key, source))
 
     qpath = quarantine_file(cfg, source)
     if quarantined.height:

@@ -1,0 +1,54 @@
+"""The link stage reads each source's record blocks and payload side by side, window by window
+(pipeline.link.stage._windows), instead of joining them on record IDs: the two files must hold the
+same records in the same order, and a pair that does not is refused, naming both files."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+import pytest
+
+from pipeline.errors import PipelineError
+from pipeline.link import stage
+from pipeline.link.plan import plan_link
+from pipeline.settings import RunConfig
+
+N = 7
+
+
+@pytest.fixture
+def plan(tmp_path, monkeypatch):
+    monkeypatch.setattr(stage, "WINDOW", 3)  # three windows: 3, 3 and 1 rows
+    plan = plan_link(RunConfig.from_conf({"raw_dir": str(tmp_path / "raw"), "work_dir": str(tmp_path / "work"), "release_label": "w"}))
+    ids = [f"{i:064x}" for i in range(N)]
+    plan.records["gp_events"].parent.mkdir(parents=True)
+    pl.DataFrame({"record_id": ids, "token_block": list(range(N))}).write_parquet(plan.records["gp_events"])
+    plan.payloads["gp_events"].parent.mkdir(parents=True)
+    pl.DataFrame(
+        {
+            "record_id": ids,
+            "event_date": [dt.date(2024, 1 + i, 1) for i in range(N)],
+            "consultation_type": ["surgery"] * N,
+            "provider_code": ["ZZ2001"] * N,
+        }
+    ).write_parquet(plan.payloads["gp_events"])
+    return plan
+
+
+def test_windows_carry_each_record_with_its_own_payload(plan):
+    windows = list(stage._windows(plan, "gp_events", facts=True))
+    assert [w.height for w in windows] == [3, 3, 1]
+    whole = pl.concat(windows)
+    assert whole.get_column("token_block").to_list() == list(range(N))
+    assert whole.get_column("month").to_list() == [f"2024-{1 + i:02d}" for i in range(N)]
+
+
+@pytest.mark.parametrize("damage", ["reordered", "shorter"])
+def test_a_payload_out_of_step_with_the_record_blocks_is_refused(plan, damage):
+    payload = pl.read_parquet(plan.payloads["gp_events"])
+    payload = payload.reverse() if damage == "reordered" else payload.head(N - 1)
+    payload.write_parquet(plan.payloads["gp_events"])
+    with pytest.raises(PipelineError, match="do not hold the same records in the same order") as err:
+        list(stage._windows(plan, "gp_events", facts=True))
+    assert "payload" in str(err.value) and "records" in str(err.value)
