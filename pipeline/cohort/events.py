@@ -30,6 +30,7 @@ import polars as pl
 
 from pipeline import io
 from pipeline.contracts import load_contract
+from pipeline.errors import PipelineError
 from pipeline.settings import SOURCES, RunConfig
 from pipeline.zones import link_map_file, payload_file
 
@@ -45,29 +46,51 @@ def deduplicate(events: pl.LazyFrame, source: str) -> pl.LazyFrame:
     return events.select(cols).unique(maintain_order=False)
 
 
-def linked_events(cfg: RunConfig, work: Path | None = None, participants: pl.LazyFrame | None = None) -> dict[str, pl.LazyFrame]:
-    """Each source's payload with the participant its record links to (linked records only; with
-    `participants`, only theirs).
+# Records of a source read side by side with their link map rows at a time.
+WINDOW = 1_000_000
 
-    With `work`, each source's linked events are joined once and written there (`<source>.parquet`),
-    and the frames returned read them back: joining 50 million payload rows to the link map on
-    record_id costs more than writing the result once. The caller removes `work`.
+
+def linked_events(cfg: RunConfig, work: Path, participants: pl.LazyFrame | None = None) -> dict[str, pl.LazyFrame]:
+    """Each source's payload with the participant its record links to (linked records only; with
+    `participants`, only theirs), written to `work` (`<source>/part-*.parquet`) and read back.
+
+    The link map holds each source's records in the order of its payload file (pipeline.link.stage
+    writes them so), so the two are read side by side, WINDOW rows at a time (pipeline.io.side_by_side),
+    instead of joined on 64-character record IDs: memory follows the window. The caller removes `work`.
     """
-    link_map = pl.scan_parquet(link_map_file(cfg)).filter(pl.col("participant_id").is_not_null())
-    events = {
-        s: pl.scan_parquet(payload_file(cfg, s)).join(
-            link_map.filter(pl.col("source") == s).select("record_id", "participant_id"), on="record_id", how="inner"
+    link_map = pl.scan_parquet(link_map_file(cfg))
+    sizes = dict(link_map.group_by("source").len().collect(engine="streaming").iter_rows())
+    keep = None if participants is None else participants.select("participant_id").collect()
+    events, start = {}, 0
+    # The link map holds the sources in name order (pipeline.link.plan.LinkPlan.link_map_order).
+    for source in sorted(SOURCES):
+        n = sizes.get(source, 0)
+        payload = pl.scan_parquet(payload_file(cfg, source))
+        links = link_map.slice(start, n).select("record_id", "participant_id")
+        start += n
+        folder = work / source
+        folder.mkdir(parents=True, exist_ok=True)
+        misaligned = _misaligned(cfg, source)
+        empty = payload.head(0).with_columns(participant_id=pl.lit(None, dtype=pl.String)).collect()
+        io.write_scratch(empty, folder / "part-empty.parquet")  # a source with no linked event has a schema too
+        for i, (linked, rows) in enumerate(io.side_by_side([links, payload], "record_id", WINDOW, misaligned)):
+            window = rows.with_columns(participant_id=linked.get_column("participant_id")).filter(pl.col("participant_id").is_not_null())
+            if keep is not None:
+                window = window.join(keep, on="participant_id", how="semi")
+            io.write_scratch(window, folder / f"part-{i:05d}.parquet")
+        events[source] = pl.scan_parquet(folder / "*.parquet")
+    return events
+
+
+def _misaligned(cfg: RunConfig, source: str):
+    def error() -> PipelineError:
+        return PipelineError(
+            f"{link_map_file(cfg)} does not hold the records of {payload_file(cfg, source)} in that file's order "
+            "(rule: the link stage writes each source's records in its payload's order); the link map is from "
+            "another run or an earlier version: rerun the pprl_link DAG for this label"
         )
-        for s in SOURCES
-    }
-    if participants is not None:
-        events = {s: lf.join(participants.select("participant_id"), on="participant_id", how="semi") for s, lf in events.items()}
-    if work is None:
-        return events
-    work.mkdir(parents=True, exist_ok=True)
-    for s, lf in events.items():
-        io.write_scratch(lf, work / f"{s}.parquet")
-    return {s: pl.scan_parquet(work / f"{s}.parquet") for s in SOURCES}
+
+    return error
 
 
 def distinct_events(events: dict[str, pl.LazyFrame], work: Path) -> tuple[dict[str, pl.LazyFrame], dict[str, int]]:

@@ -304,23 +304,18 @@ def _windows(plan: LinkPlan, source: str, facts: bool) -> Iterator[pl.DataFrame]
     token_block and, with `facts`, what the record's payload says of it (provider, month, kind:
     pipeline.link.quality.record_facts).
 
-    The payload file is read beside the records file, row by row: the pseudonymisation stage
-    writes both from one pass in the same order (pipeline.pseudonymise.records), so no join on the
-    record IDs is needed; a record ID that differs between the two files (files of different runs)
-    is refused."""
+    The payload file is read beside the records file, row by row (pipeline.io.side_by_side): the
+    pseudonymisation stage writes both from one pass in the same order (pipeline.pseudonymise.
+    records), so no join on the record IDs is needed; files that differ in any record ID (files of
+    different runs) are refused."""
     records = pl.scan_parquet(plan.records[source]).select("record_id", TOKEN_BLOCK)
-    n = records.select(pl.len()).collect().item()
-    payload = pl.scan_parquet(plan.payloads[source]) if facts else None
-    if payload is not None and payload.select(pl.len()).collect().item() != n:
-        raise _misaligned(plan, source)
-    for start in range(0, n, WINDOW):
-        window = records.slice(start, WINDOW).collect()
-        if payload is None:
-            yield window
-            continue
-        payload_window = record_facts(source, payload.slice(start, WINDOW)).collect()
-        if not window.get_column("record_id").equals(payload_window.get_column("record_id")):
-            raise _misaligned(plan, source)
+    if not facts:
+        n = records.select(pl.len()).collect().item()
+        for start in range(0, n, WINDOW):
+            yield records.slice(start, WINDOW).collect()
+        return
+    payload = record_facts(source, pl.scan_parquet(plan.payloads[source]))
+    for window, payload_window in io.side_by_side([records, payload], "record_id", WINDOW, lambda: _misaligned(plan, source)):
         yield pl.concat([window, payload_window.drop("record_id")], how="horizontal")
 
 
