@@ -27,6 +27,11 @@ Tokens are stored once per token block (schemas/token_blocks.yaml, tokens/<sourc
 record names its block (schemas/record_blocks.yaml, records/<source>.parquet). The link stage works on
 the blocks; `scan_record_tokens` gives the record-level view, one row per record with its tokens, for
 readers that want it (tests, benchmarks, checks against the token spec's reference implementation).
+
+Row order is part of the layout: a source's record blocks, its payload and its rows of the link map
+hold the same records in the same order (the delivered extract's), so later stages read them side
+by side, window by window (pipeline.io.side_by_side), instead of joining tens of millions of rows on
+64-character record IDs. The link map holds the sources one after another in name order.
 """
 
 from __future__ import annotations

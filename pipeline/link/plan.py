@@ -79,8 +79,9 @@ class LinkPlan:
 
     @property
     def link_map_order(self) -> tuple[str, ...]:
-        """Sources in name order: each is appended to the one link map file in this order, so the
-        link map is sorted by (source, record_id) without sorting it whole."""
+        """Sources in name order: each is appended to the one link map file in this order, its
+        records in the order of its payload file (pipeline.link.stage), so a reader takes a source's
+        rows by their offset and reads them beside the payload, with no sort and no join."""
         return tuple(sorted(self.sources))
 
     def token_files(self) -> dict[str, Path]:
