@@ -145,6 +145,19 @@ def test_agreement_raises_the_weight_and_each_fault_costs_less_than_disagreement
     assert scored[11][1] > scored[11][2]
 
 
+def test_scoring_in_chunks_gives_the_same_pairs_and_weights_as_scoring_at_once(tmp_path):
+    """score_pairs scores a source in chunks so the engine holds one chunk's pairs at a time; the
+    chunks must not change which pairs are formed or any weight (term frequencies are the whole
+    inputs')."""
+    participants = coded("uid", [person(i, nhs=100 + i, tok_surname=10 + i % 3) for i in range(1, 9)])
+    records = coded("uid", [person(20 + i, nhs=None, tok_surname=10 + i % 3, tok_postcode=50 + i % 2) for i in range(12)])
+    args = (model_frame(records.lazy(), "uid").collect(), model_frame(participants.lazy(), "uid").collect(), hand_set_model())
+    whole = score_pairs(*args, ProbabilisticOptions(), tmp_path / "a")
+    chunked = score_pairs(*args, ProbabilisticOptions(records_per_scoring_chunk=3), tmp_path / "b")
+    assert whole.height > 20
+    assert chunked.equals(whole)
+
+
 def test_pairs_no_blocking_rule_admits_are_never_scored(scored):
     # Record 15 has another surname, forename sound, dob and postcode: no rule pairs it with anyone.
     assert 15 not in scored

@@ -146,8 +146,9 @@ class SplinkBackend:
             frame = frame.with_columns(_signed(frame.schema))
         return self.db.register(frame.to_arrow(), dataset_display_name=name)
 
-    def pairs(self, predictions, records: str) -> pl.DataFrame:
-        """Splink's scored pairs as record_uid, participant_uid, match_weight, sorted by the uids.
+    def pairs(self, predictions, records: str, sort: bool = True) -> pl.DataFrame:
+        """Splink's scored pairs as record_uid, participant_uid, match_weight, sorted by the uids
+        (unless `sort` is false: the caller sorts them, with other chunks' pairs).
 
         Splink puts either input table on the left; every pair is oriented as (record of the table
         registered as `records`, participant). Sorted, because engines return rows in any order and
@@ -160,11 +161,12 @@ class SplinkBackend:
         else:
             raw = predictions.as_duckdbpyrelation().select(*columns).pl()
         left_is_record = pl.col("source_dataset_l") == records
-        return raw.select(
+        out = raw.select(
             pl.when(left_is_record).then("uid_l").otherwise("uid_r").alias("record_uid"),
             pl.when(left_is_record).then("uid_r").otherwise("uid_l").alias("participant_uid"),
             pl.col("match_weight").cast(pl.Float64),
-        ).sort("record_uid", "participant_uid")
+        )
+        return out.sort("record_uid", "participant_uid") if sort else out
 
     def close(self) -> None:
         self._close()

@@ -80,6 +80,9 @@ class ProbabilisticOptions:
     min_records_to_train: int = 50
     # Profiles of a source trained on at most (a seeded sample beyond it; scoring always uses all).
     max_training_profiles: int = 1_000_000
+    # Records of a source scored per chunk (pipeline.link.probabilistic.score_pairs): the engine holds
+    # one chunk's pairs at a time. The pairs, and so the links, do not depend on it.
+    records_per_scoring_chunk: int = 250_000
     # DuckDB's memory ceiling; beyond it DuckDB spills to the run's temporary folder.
     duckdb_memory_limit: str = "3GB"
     # The engine Splink runs on (pipeline.link.backends): DuckDB in the link task's process, or Spark.
@@ -95,6 +98,8 @@ class ProbabilisticOptions:
             raise ValueError("m_floor must be at least 0 and below 0.05")
         if self.addresses not in ("register", "register_and_linked"):
             raise ValueError("addresses must be 'register' or 'register_and_linked'")
+        if self.records_per_scoring_chunk < 1:
+            raise ValueError("records_per_scoring_chunk must be at least 1")
         if self.backend not in ("duckdb", "spark"):
             raise ValueError("backend must be 'duckdb' or 'spark'")
 

@@ -172,10 +172,23 @@ def train_model(
 
 
 def score_pairs(records: pl.DataFrame, participants: pl.DataFrame, model: dict[str, Any], options: ProbabilisticOptions, temp_dir: Path) -> pl.DataFrame:
-    """Every blocked (record uid, participant uid) pair with its match weight under `model`."""
+    """Every blocked (record uid, participant uid) pair with its match weight under `model`, sorted
+    by the uids.
+
+    Scored in chunks (Splink's `predict_chunk`: one input split by a hash of its uid, so each chunk
+    forms about 1/k of the pairs), each chunk's pairs taken out of the engine and its table dropped
+    before the next: the engine holds one chunk's pairs at a time, not every pair of the source.
+    Term frequencies are computed once over both whole inputs, so a pair's weight does not depend on
+    its chunk, and the sorted pairs are the same whatever the number of chunks."""
+    chunks = max(1, math.ceil(records.height / options.records_per_scoring_chunk))
     with open_backend(options, temp_dir) as backend:
         linker = _linker(backend, records, participants, model)
-        return backend.pairs(linker.inference.predict(warning_mode="never"), RECORDS)
+        parts = []
+        for i in range(1, chunks + 1):
+            predictions = linker.inference.predict_chunk(left_chunk=(i, chunks), warning_mode="never")
+            parts.append(backend.pairs(predictions, RECORDS, sort=False))
+            predictions.drop_table_from_database_and_remove_from_cache()
+        return pl.concat(parts).sort("record_uid", "participant_uid")
 
 
 def estimate_prior(match_weights: np.ndarray, model_prior: float, n_possible_pairs: int, iterations: int = 200) -> float:
