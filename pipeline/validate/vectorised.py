@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -156,17 +157,44 @@ def _evaluated_configuration(expectation: Any, parameters: dict[str, Any], batch
     return config.to_domain_obj().configuration
 
 
+@dataclass(frozen=True)
+class Counts:
+    """What a counted rule found on a batch's column: rows, present values, values breaking it."""
+
+    rows: int
+    nonnull: int
+    unexpected: int
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(self.rows + other.rows, self.nonnull + other.nonnull, self.unexpected + other.unexpected)
+
+
+def row_local(expectation: Any) -> bool:
+    """Whether a counted rule judges each row alone (so counts over row windows add up)."""
+    return expectation.expectation_type in (REGEX, BETWEEN)
+
+
+def count(expectation: Any, frame: pd.DataFrame, parameters: dict[str, Any] | None) -> Counts:
+    """Count `expectation` on its column of `frame` (a frame of the batch's rows with that column)."""
+    kwargs = _evaluated_configuration(expectation, parameters or {}, None).kwargs
+    # Arrow-backed pandas columns hand their Arrow data to Polars without a copy.
+    column = pl.Series(pa.array(frame[kwargs["column"]]))
+    rows = len(column)
+    return Counts(rows, rows - column.null_count(), int(_broken(column, expectation.expectation_type, kwargs).sum() or 0))
+
+
 def counted_result(expectation: Any, frame: pd.DataFrame, parameters: dict[str, Any] | None, batch_id: str | None) -> Any:
     """The ExpectationValidationResult GX gives `expectation` on `frame`, with BASIC counts and no
     unexpected value (pipeline.validate.privacy.RESULT_FORMAT). `batch_id` is the id GX gives the
     batch (it adds it to each result's expectation)."""
+    return result_of(expectation, count(expectation, frame, parameters), parameters, batch_id)
+
+
+def result_of(expectation: Any, counts: Counts, parameters: dict[str, Any] | None, batch_id: str | None) -> Any:
+    """The result GX gives `expectation` for these counts (see counted_result)."""
     config = _evaluated_configuration(expectation, parameters or {}, batch_id)
     kwargs = config.kwargs
-    # Arrow-backed pandas columns hand their Arrow data to Polars without a copy.
-    column = pl.Series(pa.array(frame[kwargs["column"]]))
-    rows = len(column)
-    nonnull = rows - column.null_count()
-    unexpected = int(_broken(column, expectation.expectation_type, kwargs).sum() or 0)
+    rows, nonnull, unexpected = counts.rows, counts.nonnull, counts.unexpected
     mostly = float(kwargs.get("mostly", 1.0))
     # As GX's ColumnMapExpectation: vacuously true without a value to check.
     success = rows == 0 or nonnull == 0 or (nonnull - unexpected) / nonnull >= mostly
