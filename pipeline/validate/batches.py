@@ -1,10 +1,15 @@
-"""Reading a Parquet file as pandas batches for GX, with memory that stays flat as files grow.
+"""Reading a Parquet file as pandas batches for GX, with memory bounded by a piece, not by the file.
 
 GX validates pandas frames, not Polars ones. A file up to `max_batch_rows` rows is one batch; a
-larger file is read a few row groups at a time, so at most about `max_batch_rows` rows (or one
-row group, if a writer made bigger ones) are in memory at once. Rules that compare rows with each
-other (uniqueness) cannot be checked batch by batch; `duplicate_row_count` checks them over the
-whole file with a streaming Polars query instead.
+larger file is read a few row groups at a time (at most about `max_batch_rows` rows, or one row
+group if a writer made bigger ones). Within a batch, `ParquetBatch` reads only the columns one group
+of expectations reads (pipeline.validate.column_groups), and a pattern or range on a column nothing
+else reads is counted `WINDOW_ROWS` rows at a time: so memory is about the batch's rows times the
+columns one expectation reads, never the whole batch of a wide file.
+
+Rules that compare rows with each other (uniqueness) cannot be checked batch by batch;
+`duplicate_row_count` checks them over the whole file, exactly, in hash buckets of about
+`UNIQUE_PIECE_ROWS` rows each, so its memory does not grow with the file either.
 """
 
 from __future__ import annotations
@@ -199,7 +204,8 @@ def duplicate_row_count(path: Path, columns: list[str], ignore_row_if: str, piec
 
     Memory is bounded by `piece_rows`, not by the file: a file of more rows is split, in one pass
     over windows of `piece_rows` rows, into K = rows / piece_rows buckets by a hash of the value, spilled
-    to a private temporary Arrow file; then each bucket's rows are read back and their duplicates
+    to an Arrow file in a private temporary folder (tempfile: readable by this user only, removed when
+    the count ends; it holds the checked columns' values, as the validated file does); then each bucket's rows are read back and their duplicates
     counted exactly with a group-by on the values themselves. Equal values have equal hashes, so
     every group of equal values lies in one bucket: the hash only decides the bucket, never whether
     two values are equal, and the sum over the buckets is the whole file's count.

@@ -18,6 +18,10 @@ percentages), the same verdict under `mostly`. So the Data Docs page, the zone s
 release manifest say what they said before; a spec test (tests/test_validate.py) checks that the
 results equal GX's own, on clean and broken columns, with and without `mostly`.
 
+A pattern or range judges each row alone (`row_local`), so its `Counts` over windows of a batch's
+rows add up to the count over the batch (pipeline.validate.column_groups reads such a column a
+window at a time); uniqueness is counted over the batch's whole column.
+
 Only what Polars counts exactly as GX does is taken: literal or run-parameter arguments of the right
 kind, on a column the batch has with a type the rule applies to, without a row condition. Anything
 else (a missing column, a column of the wrong type, a regex Polars cannot compile, text bounds)
