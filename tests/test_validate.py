@@ -355,6 +355,40 @@ def test_large_file_is_read_in_row_groups_and_uniqueness_checked_across_them(tmp
     assert len(pages) == 4  # three batches and the whole-file uniqueness check
 
 
+@pytest.mark.parametrize("ignore_row_if", ["any_value_is_missing", "all_values_are_missing", "never"])
+def test_whole_file_duplicates_are_counted_exactly_in_hash_buckets(tmp_path: Path, ignore_row_if: str) -> None:
+    """The whole-file uniqueness count, split into hash buckets of a few rows each (memory bounded by
+    the piece, not the file), equals the count over the file at once and pandas' duplicated()."""
+    from pipeline.validate.batches import duplicate_row_count
+
+    rng = __import__("random").Random(19)
+    n = 500
+    frame = pl.DataFrame(
+        {
+            "a": [rng.choice([None, *(f"{i:064x}" for i in range(150))]) for _ in range(n)],
+            "b": [rng.choice([None, 1, 2]) for _ in range(n)],
+            "d": [rng.choice([None, dt.date(2024, 1, 1), dt.date(2024, 1, 2)]) for _ in range(n)],
+        }
+    )
+    path = tmp_path / "f.parquet"
+    frame.write_parquet(path, row_group_size=64)
+    for columns in (["a"], ["a", "b"], ["b", "d"]):
+        kept = frame.to_pandas()[columns]
+        if ignore_row_if == "any_value_is_missing":
+            kept = kept.dropna(how="any")
+        elif ignore_row_if == "all_values_are_missing":
+            kept = kept.dropna(how="all")
+        expected = int(kept.duplicated(keep=False).sum())
+        assert expected > 0
+        whole = duplicate_row_count(path, columns, ignore_row_if, piece_rows=10_000)
+        bucketed = duplicate_row_count(path, columns, ignore_row_if, piece_rows=7)  # 72 buckets, windows of 7 rows
+        assert whole == bucketed == expected
+    assert duplicate_row_count(path, ["a", "missing"], "never", piece_rows=7) is None
+    unique = tmp_path / "u.parquet"
+    pl.DataFrame({"a": [f"{i:064x}" for i in range(100)]}).write_parquet(unique, row_group_size=16)
+    assert duplicate_row_count(unique, ["a"], "any_value_is_missing", piece_rows=9) == 0
+
+
 def test_rerun_overwrites_and_leaves_no_gx_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     apc = write(apc_rows(), "hospital_apc", tmp_path / "in" / "hospital_apc.parquet")
@@ -501,7 +535,8 @@ def test_column_groups_give_what_one_whole_frame_run_gives(tmp_path: Path, datas
 
     from pipeline.validate import docs
     from pipeline.validate._gx import Validator
-    from pipeline.validate.batches import plan_batches, read_batch
+    from pipeline.validate import batches
+    from pipeline.validate.batches import ParquetBatch, plan_batches, read_batch
     from pipeline.validate.column_groups import validate_batch
     from pipeline.validate.privacy import RESULT_FORMAT, scrub_suite_result
 
@@ -534,6 +569,16 @@ def test_column_groups_give_what_one_whole_frame_run_gives(tmp_path: Path, datas
         assert outcome(got) == outcome(expected)
         assert got.success == expected.success and got.statistics["unsuccessful_expectations"] == expected.statistics["unsuccessful_expectations"]
         assert i == 0 or not got.success
+        # Read from the file a group's columns at a time, patterns and ranges over windows of 2 rows:
+        # the same results again, and the batch's meta as GX gives it.
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(batches, "WINDOW_ROWS", 2)
+            from_file = scrub_suite_result(validate_batch(batch_definition, ParquetBatch(path, plan_batches(path)[0], contract), suite, WINDOW, RESULT_FORMAT))
+        assert outcome(from_file) == outcome(expected)
+        def meta(result: Any) -> dict[str, Any]:  # less the time GX loaded the batch
+            return {k: v for k, v in result.meta.items() if k != "batch_markers"} | {"markers": sorted(result.meta["batch_markers"])}
+
+        assert meta(from_file) == meta(got) == meta(expected)
 
 
 TOKEN = "[0-9a-f]{64}"

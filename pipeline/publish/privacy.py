@@ -271,7 +271,7 @@ def _check_values(lf: pl.LazyFrame, file: str, present: list[Column], schema: An
             checks.append(("no NHS-number-like value", name, "{n} value(s) hold a valid NHS number"))
     if not exprs:
         return
-    counts = lf.select([e.alias(f"c{i}") for i, e in enumerate(exprs)]).collect().row(0)
+    counts = lf.select([e.alias(f"c{i}") for i, e in enumerate(exprs)]).collect(engine="streaming").row(0)
     for (rule, column, detail), n in zip(checks, counts, strict=True):
         if n:
             report.fail(rule, file, column, detail.format(n=int(n)) + "; rebuild the release from a fixed cohort stage")
@@ -286,7 +286,7 @@ def _check_study_ids(lf: pl.LazyFrame, file: str, contract: Contract, present: l
         row = lf.select(
             (col.is_null() | ~col.cast(pl.String).str.contains(STUDY_ID_PATTERN)).sum().alias("malformed"),
             (col.len() - col.n_unique()).alias("repeats"),
-        ).collect().row(0, named=True)
+        ).collect(engine="streaming").row(0, named=True)
         if row["malformed"]:
             report.fail(rule, file, c.name, f"{row['malformed']} study ID(s) are not S followed by 16 hex digits")
         # Only a table keyed by the study ID alone (the cohort) has one row per person.
@@ -309,7 +309,7 @@ def _check_groups(lf: pl.LazyFrame, file: str, contract: Contract, present: list
         pl.col("people").min().alias("smallest_group"),
         (pl.col("people") < minimum).sum().alias("groups_below_minimum"),
         pl.col("people").filter(pl.col("people") < minimum).sum().alias("people_in_small_groups"),
-    ).collect().row(0, named=True)
+    ).collect(engine="streaming").row(0, named=True)
     found = {k: int(v or 0) for k, v in groups.items()}
     report.quasi_identifiers[contract.name] = {"columns": qi, **found}
     if found["groups_below_minimum"]:
@@ -326,7 +326,7 @@ def _check_precision(lf: pl.LazyFrame, file: str, contract: Contract, present: l
     rules = {c.name: r for c in present if (r := disclosure.declared_precision(contract.name).get(c.name))}
     if not rules:
         return
-    row = lf.select([disclosure.imprecise_expr(c, r).sum().alias(c) for c, r in rules.items()]).collect().row(0, named=True)
+    row = lf.select([disclosure.imprecise_expr(c, r).sum().alias(c) for c, r in rules.items()]).collect(engine="streaming").row(0, named=True)
     for column, n in row.items():
         if n:
             what = f"{n} value(s) are finer than {disclosure.precision_text(rules[column])}; publish through stage_release, which rounds them"
@@ -345,7 +345,7 @@ def _check_counts(lf: pl.LazyFrame, file: str, contract: Contract, present: list
             report.fail(rule, f"schemas/{contract.name}.yaml", c.name, "a count column must have an integer type")
     counts = [c.name for c in present if declared.get(c.name) == disclosure.COUNT and c.type in INTEGER_TYPES]
     if counts:
-        row = lf.select([disclosure.uncontrolled_expr(c).sum().alias(c) for c in counts]).collect().row(0, named=True)
+        row = lf.select([disclosure.uncontrolled_expr(c).sum().alias(c) for c in counts]).collect(engine="streaming").row(0, named=True)
         for column, n in row.items():
             if n:
                 what = f"{n} count(s) are not suppressed or rounded; publish through stage_release, which applies the control"
@@ -370,7 +370,9 @@ def _check_not_tokens(release_dir: Path, token_files: list[tuple[str, Path]], re
         return
     # The study IDs are few (one per participant); the token files hold millions of blocks. So each
     # token file is read once, every token column looked up in the set of study IDs as it streams by.
-    all_ids = pl.concat(ids).unique().collect().get_column("id").implode()
+    # Streamed: the key columns of every table are many rows (the panel has one a person-month), their
+    # distinct values one a participant.
+    all_ids = pl.concat(ids).unique().collect(engine="streaming").get_column("id").implode()
     for contract_name, path in token_files:
         names = pl.scan_parquet(path).collect_schema().names()
         columns = [c.name for c in load_contract(contract_name).columns_of_class("token") if c.name in names]
@@ -381,7 +383,8 @@ def _check_not_tokens(release_dir: Path, token_files: list[tuple[str, Path]], re
         listed = {c.name for c in load_contract(contract_name).columns if c.type == "list[string]"}
         value = {c: pl.col(c).explode() if c in listed else pl.col(c).cast(pl.String) for c in columns}
         # A sum streams in constant memory; the study IDs found are counted only where there are some.
-        rows = scan.select([value[c].is_in(all_ids).sum().alias(c) for c in columns]).collect(engine="streaming").row(0, named=True)
+        # One column a query: a token file's row group is decoded a column at a time, not 18 at once.
+        rows = {c: scan.select(value[c].is_in(all_ids).sum().alias(c)).collect(engine="streaming").item() for c in columns}
         for column in [c for c in columns if rows[c]]:
             found = scan.select(value[column].alias(column)).filter(pl.col(column).is_in(all_ids))
             n = found.select(pl.col(column).n_unique()).collect(engine="streaming").item()

@@ -1,14 +1,20 @@
-"""Reading a Parquet file as pandas batches for GX, with memory that stays flat as files grow.
+"""Reading a Parquet file as pandas batches for GX, with memory bounded by a piece, not by the file.
 
 GX validates pandas frames, not Polars ones. A file up to `max_batch_rows` rows is one batch; a
-larger file is read a few row groups at a time, so at most about `max_batch_rows` rows (or one
-row group, if a writer made bigger ones) are in memory at once. Rules that compare rows with each
-other (uniqueness) cannot be checked batch by batch; `duplicate_row_count` checks them over the
-whole file with a streaming Polars query instead.
+larger file is read a few row groups at a time (at most about `max_batch_rows` rows, or one row
+group if a writer made bigger ones). Within a batch, `ParquetBatch` reads only the columns one group
+of expectations reads (pipeline.validate.column_groups), and a pattern or range on a column nothing
+else reads is counted `WINDOW_ROWS` rows at a time: so memory is about the batch's rows times the
+columns one expectation reads, never the whole batch of a wide file.
+
+Rules that compare rows with each other (uniqueness) cannot be checked batch by batch;
+`duplicate_row_count` checks them over the whole file, exactly, in hash buckets of about
+`UNIQUE_PIECE_ROWS` rows each, so its memory does not grow with the file either.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +23,16 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.ipc  # noqa: F401  (pa.ipc)
 import pyarrow.parquet as pq
 
 from pipeline.contracts import COMPATIBLE_ARROW_TYPES
 from pipeline.contracts import Contract, read_parquet_schema
 
 DEFAULT_MAX_BATCH_ROWS = 1_000_000
+# Rows read at a time for a rule that judges each row alone (a pattern, a range) on a column no GX
+# expectation of the batch reads: a near-miss list of a token file is ~400 bytes a row as text.
+WINDOW_ROWS = 65_536
 
 
 @dataclass(frozen=True)
@@ -75,16 +85,69 @@ def _as_contract_types(table: pa.Table, contract: Contract) -> pa.Table:
     return table.cast(pa.schema(fields))
 
 
-def read_batch(path: Path, span: BatchSpan, contract: Contract) -> pd.DataFrame:
-    """One batch as a pandas frame with Arrow-backed dtypes (nullable ints and dates stay as they are)."""
+def read_batch(path: Path, span: BatchSpan, contract: Contract, columns: list[str] | None = None) -> pd.DataFrame:
+    """One batch as a pandas frame with Arrow-backed dtypes (nullable ints and dates stay as they are);
+    only `columns` (in the file's order) when given."""
     pf = pq.ParquetFile(path)
     if pf.metadata.num_row_groups == 0:
         table = pf.schema_arrow.empty_table()
+        if columns is not None:
+            table = table.select([c for c in table.column_names if c in set(columns)])
     else:
-        table = pf.read_row_groups(list(range(span.first, span.stop)))
+        table = pf.read_row_groups(list(range(span.first, span.stop)), columns=columns)
     # Arrow-backed dtypes keep int8 as int8 with nulls and dates as dates, where numpy dtypes would
     # turn nullable ints into floats and dates into objects, and the type check would mean little.
+    return _as_pandas(table, contract)
+
+
+def _as_pandas(table: pa.Table, contract: Contract) -> pd.DataFrame:
     return _lists_as_text(_as_contract_types(table, contract)).to_pandas(types_mapper=pd.ArrowDtype)
+
+
+class Batch:
+    """A batch to validate, read a few columns at a time.
+
+    `frame(columns)` gives those columns of every row of the batch; `schema()` gives every column
+    with its type and no row (what the column names and types decide is decided on it). So memory is
+    bounded by the batch's rows times the columns one expectation reads, not times the file's width.
+    """
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self._frame = frame
+
+    def schema(self) -> pd.DataFrame:
+        return self._frame.iloc[:0]
+
+    def frame(self, columns: list[str] | None = None) -> pd.DataFrame:
+        return self._frame if columns is None else self._frame[columns]
+
+    def windows(self, columns: list[str]) -> Iterator[pd.DataFrame]:
+        """`columns` of the batch's rows, a window of rows at a time (for rules that judge each row alone)."""
+        yield self.frame(columns)
+
+
+class ParquetBatch(Batch):
+    """Row groups `span` of a Parquet file as a Batch: each `frame(columns)` is read from the file."""
+
+    def __init__(self, path: Path, span: BatchSpan, contract: Contract) -> None:
+        self.path, self.span, self.contract = Path(path), span, contract
+        # The same conversion as the rows get, on none of them.
+        self._schema = _as_pandas(pq.ParquetFile(self.path).schema_arrow.empty_table(), contract)
+
+    def schema(self) -> pd.DataFrame:
+        return self._schema
+
+    def frame(self, columns: list[str] | None = None) -> pd.DataFrame:
+        return read_batch(self.path, self.span, self.contract, columns)
+
+    def windows(self, columns: list[str]) -> Iterator[pd.DataFrame]:
+        pf = pq.ParquetFile(self.path, pre_buffer=False)
+        if pf.metadata.num_row_groups == 0:
+            yield self.frame(columns)
+            return
+        row_groups = list(range(self.span.first, self.span.stop))
+        for window in pf.iter_batches(batch_size=WINDOW_ROWS, row_groups=row_groups, columns=columns):
+            yield _as_pandas(pa.Table.from_batches([window]), self.contract)
 
 
 def _lists_as_text(table: pa.Table) -> pa.Table:
@@ -94,8 +157,14 @@ def _lists_as_text(table: pa.Table) -> pa.Table:
     (pipeline.validate.suites)."""
     for i, f in enumerate(table.schema):
         if pa.types.is_list(f.type) or pa.types.is_large_list(f.type):
-            items = table.column(i).cast(pa.list_(pa.string()))
-            joined = pc.binary_join_element_wise("[", pc.binary_join(items, " "), "]", "")
+            if pa.types.is_large_list(f.type) and pa.types.is_large_string(f.type.value_type):
+                # Joined as they are: no cast, which would copy every element once more.
+                items, text = table.column(i), pa.large_string()
+            else:
+                items, text = table.column(i).cast(pa.list_(pa.string())), pa.string()
+            joined = pc.binary_join_element_wise(
+                pa.scalar("[", text), pc.binary_join(items, pa.scalar(" ", text)), pa.scalar("]", text), pa.scalar("", text)
+            )
             table = table.set_column(i, pa.field(f.name, pa.large_string()), joined.cast(pa.large_string()))
     return table
 
@@ -105,19 +174,82 @@ def iter_batches(path: Path, spans: list[BatchSpan], contract: Contract) -> Iter
         yield span, read_batch(path, span, contract)
 
 
-def duplicate_row_count(path: Path, columns: list[str], ignore_row_if: str) -> int | None:
+# Rows of one piece of the whole-file uniqueness count: a window read from the file at a time, and
+# about the rows of one hash bucket counted at a time (pipeline.validate.batches.duplicate_row_count).
+# A Polars group-by holds about 300 bytes a row for 64-character tokens, so a piece costs ~75 MB.
+UNIQUE_PIECE_ROWS = 250_000
+_BUCKET = "__bucket"
+
+
+def _kept_rows(lf: pl.LazyFrame, columns: list[str], ignore_row_if: str) -> pl.LazyFrame:
+    """The rows GX judges: `any_value_is_missing`, `all_values_are_missing` or `never` skipped."""
+    if ignore_row_if == "any_value_is_missing":
+        return lf.filter(pl.all_horizontal([pl.col(c).is_not_null() for c in columns]))
+    if ignore_row_if == "all_values_are_missing":
+        return lf.filter(pl.any_horizontal([pl.col(c).is_not_null() for c in columns]))
+    return lf
+
+
+def _shared_rows(lf: pl.LazyFrame, columns: list[str]) -> int:
+    """Rows whose `columns` value another row of `lf` has too (nulls compare equal, as a group key)."""
+    counts = lf.group_by(columns).agg(pl.len().alias("n")).filter(pl.col("n") > 1)
+    return int(counts.select(pl.col("n").sum()).collect(engine="streaming").item() or 0)
+
+
+def duplicate_row_count(path: Path, columns: list[str], ignore_row_if: str, piece_rows: int = UNIQUE_PIECE_ROWS) -> int | None:
     """Rows of the whole file whose `columns` value is shared with another row (GX's unexpected count).
 
     Rows are skipped as GX skips them: `any_value_is_missing`, `all_values_are_missing` or `never`.
     None when a column is absent (the column-list expectation reports that).
+
+    Memory is bounded by `piece_rows`, not by the file: a file of more rows is split, in one pass
+    over windows of `piece_rows` rows, into K = rows / piece_rows buckets by a hash of the value, spilled
+    to an Arrow file in a private temporary folder (tempfile: readable by this user only, removed when
+    the count ends; it holds the checked columns' values, as the validated file does); then each bucket's rows are read back and their duplicates
+    counted exactly with a group-by on the values themselves. Equal values have equal hashes, so
+    every group of equal values lies in one bucket: the hash only decides the bucket, never whether
+    two values are equal, and the sum over the buckets is the whole file's count.
     """
     lf = pl.scan_parquet(path)
     if not set(columns) <= set(lf.collect_schema().names()):
         return None
-    lf = lf.select(columns)
-    if ignore_row_if == "any_value_is_missing":
-        lf = lf.filter(pl.all_horizontal([pl.col(c).is_not_null() for c in columns]))
-    elif ignore_row_if == "all_values_are_missing":
-        lf = lf.filter(pl.any_horizontal([pl.col(c).is_not_null() for c in columns]))
-    counts = lf.group_by(columns).agg(pl.len().alias("n")).filter(pl.col("n") > 1)
-    return int(counts.select(pl.col("n").sum()).collect().item() or 0)
+    rows = pq.ParquetFile(path).metadata.num_rows
+    buckets = -(-rows // piece_rows)
+    if buckets <= 1:
+        return _shared_rows(_kept_rows(lf.select(columns), columns, ignore_row_if), columns)
+    with tempfile.TemporaryDirectory(prefix="pprl-unique-") as tmp:
+        spill = Path(tmp) / "buckets.arrow"
+        # Which record batches of the spill file hold each bucket's rows.
+        where: list[list[int]] = [[] for _ in range(buckets)]
+        written = 0
+        writer: pa.ipc.RecordBatchFileWriter | None = None
+        try:
+            selected = lf.select(columns)
+            for offset in range(0, rows, piece_rows):
+                # A slice of a scan decodes only the pages it needs, so a window of a big row group
+                # does not bring the whole group into memory.
+                window = _kept_rows(selected.slice(offset, piece_rows), columns, ignore_row_if)
+                frame = window.with_columns((pl.struct(columns).hash(seed=0) % buckets).alias(_BUCKET)).collect()
+                for (bucket,), part in frame.partition_by(_BUCKET, as_dict=True, include_key=False).items():
+                    table = part.to_arrow()
+                    if writer is None:
+                        writer = pa.ipc.new_file(str(spill), table.schema)
+                    for batch in table.to_batches():
+                        writer.write_batch(batch)
+                        where[bucket].append(written)
+                        written += 1
+                del frame
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            return 0
+        total = 0
+        # Read into memory, not memory-mapped: mapped pages would stay resident as the whole spill.
+        with pa.OSFile(str(spill)) as handle:
+            reader = pa.ipc.open_file(handle)
+            for batches in where:
+                if batches:
+                    part = pa.Table.from_batches([reader.get_batch(i) for i in batches], reader.schema)
+                    total += _shared_rows(pl.from_arrow(part).lazy(), columns)
+        return total

@@ -9,10 +9,14 @@ So the suite is cut into groups of expectations that read the same columns (`exp
 row conditions included), each group is validated on `frame[those columns]`, and the group results
 are put back together, in the suite's order, as one GX suite result. Every expectation is still
 evaluated by GX on every row of the batch; only the columns it never reads are left out of its frame.
-Table-level expectations (the column list, the row count) see the whole frame. Pattern and range rules
+Expectations about the columns alone (their names, number and types, `SCHEMA_ONLY_TYPES`) are
+evaluated together on the batch's columns with no row; other table-level expectations see the whole frame. Pattern and range rules
 are counted with Polars instead, into the result GX gives them (pipeline.validate.vectorised).
 
-    result = validate_batch(batch_definition, frame, suite, parameters, result_format)
+Each group's columns are read from the file for it (pipeline.validate.batches.ParquetBatch), so a
+batch is never in memory whole: a token file's batch is 19 columns of 64-character tokens.
+
+    result = validate_batch(batch_definition, ParquetBatch(path, span, contract), suite, parameters, result_format)
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from typing import Any
 import pandas as pd
 
 from pipeline.validate._gx import ExpectationSuiteValidationResult, Validator, gx
-from pipeline.validate.vectorised import counted_result, split_counted
+from pipeline.validate.batches import Batch
+from pipeline.validate.vectorised import Counts, count, result_of, row_local, split_counted
 from pipeline.validate.suites import expectation_columns
 
 
@@ -44,16 +49,58 @@ def column_groups(expectations: list[Any], columns: list[str]) -> list[tuple[lis
     return [(None if key is None else list(key), exps) for key, exps in groups.items()]
 
 
+# Expectations about the table's columns (names, order, number, types), not its rows: GX decides them
+# from the frame's columns and dtypes alone (the type rule reads only the metric table.column_types;
+# every column of a batch has an Arrow dtype, never `object`, whose values GX would look at), so they
+# are evaluated together on the batch's columns with no row read.
+SCHEMA_ONLY_TYPES: frozenset[str] = frozenset(
+    {
+        "expect_column_type_to_be",
+        "expect_table_columns_to_match_ordered_list",
+        "expect_table_columns_to_match_set",
+        "expect_table_column_count_to_equal",
+        "expect_table_column_count_to_be_between",
+    }
+)
+
+
 def validate_batch(
-    batch_definition: Any, frame: pd.DataFrame, suite: Any, parameters: dict[str, Any] | None, result_format: dict[str, Any]
+    batch_definition: Any, batch: Batch | pd.DataFrame, suite: Any, parameters: dict[str, Any] | None, result_format: dict[str, Any]
 ) -> Any:
-    """One GX suite result for `frame`, each expectation evaluated on the columns it reads."""
+    """One GX suite result for `batch`, each expectation evaluated on the columns it reads.
+
+    A group's columns are read for it alone (pipeline.validate.batches.ParquetBatch), and the rules
+    counted with Polars are counted on the frame of a group that reads their column, so a batch is
+    never in memory with all its columns at once: memory is bounded by the batch's rows times the
+    widest group's columns. A group of schema-only table expectations gets the columns without rows.
+    """
+    if isinstance(batch, pd.DataFrame):
+        batch = Batch(batch)
+    schema = batch.schema()
     order = {id(e): i for i, e in enumerate(suite.expectations)}
-    by_gx, counted = split_counted(list(suite.expectations), frame, parameters)
+    by_gx, counted = split_counted(list(suite.expectations), schema, parameters)
+    # Counted rules by the column they read; each is counted on the first frame that has its column.
+    waiting: dict[str, list[Any]] = {}
+    for e in counted:
+        waiting.setdefault(e.configuration.kwargs["column"], []).append(e)
+    counts: dict[int, Counts] = {}
+
+    def count_on(part: pd.DataFrame) -> None:
+        for column in [c for c in waiting if c in part.columns]:
+            for e in waiting.pop(column):
+                counts[id(e)] = count(e, part, parameters)
+
     results: list[tuple[int, Any]] = []
     meta: dict[str, Any] | None = None
-    for cols, expectations in column_groups(by_gx, list(frame.columns)):
-        part = frame if cols is None else frame[cols]
+    on_schema = [e for e in by_gx if e.expectation_type in SCHEMA_ONLY_TYPES]
+    groups = [(None, on_schema)] if on_schema else []
+    groups += column_groups([e for e in by_gx if e.expectation_type not in SCHEMA_ONLY_TYPES], list(schema.columns))
+    for i, (cols, expectations) in enumerate(groups):
+        if on_schema and i == 0:
+            part = schema
+        else:
+            part = batch.frame(cols)
+            count_on(part)
         validator = Validator(
             batch_definition=batch_definition,
             batch_parameters={"dataframe": part},
@@ -67,9 +114,21 @@ def validate_batch(
             meta = group_result.meta  # the whole frame's batch, when a group had it
         results += [(order[id(e)], r) for e, r in zip(expectations, group_result.results, strict=True)]
         del validator, part
+    # Columns no GX expectation read: a pattern or range is counted a window of rows at a time, and
+    # the windows' counts added up; uniqueness needs the batch's whole column.
+    for column, expectations in list(waiting.items()):
+        if all(row_local(e) for e in expectations):
+            totals = {id(e): Counts(0, 0, 0) for e in expectations}
+            for window in batch.windows([column]):
+                for e in expectations:
+                    totals[id(e)] += count(e, window, parameters)
+            counts.update(totals)
+            del waiting[column]
+        else:
+            count_on(batch.frame([column]))
     # GX names the batch in each result's expectation; the counted rules' results name it alike.
     batch_id = next((r.expectation_config.kwargs.get("batch_id") for _, r in results if r.expectation_config is not None), None)
-    results += [(order[id(e)], counted_result(e, frame, parameters, batch_id)) for e in counted]
+    results += [(order[id(e)], result_of(e, counts[id(e)], parameters, batch_id)) for e in counted]
     ordered = [r for _, r in sorted(results, key=lambda ir: ir[0])]
     passed = sum(bool(r.success) for r in ordered)
     return ExpectationSuiteValidationResult(

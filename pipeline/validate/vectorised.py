@@ -18,6 +18,10 @@ percentages), the same verdict under `mostly`. So the Data Docs page, the zone s
 release manifest say what they said before; a spec test (tests/test_validate.py) checks that the
 results equal GX's own, on clean and broken columns, with and without `mostly`.
 
+A pattern or range judges each row alone (`row_local`), so its `Counts` over windows of a batch's
+rows add up to the count over the batch (pipeline.validate.column_groups reads such a column a
+window at a time); uniqueness is counted over the batch's whole column.
+
 Only what Polars counts exactly as GX does is taken: literal or run-parameter arguments of the right
 kind, on a column the batch has with a type the rule applies to, without a row condition. Anything
 else (a missing column, a column of the wrong type, a regex Polars cannot compile, text bounds)
@@ -36,6 +40,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -156,17 +161,44 @@ def _evaluated_configuration(expectation: Any, parameters: dict[str, Any], batch
     return config.to_domain_obj().configuration
 
 
+@dataclass(frozen=True)
+class Counts:
+    """What a counted rule found on a batch's column: rows, present values, values breaking it."""
+
+    rows: int
+    nonnull: int
+    unexpected: int
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(self.rows + other.rows, self.nonnull + other.nonnull, self.unexpected + other.unexpected)
+
+
+def row_local(expectation: Any) -> bool:
+    """Whether a counted rule judges each row alone (so counts over row windows add up)."""
+    return expectation.expectation_type in (REGEX, BETWEEN)
+
+
+def count(expectation: Any, frame: pd.DataFrame, parameters: dict[str, Any] | None) -> Counts:
+    """Count `expectation` on its column of `frame` (a frame of the batch's rows with that column)."""
+    kwargs = _evaluated_configuration(expectation, parameters or {}, None).kwargs
+    # Arrow-backed pandas columns hand their Arrow data to Polars without a copy.
+    column = pl.Series(pa.array(frame[kwargs["column"]]))
+    rows = len(column)
+    return Counts(rows, rows - column.null_count(), int(_broken(column, expectation.expectation_type, kwargs).sum() or 0))
+
+
 def counted_result(expectation: Any, frame: pd.DataFrame, parameters: dict[str, Any] | None, batch_id: str | None) -> Any:
     """The ExpectationValidationResult GX gives `expectation` on `frame`, with BASIC counts and no
     unexpected value (pipeline.validate.privacy.RESULT_FORMAT). `batch_id` is the id GX gives the
     batch (it adds it to each result's expectation)."""
+    return result_of(expectation, count(expectation, frame, parameters), parameters, batch_id)
+
+
+def result_of(expectation: Any, counts: Counts, parameters: dict[str, Any] | None, batch_id: str | None) -> Any:
+    """The result GX gives `expectation` for these counts (see counted_result)."""
     config = _evaluated_configuration(expectation, parameters or {}, batch_id)
     kwargs = config.kwargs
-    # Arrow-backed pandas columns hand their Arrow data to Polars without a copy.
-    column = pl.Series(pa.array(frame[kwargs["column"]]))
-    rows = len(column)
-    nonnull = rows - column.null_count()
-    unexpected = int(_broken(column, expectation.expectation_type, kwargs).sum() or 0)
+    rows, nonnull, unexpected = counts.rows, counts.nonnull, counts.unexpected
     mostly = float(kwargs.get("mostly", 1.0))
     # As GX's ColumnMapExpectation: vacuously true without a value to check.
     success = rows == 0 or nonnull == 0 or (nonnull - unexpected) / nonnull >= mostly

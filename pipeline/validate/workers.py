@@ -96,7 +96,7 @@ class _Validator:
 
     def run(self, job: BatchJob) -> Any:
         from pipeline.validate._gx import gx
-        from pipeline.validate.batches import BatchSpan, read_batch
+        from pipeline.validate.batches import BatchSpan, ParquetBatch
         from pipeline.validate.column_groups import validate_batch
         from pipeline.validate.privacy import RESULT_FORMAT, scrub_suite_result
         from pipeline.validate.suites import validated_contract, validation_suite
@@ -109,8 +109,8 @@ class _Validator:
         expectations = split_cross_row(suite.expectations)[0] if job.cross_row_elsewhere else suite.expectations
         batch_suite = gx.ExpectationSuite(name=job.dataset, expectations=expectations, meta=suite.meta)
         span = BatchSpan(job.first, job.stop, job.rows, job.whole_file)
-        frame = read_batch(Path(job.path), span, validated_contract(job.dataset))
-        result = validate_batch(self._definitions[job.dataset], frame, batch_suite, job.parameters, RESULT_FORMAT)
+        batch = ParquetBatch(Path(job.path), span, validated_contract(job.dataset))
+        result = validate_batch(self._definitions[job.dataset], batch, batch_suite, job.parameters, RESULT_FORMAT)
         return scrub_suite_result(result)
 
 
