@@ -19,6 +19,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -341,11 +342,80 @@ def _value_rule_detail(rule: str, n: int) -> str:
     return f"{n} row(s) break the rule: they {advice}; correct them at the source and deliver the file again"
 
 
-def check_frame(lf: pl.LazyFrame, contract: Contract, path: str, read_all: bool = False) -> list[Violation]:
-    """Count rows breaking each value rule in one pass over `lf`; one Violation per broken rule.
+# Rows per window of a file checked in pieces (`check_frame` with `window`): the rules are counted
+# one window at a time, so the memory they take is a window's, whatever the size of the file
+# (Polars decodes only the rows of a slice of a Parquet scan, not its whole row group).
+CHECK_WINDOW_ROWS = 131_072
+# Most values of one column checked for repeats at once (`_Repeats`): the 64-bit hashes of a
+# column of more rows are held in hash partitions of about this many values (8 bytes each), one
+# sweep over the column each.
+UNIQUE_PIECE_ROWS = 8_388_608
+# Any fixed seeds: equal values always fall in the same partition and have the same hash.
+_PARTITION_SEED, _VALUE_SEED = 19, 20
+
+
+class _Repeats:
+    """How many non-null values of one column repeat an earlier one (non-null rows less distinct
+    values, the uniqueness rule's count), exactly, in bounded memory.
+
+    The values are split into `parts` hash partitions: equal values share one, so the partitions'
+    counts add up to the column's. For each partition the 64-bit hashes of its values are gathered
+    and sorted: no two equal means no repeat (different hashes are different values); otherwise (a
+    repeat, or a hash collision) the partition's values themselves are counted. Partition 0 is
+    gathered during the sweep over the windows that counts the other rules (`add`); each further
+    partition takes one more sweep over the column alone (`count`).
+    """
+
+    def __init__(self, column: Column, rows: int) -> None:
+        self.column = column
+        self.parts = max(1, -(-rows // UNIQUE_PIECE_ROWS))
+        self.first: list[np.ndarray] = []
+
+    def _of(self, values: pl.Series, part: int) -> pl.Series:
+        values = values.drop_nulls()
+        if self.parts > 1:
+            values = values.filter(values.hash(_PARTITION_SEED) % self.parts == part)
+        return values
+
+    def add(self, window: pl.DataFrame) -> None:
+        self.first.append(self._of(window.get_column(self.column.name), 0).hash(_VALUE_SEED).to_numpy())
+
+    def count(self, lf: pl.LazyFrame, rows: int, window: int) -> int:
+        total = self._count_part(lf, rows, window, 0, self.first)
+        self.first = []
+        for part in range(1, self.parts):
+            hashes = [
+                self._of(lf.slice(offset, window).select(self.column.name).collect().to_series(), part).hash(_VALUE_SEED).to_numpy()
+                for offset in range(0, rows, window)
+            ]
+            total += self._count_part(lf, rows, window, part, hashes)
+        return total
+
+    def _count_part(self, lf: pl.LazyFrame, rows: int, window: int, part: int, hashes: list[np.ndarray]) -> int:
+        h = np.concatenate(hashes) if hashes else np.empty(0, dtype=np.uint64)
+        del hashes[:]
+        h.sort()
+        if not (h[1:] == h[:-1]).any():
+            return 0
+        # A repeat or a collision: the partition's values themselves (rare, and a partition's worth).
+        values = pl.concat(
+            [self._of(lf.slice(offset, window).select(self.column.name).collect().to_series(), part) for offset in range(0, rows, window)]
+        )
+        return values.len() - values.n_unique()
+
+
+def check_frame(
+    lf: pl.LazyFrame, contract: Contract, path: str, read_all: bool = False, window: int | None = None
+) -> list[Violation]:
+    """Count rows breaking each value rule over `lf`; one Violation per broken rule.
 
     With `read_all` the same pass also decodes every column (a column without rules is otherwise
     never read), so a damaged page or text that is not UTF-8 is found here and not in a later stage.
+
+    Without `window`, one pass over the whole of `lf`. With `window` (for a scan that slices
+    cheaply, such as Parquet), the rules are counted in row windows of that many rows and added up,
+    and uniqueness per column in hash partitions (`_Repeats`), so memory is bounded by the window
+    and the partition size, not the number of rows. The counts, and so the violations, are the same.
     """
     columns = lf.collect_schema().names()
     rules = _value_rule_exprs(contract, set(columns))
@@ -354,12 +424,37 @@ def check_frame(lf: pl.LazyFrame, contract: Contract, path: str, read_all: bool 
         exprs += [pl.col(c).null_count().alias(f"_read_{i}") for i, c in enumerate(columns)]
     if not exprs:
         return []
-    counts = lf.select(exprs).collect().row(0)
+    if window is None:
+        counts = lf.select(exprs).collect().row(0)
+    else:
+        needed = columns if read_all else list(dict.fromkeys(c.name for c, _, _ in rules))
+        counts = _windowed_counts(lf.select(needed), rules, exprs, window)
     out = []
     for (c, rule, _), n in zip(rules, counts[: len(rules)], strict=True):
         if n:
             out.append(Violation(path, c.name, rule, _value_rule_detail(rule, n)))
     return out
+
+
+def _windowed_counts(lf: pl.LazyFrame, rules: list[tuple[Column, str, pl.Expr]], exprs: list[pl.Expr], window: int) -> tuple[int, ...]:
+    """`lf.select(exprs)`'s counts: the rules but uniqueness summed over row windows of `lf` (each
+    window decoded once), uniqueness by `_Repeats`."""
+    rows = lf.select(pl.len()).collect().item()
+    repeats = {i: _Repeats(c, rows) for i, (c, rule, _) in enumerate(rules) if rule == "unique"}
+    summed = [e for i, e in enumerate(exprs) if i not in repeats]
+    totals = [0] * len(summed)
+    for offset in range(0, rows, window):
+        frame = lf.slice(offset, window).collect()
+        for r in repeats.values():
+            r.add(frame)
+        if summed:
+            got = frame.select(summed).row(0)
+            totals = [t + (n or 0) for t, n in zip(totals, got, strict=True)]
+        del frame
+    counts, rest = [], iter(totals)
+    for i in range(len(exprs)):
+        counts.append(repeats[i].count(lf, rows, window) if i in repeats else next(rest))
+    return tuple(counts)
 
 
 def parquet_files(path: Path) -> list[Path]:
@@ -460,7 +555,7 @@ def scan_checked(
     lf = pl.scan_parquet(files)
     lf = lf.select([pl.col(c.name).cast(c.polars_type) for c in contract.columns])
     try:
-        violations = check_frame(lf, contract, str(path), read_all=read_all)
+        violations = check_frame(lf, contract, str(path), read_all=read_all, window=CHECK_WINDOW_ROWS)
     except (pl.exceptions.PolarsError, OSError, pa.ArrowException):
         # A page that cannot be decoded: say which file and column, not Polars' traceback.
         raise ContractError([v for f in files for v in unreadable_columns(f, contract.column_names)]) from None

@@ -353,3 +353,32 @@ def test_love_plot_titles_use_the_tables_sample_names_and_flag_an_unbalanced_sam
     assert _title("site=site_a", None) == "site=site_a"
     facts = {"matched_mdt": 120, "matched_comparators": None, "balanced": False, "attempts": 5}
     assert _title("site=site_a", facts) == "site=site_a\nmatched 120 MDT : 1-7 comp.\nNOT BALANCED after 5 attempts"
+
+
+def test_the_panel_built_in_ranges_of_participants_is_byte_for_byte_the_panel_built_whole(tmp_path: Path, monkeypatch):
+    """Issue 19: build_cohort builds the monthly panel a range of participants at a time (events split
+    once into the ranges); the file is the one the whole study gives."""
+    import pipeline.cohort.stage as stage
+    from pipeline.settings import RunConfig
+
+    people = [f"P{i}" for i in range(1, 10)]
+    ev = events(
+        apc=[(p, day(-30 * i), day(-30 * i + 3), "21") for i, p in enumerate(people)],
+        ae=[(p, day(5 * i), "01") for i, p in enumerate(people) for _ in range(2)],
+        gp=[(p, day(40 * i - 300), "surgery", "gp") for i, p in enumerate(people)],
+        sc=[("P3", "home_care", day(-40), day(40), 10.0)],
+    )
+    eligible = pl.DataFrame({"participant_id": people[::-1], "index_date": [INDEX] * len(people)})
+    cohort = pl.DataFrame(
+        {"participant_id": people, "arm": ["mdt", "usual_care"] * 4 + ["mdt"], "matched_set": [1, 1, 2, 2, 3, 3, 4, 4, None], "match_weight": [1.0] * 8 + [0.0]},
+        schema_overrides={"matched_set": pl.Int32},
+    )
+    cfg = RunConfig.from_conf({"raw_dir": str(tmp_path), "work_dir": str(tmp_path), "release_label": "r", "extract_date": EXTRACT.isoformat()})
+    stage._sink_panel(ev, eligible, cohort, COSTS, cfg, tmp_path / "w1", tmp_path / "whole.parquet")
+    monkeypatch.setattr(stage, "PANEL_PIECE_PEOPLE", 2)
+    monkeypatch.setattr(stage, "SPLIT_WINDOW_ROWS", 3)
+    stage._sink_panel(ev, eligible, cohort, COSTS, cfg, tmp_path / "w2", tmp_path / "ranges.parquet")
+    assert (tmp_path / "whole.parquet").read_bytes() == (tmp_path / "ranges.parquet").read_bytes()
+    panel = pl.read_parquet(tmp_path / "ranges.parquet")
+    assert panel.height == 9 * 24 and panel.get_column("participant_id").unique().len() == 9
+    assert not (tmp_path / "w2" / "panel_ranges").exists()

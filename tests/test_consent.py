@@ -225,3 +225,23 @@ def test_no_run_date_keeps_anyone_whose_register_row_holds_a_withdrawal(run_date
     )
     kept, _, _ = apply_consent_gate(register, day("2026-03-31"), day(run_date))
     assert kept.get_column("participant_id").to_list() == ["P4"]
+
+
+def test_the_gate_in_pieces_writes_the_same_bytes_as_in_one(attack, tmp_path, monkeypatch):
+    """Issue 19: the gate tokenises a piece of participants at a time (CONSENT_PIECE_ROWS); its files,
+    counts and quarantine are byte for byte those of the register done in one piece."""
+    import pipeline.pseudonymise.consent as consent
+    from pipeline.zones import consent_file, persons_file, quarantine_file, study_persons_file, survey_file
+
+    cfg = attack[0]
+    outputs = (persons_file, study_persons_file, survey_file, consent_file, lambda c: quarantine_file(c, "consent_register"))
+    key = load_key(cfg.key_file)
+    monkeypatch.setattr(consent, "CONSENT_PIECE_ROWS", 1_000_000)
+    whole = RunConfig.from_conf({**cfg.to_conf(), "work_dir": str(tmp_path / "whole")})
+    consent.run_consent_gate(whole, key)
+    monkeypatch.setattr(consent, "CONSENT_PIECE_ROWS", 7)
+    pieces = RunConfig.from_conf({**cfg.to_conf(), "work_dir": str(tmp_path / "pieces")})
+    consent.run_consent_gate(pieces, key)
+    for output in outputs:
+        assert output(whole).read_bytes() == output(pieces).read_bytes(), output(whole).name
+    assert pl.read_parquet(persons_file(pieces)).height > 7 * 10

@@ -52,3 +52,26 @@ def test_person_outcomes_sum_post_index_units_and_take_the_eq5d_change():
     outcomes = pl.DataFrame({"participant_id": ["P1", "P1", "P2"], "wave": ["baseline", "followup", "baseline"], "eq5d_index": [0.5, 0.7, 0.6]})
     got = person_outcomes(use, outcomes).select("participant_id", "gp_consultations", "social_care_hours", "emergency_admissions", "bed_days", "total_cost_gbp", "eq5d_index_change")
     assert got.rows() == [("P1", 3.0, 10.5, 1.0, 0.0, 2420.0, pytest.approx(0.2)), ("P2", 0.0, 0.0, 0.0, 4.0, 1600.0, None)]
+
+
+def test_a_fit_is_freed_when_its_estimate_is_returned():
+    """Issue 19: a statsmodels result and the objects around it form reference cycles; the fit's
+    arrays must not wait for the cycle collector (every fit of a run used to stay in memory until
+    the stage ended). Nothing unreachable is left behind by a fit."""
+    import gc
+
+    import statsmodels.api as sm
+
+    from pipeline.cohort.estimates import _clustered
+
+    rng = np.random.default_rng(19)
+    x = np.column_stack([np.ones(400), rng.integers(0, 2, 400)])
+    y = rng.poisson(2.0, 400).astype(float)
+    gc.collect()
+    gc.disable()
+    try:
+        fit = _clustered(sm.GLM(y, x, family=sm.families.Poisson(), var_weights=np.ones(400)), np.arange(400) // 2)
+        assert fit is not None
+        assert gc.collect() == 0
+    finally:
+        gc.enable()

@@ -137,12 +137,7 @@ def _build_cohort(cfg: RunConfig, progress: Progress) -> Path:
 
     for name, table in (("cohort", cohort), ("service_use", use), ("matches", matches), ("balance", balance)):
         io.write_table(table.to_arrow(), out / f"{name}.parquet")
-    panel = (
-        person_month_panel(events, eligible.lazy(), costs, cfg.extract, study, distinct=True)
-        .join(cohort.lazy().select("participant_id", "arm", "matched_set", "match_weight"), on="participant_id", how="left")
-        .sort("participant_id", "month")
-    )
-    io.sink_lazy(panel, out / "panel.parquet")
+    _sink_panel(events, eligible, cohort, costs, cfg, work, out / "panel.parquet")
     eligible_outcomes = outcomes.join(cohort.select("participant_id"), on="participant_id", how="semi").sort("participant_id", "wave")
     io.write_table(eligible_outcomes.to_arrow(), out / "outcomes.parquet")
     estimates = estimate_effects(
@@ -179,6 +174,83 @@ def _build_cohort(cfg: RunConfig, progress: Progress) -> Path:
     io.write_json(_summary(cfg, counts, value_set.name), cohort_summary_file(cfg))
     log.info("cohort: %d eligible, %d MDT matched", counts["eligible"], counts["matched_mdt"])
     return out
+
+
+# Participants whose monthly panel is built at once (`_sink_panel`): 24 months each for Pioneer.
+PANEL_PIECE_PEOPLE = 8_192
+# Rows of an event file read at once when it is split into ranges of participants.
+SPLIT_WINDOW_ROWS = 262_144
+
+
+def _sink_panel(
+    events: dict[str, pl.LazyFrame], eligible: pl.DataFrame, cohort: pl.DataFrame, costs: pl.LazyFrame, cfg: RunConfig, work: Path, path: Path
+) -> None:
+    """Write the person-month panel (pipeline.cohort.panel) with each row's arm, matched set and weight,
+    sorted by participant and month.
+
+    With more than PANEL_PIECE_PEOPLE eligible participants it is built in ranges of participant
+    IDs (cut at the participants' own IDs, so each holds about as many people): every source's
+    events are split once, window by window, into the ranges, each range's panel is built and
+    sorted on its own, and the ranges are streamed to `path` in order. A participant's panel
+    depends on their own events only, so the rows, their order and the bytes are those of the
+    panel built whole; memory is a range's (its events, groups and sort), not the study's.
+    """
+    extra = cohort.lazy().select("participant_id", "arm", "matched_set", "match_weight")
+
+    def panel(ev: dict[str, pl.LazyFrame], people: pl.DataFrame) -> pl.LazyFrame:
+        return (
+            person_month_panel(ev, people.lazy(), costs, cfg.extract, cfg.study, distinct=True)
+            .join(extra, on="participant_id", how="left")
+            .sort("participant_id", "month")
+        )
+
+    ids = eligible.get_column("participant_id").sort()
+    parts = -(-len(ids) // PANEL_PIECE_PEOPLE)
+    if parts <= 1:
+        io.sink_lazy(panel(events, eligible), path)
+        return
+    cuts = pl.Series([ids[i * len(ids) // parts] for i in range(1, parts)], dtype=pl.String)
+    in_range = pl.lit(cuts).search_sorted(pl.col("participant_id"), side="right").alias("_range")
+    split = work / "panel_ranges"
+    shutil.rmtree(split, ignore_errors=True)
+    split.mkdir(parents=True)
+    ranged = {source: _split_by_range(lf, in_range, split / source) for source, lf in events.items()}
+    people = eligible.with_columns(in_range)
+    pieces = []
+    for k in range(parts):
+        ev = {source: ranged[source](k) for source in events}
+        mine = people.filter(pl.col("_range") == k).drop("_range")
+        pieces.append(io.write_scratch(panel(ev, mine), split / f"panel-{k:06d}.parquet"))
+    io.sink_lazy(pl.scan_parquet(pieces), path)
+    shutil.rmtree(split, ignore_errors=True)
+
+
+def _split_by_range(lf: pl.LazyFrame, in_range: pl.Expr, folder: Path) -> Any:
+    """Write the rows of `lf` into one file per range (`in_range`), a window of rows at a time;
+    return a function giving range k's rows as a lazy frame (no rows, same schema, if it has none)."""
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    schema = lf.collect_schema()
+    rows = lf.select(pl.len()).collect().item()
+    writers: dict[int, Any] = {}
+    try:
+        for offset in range(0, rows, SPLIT_WINDOW_ROWS):
+            window = lf.slice(offset, SPLIT_WINDOW_ROWS).with_columns(in_range).collect()
+            for (k,), frame in window.partition_by("_range", as_dict=True, include_key=False).items():
+                table = frame.to_arrow()
+                if k not in writers:
+                    writers[k] = pq.ParquetWriter(folder / f"{k:06d}.parquet", table.schema, compression="lz4")
+                writers[k].write_table(table)
+            del window
+    finally:
+        for writer in writers.values():
+            writer.close()
+
+    def of(k: int) -> pl.LazyFrame:
+        return pl.scan_parquet(folder / f"{k:06d}.parquet") if k in writers else pl.LazyFrame(schema=schema)
+
+    return of
 
 
 def _plot_facts(matched: dict[str, SampleMatch | None], threshold: float) -> dict[str, dict[str, Any]]:

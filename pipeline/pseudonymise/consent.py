@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 
 from pipeline import io
-from pipeline.contracts import load_contract
+from pipeline.contracts import load_contract, to_arrow
 from pipeline.crypto.keys import LinkageKey
 from pipeline.crypto.normalise import nhs_number_expr, postcode_expr
 from pipeline.crypto.tokens import KID_METADATA, study_ids, token_file_metadata
@@ -224,26 +225,25 @@ def run_consent_gate(cfg: RunConfig, key: LinkageKey) -> Path:
         .then(pl.lit(QUARANTINE_REASONS["no_identifier"]))
         .otherwise(None)
     )
-    persons = _with_index_date(kept, survey, dict(cfg.study.index_date)).with_columns(_reason=reason, _canon_pc=postcode_expr("postcode"))
+    persons = (
+        _with_index_date(kept, survey, dict(cfg.study.index_date))
+        .with_columns(_reason=reason, _canon_pc=postcode_expr("postcode"))
+        .sort("participant_id")
+    )
     quarantined = pl.concat(
         [register_errors, persons.filter(pl.col("_reason").is_not_null()).select(register_errors.columns)]
     )
-    # Only now, with declined, withdrawn and quarantined people gone, is anything tokenised.
-    tokened, quality = tokenise_identifiers(persons.lazy(), key, keep=pl.col("_reason").is_null())
-    good = (
-        tokened.collect()
-        .join(_imd_lookup(cfg).collect(), left_on="_canon_pc", right_on="_pc", how="left")
-        .with_columns(age_at_index=_age_at(pl.col("date_of_birth"), pl.col("index_date")))
-        .sort("participant_id")
-    )
-    good = good.with_columns(
-        study_id=pl.Series(study_ids(key, cfg.release_label, good.get_column("participant_id").to_list()), dtype=pl.String)
-    )
+    # Only now, with declined, withdrawn and quarantined people gone, is anything tokenised: in
+    # pieces of participants, in participant_id order (`_tokenised_pieces`).
+    tokens, study = load_contract("pseudo_persons"), load_contract("study_persons")
+    token_pieces, study_pieces, quality = _tokenised_pieces(cfg, key, persons, tokens, study)
+    del persons
     # Two files, so that none holds participant ID, study ID and tokens together (pipeline.zones).
     # The study IDs are derived under the key too, so their file records the key id as well.
-    tokens, study = load_contract("pseudo_persons"), load_contract("study_persons")
-    io.write_frame(good.select(tokens.column_names), tokens, persons_file(cfg), token_file_metadata(key.kid))
-    io.write_frame(good.select(study.column_names), study, study_persons_file(cfg), {KID_METADATA: key.kid})
+    io.write_table(_contiguous(token_pieces, tokens), persons_file(cfg), token_file_metadata(key.kid))
+    good = pl.concat(study_pieces, rechunk=True)
+    del study_pieces
+    io.write_frame(good, study, study_persons_file(cfg), {KID_METADATA: key.kid})
 
     # The survey answers of kept participants only; survey rows carry no direct identifier.
     survey_out = survey.join(good.select("participant_id"), on="participant_id", how="semi").sort("response_id")
@@ -263,6 +263,66 @@ def run_consent_gate(cfg: RunConfig, key: LinkageKey) -> Path:
     io.write_json({"kid": key.kid, "run_date": run_date.isoformat(), "consent": counts}, consent_file(cfg))
     return persons_file(cfg)
 
+
+# Participants tokenised at once by the consent gate (`_tokenised_pieces`): the memory of the
+# tokenising (identifier blocks, canonical forms, tokens as strings) is a piece's, not the register's.
+CONSENT_PIECE_ROWS = 16_384
+
+
+def _tokenised_pieces(
+    cfg: RunConfig, key: LinkageKey, persons: pl.DataFrame, tokens: Any, study: Any
+) -> tuple[list[pa.Table], list[pl.DataFrame], dict[str, int]]:
+    """(the kept participants' token rows as Arrow tables in `tokens`' schema, their study rows in
+    `study`'s columns, identifier-quality counts over every row of `persons`), made a piece of
+    CONSENT_PIECE_ROWS participants at a time from `persons` sorted by participant_id.
+
+    A token depends only on its own canonical value and a study ID only on its own participant ID,
+    so a piece's rows are those the whole register would give, and the quality counts (sums over
+    rows) add up. What is held across pieces is their output, in Arrow's layout of the file.
+    """
+    imd = _imd_lookup(cfg).collect()
+    token_pieces: list[pa.Table] = []
+    study_pieces: list[pl.DataFrame] = []
+    quality: dict[str, int] | None = None
+    # An empty register still gives one (empty) piece, so the quality counts are there, as zeros.
+    for offset in range(0, max(persons.height, 1), CONSENT_PIECE_ROWS):
+        piece = persons.slice(offset, CONSENT_PIECE_ROWS)
+        tokened, counts = tokenise_identifiers(piece.lazy(), key, keep=pl.col("_reason").is_null())
+        quality = counts if quality is None else {k: quality[k] + counts[k] for k in quality}
+        good = (
+            tokened.collect()
+            .join(imd, left_on="_canon_pc", right_on="_pc", how="left")
+            .with_columns(age_at_index=_age_at(pl.col("date_of_birth"), pl.col("index_date")))
+            .sort("participant_id")
+        )
+        good = good.with_columns(
+            study_id=pl.Series(study_ids(key, cfg.release_label, good.get_column("participant_id").to_list()), dtype=pl.String)
+        )
+        # Copied into Arrow's own compact buffers: an exported column may keep a whole buffer of the
+        # piece's working frames alive (strings viewed, not copied), and across pieces that adds up.
+        table = to_arrow(good.select(tokens.column_names), tokens)
+        token_pieces.append(pa.Table.from_arrays([pa.concat_arrays(c.chunks) for c in table.columns], schema=table.schema))
+        study_pieces.append(good.select(study.column_names))
+        del table, good, tokened
+    assert quality is not None
+    return token_pieces, study_pieces, quality
+
+
+def _contiguous(pieces: list[pa.Table], contract: Any) -> pa.Table:
+    """The pieces as one table of one chunk per column, as a frame made whole gives `io.write_table`
+    (the Parquet writer's pages, and so the file's bytes, follow the chunks). The list is emptied and
+    the pieces joined a column at a time, each column's pieces released once joined, so at most one
+    column is held twice."""
+    tables = list(pieces)
+    pieces.clear()
+    schema = contract.arrow_schema()
+    columns = []
+    for field in schema:
+        chunks = [chunk for table in tables for chunk in table.column(field.name).chunks]
+        columns.append(pa.concat_arrays(chunks) if chunks else pa.array([], field.type))
+        del chunks
+        tables = [table.drop_columns([field.name]) for table in tables]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 def _write_quarantine(cfg: RunConfig, quarantined: pl.DataFrame) -> None:
     path = quarantine_file(cfg, "consent_register")

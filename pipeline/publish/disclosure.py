@@ -154,7 +154,7 @@ def apply_control(df: pl.DataFrame | pl.LazyFrame, columns: list[str]) -> tuple[
         pl.sum_horizontal((pl.col(c) < 0).sum() for c in columns).alias("negative"),
         pl.sum_horizontal((after[c].is_null() & pl.col(c).is_not_null()).sum() for c in columns).alias("suppressed"),
         pl.sum_horizontal(after[c].ne_missing(pl.col(c)).sum() for c in columns).alias("changed"),
-    ).collect().row(0, named=True)
+    ).collect(engine="streaming").row(0, named=True)  # sums over morsels: a table's rows are never held whole
     if row["negative"]:
         raise ValueError(f"count column(s) {columns} hold negative values; a count cannot be negative")
     out = df.with_columns([after[c].alias(c) for c in columns])

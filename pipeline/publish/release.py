@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from pipeline import __version__, io
 from pipeline.cohort.outputs import ARTEFACTS_DIR, RELEASE_TABLES
@@ -113,9 +114,9 @@ def stage_release(cfg: RunConfig) -> Path:
         columns = lf.collect_schema().names()
         if "participant_id" in columns:
             if name != PERSON_TABLE and people.dropped:
-                before = lf.select(pl.len()).collect().item()
+                before = lf.select(pl.len()).collect(engine="streaming").item()
                 lf = lf.join(people.frame.lazy().select("participant_id"), on="participant_id", how="semi")
-                small["rows_dropped"][name] = before - lf.select(pl.len()).collect().item()
+                small["rows_dropped"][name] = before - lf.select(pl.len()).collect(engine="streaming").item()
             lf = _with_study_ids(lf, ids)
             if name != PERSON_TABLE and cfg.small_groups != "block":
                 lf = _without_small_groups(lf, contract, small)
@@ -125,7 +126,7 @@ def stage_release(cfg: RunConfig) -> Path:
             lf, cells = disclosure.apply_control(lf, counts)
             controlled[name] = {"columns": counts, **cells}
         # Sorted by the contract's primary key so the same inputs always give the same bytes.
-        io.sink_frame(lf.sort(list(contract.primary_key)), contract, staging / f"{name}.parquet")
+        _sink_sorted(lf, contract, staging / f"{name}.parquet", ids, cfg.staging_dir.with_name(f".sorting-{cfg.release_label}"))
     artefacts = built / ARTEFACTS_DIR
     if artefacts.is_dir():
         for f in sorted(artefacts.iterdir()):
@@ -137,6 +138,62 @@ def stage_release(cfg: RunConfig) -> Path:
     io.write_json(dictionary_records(contracts), staging / "data_dictionary.json")
     write_manifest(cfg, _manifest(cfg, controlled, small))
     return staging
+
+
+# Most rows of a release table sorted at once by stage_release (`_sink_sorted`), and the rows of a
+# window when it splits a table into pieces.
+SORT_PIECE_ROWS = 131_072
+
+
+def _sink_sorted(lf: pl.LazyFrame, contract: Any, path: Path, ids: pl.LazyFrame, scratch: Path) -> None:
+    """Stream `lf` sorted by the contract's primary key to `path` (`io.sink_frame`).
+
+    A table keyed first by study ID is sorted in pieces when it has more than SORT_PIECE_ROWS rows:
+    its rows are streamed once to a scratch file, split window by window into ranges of study IDs
+    (cut at the release's own study IDs, so each range holds about as many people), each range is
+    sorted on its own, and the sorted ranges are streamed to `path` in range order, which is the
+    order of the whole table. Memory: a window, or a range, however long the table; every step is
+    linear in the rows. Same rows in the same order, so the same bytes as sorting the table whole.
+    """
+    keys = list(contract.primary_key)
+    if keys[0] != "study_id":
+        io.sink_frame(lf.sort(keys), contract, path)
+        return
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        rows_file = scratch / "rows.parquet"
+        # Row groups of a window's size: the sink holds one at a time, and a window reads one.
+        lf.sink_parquet(rows_file, compression="lz4", row_group_size=SORT_PIECE_ROWS)
+        rows = pl.scan_parquet(rows_file).select(pl.len()).collect().item()
+        parts = -(-rows // SORT_PIECE_ROWS)
+        if parts <= 1:
+            io.sink_frame(pl.scan_parquet(rows_file).sort(keys), contract, path)
+            return
+        people = ids.select("study_id").sort("study_id").collect().get_column("study_id")
+        cuts = pl.Series([people[i * len(people) // parts] for i in range(1, parts)], dtype=pl.String)
+        # The range of each row: how many cuts are at or below its study ID.
+        in_range = pl.lit(cuts).search_sorted(pl.col("study_id"), side="right").alias("_range")
+        writers: dict[int, pq.ParquetWriter] = {}
+        try:
+            for offset in range(0, rows, SORT_PIECE_ROWS):
+                window = pl.scan_parquet(rows_file).slice(offset, SORT_PIECE_ROWS).with_columns(in_range).collect()
+                for (k,), frame in window.partition_by("_range", as_dict=True, include_key=False).items():
+                    table = frame.to_arrow()
+                    if k not in writers:
+                        writers[k] = pq.ParquetWriter(scratch / f"range-{k:06d}.parquet", table.schema, compression="lz4")
+                    writers[k].write_table(table)
+                del window
+        finally:
+            for writer in writers.values():
+                writer.close()
+        pieces = [
+            io.write_scratch(pl.scan_parquet(scratch / f"range-{k:06d}.parquet").sort(keys), scratch / f"sorted-{k:06d}.parquet")
+            for k in sorted(writers)
+        ]
+        io.sink_frame(pl.scan_parquet(pieces), contract, path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _person_table(cfg: RunConfig, built: Path) -> tuple[small_groups.Outcome, dict[str, Any]]:
@@ -171,7 +228,7 @@ def _without_small_groups(lf: pl.LazyFrame, contract: Any, small: dict[str, Any]
     kept = small_groups.small_group_filter(lf, qi, "study_id")
     if kept is None:
         return lf
-    dropped = lf.select(pl.len()).collect().item() - kept.select(pl.len()).collect().item()
+    dropped = lf.select(pl.len()).collect(engine="streaming").item() - kept.select(pl.len()).collect(engine="streaming").item()
     small["rows_dropped"][contract.name] = small["rows_dropped"].get(contract.name, 0) + dropped
     return kept
 

@@ -96,7 +96,11 @@ def small_group_filter(lf: pl.LazyFrame, qi: list[str], key: str, min_size: int 
     """The rows of a (possibly large) table that are in a group of at least `min_size` people, or None
     when every group is big enough. One aggregate pass finds the small groups; only when there are
     some is the table filtered (an anti-join that treats null as a value)."""
-    small = lf.group_by(qi).agg(pl.col(key).n_unique().alias("_people")).filter(pl.col("_people") < min_size).drop("_people").collect()
+    # Streamed: the pass holds one entry per group and person, never the table's rows.
+    small = (
+        lf.group_by(qi).agg(pl.col(key).n_unique().alias("_people")).filter(pl.col("_people") < min_size).drop("_people")
+        .collect(engine="streaming")
+    )  # fmt: skip
     if small.height == 0:
         return None
     return lf.join(small.lazy(), on=qi, how="anti", nulls_equal=True)
