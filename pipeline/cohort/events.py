@@ -24,6 +24,7 @@ clinic or consultation identifier in the payload, would tell the two apart.)
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import polars as pl
@@ -93,16 +94,28 @@ def _misaligned(cfg: RunConfig, source: str):
     return error
 
 
+# Events of a source de-duplicated per part of its participants (`distinct_events`).
+EVENTS_PER_PART = 4_000_000
+
+
 def distinct_events(events: dict[str, pl.LazyFrame], work: Path) -> tuple[dict[str, pl.LazyFrame], dict[str, int]]:
-    """Each source's distinct events (`deduplicate`), written once to `work` (`<source>.distinct.parquet`)
+    """Each source's distinct events (`deduplicate`), written once to `work` (`<source>.distinct/`)
     for the frames returned to read back; and the records removed as exact duplicates, per source
     (for the manifest). The cohort reads the events several times (service use, the monthly panel),
-    and removing duplicates once costs less than once per read. The caller removes `work`."""
+    and removing duplicates once costs less than once per read. The caller removes `work`.
+
+    A source of more than EVENTS_PER_PART events is de-duplicated in parts of its participants (a
+    hash of participant_id), one pass over its events each: a duplicate has one participant, so no
+    part splits one, and memory follows the part, not the source."""
     distinct, removed = {}, {}
     for source, lf in events.items():
         total = lf.select(pl.len()).collect().item()
-        path = io.write_scratch(deduplicate(lf, source), work / f"{source}.distinct.parquet")
-        distinct[source] = pl.scan_parquet(path)
+        parts = max(1, math.ceil(total / EVENTS_PER_PART))
+        part_of = pl.col("participant_id").hash(seed=0) % parts
+        folder = work / f"{source}.distinct"
+        for k in range(parts):
+            piece = lf if parts == 1 else lf.filter(part_of == k)
+            io.write_scratch(deduplicate(piece, source), folder / f"part-{k:05d}.parquet")
+        distinct[source] = pl.scan_parquet(folder / "*.parquet")
         removed[source] = int(total - distinct[source].select(pl.len()).collect().item())
     return distinct, removed
-
