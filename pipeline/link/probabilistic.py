@@ -188,7 +188,8 @@ def score_pairs(records: pl.DataFrame, participants: pl.DataFrame, model: dict[s
             predictions = linker.inference.predict_chunk(left_chunk=(i, chunks), warning_mode="never")
             parts.append(backend.pairs(predictions, RECORDS, sort=False))
             predictions.drop_table_from_database_and_remove_from_cache()
-        return pl.concat(parts).sort("record_uid", "participant_uid")
+    # Sorted once the engine is closed and its memory given back.
+    return pl.concat(parts).sort("record_uid", "participant_uid")
 
 
 def estimate_prior(match_weights: np.ndarray, model_prior: float, n_possible_pairs: int, iterations: int = 200) -> float:
