@@ -1,6 +1,6 @@
-"""Benchmark harness: `make bench SIZE=small|medium|large`.
+"""Benchmark harness: `make bench SIZE=small|medium|large|xlarge`.
 
-Generates (and caches) synthetic inputs of 10 thousand, 100 thousand or 1 million people, then:
+Generates (and caches) synthetic inputs of 10 thousand, 100 thousand, 1 million or 3 million people, then:
 1. runs every stage of the pipeline, each in its own process so its peak memory is its own, and
    prints wall time, peak resident memory and service-use rows per second per stage;
 2. measures two floors in the same run: the time Polars needs just to read every input Parquet
@@ -31,7 +31,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-SIZES = {"small": 10_000, "medium": 100_000, "large": 1_000_000}
+# xlarge: an integrated care system of 3 million. The 999 test range holds 909,091 valid NHS numbers,
+# so beyond them people outside the study carry no NHS number on any record (the generator warns).
+SIZES = {"small": 10_000, "medium": 100_000, "large": 1_000_000, "xlarge": 3_000_000}
 SEED = 2026
 PROFILE = "realistic"
 

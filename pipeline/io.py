@@ -180,15 +180,37 @@ def sink_lazy(lf: pl.LazyFrame, path: Path, metadata: dict[str, str] | None = No
     return Path(path)
 
 
-def write_scratch(frame: pl.DataFrame | pl.LazyFrame, path: Path) -> Path:
+def write_scratch(frame: pl.DataFrame | pl.LazyFrame, path: Path, row_group_size: int | None = None) -> Path:
     """Write a stage's scratch file (read back by the same task, then removed with its folder): fast
     compression, since nobody keeps it; a lazy frame is streamed."""
     with atomic_path(path) as tmp:
         if isinstance(frame, pl.LazyFrame):
-            frame.sink_parquet(tmp, compression="lz4")
+            frame.sink_parquet(tmp, compression="lz4", row_group_size=row_group_size)
         else:
-            frame.write_parquet(tmp, compression="lz4")
+            frame.write_parquet(tmp, compression="lz4", row_group_size=row_group_size)
     return Path(path)
+
+
+def split_scratch(lf: pl.LazyFrame, part_of: pl.Expr, folder: Path, window: int) -> dict[int, Path]:
+    """The rows of `lf` written to one scratch file per part (`part_of`: the part of each row, an
+    integer), `window` rows read at a time, each part's rows in their order in `lf`. Returns the
+    file of each part that has rows, by part. Memory: one window, however long `lf` is."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = lf.select(pl.len()).collect().item()
+    writers: dict[int, pq.ParquetWriter] = {}
+    try:
+        for offset in range(0, rows, window):
+            frame = lf.slice(offset, window).with_columns(part_of.alias("_part")).collect()
+            for (k,), piece in frame.partition_by("_part", as_dict=True, include_key=False).items():
+                table = piece.to_arrow()
+                if k not in writers:
+                    writers[k] = pq.ParquetWriter(folder / f"part-{k:06d}.parquet", table.schema, compression="lz4")
+                writers[k].write_table(table)
+            del frame
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return {k: folder / f"part-{k:06d}.parquet" for k in sorted(writers)}
 
 
 @contextlib.contextmanager

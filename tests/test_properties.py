@@ -161,7 +161,8 @@ def test_deterministic_ranks_do_not_depend_on_row_order(reference: Reference, se
 @SLOW
 def test_the_link_map_does_not_depend_on_row_order_or_file_partitioning(reference: Reference, seed, parts):
     """Every extract shuffled and split into parts, pseudonymised and linked (ranks 1-5 and P): the
-    link map is the uninterrupted reference run's, row for row."""
+    link map holds the uninterrupted reference run's links, record for record. Its rows follow the
+    delivered order, as the payload's do (pipeline.zones), so they are compared in record order."""
     rnd = random.Random(seed)
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw"
@@ -173,4 +174,5 @@ def test_the_link_map_does_not_depend_on_row_order_or_file_partitioning(referenc
         for source in SOURCES:
             pseudonymise_source(cfg, linkage_key, source)
         link_map = pl.read_parquet(run_link(cfg))
-    assert link_map.equals(pl.read_parquet(link_map_file(reference.before_publication)))
+    reference_map = pl.read_parquet(link_map_file(reference.before_publication))
+    assert link_map.sort("source", "record_id").equals(reference_map.sort("source", "record_id"))

@@ -226,29 +226,14 @@ def _sink_panel(
 
 
 def _split_by_range(lf: pl.LazyFrame, in_range: pl.Expr, folder: Path) -> Any:
-    """Write the rows of `lf` into one file per range (`in_range`), a window of rows at a time;
-    return a function giving range k's rows as a lazy frame (no rows, same schema, if it has none)."""
-    import pyarrow.parquet as pq
-
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write the rows of `lf` into one file per range (`in_range`), a window of rows at a time
+    (pipeline.io.split_scratch); return a function giving range k's rows as a lazy frame (no rows,
+    same schema, if it has none)."""
     schema = lf.collect_schema()
-    rows = lf.select(pl.len()).collect().item()
-    writers: dict[int, Any] = {}
-    try:
-        for offset in range(0, rows, SPLIT_WINDOW_ROWS):
-            window = lf.slice(offset, SPLIT_WINDOW_ROWS).with_columns(in_range).collect()
-            for (k,), frame in window.partition_by("_range", as_dict=True, include_key=False).items():
-                table = frame.to_arrow()
-                if k not in writers:
-                    writers[k] = pq.ParquetWriter(folder / f"{k:06d}.parquet", table.schema, compression="lz4")
-                writers[k].write_table(table)
-            del window
-    finally:
-        for writer in writers.values():
-            writer.close()
+    files = io.split_scratch(lf, in_range, folder, SPLIT_WINDOW_ROWS)
 
     def of(k: int) -> pl.LazyFrame:
-        return pl.scan_parquet(folder / f"{k:06d}.parquet") if k in writers else pl.LazyFrame(schema=schema)
+        return pl.scan_parquet(files[k]) if k in files else pl.LazyFrame(schema=schema)
 
     return of
 

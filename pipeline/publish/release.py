@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pyarrow.parquet as pq
 
 from pipeline import __version__, io
 from pipeline.cohort.outputs import ARTEFACTS_DIR, RELEASE_TABLES
@@ -164,7 +163,7 @@ def _sink_sorted(lf: pl.LazyFrame, contract: Any, path: Path, ids: pl.LazyFrame,
     try:
         rows_file = scratch / "rows.parquet"
         # Row groups of a window's size: the sink holds one at a time, and a window reads one.
-        lf.sink_parquet(rows_file, compression="lz4", row_group_size=SORT_PIECE_ROWS)
+        io.write_scratch(lf, rows_file, row_group_size=SORT_PIECE_ROWS)
         rows = pl.scan_parquet(rows_file).select(pl.len()).collect().item()
         parts = -(-rows // SORT_PIECE_ROWS)
         if parts <= 1:
@@ -173,23 +172,11 @@ def _sink_sorted(lf: pl.LazyFrame, contract: Any, path: Path, ids: pl.LazyFrame,
         people = ids.select("study_id").sort("study_id").collect().get_column("study_id")
         cuts = pl.Series([people[i * len(people) // parts] for i in range(1, parts)], dtype=pl.String)
         # The range of each row: how many cuts are at or below its study ID.
-        in_range = pl.lit(cuts).search_sorted(pl.col("study_id"), side="right").alias("_range")
-        writers: dict[int, pq.ParquetWriter] = {}
-        try:
-            for offset in range(0, rows, SORT_PIECE_ROWS):
-                window = pl.scan_parquet(rows_file).slice(offset, SORT_PIECE_ROWS).with_columns(in_range).collect()
-                for (k,), frame in window.partition_by("_range", as_dict=True, include_key=False).items():
-                    table = frame.to_arrow()
-                    if k not in writers:
-                        writers[k] = pq.ParquetWriter(scratch / f"range-{k:06d}.parquet", table.schema, compression="lz4")
-                    writers[k].write_table(table)
-                del window
-        finally:
-            for writer in writers.values():
-                writer.close()
+        in_range = pl.lit(cuts).search_sorted(pl.col("study_id"), side="right")
+        ranges = io.split_scratch(pl.scan_parquet(rows_file), in_range, scratch / "ranges", SORT_PIECE_ROWS)
         pieces = [
-            io.write_scratch(pl.scan_parquet(scratch / f"range-{k:06d}.parquet").sort(keys), scratch / f"sorted-{k:06d}.parquet")
-            for k in sorted(writers)
+            io.write_scratch(pl.scan_parquet(file).sort(keys), scratch / f"sorted-{k:06d}.parquet")
+            for k, file in ranges.items()
         ]
         io.sink_frame(pl.scan_parquet(pieces), contract, path)
     finally:
