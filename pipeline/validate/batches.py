@@ -23,9 +23,9 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.ipc  # noqa: F401  (pa.ipc)
 import pyarrow.parquet as pq
 
+from pipeline import io
 from pipeline.contracts import COMPATIBLE_ARROW_TYPES
 from pipeline.contracts import Contract, read_parquet_schema
 
@@ -178,7 +178,6 @@ def iter_batches(path: Path, spans: list[BatchSpan], contract: Contract) -> Iter
 # about the rows of one hash bucket counted at a time (pipeline.validate.batches.duplicate_row_count).
 # A Polars group-by holds about 300 bytes a row for 64-character tokens, so a piece costs ~75 MB.
 UNIQUE_PIECE_ROWS = 250_000
-_BUCKET = "__bucket"
 
 
 def _kept_rows(lf: pl.LazyFrame, columns: list[str], ignore_row_if: str) -> pl.LazyFrame:
@@ -203,12 +202,13 @@ def duplicate_row_count(path: Path, columns: list[str], ignore_row_if: str, piec
     None when a column is absent (the column-list expectation reports that).
 
     Memory is bounded by `piece_rows`, not by the file: a file of more rows is split, in one pass
-    over windows of `piece_rows` rows, into K = rows / piece_rows buckets by a hash of the value, spilled
-    to an Arrow file in a private temporary folder (tempfile: readable by this user only, removed when
-    the count ends; it holds the checked columns' values, as the validated file does); then each bucket's rows are read back and their duplicates
-    counted exactly with a group-by on the values themselves. Equal values have equal hashes, so
-    every group of equal values lies in one bucket: the hash only decides the bucket, never whether
-    two values are equal, and the sum over the buckets is the whole file's count.
+    over windows of `piece_rows` rows, into K = rows / piece_rows buckets by a hash of the value
+    (pipeline.io.split_scratch), into a private temporary folder (tempfile: readable by this user
+    only, removed when the count ends; it holds the checked columns' values, as the validated file
+    does); then each bucket's rows are read back and their duplicates counted exactly with a
+    group-by on the values themselves. Equal values have equal hashes, so every group of equal
+    values lies in one bucket: the hash only decides the bucket, never whether two values are equal,
+    and the sum over the buckets is the whole file's count.
     """
     lf = pl.scan_parquet(path)
     if not set(columns) <= set(lf.collect_schema().names()):
@@ -218,38 +218,7 @@ def duplicate_row_count(path: Path, columns: list[str], ignore_row_if: str, piec
     if buckets <= 1:
         return _shared_rows(_kept_rows(lf.select(columns), columns, ignore_row_if), columns)
     with tempfile.TemporaryDirectory(prefix="pprl-unique-") as tmp:
-        spill = Path(tmp) / "buckets.arrow"
-        # Which record batches of the spill file hold each bucket's rows.
-        where: list[list[int]] = [[] for _ in range(buckets)]
-        written = 0
-        writer: pa.ipc.RecordBatchFileWriter | None = None
-        try:
-            selected = lf.select(columns)
-            for offset in range(0, rows, piece_rows):
-                # A slice of a scan decodes only the pages it needs, so a window of a big row group
-                # does not bring the whole group into memory.
-                window = _kept_rows(selected.slice(offset, piece_rows), columns, ignore_row_if)
-                frame = window.with_columns((pl.struct(columns).hash(seed=0) % buckets).alias(_BUCKET)).collect()
-                for (bucket,), part in frame.partition_by(_BUCKET, as_dict=True, include_key=False).items():
-                    table = part.to_arrow()
-                    if writer is None:
-                        writer = pa.ipc.new_file(str(spill), table.schema)
-                    for batch in table.to_batches():
-                        writer.write_batch(batch)
-                        where[bucket].append(written)
-                        written += 1
-                del frame
-        finally:
-            if writer is not None:
-                writer.close()
-        if writer is None:
-            return 0
-        total = 0
-        # Read into memory, not memory-mapped: mapped pages would stay resident as the whole spill.
-        with pa.OSFile(str(spill)) as handle:
-            reader = pa.ipc.open_file(handle)
-            for batches in where:
-                if batches:
-                    part = pa.Table.from_batches([reader.get_batch(i) for i in batches], reader.schema)
-                    total += _shared_rows(pl.from_arrow(part).lazy(), columns)
-        return total
+        # Rows GX skips are split too, and left out as each bucket is read back: a slice of the plain
+        # scan decodes only its own pages, where a slice of a filtered scan reads from the start.
+        parts = io.split_scratch(lf.select(columns), pl.struct(columns).hash(seed=0) % buckets, Path(tmp), piece_rows)
+        return sum(_shared_rows(_kept_rows(pl.scan_parquet(file), columns, ignore_row_if), columns) for file in parts.values())
