@@ -558,7 +558,7 @@ class AirflowStack:
         # the same rows (UniqueViolation on ab_permission_view_role).
         admin = start_process(
             "users-create",
-            [*airflow, "users", "create", "--username", ADMIN_USER, "--password", self.admin_password, "--role",
+            [*airflow, "users", "create", "--username", ADMIN_USER, f"--password={self.admin_password}", "--role",
              "Admin", "--firstname", "Integration", "--lastname", "Test", "--email", "admin@example.invalid"],
             self.log_dir, self.env, cwd=self.home,
         )  # fmt: skip
