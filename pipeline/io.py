@@ -181,7 +181,7 @@ def sink_lazy(lf: pl.LazyFrame, path: Path, metadata: dict[str, str] | None = No
 
 
 def write_scratch(frame: pl.DataFrame | pl.LazyFrame, path: Path, row_group_size: int | None = None) -> Path:
-    """Write a stage's scratch file (read back by the same task, then removed with its folder): fast
+    """Write a stage's scratch file (read back by the same stage, then removed with its folder): fast
     compression, since nobody keeps it; a lazy frame is streamed."""
     with atomic_path(path) as tmp:
         if isinstance(frame, pl.LazyFrame):

@@ -14,9 +14,12 @@ Every report a run writes goes to `cfg.reports_staging_dir`; publish_release mov
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.settings import SOURCES, RunConfig
+
+if TYPE_CHECKING:
+    from pipeline.link.plan import LinkPlan
 
 Conf = dict[str, Any]
 Run = dict[str, Any] | None
@@ -137,8 +140,21 @@ def _validate_pseudonymised(conf: Conf) -> str:
 
 
 def link(conf: Conf, run: Run = None) -> str:
-    """Deterministic ranks 1-5, then the probabilistic rank P, over every source. Returns the link map path."""
-    from pipeline.link import run_link
+    """Deterministic ranks 1-5, then the probabilistic rank P, over every source: every step of the
+    link DAG below, in order, in this process. Returns the link map path."""
+    prepare_link(conf, run)
+    for source in SOURCES:
+        link_ranks(conf, source)
+    model_participants(conf)
+    for source in SOURCES:
+        link_rank_p(conf, source)
+    return write_link_map(conf)
+
+
+# The link DAG's tasks (pipeline.link.stage runs each step; it owns the order and the files between).
+def prepare_link(conf: Conf, run: Run = None) -> str:
+    """Check the token files and start the link stage's work folder. Returns the folder."""
+    from pipeline.link.stage import prepare_link as prepare
     from pipeline.publish.provenance import record_run
 
     from pipeline.publish.release import finish_interrupted_publish
@@ -146,7 +162,43 @@ def link(conf: Conf, run: Run = None) -> str:
     cfg = _cfg(conf)
     finish_interrupted_publish(cfg)  # first task of its DAG: see preflight
     record_run(cfg, "pprl_link", run)
-    return str(run_link(cfg))
+    return str(prepare(_link_plan(cfg)))
+
+
+def link_ranks(conf: Conf, source: str) -> str:
+    """One source's profiles and ranks 1-5 (mapped per source)."""
+    from pipeline.link.stage import link_ranks as ranks
+
+    return str(ranks(_link_plan(_cfg(conf)), source))
+
+
+def model_participants(conf: Conf) -> str:
+    """The participants as the model compares them, with the addresses every source's ranks found
+    (nothing, and "", when the token files lack the model's columns)."""
+    from pipeline.link.stage import model_participants as model
+
+    path = model(_link_plan(_cfg(conf)))
+    return str(path) if path else ""
+
+
+def link_rank_p(conf: Conf, source: str) -> str:
+    """One source's rank P, the probabilistic step (mapped per source)."""
+    from pipeline.link.stage import link_rank_p as rank_p
+
+    return str(rank_p(_link_plan(_cfg(conf)), source))
+
+
+def write_link_map(conf: Conf) -> str:
+    """The link map, linkage quality report and summary, from every source's result."""
+    from pipeline.link.stage import write_link_map as write
+
+    return str(write(_link_plan(_cfg(conf))))
+
+
+def _link_plan(cfg: RunConfig) -> LinkPlan:
+    from pipeline.link.plan import plan_link
+
+    return plan_link(cfg)
 
 
 def validate_linked(conf: Conf) -> str:

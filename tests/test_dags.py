@@ -133,7 +133,14 @@ def test_tasks_and_their_order(dagbag):
     assert pseudonymise["pseudonymise_source"]["mapped"]
     assert pseudonymise["pseudonymise_source"]["upstream"] == ["consent_gate"]
     assert pseudonymise["validate_pseudonymised"]["upstream"] == ["pseudonymise_source"]
-    assert dagbag["dags"][LINK_DAG]["tasks"]["validate_linked"]["upstream"] == ["link"]
+    link = dagbag["dags"][LINK_DAG]["tasks"]
+    assert link["prepare_link"]["upstream"] == []
+    assert link["link_ranks"]["mapped"] and link["link_ranks"]["upstream"] == ["prepare_link"]
+    # Rank P of any source needs the addresses every source's ranks found.
+    assert link["model_participants"]["upstream"] == ["link_ranks"]
+    assert link["link_rank_p"]["mapped"] and link["link_rank_p"]["upstream"] == ["model_participants"]
+    assert link["write_link_map"]["upstream"] == ["link_rank_p"]
+    assert link["validate_linked"]["upstream"] == ["write_link_map"]
     publish = dagbag["dags"][PUBLISH_DAG]["tasks"]
     assert publish["publish_release"]["upstream"] == ["validate_release"]
     assert publish["validate_release"]["upstream"] == ["stage_release"]
@@ -384,9 +391,11 @@ for name in %r:
 """
 
 TASKS = (
-    "preflight", "check_inputs", "consent_gate", "pseudonymise_source", "validate_pseudonymised", "link",
-    "validate_linked", "build_cohort", "stage_release", "validate_release", "publish_release",
+    "preflight", "check_inputs", "consent_gate", "pseudonymise_source", "validate_pseudonymised", "prepare_link",
+    "link_ranks", "model_participants", "link_rank_p", "write_link_map", "validate_linked", "build_cohort",
+    "stage_release", "validate_release", "publish_release",
 )
+MAPPED = ("pseudonymise_source", "link_ranks", "link_rank_p")  # one task instance per source
 
 
 def test_pipeline_dags_run_in_order_with_one_conf(tmp_path, monkeypatch):
@@ -408,7 +417,7 @@ def test_pipeline_dags_run_in_order_with_one_conf(tmp_path, monkeypatch):
     stub = tmp_path / "work" / "stub" / "r1"
     assert result["release_path"] == str(stub / "publish_release")
     written = sorted(path.name for path in stub.iterdir())
-    expected = [name for name in TASKS if name != "pseudonymise_source"] + [f"pseudonymise_source-{s}" for s in SOURCES]
+    expected = [name for name in TASKS if name not in MAPPED] + [f"{name}-{s}" for name in MAPPED for s in SOURCES]
     assert written == sorted(expected)
     assert {path.read_text() for path in stub.iterdir()} == {json.dumps(conf, sort_keys=True)}
 

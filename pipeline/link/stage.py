@@ -2,16 +2,20 @@
 key and never `raw/`, and refuses tokens made under different key ids.
 
 What the stage reads, writes and runs with is decided first, from the run's settings alone
-(pipeline.link.plan); `execute_link` then runs that plan:
+(pipeline.link.plan); the steps below then run that plan, as tasks of their own in the link DAG
+(those of one source mapped per source) or one after another in `execute_link`:
 
-1. Each source's records are grouped into identity profiles (pipeline.link.profiles) and the
-   deterministic ranks 1-5 run on the profiles (pipeline.link.deterministic).
-2. The addresses on records linked by NHS number (ranks 1-4) are added to each participant's known
-   addresses (pipeline.link.model.ProbabilisticOptions.addresses).
-3. The probabilistic step links what the ranks left unlinked (pipeline.link.probabilistic), with a
-   Splink model per source saved in linked/<label>/ (pipeline.zones.splink_model_file).
-4. The link map (one row per record), the linkage quality report and the linkage summary
-   (pipeline.link.quality), at the paths pipeline.zones declares.
+0. `prepare_link` checks the token files and starts the work folder.
+1. `link_ranks`, per source: its records are grouped into identity profiles
+   (pipeline.link.profiles) and the deterministic ranks 1-5 run on the profiles
+   (pipeline.link.deterministic).
+2. `model_participants`: the addresses on records linked by NHS number (ranks 1-4) on any source are
+   added to each participant's known addresses (pipeline.link.model.ProbabilisticOptions.addresses).
+3. `link_rank_p`, per source: the probabilistic step links what the ranks left unlinked
+   (pipeline.link.probabilistic), with a Splink model per source saved in linked/<label>/
+   (pipeline.zones.splink_model_file).
+4. `write_link_map`: the link map (one row per record), the linkage quality report and the linkage
+   summary (pipeline.link.quality), at the paths pipeline.zones declares.
 """
 
 from __future__ import annotations
@@ -113,77 +117,177 @@ def run_link(cfg: RunConfig, options: ProbabilisticOptions | None = None) -> Pat
 
 
 def execute_link(plan: LinkPlan) -> Path:
-    """Run a plan: check the token files, rank every source's profiles, add rank P, and write the
-    link map, the linkage quality report and the summary. Says every minute how far it is
-    (pipeline.progress): one step per source's ranks 1-5, then the link map, then the quality report."""
+    """Run a plan's steps one after another in this process (the link DAG runs each as a task of its
+    own, the per-source ones mapped): check the token files, rank every source's profiles, model
+    the participants, add rank P to every source, and write the link map, the linkage quality report
+    and the summary."""
+    prepare_link(plan)
+    for source in plan.sources:
+        link_ranks(plan, source)
+    model_participants(plan)
+    for source in plan.sources:
+        link_rank_p(plan, source)
+    return write_link_map(plan)
+
+
+# The link stage's steps. Each reads what the steps before it left in the plan's work folder and
+# writes its own files there, so each can run as a task of its own, on any worker that mounts the
+# linked/ zone, and the per-source steps of different sources side by side:
+#
+#   prepare_link -> link_ranks (per source) -> model_participants -> link_rank_p (per source) -> write_link_map
+#
+# A step rerun on its own rewrites only its own files. write_link_map removes the work folder, so
+# after it only a rerun from prepare_link can link again.
+STATE = "link.json"
+
+
+def prepare_link(plan: LinkPlan) -> Path:
+    """Check the token files (present, one key id, this token spec, the ranks' columns), empty the
+    work folder and note there what the later steps run with: the key id, the token columns read
+    and the model's columns missing from some file. Returns the work folder."""
     if plan.options.backend == "spark":
         check_spark_available()  # before the ranks, not after them
-    with Progress("link", total=len(plan.sources) + 2, unit="steps") as progress:
-        return _execute_link(plan, progress)
-
-
-def _execute_link(plan: LinkPlan, progress: Progress) -> Path:
     files = check_token_files(plan)
     kid = common_kid(files)
     check_spec_version(files)
     columns, missing = model_token_columns(plan, files)
     shutil.rmtree(plan.work, ignore_errors=True)
     plan.work.mkdir(parents=True)
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
+    io.write_json({"kid": kid, "columns": columns, "missing": missing}, plan.work / STATE)
+    return plan.work
 
-    persons = (
+
+def _state(plan: LinkPlan) -> dict[str, Any]:
+    path = plan.work / STATE
+    if not path.exists():
+        raise PipelineError(
+            f"{path} is missing: the link stage's steps after prepare_link read what it wrote there "
+            "(and write_link_map removes it when done); rerun the link from prepare_link"
+        )
+    return io.read_json(path)
+
+
+def _persons(plan: LinkPlan, columns: list[str]) -> pl.DataFrame:
+    """Participants with their token codes and row number `uid`, in participant_id order: every step
+    numbers them the same way."""
+    return (
         pl.scan_parquet(plan.persons)
         .select("participant_id", *token_codes(columns))
         .sort("participant_id")
         .with_row_index("uid")
         .collect()
     )
-    addresses = []
-    for source in plan.sources:
-        progress.step(f"ranks 1-5 of {source}")
-        addresses.append(_deterministic_pass(plan, source, columns, persons))
+
+
+def _seconds(plan: LinkPlan, step: str, started: float, **facts: Any) -> None:
+    """Note how long a step took (and what else the summary wants of it) for write_link_map."""
+    io.write_json({"seconds": round(time.perf_counter() - started, 1), **facts}, plan.work / f"{step}.seconds.json")
+
+
+def link_ranks(plan: LinkPlan, source: str) -> Path:
+    """Profiles and ranks 1-5 of one source (_deterministic_pass). Returns its profiles file."""
+    started = time.perf_counter()
+    columns = _state(plan)["columns"]
+    with Progress(f"link {source}", total=1, unit="steps") as progress:
+        progress.step(f"profiles and ranks 1-5 of {source}")
+        addresses = _deterministic_pass(plan, source, columns, _persons(plan, columns))
+        io.write_scratch(addresses, plan.work / f"{source}.addresses.parquet")
         progress.advance()
-    timings["profiles_and_ranks_1_5"] = round(time.perf_counter() - t0, 1)
+    _seconds(plan, f"{source}.ranks", started)
+    return plan.work / f"{source}.profiles.parquet"
 
-    probabilistic = not missing
-    if missing:
-        log.warning("probabilistic linkage skipped: token files lack %s (pipeline.link.model.COMPARISON_COLUMNS)", missing)
-    participants = known = None
-    if probabilistic:
-        participants, known = _participant_frames(plan, persons, addresses)
-    del addresses
 
-    t = time.perf_counter()
-    progress.step("probabilistic linkage and the link map")
-    models, tallies = _write_link_map(plan, kid, persons, participants, known)
-    progress.advance()
-    timings["probabilistic_and_link_map"] = round(time.perf_counter() - t, 1)
+def model_participants(plan: LinkPlan) -> Path | None:
+    """The participants as the probabilistic step compares them, with their known addresses, once
+    for every source (_participant_frames; the addresses are those of every source's ranks). None,
+    and nothing written, when the token files lack some of the model's columns: rank P is skipped."""
+    started = time.perf_counter()
+    state = _state(plan)
+    if state["missing"]:
+        log.warning("probabilistic linkage skipped: token files lack %s (pipeline.link.model.COMPARISON_COLUMNS)", state["missing"])
+        return None
+    addresses = [pl.read_parquet(plan.work / f"{source}.addresses.parquet") for source in plan.sources]
+    participants, known = _participant_frames(plan, _persons(plan, state["columns"]), addresses)
+    io.write_scratch(participants, plan.work / "participants.parquet")
+    io.write_scratch(known, plan.work / "known.parquet")
+    _seconds(plan, "participants", started)
+    return plan.work / "participants.parquet"
 
-    from pipeline.link.quality import PARTICIPANT, person_groups, quality_report, summary_figures
 
-    t = time.perf_counter()
-    progress.step("linkage quality report")
-    covariates = pl.scan_parquet(plan.study_persons).select("participant_id", *QUALITY_COVARIATES)
-    uids = persons.lazy().select("participant_id", pl.col("uid").cast(pl.UInt32).alias(PARTICIPANT))
-    groups = person_groups(covariates).join(uids, on="participant_id", how="left").drop("participant_id")
-    quality = quality_report(*tallies, groups, covariates.select(pl.len()).collect().item())
-    io.write_frame(quality, load_contract("linkage_quality"), plan.quality, {"pprl_kid": kid})
-    progress.advance()
-    timings["quality_report"] = round(time.perf_counter() - t, 1)
+def link_rank_p(plan: LinkPlan, source: str) -> Path:
+    """One source's result per profile: its ranks 1-5 and, unless the model's columns are missing,
+    rank P for the profiles they left (_probabilistic_pass). Returns the result's file."""
+    started = time.perf_counter()
+    state = _state(plan)
+    profiles = pl.read_parquet(plan.work / f"{source}.profiles.parquet")
+    model = None
+    if state["missing"]:
+        result = profiles.select(PROFILE_KEY, "participant_id", "rank", "match_probability", "conflict").with_columns(
+            match_weight=pl.lit(None, dtype=pl.Float64)
+        )
+    else:
+        with Progress(f"link {source}", total=1, unit="steps") as progress:
+            progress.step(f"rank P of {source}")
+            participants = pl.read_parquet(plan.work / "participants.parquet")
+            known = pl.read_parquet(plan.work / "known.parquet")
+            result, info = _probabilistic_pass(plan, source, profiles, participants, known, _persons(plan, state["columns"]))
+            model = info.as_dict()
+            progress.advance()
+    path = io.write_scratch(result, plan.work / f"{source}.result.parquet")
+    _seconds(plan, f"{source}.rank_p", started, model=model)
+    return path
 
+
+def write_link_map(plan: LinkPlan) -> Path:
+    """The link map, the linkage quality report and the summary, from every source's result; then
+    the work folder is removed. Returns the link map."""
+    started = time.perf_counter()
+    state = _state(plan)
+    kid, missing = state["kid"], state["missing"]
+    persons = _persons(plan, [])
+    with Progress("link map", total=2, unit="steps") as progress:
+        progress.step("the link map")
+        tallies = _write_link_map(plan, kid, persons)
+        progress.advance()
+        t = time.perf_counter()
+        progress.step("linkage quality report")
+        from pipeline.link.quality import PARTICIPANT, person_groups, quality_report, summary_figures
+
+        covariates = pl.scan_parquet(plan.study_persons).select("participant_id", *QUALITY_COVARIATES)
+        uids = persons.lazy().select("participant_id", pl.col("uid").cast(pl.UInt32).alias(PARTICIPANT))
+        groups = person_groups(covariates).join(uids, on="participant_id", how="left").drop("participant_id")
+        quality = quality_report(*tallies, groups, covariates.select(pl.len()).collect().item())
+        io.write_frame(quality, load_contract("linkage_quality"), plan.quality, {"pprl_kid": kid})
+        progress.advance()
+    quality_seconds = time.perf_counter() - t
+
+    def seconds(step: str) -> dict[str, Any]:
+        path = plan.work / f"{step}.seconds.json"
+        return io.read_json(path) if path.exists() else {"seconds": 0.0}
+
+    steps = {s: (seconds(f"{s}.ranks"), seconds(f"{s}.rank_p")) for s in plan.sources}
     summary = _summary(quality, persons.height, kid)
     summary["probabilistic"] = {
-        "status": "run" if probabilistic else f"skipped: token files lack {missing}; re-pseudonymise to add them",
+        "status": f"skipped: token files lack {missing}; re-pseudonymise to add them" if missing else "run",
         **model_metadata(plan.options),
-        "sources": {s: m.as_dict() for s, m in models.items()},
+        "sources": {} if missing else {s: rank_p["model"] for s, (_, rank_p) in steps.items()},
     }
     summary["quality"] = summary_figures(quality)
-    shutil.rmtree(plan.work, ignore_errors=True)
-    timings["total"] = round(time.perf_counter() - t0, 1)
+    link_map_seconds = time.perf_counter() - started - quality_seconds
+    # Seconds of each step, as the steps measured them: their sum, not the wall time of a run whose
+    # per-source steps may have run side by side.
+    timings = {
+        "profiles_and_ranks_1_5": round(sum(ranks["seconds"] for ranks, _ in steps.values()), 1),
+        "participants": seconds("participants")["seconds"],
+        "rank_p": round(sum(rank_p["seconds"] for _, rank_p in steps.values()), 1),
+        "link_map": round(link_map_seconds, 1),
+        "quality_report": round(quality_seconds, 1),
+    }
+    timings["total"] = round(sum(timings.values()), 1)
     summary["seconds"] = timings
     io.write_json(summary, plan.summary)
-    log.info("linked %d sources for %d participants in %.0fs", len(plan.sources), persons.height, timings["total"])
+    shutil.rmtree(plan.work, ignore_errors=True)
+    log.info("linked %d sources for %d participants in %.0fs of steps", len(plan.sources), persons.height, timings["total"])
     return plan.link_map
 
 
@@ -235,17 +339,14 @@ def _participant_frames(plan: LinkPlan, persons: pl.DataFrame, addresses: list[p
     return participants, with_known_addresses(participants.lazy(), seen.lazy()).collect()
 
 
-def _write_link_map(
-    plan: LinkPlan, kid: str, persons: pl.DataFrame, participants: pl.DataFrame | None, known: pl.DataFrame | None
-) -> tuple[dict[str, SourceModel], Tallies]:
-    """Append each source's links to the one link map file, in the plan's link map order; with
-    `participants`, rank P is added first. Returns the Splink model of each source and the tallies
-    of the quality report (pipeline.link.quality.tally) of every record written.
+def _write_link_map(plan: LinkPlan, kid: str, persons: pl.DataFrame) -> Tallies:
+    """Append each source's links to the one link map file, in the plan's link map order, from its
+    result per profile (link_rank_p). Returns the tallies of the quality report
+    (pipeline.link.quality.tally) of every record written.
 
-    Profiles are linked once each; records take their profile's result through their token block,
+    Profiles were linked once each; records take their profile's result through their token block,
     WINDOW rows at a time, and are tallied as they are written, so memory follows the window and the
     number of profiles, never the number of records."""
-    models: dict[str, SourceModel] = {}
     contract = load_contract("link_map")
     schema = contract.arrow_schema()
     schema = schema.with_metadata({**(schema.metadata or {}), b"pprl_kid": kid.encode()})
@@ -256,14 +357,7 @@ def _write_link_map(
     linked: list[pl.DataFrame] = []
     with io.parquet_writer(plan.link_map, schema) as writer:
         for source in plan.link_map_order:
-            profiles = pl.read_parquet(plan.work / f"{source}.profiles.parquet")
-            if participants is not None:
-                result, models[source] = _probabilistic_pass(plan, source, profiles, participants, known, persons)
-            else:
-                result = profiles.select(PROFILE_KEY, "participant_id", "rank", "match_probability", "conflict").with_columns(
-                    match_weight=pl.lit(None, dtype=pl.Float64)
-                )
-            del profiles
+            result = pl.read_parquet(plan.work / f"{source}.result.parquet")
             # Each token block's result, with the participant as its row number (a 4-byte key; the
             # participant's ID is put back on the rows written).
             by_block = (
@@ -285,7 +379,7 @@ def _write_link_map(
                 del rows, link
             categories.append(add_tallies(source_categories))
             linked.append(add_tallies(source_linked))
-    return models, (add_tallies(categories), add_tallies(linked))
+    return add_tallies(categories), add_tallies(linked)
 
 
 Tallies = tuple[pl.DataFrame, pl.DataFrame]

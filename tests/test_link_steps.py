@@ -1,0 +1,58 @@
+"""The link stage as the link DAG runs it (issue 19): steps that are tasks of their own, the
+per-source ones mapped, so Celery workers may take the sources in any order, side by side.
+
+Run from the reference run's work folder as it was before linking, the steps in another order than
+pipeline.tasks.link's (sources reversed, a source's rank P rerun as a cleared task would be) give
+the reference run's link map and quality report byte for byte. A step that finds no started work
+folder says which task to rerun from instead of linking from files of another run.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from pipeline import io
+from pipeline.errors import PipelineError
+from pipeline.link.plan import plan_link
+from pipeline.link.stage import STATE, link_rank_p, link_ranks, model_participants, prepare_link, write_link_map
+from pipeline.settings import RunConfig
+
+
+def _plan(reference, work):
+    shutil.copytree(reference.snapshots["link"], work, symlinks=True)
+    return plan_link(RunConfig.from_conf({**reference.cfg.to_conf(), "work_dir": str(work)}))
+
+
+def test_steps_in_any_source_order_give_the_same_link_map(reference, tmp_path):
+    plan = _plan(reference, tmp_path / "work")
+    linked = RunConfig.from_conf({**reference.cfg.to_conf(), "work_dir": str(reference.snapshots["validate_linked"])})
+    expected = plan_link(linked)
+
+    prepare_link(plan)
+    for source in reversed(plan.sources):
+        link_ranks(plan, source)
+    model_participants(plan)
+    for source in reversed(plan.sources):
+        link_rank_p(plan, source)
+    # A mapped task cleared and run again rewrites its own result, and the same one.
+    first = io.sha256_file(link_rank_p(plan, plan.sources[0]))
+    assert io.sha256_file(link_rank_p(plan, plan.sources[0])) == first
+    write_link_map(plan)
+
+    assert io.sha256_file(plan.link_map) == io.sha256_file(expected.link_map)
+    assert io.sha256_file(plan.quality) == io.sha256_file(expected.quality)
+    summary, reference_summary = io.read_json(plan.summary), io.read_json(expected.summary)
+    assert summary["sources"] == reference_summary["sources"] and summary["quality"] == reference_summary["quality"]
+    assert not plan.work.exists()  # the scratch folder is removed with the last step
+
+
+@pytest.mark.parametrize("step", ["link_ranks", "model_participants", "link_rank_p", "write_link_map"])
+def test_a_step_without_a_started_work_folder_says_where_to_rerun_from(reference, tmp_path, step):
+    plan = _plan(reference, tmp_path / "work")
+    run = {"link_ranks": lambda: link_ranks(plan, plan.sources[0]), "model_participants": lambda: model_participants(plan),
+           "link_rank_p": lambda: link_rank_p(plan, plan.sources[0]), "write_link_map": lambda: write_link_map(plan)}  # fmt: skip
+    with pytest.raises(PipelineError, match=f"{STATE} is missing.*rerun the link from prepare_link"):
+        run[step]()
+    assert not plan.link_map.exists()
