@@ -13,6 +13,7 @@ import pytest
 from pipeline.contracts import check_file
 from pipeline.crypto.normalise import canonical_nhs_number, nhs_number_expr
 from pipeline.synth import PROFILES, generate
+from pipeline.synth.geography import LSOAS_PER_SECTOR, MAX_LSOAS_PER_SECTOR, PERSONS_PER_LSOA, POSTCODES_PER_LSOA, _site_units
 from pipeline.synth.identifiers import invalidate, valid_test_numbers
 
 PERSONS = 2000
@@ -243,6 +244,23 @@ def test_postcode_lookup_covers_every_postcode_used(runs):
     used = pl.concat([raw(run, n).get_column("postcode") for n in ("consent_register", *SOURCES)]).drop_nulls()
     canonical = used.str.to_uppercase().str.replace_all(" ", "")
     assert canonical.is_in(lookup.str.replace_all(" ", "").implode()).all()
+
+
+@pytest.mark.parametrize("persons", [PERSONS, 1_000_000, 1_650_000])
+def test_a_site_of_an_integrated_care_system_fits_its_postcode_area(persons):
+    """A site of up to about 3 million people (two sites of an ICS of 3 million: `make bench
+    SIZE=xlarge`) gets distinct postcodes in valid form, 50 to an LSOA; sites that fitted before
+    keep 4 LSOAs to a sector, so their data is unchanged."""
+    units = _site_units(np.random.default_rng(SEED), "a", persons, 0, "QA", 0.0)
+    assert units.get_column("postcode").is_unique().all()
+    assert units.get_column("postcode").str.contains(r"^QA[1-9][0-9]? [0-9][ABD-HJLNP-UW-Z]{2}$").all()
+    per_lsoa = units.group_by("lsoa_index").len().get_column("len")
+    assert (per_lsoa == POSTCODES_PER_LSOA).all() and per_lsoa.len() * PERSONS_PER_LSOA >= persons
+    sectors = units.with_columns(sector=pl.col("postcode").str.slice(0, pl.col("postcode").str.len_chars() - 2))
+    lsoas_per_sector = sectors.group_by("sector").agg(pl.col("lsoa_index").n_unique()).get_column("lsoa_index").max()
+    assert lsoas_per_sector == (LSOAS_PER_SECTOR if persons <= 1_000_000 else MAX_LSOAS_PER_SECTOR)
+    with pytest.raises(ValueError, match="exceed the synthetic postcode space"):
+        _site_units(np.random.default_rng(SEED), "a", 3_200_000, 0, "QA", 0.0)
 
 
 def test_parameters_record_the_truth(runs):

@@ -30,6 +30,8 @@ _LSOA_SD = 0.55
 PERSONS_PER_LSOA = 400
 POSTCODES_PER_LSOA = 50
 LSOAS_PER_SECTOR = 4
+# A sector's 400 possible units (20 x 20 inward letters) hold at most this many LSOAs of 50 units.
+MAX_LSOAS_PER_SECTOR = len(_INWARD_LETTERS) ** 2 // POSTCODES_PER_LSOA
 
 
 def _normal_cdf(x: np.ndarray) -> np.ndarray:
@@ -69,21 +71,28 @@ def _site_units(
 ) -> pl.DataFrame:
     """All postcode units of one site with their LSOA number (counting from `lsoa_offset`) and IMD score."""
     n_lsoa = max(8, math.ceil(persons_in_site / PERSONS_PER_LSOA))
-    n_sectors = math.ceil(n_lsoa / LSOAS_PER_SECTOR)
+    # A site of more than about 1.6 million people (an integrated care system of 3 million in two
+    # sites) fills its 99 districts of 10 sectors; its sectors then hold twice the LSOAs, which the
+    # sector's 400 possible units still fit. Smaller sites keep the layout, so their data is unchanged.
+    lsoas_per_sector = LSOAS_PER_SECTOR
+    if n_lsoa > 99 * 10 * LSOAS_PER_SECTOR:
+        lsoas_per_sector = MAX_LSOAS_PER_SECTOR
+    n_sectors = math.ceil(n_lsoa / lsoas_per_sector)
     sectors_per_district = 5 if n_sectors <= 5 * 99 else 10
     n_districts = math.ceil(n_sectors / sectors_per_district)
     if n_districts > 99:
-        raise ValueError(f"{persons_in_site} people in {site} exceed the synthetic postcode space (about 1.5 million per site)")
+        most = 99 * 10 * MAX_LSOAS_PER_SECTOR * PERSONS_PER_LSOA
+        raise ValueError(f"{persons_in_site} people in {site} exceed the synthetic postcode space ({most:,} per site)")
 
     district_score = rng.normal(deprivation, _DISTRICT_SD, size=n_districts)
     sector_district = np.arange(n_sectors) // sectors_per_district
     # Sector digits within a district: 0-9 in a random order, so codes do not all end in sector 1.
     sector_digit = np.concatenate([rng.permutation(10)[:sectors_per_district] for _ in range(n_districts)])[:n_sectors]
-    lsoa_sector = np.arange(n_lsoa) // LSOAS_PER_SECTOR
+    lsoa_sector = np.arange(n_lsoa) // lsoas_per_sector
     lsoa_score = district_score[sector_district[lsoa_sector]] + rng.normal(0.0, _LSOA_SD, size=n_lsoa)
 
     # Each sector has 400 possible units (20 x 20 letters); its LSOAs take 50 each, without overlap.
-    units_per_sector = LSOAS_PER_SECTOR * POSTCODES_PER_LSOA
+    units_per_sector = lsoas_per_sector * POSTCODES_PER_LSOA
     combos = np.array([a + b for a in _INWARD_LETTERS for b in _INWARD_LETTERS])
     rows = []
     for s in range(n_sectors):
