@@ -139,6 +139,7 @@ def execute_link(plan: LinkPlan) -> Path:
 # A step rerun on its own rewrites only its own files. write_link_map removes the work folder, so
 # after it only a rerun from prepare_link can link again.
 STATE = "link.json"
+PERSONS = "persons.parquet"
 
 
 def prepare_link(plan: LinkPlan) -> Path:
@@ -153,6 +154,10 @@ def prepare_link(plan: LinkPlan) -> Path:
     columns, missing = model_token_columns(plan, files)
     shutil.rmtree(plan.work, ignore_errors=True)
     plan.work.mkdir(parents=True)
+    # The participants with their token codes and row number `uid`, in participant_id order, coded
+    # once here: every later step numbers them the same way, from this file.
+    coded = pl.scan_parquet(plan.persons).select("participant_id", *token_codes(columns)).sort("participant_id").with_row_index("uid")
+    io.write_scratch(coded, plan.work / PERSONS)
     io.write_json({"kid": kid, "columns": columns, "missing": missing}, plan.work / STATE)
     return plan.work
 
@@ -168,15 +173,8 @@ def _state(plan: LinkPlan) -> dict[str, Any]:
 
 
 def _persons(plan: LinkPlan, columns: list[str]) -> pl.DataFrame:
-    """Participants with their token codes and row number `uid`, in participant_id order: every step
-    numbers them the same way."""
-    return (
-        pl.scan_parquet(plan.persons)
-        .select("participant_id", *token_codes(columns))
-        .sort("participant_id")
-        .with_row_index("uid")
-        .collect()
-    )
+    """The participants as prepare_link coded them: uid, participant_id and the token `columns`."""
+    return pl.read_parquet(plan.work / PERSONS, columns=["uid", "participant_id", *columns])
 
 
 def _seconds(plan: LinkPlan, step: str, started: float, **facts: Any) -> None:
