@@ -2,20 +2,26 @@
 per-source ones mapped, so Celery workers may take the sources in any order, side by side.
 
 Run from the reference run's work folder as it was before linking, the steps in another order than
-pipeline.tasks.link's (sources reversed, a source's rank P rerun as a cleared task would be) give
+pipeline.tasks.link's (sources reversed, two sources' rank P at once in two processes, a source's
+rank P rerun as a cleared task would be) give
 the reference run's link map and quality report byte for byte. A step that finds no started work
 folder says which task to rerun from instead of linking from files of another run.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 
+import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from pipeline import io
 from pipeline.errors import PipelineError
 from pipeline.link.plan import plan_link
+from pipeline.link.profiles import PROFILE_KEY
 from pipeline.link.stage import STATE, link_rank_p, link_ranks, model_participants, prepare_link, write_link_map
 from pipeline.settings import RunConfig
 
@@ -34,11 +40,13 @@ def test_steps_in_any_source_order_give_the_same_link_map(reference, tmp_path):
     for source in reversed(plan.sources):
         link_ranks(plan, source)
     model_participants(plan)
-    for source in reversed(plan.sources):
-        link_rank_p(plan, source)
-    # A mapped task cleared and run again rewrites its own result, and the same one.
-    first = io.sha256_file(link_rank_p(plan, plan.sources[0]))
-    assert io.sha256_file(link_rank_p(plan, plan.sources[0])) == first
+    # Two sources' rank P at a time, in processes of their own, as two Celery workers run them.
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(link_rank_p, [plan] * len(plan.sources), reversed(plan.sources)))
+    # A mapped task cleared and run again rewrites its own result, and the same one (its rows in any
+    # order: the link map takes each profile's result by a lookup).
+    first = pl.read_parquet(link_rank_p(plan, plan.sources[0])).sort(PROFILE_KEY)
+    assert_frame_equal(pl.read_parquet(link_rank_p(plan, plan.sources[0])).sort(PROFILE_KEY), first)
     write_link_map(plan)
 
     assert io.sha256_file(plan.link_map) == io.sha256_file(expected.link_map)

@@ -446,7 +446,8 @@ def _probabilistic_pass(
         known,
         options,
         plan.models[source],
-        plan.work / "duckdb",
+        # Its own spill folder: the rank P steps of two sources may run side by side (mapped tasks).
+        plan.work / f"duckdb-{source}",
     )
     # Resolved on the participants' row numbers (8 bytes a pair, where their IDs would be 64
     # characters): each pair's participant, and the tie rule's "one participant", are the same.
