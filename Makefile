@@ -23,12 +23,13 @@ BENCH_ARGS ?=
 # PYTEST_ARGS= runs it in this process alone, PYTEST_ARGS="tests/test_cli.py" one file.
 PYTEST_ARGS ?= -n auto --dist loadfile --no-loadscope-reorder
 
-.PHONY: setup system-deps demo test bench clean-demo help
+.PHONY: setup system-deps demo test bench bench-workers clean-demo help
 
 help:
 	@echo "make demo   synthetic extracts -> pseudonymise -> link -> publish, through the Airflow DAGs"
 	@echo "make test   run the test suite"
 	@echo "make bench  run the benchmarks in bench/"
+	@echo "make bench-workers SIZE=small|medium  the pipeline on Celery with 1, then 2 workers per queue"
 
 $(CURDIR)/.tools/bin/uv:
 	$(PYTHON) -m pip install --quiet --target $(CURDIR)/.tools uv
@@ -74,6 +75,11 @@ test: setup system-deps
 
 bench: setup
 	$(RUN) python bench/run.py --size $(SIZE) $(BENCH_ARGS)
+
+# The whole pipeline through the Celery deployment (Postgres and Redis from system-deps), once with 1
+# and once with 2 workers per queue; small or medium only.
+bench-workers: setup
+	$(RUN) python bench/celery_workers.py --size $(SIZE)
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -3,7 +3,8 @@
 The same parts as docker-compose.yml: Postgres (metadata database and Celery result backend), Redis
 (Celery broker), the api-server, scheduler and dag-processor, and Celery workers, each a process of
 its own, all bound to 127.0.0.1 on free ports, with a private AIRFLOW_HOME and the repository's dags/.
-As in docker-compose.yml, one worker, `keyholder`, serves the key holder's queue with the linkage key;
+As in docker-compose.yml, one worker, `keyholder`, serves the key holder's queue with the linkage key
+(or several, `keyholder`, `keyholder2`, ..., with `keyholders=N`, as a deployment scales that queue);
 the others (`worker1`, ...) serve the default queue with the publishing key only. With `confined`,
 those others run without any capability (see `drop_capabilities`): they cannot open a file another
 user owns, such as a key file or a raw/ folder given to that user.
@@ -339,13 +340,14 @@ class AirflowStack:
     def __init__(
         self, root: Path, *, binaries: ServerBinaries, key_file: Path, workers: int = 1, worker_concurrency: int = 2,
         dags_folder: Path = DAGS_FOLDER, progress: Callable[[str], None] = lambda line: None, publishing_key_file: Path | None = None,
-        confined: bool = False, data_roots: tuple[Path, ...] = (),
+        confined: bool = False, data_roots: tuple[Path, ...] = (), keyholders: int = 1,
     ):
         self.root = Path(root)
         self.binaries = binaries
         self.key_file = Path(key_file)
         self.publishing_key_file = Path(publishing_key_file) if publishing_key_file else None
         self.workers = workers  # besides the key holder's
+        self.keyholders = keyholders  # workers of the key holder's queue, each with the linkage key
         self.confined = confined
         self.data_roots = tuple(Path(p) for p in data_roots)
         self.worker_concurrency = worker_concurrency
@@ -576,15 +578,17 @@ class AirflowStack:
         self.services.append(api)
         self.services.append(start_process("scheduler", [*airflow, "scheduler"], self.log_dir, self.env, cwd=self.home))
         self.services.append(start_process("dag-processor", [*airflow, "dag-processor"], self.log_dir, self.env, cwd=self.home))
-        # As docker-compose.yml: the key holder's worker alone gets the linkage key and serves its
+        # As docker-compose.yml: the key holder's workers alone get the linkage key and serve its
         # queue (in-process, as airflow-keyholder); the others serve the default queue and get the
         # publishing key only. Workers on one machine need their own Celery hostnames and log-server ports.
-        log_port = free_port()
-        env = {**self.env, KEY_FILE_VARIABLE: str(self.key_file), KEY_HOLDER_PROCESS: IN_PROCESS,
-               "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(log_port)}  # fmt: skip
-        argv = [*airflow, "celery", "worker", "--queues", KEY_HOLDER_QUEUE, "--celery-hostname", "keyholder@%h"]
-        self.services.append(start_process("keyholder", argv, self.log_dir, env, cwd=self.home, ports=(log_port,)))
-        self.worker_names.append("keyholder")
+        for number in range(1, self.keyholders + 1):
+            log_port = free_port()
+            name = "keyholder" if number == 1 else f"keyholder{number}"
+            env = {**self.env, KEY_FILE_VARIABLE: str(self.key_file), KEY_HOLDER_PROCESS: IN_PROCESS,
+                   "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(log_port)}  # fmt: skip
+            argv = [*airflow, "celery", "worker", "--queues", KEY_HOLDER_QUEUE, "--celery-hostname", f"{name}@%h"]
+            self.services.append(start_process(name, argv, self.log_dir, env, cwd=self.home, ports=(log_port,)))
+            self.worker_names.append(name)
         for number in range(1, self.workers + 1):
             log_port = free_port()
             name = f"worker{number}"
@@ -600,7 +604,8 @@ class AirflowStack:
         wait_until("Celery workers to be ready", self._workers_ready, 120, self.services)
 
     def _workers_ready(self) -> bool:
-        # Celery logs "<hostname> ready." once the worker consumes from the broker.
+        # Celery logs "<hostname> ready." once the worker consumes from the broker. Each worker has a
+        # log of its own, and the "@" right after the name keeps `keyholder` from matching `keyholder2@`.
         workers = [s for s in self.services if s.name in self.worker_names]
         return all(re.search(rf"\b{s.name}@\S+ ready\.", s.log_path.read_text(errors="replace")) for s in workers)
 
@@ -699,13 +704,17 @@ def main() -> None:
     parser.add_argument("--publishing-key", type=Path, help="the 0600 publishing key file the workers sign releases with")
     parser.add_argument("--root", type=Path, help="folder for the services' files (default: a new temporary one)")
     parser.add_argument("--workers", type=int, default=1, help="workers of the default queue, besides the key holder's")
+    parser.add_argument("--keyholders", type=int, default=1, help="workers of the key holder's queue")
     args = parser.parse_args()
     binaries, missing = find_server_binaries()
     if binaries is None:
         sys.exit(missing)
     root = args.root or Path(tempfile.mkdtemp(prefix="pprl-stack-"))
     publishing = args.publishing_key.resolve() if args.publishing_key else None
-    with AirflowStack(root, binaries=binaries, key_file=args.key.resolve(), workers=args.workers, progress=print, publishing_key_file=publishing) as stack:
+    with AirflowStack(
+        root, binaries=binaries, key_file=args.key.resolve(), workers=args.workers, keyholders=args.keyholders,
+        progress=print, publishing_key_file=publishing,
+    ) as stack:
         print(f"UI and REST API: {stack.api.base_url}  user {ADMIN_USER}  password {stack.admin_password}")
         print(f"AIRFLOW_HOME {stack.home}; service logs in {stack.log_dir}. Ctrl-C stops everything.")
         with contextlib.suppress(KeyboardInterrupt):
