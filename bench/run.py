@@ -41,15 +41,18 @@ PROFILE = "realistic"
 
 
 def cached_inputs(size: str) -> Path:
-    """Synthetic inputs for a size, generated once and reused (same seed, same bytes)."""
-    from pipeline.synth import generate
+    """Synthetic inputs for a size, generated once and reused (same seed, same bytes).
 
+    Generated in a child process: the stages are children of this process, and a child's peak RSS
+    (wait4's ru_maxrss) counts what it shared with this process when forked, so a parent that had
+    generated a million people itself would give every stage a floor of about 2 GB."""
     out = HERE / ".cache" / size
     marker = out / ".complete"
     if not marker.exists():
         shutil.rmtree(out, ignore_errors=True)
         t = time.perf_counter()
-        generate(out, persons=SIZES[size], seed=SEED, profile=PROFILE)
+        code = "import sys; from pipeline.synth import generate; generate(sys.argv[1], persons=int(sys.argv[2]), seed=int(sys.argv[3]), profile=sys.argv[4])"
+        subprocess.run([sys.executable, "-c", code, str(out), str(SIZES[size]), str(SEED), PROFILE], cwd=REPO, check=True)
         marker.write_text(f"generated in {time.perf_counter() - t:.1f}s\n")
     return out
 
