@@ -229,7 +229,7 @@ class LinkageOptions:
     em_max_pairs: float | None = 5e5
     # Seed of every random draw of the model (u pairs, EM samples, training profiles).
     seed: int = 2026
-    # Where Splink runs: DuckDB inside the link task (one machine), or Spark (a local session, or the
+    # Where Splink runs: DuckDB inside each source's link_rank_p task (one machine), or Spark (a local session, or the
     # cluster Spark's own configuration names; needs the `spark` extra and Java). The same pairs give
     # the same links on both (pipeline.link.backends).
     backend: Literal["duckdb", "spark"] = "duckdb"

@@ -1,4 +1,4 @@
-"""Where Splink runs: DuckDB inside the link task's own process (the default), or Spark, on a local
+"""Where Splink runs: DuckDB inside the link_rank_p task's own process (the default), or Spark, on a local
 session or a cluster (run setting `link_backend`, `pipeline run --link-backend`).
 
 pipeline.link.probabilistic runs the same steps on either; only this module knows which one it is:

@@ -85,7 +85,7 @@ class ProbabilisticOptions:
     records_per_scoring_chunk: int = 250_000
     # DuckDB's memory ceiling; beyond it DuckDB spills to the run's temporary folder.
     duckdb_memory_limit: str = "3GB"
-    # The engine Splink runs on (pipeline.link.backends): DuckDB in the link task's process, or Spark.
+    # The engine Splink runs on (pipeline.link.backends): DuckDB in the link_rank_p task's process, or Spark.
     backend: Literal["duckdb", "spark"] = "duckdb"
     seed: int = 2026
 

@@ -139,7 +139,7 @@ def execute_link(plan: LinkPlan) -> Path:
 # A step rerun on its own rewrites only its own files. write_link_map removes the work folder, so
 # after it only a rerun from prepare_link can link again.
 STATE = "link.json"
-PERSONS = "persons.parquet"
+PERSONS = "coded_persons.parquet"  # the scratch copy prepare_link codes, not the zone file
 
 
 def prepare_link(plan: LinkPlan) -> Path:

@@ -248,7 +248,7 @@ def run_params(*, filled_by_upstream: bool) -> dict[str, Param]:
         ),
         "link_backend": Param(
             _default(LinkageOptions, "backend"), type="string", enum=list(LINKAGE_BACKENDS), title="Linkage engine",
-            description="Where Splink runs: duckdb inside the link task, or spark (the cluster of the worker's Spark "
+            description="Where Splink runs: duckdb inside each source's link_rank_p task, or spark (the cluster of the worker's Spark "
             "configuration, or a local session); spark needs the spark extra and Java on the worker.",
             section="Linkage",
         ),
