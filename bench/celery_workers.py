@@ -119,16 +119,20 @@ class TreeMemory(threading.Thread):
         self.join()
 
 
+def _family(pid: int) -> list[psutil.Process]:
+    """A process and all its descendants; none if it has ended."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
 def tree_pss(pid: int) -> int:
     """Bytes of PSS of a process and all its descendants (read from smaps_rollup; a process that
     ends while it is read counts as nothing)."""
-    try:
-        root = psutil.Process(pid)
-        family = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
     total = 0
-    for proc in family:
+    for proc in _family(pid):
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             total += proc.memory_full_info().pss
     return total
@@ -140,13 +144,8 @@ def tree_cpu_seconds(pid: int) -> float:
     Taken before and after a run, the difference is what the tree used in between, task processes
     that ended in between included (their parent reaped them, so they count in its children's times).
     """
-    try:
-        root = psutil.Process(pid)
-        family = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
     total = 0.0
-    for proc in family:
+    for proc in _family(pid):
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             times = proc.cpu_times()
             total += times.user + times.system + times.children_user + times.children_system
