@@ -31,11 +31,13 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-# xlarge: an integrated care system of 3 million. Not yet generated: the synthetic world puts 70% of
-# its people in the consent register (pipeline.synth.study.ARM_SHARE), 2.07 million at 3 million, and
-# the 999 test range holds 909,091 valid NHS numbers, so the generator refuses it (everyone in the
-# register must have one). It needs a register share for large worlds (issue 19's note says more).
+# xlarge: an integrated care system of 3 million. The synthetic world's default register share (70%,
+# pipeline.synth.study.ARM_SHARE) would put 2.1 million people in the consent register, each needing
+# a distinct NHS number from the 999 test range, which holds 909,091. At 3 million the register is 25%
+# (750,000 people, about as many as at 1 million); the test range's remaining numbers go to 159,091 of
+# the others, and the rest carry no NHS number (recorded in truth/parameters.json).
 SIZES = {"small": 10_000, "medium": 100_000, "large": 1_000_000, "xlarge": 3_000_000}
+REGISTER_SHARE = {"xlarge": 0.25}
 SEED = 2026
 PROFILE = "realistic"
 
@@ -51,8 +53,12 @@ def cached_inputs(size: str) -> Path:
     if not marker.exists():
         shutil.rmtree(out, ignore_errors=True)
         t = time.perf_counter()
-        code = "import sys; from pipeline.synth import generate; generate(sys.argv[1], persons=int(sys.argv[2]), seed=int(sys.argv[3]), profile=sys.argv[4])"
-        subprocess.run([sys.executable, "-c", code, str(out), str(SIZES[size]), str(SEED), PROFILE], cwd=REPO, check=True)
+        code = (
+            "import sys; from pipeline.synth import generate; share = float(sys.argv[5]) if sys.argv[5] != 'default' else None;"
+            "generate(sys.argv[1], persons=int(sys.argv[2]), seed=int(sys.argv[3]), profile=sys.argv[4], register_share=share)"
+        )
+        share = str(REGISTER_SHARE.get(size, "default"))
+        subprocess.run([sys.executable, "-c", code, str(out), str(SIZES[size]), str(SEED), PROFILE, share], cwd=REPO, check=True)
         marker.write_text(f"generated in {time.perf_counter() - t:.1f}s\n")
     return out
 

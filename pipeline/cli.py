@@ -22,7 +22,8 @@ def _synth(args: argparse.Namespace) -> int:
 
     study = load_study(args.study or PIONEER)
     try:
-        out = generate(Path(args.out), persons=args.persons, seed=args.seed, profile=args.profile, mdt_effect=args.mdt_effect, study=study)
+        out = generate(Path(args.out), persons=args.persons, seed=args.seed, profile=args.profile, mdt_effect=args.mdt_effect, study=study,
+                       register_share=args.register_share)
         if args.layout == "nhs":
             from pipeline.synth.native import write_native_layout
 
@@ -195,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="write synthetic extracts with ground truth")
     s.add_argument("--out", required=True, help="folder to write raw/ and truth/ into")
-    s.add_argument("--persons", type=int, default=5000, help="people in the consent register (default 5000)")
+    s.add_argument("--persons", type=int, default=5000, help="people in the synthetic world, of whom 70%% are in the consent register (default 5000)")
     s.add_argument("--seed", type=int, default=1, help="random seed; the same seed and options write the same files (default 1)")
     s.add_argument(
         "--profile", choices=["clean", "realistic", "hard", "provider_blackout"], default="realistic",
@@ -203,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(the default), hard, or provider_blackout (realistic, and one trust's records lose their identifiers for a year)",
     )
     s.add_argument("--mdt-effect", type=float, default=0.8, help="rate ratio of emergency admissions after MDT enrolment")
+    s.add_argument(
+        "--register-share", type=float, default=None, metavar="SHARE",
+        help="share of people in the consent register (default 0.70); above about 1.3 million people use less, since "
+        "every participant needs an NHS number from the 999 test range, which holds 909,091",
+    )
     s.add_argument(
         "--layout", choices=["canonical", "nhs"], default="canonical",
         help="canonical: every extract as <dataset>.parquet in the contracts' layout; nhs: the same people, the five "

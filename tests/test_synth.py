@@ -320,3 +320,27 @@ def test_mdt_effect_is_recoverable_after_adjusting_for_observed_selection(tmp_pa
     X = np.column_stack([np.ones(d.height), mdt, *covariates, baseline])
     assert _poisson_rate_ratio(X, y) == pytest.approx(0.5, abs=0.1)
     assert _poisson_rate_ratio(np.column_stack([np.ones(d.height), mdt]), y) > 0.7  # confounded by selection
+
+
+def test_register_share_sets_the_consent_registers_size(tmp_path):
+    """A world of millions needs a smaller register than the default 70%, whose NHS numbers all come
+    from the 999 test range; the share is kept and recorded, and the arms keep their proportions."""
+    out = generate(tmp_path / "small_register", 4000, SEED, "clean", register_share=0.2)
+    persons = truth(out, "persons")
+    in_register = persons.filter(pl.col("arm") != "none").height / persons.height
+    assert 0.17 < in_register < 0.23
+    mdt = persons.filter(pl.col("arm") == "mdt").height / persons.filter(pl.col("arm") != "none").height
+    assert 0.30 < mdt < 0.42  # 0.25 / 0.70 of the register, as with the default share
+    shares = json.loads((out / "truth" / "parameters.json").read_text())["selection"]["arm_share"]
+    assert shares["none"] == pytest.approx(0.8) and shares["mdt"] + shares["comparator"] == pytest.approx(0.2)
+    for bad in (0, 1, -0.1, 1.5):
+        with pytest.raises(ValueError, match=r"register_share \(--register-share\)"):
+            generate(tmp_path / "bad", 4000, SEED, "clean", register_share=bad)
+
+
+def test_a_register_larger_than_the_test_range_is_refused_naming_the_setting():
+    from pipeline.synth.identifiers import allocate_nhs_numbers
+
+    pool = valid_test_numbers().shape[0]
+    with pytest.raises(ValueError, match=r"register_share, --register-share"):
+        allocate_nhs_numbers(np.random.default_rng(0), np.ones(pool + 1, dtype=bool))

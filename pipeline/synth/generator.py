@@ -65,6 +65,7 @@ def generate(
     profile: Profile,
     mdt_effect: float = 0.8,
     study: Any = None,
+    register_share: float | None = None,
 ) -> Path:
     """Write `out_dir/raw/<dataset>.parquet` for every input of the pipeline and `out_dir/truth/`.
 
@@ -73,29 +74,34 @@ def generate(
     truth/ (never read by the pipeline): record_links.parquet (source, record_id, participant_id,
     person_index, is_duplicate, faults), persons.parquet (one row per person) and parameters.json.
     `study` (a pipeline.study.Study; the default study, studies/pioneer.yaml, when None) gives the
-    sites, teams, operating models, minimum age, baseline period and calendar.
+    sites, teams, operating models, minimum age, baseline period and calendar. `register_share` is the
+    share of people in the consent register (study.arm_share; 0.70 when None): a world of more than
+    about 1.3 million people needs a smaller one, as the register's NHS numbers come from the 999 test range.
     The same arguments always give byte-identical files. Returns `out_dir`.
     """
     from pipeline.study import load_study
 
     with synth_study.configured(study or load_study()):
-        return _generate(out_dir, persons, seed, profile, mdt_effect)
+        return _generate(out_dir, persons, seed, profile, mdt_effect, register_share)
 
 
-def _generate(out_dir: Path, persons: int, seed: int, profile: Profile, mdt_effect: float) -> Path:
+def _generate(out_dir: Path, persons: int, seed: int, profile: Profile, mdt_effect: float, register_share: float | None) -> Path:
     if persons < MIN_PERSONS:
         raise SynthSettingsError(f"persons (--persons) must be at least {MIN_PERSONS}, for every cell of the study design (got {persons})")
     if not isinstance(seed, int) or seed < 0:
         raise SynthSettingsError(f"seed (--seed) must be a non-negative integer (got {seed!r})")
     if not mdt_effect > 0:
         raise SynthSettingsError(f"mdt_effect (--mdt-effect) is a rate ratio and must be positive (got {mdt_effect})")
+    if register_share is not None and not 0 < register_share < 1:
+        raise SynthSettingsError(f"register_share (--register-share) is a share of people and must lie between 0 and 1 (got {register_share})")
+    shares = study.arm_share(register_share)
     faults = fault_rates(profile)
     out_dir = Path(out_dir)
     raw, truth = out_dir / "raw", out_dir / "truth"
     raw.mkdir(parents=True, exist_ok=True)
     truth.mkdir(parents=True, exist_ok=True)
 
-    pop = build_population(seed, persons, faults)
+    pop = build_population(seed, persons, faults, shares)
     rows: dict[str, int] = {}
     register, register_faults = register_errors(
         np.random.default_rng(np.random.SeedSequence([seed, 4])), consent_register(pop), faults.register_errors
@@ -161,7 +167,7 @@ def _generate(out_dir: Path, persons: int, seed: int, profile: Profile, mdt_effe
             },
             "event_rates": EVENT_RATES.as_dict(),
             "need_model": dataclasses.asdict(NEED),
-            "selection": {"mdt": MDT_SELECTION, "comparator_ltc_slope": COMPARATOR_LTC_SLOPE, "arm_share": study.ARM_SHARE},
+            "selection": {"mdt": MDT_SELECTION, "comparator_ltc_slope": COMPARATOR_LTC_SLOPE, "arm_share": shares},
             "survey": {"mdt_followup_gain": MDT_FOLLOWUP_GAIN, "ageing_per_year": AGEING_PER_YEAR, "followup_response": study.FOLLOWUP_RESPONSE},
             "study": {
                 "index_window": [_iso(study.INDEX_START), _iso(study.INDEX_END)],

@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.crypto.normalise import nhs_check_digit
+from pipeline.errors import SynthSettingsError
 
 _WEIGHTS = np.array([10, 9, 8, 7, 6, 5, 4, 3, 2], dtype=np.int64)
 _STEM_LO, _STEM_HI = 999_000_000, 1_000_000_000  # nine-digit stems of the test range
@@ -62,7 +63,10 @@ def allocate_nhs_numbers(rng: np.random.Generator, priority: np.ndarray) -> tupl
     # Priority people first, then the rest, each group in person order; the numbers are random anyway.
     order = np.concatenate([np.flatnonzero(priority), np.flatnonzero(~priority)])
     if int(priority.sum()) > take:
-        raise ValueError(f"{int(priority.sum())} people in the consent register, but the test range holds only {take} NHS numbers")
+        raise SynthSettingsError(
+            f"{int(priority.sum())} people in the consent register, but the 999 test range holds only {take} NHS numbers; "
+            "generate fewer people or a smaller register (register_share, --register-share)"
+        )
     out[order[:take]] = chosen
     short = n - take
     if short:

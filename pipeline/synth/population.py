@@ -82,7 +82,9 @@ def _strings(values: np.ndarray) -> pl.Series:
     return pl.Series(values.tolist(), dtype=pl.String)
 
 
-def build_population(seed: int, persons: int, faults: FaultRates) -> Population:
+def build_population(seed: int, persons: int, faults: FaultRates, shares: dict[str, float] | None = None) -> Population:
+    """The synthetic world's people; `shares` are the arm shares (study.arm_share(), ARM_SHARE when None)."""
+    shares = shares or study.ARM_SHARE
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
     n = persons
 
@@ -121,10 +123,10 @@ def build_population(seed: int, persons: int, faults: FaultRates) -> Population:
         + sel["imd_per_decile"] * (5.5 - imd)
         + sel["per_baseline_admission"] * np.minimum(baseline_emergency, 4)
     )
-    p_mdt = sigmoid(solve_intercept(linear, study.ARM_SHARE["mdt"]) + linear)
+    p_mdt = sigmoid(solve_intercept(linear, shares["mdt"]) + linear)
     is_mdt = rng.random(n) < p_mdt
     cmp_linear = COMPARATOR_LTC_SLOPE * (n_ltc - 3.5)
-    cmp_share = study.ARM_SHARE["comparator"] / (1 - study.ARM_SHARE["mdt"])
+    cmp_share = shares["comparator"] / (1 - shares["mdt"])
     is_cmp = ~is_mdt & (rng.random(n) < sigmoid(solve_intercept(cmp_linear, cmp_share) + cmp_linear))
     in_register = is_mdt | is_cmp
 

@@ -42,6 +42,20 @@ FOLLOWUP_DAYS = 730
 # --- arms and consent -------------------------------------------------------------------------------
 ARMS: tuple[str, ...] = ("mdt", "comparator", "none")  # "none": not in the study, only in service use
 ARM_SHARE: dict[str, float] = {"mdt": 0.25, "comparator": 0.45, "none": 0.30}
+
+
+def arm_share(register_share: float | None = None) -> dict[str, float]:
+    """The arm shares with `register_share` of people in the consent register (MDT and comparator
+    arms together, in ARM_SHARE's proportions); ARM_SHARE itself when None.
+
+    A world of millions needs a smaller register than ARM_SHARE's 70%: everyone in the register must
+    have a distinct NHS number from the 999 test range, which holds 909,091 (and in a real integrated
+    care system the surveyed register is a small part of the population)."""
+    if register_share is None:
+        return dict(ARM_SHARE)
+    in_register = ARM_SHARE["mdt"] + ARM_SHARE["comparator"]
+    scale = register_share / in_register
+    return {"mdt": ARM_SHARE["mdt"] * scale, "comparator": ARM_SHARE["comparator"] * scale, "none": 1.0 - register_share}
 CONSENT_RATE = 0.85
 WITHDRAWAL_RATE = 0.04  # of those who consented
 # A withdrawal is dated the day it was received. Most fall between consent and the default extract
