@@ -19,7 +19,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -346,64 +345,6 @@ def _value_rule_detail(rule: str, n: int) -> str:
 # one window at a time, so the memory they take is a window's, whatever the size of the file
 # (Polars decodes only the rows of a slice of a Parquet scan, not its whole row group).
 CHECK_WINDOW_ROWS = 131_072
-# Most values of one column checked for repeats at once (`_Repeats`): the 64-bit hashes of a
-# column of more rows are held in hash partitions of about this many values (8 bytes each), one
-# sweep over the column each.
-UNIQUE_PIECE_ROWS = 8_388_608
-# Any fixed seeds: equal values always fall in the same partition and have the same hash.
-_PARTITION_SEED, _VALUE_SEED = 19, 20
-
-
-class _Repeats:
-    """How many non-null values of one column repeat an earlier one (non-null rows less distinct
-    values, the uniqueness rule's count), exactly, in bounded memory.
-
-    The values are split into `parts` hash partitions: equal values share one, so the partitions'
-    counts add up to the column's. For each partition the 64-bit hashes of its values are gathered
-    and sorted: no two equal means no repeat (different hashes are different values); otherwise (a
-    repeat, or a hash collision) the partition's values themselves are counted. Partition 0 is
-    gathered during the sweep over the windows that counts the other rules (`add`); each further
-    partition takes one more sweep over the column alone (`count`).
-    """
-
-    def __init__(self, column: Column, rows: int) -> None:
-        self.column = column
-        self.parts = max(1, -(-rows // UNIQUE_PIECE_ROWS))
-        self.first: list[np.ndarray] = []
-
-    def _of(self, values: pl.Series, part: int) -> pl.Series:
-        values = values.drop_nulls()
-        if self.parts > 1:
-            values = values.filter(values.hash(_PARTITION_SEED) % self.parts == part)
-        return values
-
-    def add(self, window: pl.DataFrame) -> None:
-        self.first.append(self._of(window.get_column(self.column.name), 0).hash(_VALUE_SEED).to_numpy())
-
-    def count(self, lf: pl.LazyFrame, rows: int, window: int) -> int:
-        total = self._count_part(lf, rows, window, 0, self.first)
-        self.first = []
-        for part in range(1, self.parts):
-            hashes = [
-                self._of(lf.slice(offset, window).select(self.column.name).collect().to_series(), part).hash(_VALUE_SEED).to_numpy()
-                for offset in range(0, rows, window)
-            ]
-            total += self._count_part(lf, rows, window, part, hashes)
-        return total
-
-    def _count_part(self, lf: pl.LazyFrame, rows: int, window: int, part: int, hashes: list[np.ndarray]) -> int:
-        h = np.concatenate(hashes) if hashes else np.empty(0, dtype=np.uint64)
-        del hashes[:]
-        h.sort()
-        if not (h[1:] == h[:-1]).any():
-            return 0
-        # A repeat or a collision: the partition's values themselves (rare, and a partition's worth).
-        values = pl.concat(
-            [self._of(lf.slice(offset, window).select(self.column.name).collect().to_series(), part) for offset in range(0, rows, window)]
-        )
-        return values.len() - values.n_unique()
-
-
 def check_frame(
     lf: pl.LazyFrame, contract: Contract, path: str, read_all: bool = False, window: int | None = None
 ) -> list[Violation]:
@@ -414,8 +355,8 @@ def check_frame(
 
     Without `window`, one pass over the whole of `lf`. With `window` (for a scan that slices
     cheaply, such as Parquet), the rules are counted in row windows of that many rows and added up,
-    and uniqueness per column in hash partitions (`_Repeats`), so memory is bounded by the window
-    and the partition size, not the number of rows. The counts, and so the violations, are the same.
+    and uniqueness per column in buckets of 64-bit hashes (pipeline.repeats), so memory is bounded
+    by the window and the bucket size, not the number of rows. The counts, and so the violations, are the same.
     """
     columns = lf.collect_schema().names()
     rules = _value_rule_exprs(contract, set(columns))
@@ -438,22 +379,24 @@ def check_frame(
 
 def _windowed_counts(lf: pl.LazyFrame, rules: list[tuple[Column, str, pl.Expr]], exprs: list[pl.Expr], window: int) -> tuple[int, ...]:
     """`lf.select(exprs)`'s counts: the rules but uniqueness summed over row windows of `lf` (each
-    window decoded once), uniqueness by `_Repeats`."""
+    window decoded once), uniqueness over the whole of `lf` by pipeline.repeats."""
+    from pipeline.repeats import count_repeats  # here: pipeline.repeats spills through pipeline.io, which imports this module
+
     rows = lf.select(pl.len()).collect().item()
-    repeats = {i: _Repeats(c, rows) for i, (c, rule, _) in enumerate(rules) if rule == "unique"}
-    summed = [e for i, e in enumerate(exprs) if i not in repeats]
+    unique = {i for i, (_, rule, _) in enumerate(rules) if rule == "unique"}
+    summed = [e for i, e in enumerate(exprs) if i not in unique]
     totals = [0] * len(summed)
-    for offset in range(0, rows, window):
-        frame = lf.slice(offset, window).collect()
-        for r in repeats.values():
-            r.add(frame)
-        if summed:
-            got = frame.select(summed).row(0)
+    if summed:
+        for offset in range(0, rows, window):
+            got = lf.slice(offset, window).select(summed).collect().row(0)
             totals = [t + (n or 0) for t, n in zip(totals, got, strict=True)]
-        del frame
     counts, rest = [], iter(totals)
     for i in range(len(exprs)):
-        counts.append(repeats[i].count(lf, rows, window) if i in repeats else next(rest))
+        if i in unique:
+            name = rules[i][0].name
+            counts.append(count_repeats(lf.select(name), [name], keep=pl.col(name).is_not_null(), window=window).rows_beyond_first)
+        else:
+            counts.append(next(rest))
     return tuple(counts)
 
 

@@ -193,14 +193,15 @@ def write_scratch(frame: pl.DataFrame | pl.LazyFrame, path: Path, row_group_size
 
 def split_scratch(lf: pl.LazyFrame, part_of: pl.Expr, folder: Path, window: int) -> dict[int, Path]:
     """The rows of `lf` written to one scratch file per part (`part_of`: the part of each row, an
-    integer), `window` rows read at a time, each part's rows in their order in `lf`. Returns the
-    file of each part that has rows, by part. Memory: one window, however long `lf` is."""
+    integer; a row whose part is null is left out), `window` rows read at a time, each part's rows
+    in their order in `lf`. Returns the file of each part that has rows, by part. Memory: one
+    window, however long `lf` is."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = lf.select(pl.len()).collect().item()
     writers: dict[int, pq.ParquetWriter] = {}
     try:
         for offset in range(0, rows, window):
-            frame = lf.slice(offset, window).with_columns(part_of.alias("_part")).collect()
+            frame = lf.slice(offset, window).with_columns(part_of.alias("_part")).filter(pl.col("_part").is_not_null()).collect()
             for (k,), piece in frame.partition_by("_part", as_dict=True, include_key=False).items():
                 table = piece.to_arrow()
                 if k not in writers:

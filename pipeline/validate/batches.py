@@ -8,13 +8,12 @@ else reads is counted `WINDOW_ROWS` rows at a time: so memory is about the batch
 columns one expectation reads, never the whole batch of a wide file.
 
 Rules that compare rows with each other (uniqueness) cannot be checked batch by batch;
-`duplicate_row_count` checks them over the whole file, exactly, in hash buckets of about
-`UNIQUE_PIECE_ROWS` rows each, so its memory does not grow with the file either.
+`duplicate_row_count` checks them over the whole file, exactly, in buckets of 64-bit hashes
+(pipeline.repeats), so its memory does not grow with the file either.
 """
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import io
+from pipeline.repeats import count_repeats
 from pipeline.contracts import COMPATIBLE_ARROW_TYPES
 from pipeline.contracts import Contract, read_parquet_schema
 
@@ -174,51 +173,26 @@ def iter_batches(path: Path, spans: list[BatchSpan], contract: Contract) -> Iter
         yield span, read_batch(path, span, contract)
 
 
-# Rows of one piece of the whole-file uniqueness count: a window read from the file at a time, and
-# about the rows of one hash bucket counted at a time (pipeline.validate.batches.duplicate_row_count).
-# A Polars group-by holds about 300 bytes a row for 64-character tokens, so a piece costs ~75 MB.
-UNIQUE_PIECE_ROWS = 250_000
-
-
-def _kept_rows(lf: pl.LazyFrame, columns: list[str], ignore_row_if: str) -> pl.LazyFrame:
+def _kept_rows(ignore_row_if: str, columns: list[str]) -> pl.Expr | None:
     """The rows GX judges: `any_value_is_missing`, `all_values_are_missing` or `never` skipped."""
     if ignore_row_if == "any_value_is_missing":
-        return lf.filter(pl.all_horizontal([pl.col(c).is_not_null() for c in columns]))
+        return pl.all_horizontal([pl.col(c).is_not_null() for c in columns])
     if ignore_row_if == "all_values_are_missing":
-        return lf.filter(pl.any_horizontal([pl.col(c).is_not_null() for c in columns]))
-    return lf
+        return pl.any_horizontal([pl.col(c).is_not_null() for c in columns])
+    return None
 
 
-def _shared_rows(lf: pl.LazyFrame, columns: list[str]) -> int:
-    """Rows whose `columns` value another row of `lf` has too (nulls compare equal, as a group key)."""
-    counts = lf.group_by(columns).agg(pl.len().alias("n")).filter(pl.col("n") > 1)
-    return int(counts.select(pl.col("n").sum()).collect(engine="streaming").item() or 0)
-
-
-def duplicate_row_count(path: Path, columns: list[str], ignore_row_if: str, piece_rows: int = UNIQUE_PIECE_ROWS) -> int | None:
+def duplicate_row_count(path: Path, columns: list[str], ignore_row_if: str, piece_rows: int | None = None) -> int | None:
     """Rows of the whole file whose `columns` value is shared with another row (GX's unexpected count).
 
     Rows are skipped as GX skips them: `any_value_is_missing`, `all_values_are_missing` or `never`.
     None when a column is absent (the column-list expectation reports that).
 
-    Memory is bounded by `piece_rows`, not by the file: a file of more rows is split, in one pass
-    over windows of `piece_rows` rows, into K = rows / piece_rows buckets by a hash of the value
-    (pipeline.io.split_scratch), into a private temporary folder (tempfile: readable by this user
-    only, removed when the count ends; it holds the checked columns' values, as the validated file
-    does); then each bucket's rows are read back and their duplicates counted exactly with a
-    group-by on the values themselves. Equal values have equal hashes, so every group of equal
-    values lies in one bucket: the hash only decides the bucket, never whether two values are equal,
-    and the sum over the buckets is the whole file's count.
+    Counted exactly by pipeline.repeats, whose memory is bounded by a bucket of 64-bit hashes, not by
+    the file (`piece_rows` sets the bucket and the window: tests use a few rows to force many).
     """
     lf = pl.scan_parquet(path)
     if not set(columns) <= set(lf.collect_schema().names()):
         return None
-    rows = pq.ParquetFile(path).metadata.num_rows
-    buckets = -(-rows // piece_rows)
-    if buckets <= 1:
-        return _shared_rows(_kept_rows(lf.select(columns), columns, ignore_row_if), columns)
-    with tempfile.TemporaryDirectory(prefix="pprl-unique-") as tmp:
-        # Rows GX skips are split too, and left out as each bucket is read back: a slice of the plain
-        # scan decodes only its own pages, where a slice of a filtered scan reads from the start.
-        parts = io.split_scratch(lf.select(columns), pl.struct(columns).hash(seed=0) % buckets, Path(tmp), piece_rows)
-        return sum(_shared_rows(_kept_rows(pl.scan_parquet(file), columns, ignore_row_if), columns) for file in parts.values())
+    repeats = count_repeats(lf.select(columns), columns, _kept_rows(ignore_row_if, columns), per_bucket=piece_rows, window=piece_rows)
+    return repeats.rows_shared

@@ -2,8 +2,8 @@
 
 A uniqueness expectation run batch by batch only sees duplicates inside one batch. For a file read
 in several batches these expectations are taken out of the per-batch suite and checked here over
-the whole file (an exact Polars group-by per hash bucket of the values, memory bounded by the bucket:
-pipeline.validate.batches.duplicate_row_count), and the outcome is written as one more GX result so
+the whole file (exactly, in buckets of 64-bit hashes, recounted on the values where a hash repeats;
+memory bounded by the bucket: pipeline.repeats, pipeline.validate.batches.duplicate_row_count), and the outcome is written as one more GX result so
 Data Docs and the summary show it like any other.
 """
 
