@@ -80,8 +80,9 @@ class ProbabilisticOptions:
     min_records_to_train: int = 50
     # Profiles of a source trained on at most (a seeded sample beyond it; scoring always uses all).
     max_training_profiles: int = 1_000_000
-    # Records of a source scored per chunk (pipeline.link.probabilistic.score_pairs): the engine holds
-    # one chunk's pairs at a time. The pairs, and so the links, do not depend on it.
+    # Records of a source scored per chunk (pipeline.link.probabilistic.score_pairs_to_parts): the
+    # engine holds one chunk's pairs at a time and writes them to disk. The pairs, and so the links,
+    # do not depend on it.
     records_per_scoring_chunk: int = 250_000
     # DuckDB's memory ceiling; beyond it DuckDB spills to the run's temporary folder.
     duckdb_memory_limit: str = "3GB"

@@ -11,6 +11,13 @@ Per source:
    the whole source (most of the source's true pairs were taken by ranks 1-5);
 4. resolve (`resolve_probabilistic`): a record links to the one participant whose match probability
    reaches the threshold; two or more make a conflict, reported and left unlinked.
+
+Memory: the scored pairs (76.8 million for one source at a million people, growing with records
+times participants) never sit in this process whole. The engine writes them to Parquet a scoring
+chunk at a time; they are split into parts by ranges of the record uid and each part sorted alone
+(`score_pairs_to_parts`); the prior's EM reads their weights from a file (`Weights`), and the link
+stage reweights and resolves one part at a time (`Reweighted`). What stays in memory is one chunk
+in the engine (within DuckDB's memory limit), one part, and the profiles and participants.
 """
 
 from __future__ import annotations

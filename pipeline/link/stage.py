@@ -217,7 +217,10 @@ def link_rank_p(plan: LinkPlan, source: str) -> Path:
     rank P for the profiles they left (_probabilistic_pass). Returns the result's file."""
     started = time.perf_counter()
     state = _state(plan)
-    profiles = pl.read_parquet(plan.work / f"{source}.profiles.parquet")
+    # Only the columns the result and the model read: a profile's deterministic tokens are not.
+    outcome = [PROFILE_KEY, "participant_id", "rank", "match_probability", "conflict"]
+    model_tokens = [] if state["missing"] else list(COMPARISON_COLUMNS.values())
+    profiles = pl.read_parquet(plan.work / f"{source}.profiles.parquet", columns=[*outcome, *model_tokens])
     model = None
     if state["missing"]:
         result = profiles.select(PROFILE_KEY, "participant_id", "rank", "match_probability", "conflict").with_columns(
@@ -228,7 +231,7 @@ def link_rank_p(plan: LinkPlan, source: str) -> Path:
             progress.step(f"rank P of {source}")
             participants = pl.read_parquet(plan.work / "participants.parquet")
             known = pl.read_parquet(plan.work / "known.parquet")
-            result, info = _probabilistic_pass(plan, source, profiles, participants, known, _persons(plan, state["columns"]))
+            result, info = _probabilistic_pass(plan, source, profiles, participants, known, _persons(plan, ["tok_nhs"]))
             model = info.as_dict()
             progress.advance()
     path = io.write_scratch(result, plan.work / f"{source}.result.parquet")
