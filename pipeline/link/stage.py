@@ -430,7 +430,11 @@ def _probabilistic_pass(
     known: pl.DataFrame,
     persons: pl.DataFrame,
 ) -> tuple[pl.DataFrame, SourceModel]:
-    """Profile results of one source: the deterministic ones, plus rank P for the unlinked profiles."""
+    """Profile results of one source: the deterministic ones, plus rank P for the unlinked profiles.
+
+    The scored pairs stay on disk (pipeline.link.probabilistic.score_pairs_to_parts) and are
+    resolved a part (a range of profile keys) at a time: memory follows the profiles and one part,
+    not the number of pairs, which grows with records times participants."""
     options = plan.options
     det = profiles.select(PROFILE_KEY, "participant_id", "rank", "match_probability", "conflict")
     unlinked = profiles.filter(pl.col("rank").is_null() & ~pl.col("conflict"))
