@@ -184,6 +184,9 @@ def train_model(
 # memory on its own); and the match weights summed at a time when the prior is re-estimated.
 PAIRS_PER_PART = 4_000_000
 WEIGHTS_PER_READ = 1 << 22
+# numpy adds at most this many float64 values in one unrolled loop, without halving them (its
+# PW_BLOCKSIZE): a range this short must be summed by numpy whole, never split.
+NUMPY_PAIRWISE_BLOCK = 128
 
 
 @dataclass
@@ -266,15 +269,16 @@ class Weights:
     """Match weights on disk (float64, in the scored pairs' order), read WEIGHTS_PER_READ at a time.
 
     `total(f)` is numpy's sum of f(weights) for an elementwise `f`, bit for bit: numpy adds a
-    float64 array pairwise, halving it (at a multiple of 8) down to blocks it adds in one loop, so
-    the sum of a long array is the sum of its two halves' sums, each summed by numpy the same way."""
+    float64 array pairwise, halving it (at a multiple of 8) down to blocks of at most 128 it adds in
+    one loop, so the sum of a longer array is the sum of its two halves' sums, each summed by numpy
+    the same way (tests/test_link_probabilistic.py checks it against numpy)."""
 
     def __init__(self, path: Path, size: int):
         self.path, self.size = path, size
 
     def total(self, f) -> float:
         def pairwise(start: int, n: int) -> float:
-            if n <= WEIGHTS_PER_READ:
+            if n <= max(WEIGHTS_PER_READ, NUMPY_PAIRWISE_BLOCK):
                 return np.sum(f(np.fromfile(self.path, dtype=np.float64, count=n, offset=start * 8)))
             half = n // 2
             half -= half % 8
