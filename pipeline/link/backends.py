@@ -180,12 +180,12 @@ class SplinkBackend:
         from duckdb import SQLExpression
 
         left_is_record = f"source_dataset_l = '{records}'"
-        predictions.as_duckdbpyrelation().select(
+        oriented = predictions.as_duckdbpyrelation().select(
             SQLExpression(f"CASE WHEN {left_is_record} THEN uid_l ELSE uid_r END").alias("record_uid"),
             SQLExpression(f"CASE WHEN {left_is_record} THEN uid_r ELSE uid_l END").alias("participant_uid"),
             SQLExpression("CAST(match_weight AS DOUBLE)").alias("match_weight"),
-        ).write_parquet(str(path), compression="lz4")
-        return path
+        )
+        return io.write_engine_scratch(oriented, path)
 
     def close(self) -> None:
         self._close()
