@@ -191,6 +191,15 @@ def write_scratch(frame: pl.DataFrame | pl.LazyFrame, path: Path, row_group_size
     return Path(path)
 
 
+def write_engine_scratch(relation: Any, path: Path) -> Path:
+    """Write a DuckDB relation's rows to a stage's scratch file, as write_scratch does a frame's.
+    DuckDB runs the query and writes the file itself, within its own memory limit, so the rows never
+    pass through this process's memory."""
+    with atomic_path(path) as tmp:
+        relation.write_parquet(str(tmp), compression="lz4")
+    return Path(path)
+
+
 def split_scratch(lf: pl.LazyFrame, part_of: pl.Expr, folder: Path, window: int) -> dict[int, Path]:
     """The rows of `lf` written to one scratch file per part (`part_of`: the part of each row, an
     integer; a row whose part is null is left out), `window` rows read at a time, each part's rows

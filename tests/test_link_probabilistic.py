@@ -26,7 +26,8 @@ import yaml
 
 from pipeline.contracts import SCHEMAS_DIR, check_file, load_contract
 from pipeline.link.model import COMPARISON_COLUMNS, ProbabilisticOptions, splink_settings
-from pipeline.link.probabilistic import estimate_prior, model_frame, resolve_probabilistic, reweight, score_pairs
+from pipeline.link import probabilistic
+from pipeline.link.probabilistic import Weights, estimate_prior, model_frame, resolve_probabilistic, reweight, score_pairs, score_pairs_to_parts
 
 THRESHOLD = 0.9
 
@@ -156,6 +157,37 @@ def test_scoring_in_chunks_gives_the_same_pairs_and_weights_as_scoring_at_once(t
     chunked = score_pairs(*args, ProbabilisticOptions(records_per_scoring_chunk=3), tmp_path / "b")
     assert whole.height > 20
     assert chunked.equals(whole)
+
+
+def test_pairs_split_into_record_ranges_are_the_same_pairs_in_the_same_order(tmp_path, monkeypatch):
+    """The pairs stay on disk in parts by ranges of the record uid (memory: one part, not every
+    pair); the parts in order are every pair sorted by the uids, and the weights file holds their
+    weights in that order."""
+    participants = coded("uid", [person(i, nhs=100 + i, tok_surname=10 + i % 3) for i in range(1, 9)])
+    records = coded("uid", [person(20 + i, nhs=None, tok_surname=10 + i % 3, tok_postcode=50 + i % 2) for i in range(12)])
+    args = (model_frame(records.lazy(), "uid").collect(), model_frame(participants.lazy(), "uid").collect(), hand_set_model())
+    whole = score_pairs(*args, ProbabilisticOptions(), tmp_path / "a")
+    monkeypatch.setattr(probabilistic, "PAIRS_PER_PART", 7)
+    parts = score_pairs_to_parts(*args, ProbabilisticOptions(records_per_scoring_chunk=5), tmp_path / "b")
+    assert len(parts.parts) > 3 and parts.count == whole.height
+    assert parts.read_all().equals(whole)
+    weights = np.fromfile(parts.weights, dtype=np.float64)
+    assert np.array_equal(weights, whole.get_column("match_weight").to_numpy())
+    # Each part holds the pairs of the records its range gives it.
+    for k in range(len(parts.parts)):
+        assert (parts.read(k).select(parts.part_of("record_uid")).to_series() == k).all()
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 129, 1000, 4099])
+def test_the_weights_sum_from_disk_is_numpys_sum_bit_for_bit(tmp_path, monkeypatch, n):
+    """The prior's EM sums a function of every weight: read from disk a block at a time, the sum
+    must be numpy's of the whole array, bit for bit (the prior, and so every weight, is written)."""
+    monkeypatch.setattr(probabilistic, "WEIGHTS_PER_READ", 16)
+    w = np.random.default_rng(n).standard_normal(n) * 30
+    w.tofile(tmp_path / "w.f64")
+    f = lambda x: 1.0 / (1.0 + np.exp2(-(x - 3.25)))  # noqa: E731
+    assert Weights(tmp_path / "w.f64", n).total(f) == (float(np.sum(f(w))) if n else 0.0)
+    assert estimate_prior(Weights(tmp_path / "w.f64", n), 1e-4, 10**7) == estimate_prior(w, 1e-4, 10**7)
 
 
 def test_pairs_no_blocking_rule_admits_are_never_scored(scored):

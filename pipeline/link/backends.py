@@ -42,6 +42,7 @@ import polars as pl
 import sqlglot
 from sqlglot import exp
 
+from pipeline import io
 from pipeline.errors import PipelineError
 from pipeline.link.model import ProbabilisticOptions
 from pipeline.settings import setting
@@ -167,6 +168,24 @@ class SplinkBackend:
             pl.col("match_weight").cast(pl.Float64),
         )
         return out.sort("record_uid", "participant_uid") if sort else out
+
+    def write_pairs(self, predictions, records: str, path: Path) -> Path:
+        """Splink's scored pairs as `pairs` gives them (unsorted), written to the Parquet file `path`.
+
+        On DuckDB the engine writes them itself, so they never pass through this process's memory
+        as a whole (DuckDB holds them within its memory limit, spilling beyond it); Spark's are
+        collected here, one chunk of pairs at a time."""
+        if self.name == "spark":
+            return io.write_scratch(self.pairs(predictions, records, sort=False), path)
+        from duckdb import SQLExpression
+
+        left_is_record = f"source_dataset_l = '{records}'"
+        oriented = predictions.as_duckdbpyrelation().select(
+            SQLExpression(f"CASE WHEN {left_is_record} THEN uid_l ELSE uid_r END").alias("record_uid"),
+            SQLExpression(f"CASE WHEN {left_is_record} THEN uid_r ELSE uid_l END").alias("participant_uid"),
+            SQLExpression("CAST(match_weight AS DOUBLE)").alias("match_weight"),
+        )
+        return io.write_engine_scratch(oriented, path)
 
     def close(self) -> None:
         self._close()

@@ -39,7 +39,7 @@ from pipeline.link.deterministic import DETERMINISTIC_RANKS, link_deterministic
 from pipeline.link.model import ADDRESS_LISTS, COMPARISON_COLUMNS, ProbabilisticOptions
 from pipeline.link.probabilistic import (
     SourceModel,
-    link_probabilistic,
+    link_probabilistic_parts,
     model_frame,
     model_metadata,
     resolve_probabilistic,
@@ -217,7 +217,10 @@ def link_rank_p(plan: LinkPlan, source: str) -> Path:
     rank P for the profiles they left (_probabilistic_pass). Returns the result's file."""
     started = time.perf_counter()
     state = _state(plan)
-    profiles = pl.read_parquet(plan.work / f"{source}.profiles.parquet")
+    # Only the columns the result and the model read: a profile's deterministic tokens are not.
+    outcome = [PROFILE_KEY, "participant_id", "rank", "match_probability", "conflict"]
+    model_tokens = [] if state["missing"] else list(COMPARISON_COLUMNS.values())
+    profiles = pl.read_parquet(plan.work / f"{source}.profiles.parquet", columns=[*outcome, *model_tokens])
     model = None
     if state["missing"]:
         result = profiles.select(PROFILE_KEY, "participant_id", "rank", "match_probability", "conflict").with_columns(
@@ -228,7 +231,7 @@ def link_rank_p(plan: LinkPlan, source: str) -> Path:
             progress.step(f"rank P of {source}")
             participants = pl.read_parquet(plan.work / "participants.parquet")
             known = pl.read_parquet(plan.work / "known.parquet")
-            result, info = _probabilistic_pass(plan, source, profiles, participants, known, _persons(plan, state["columns"]))
+            result, info = _probabilistic_pass(plan, source, profiles, participants, known, _persons(plan, ["tok_nhs"]))
             model = info.as_dict()
             progress.advance()
     path = io.write_scratch(result, plan.work / f"{source}.result.parquet")
@@ -427,7 +430,11 @@ def _probabilistic_pass(
     known: pl.DataFrame,
     persons: pl.DataFrame,
 ) -> tuple[pl.DataFrame, SourceModel]:
-    """Profile results of one source: the deterministic ones, plus rank P for the unlinked profiles."""
+    """Profile results of one source: the deterministic ones, plus rank P for the unlinked profiles.
+
+    The scored pairs stay on disk (pipeline.link.probabilistic.score_pairs_to_parts) and are
+    resolved a part (a range of profile keys) at a time: memory follows the profiles and one part,
+    not the number of pairs, which grows with records times participants."""
     options = plan.options
     det = profiles.select(PROFILE_KEY, "participant_id", "rank", "match_probability", "conflict")
     unlinked = profiles.filter(pl.col("rank").is_null() & ~pl.col("conflict"))
@@ -438,7 +445,7 @@ def _probabilistic_pass(
     training = profiles
     if training.height > options.max_training_profiles:
         training = training.sample(options.max_training_profiles, seed=options.seed).sort(PROFILE_KEY)
-    pairs, info = link_probabilistic(
+    scored, info = link_probabilistic_parts(
         source,
         model_frame(training.lazy(), PROFILE_KEY).collect(),
         model_frame(unlinked.lazy(), PROFILE_KEY).collect(),
@@ -449,14 +456,24 @@ def _probabilistic_pass(
         # Its own spill folder: the rank P steps of two sources may run side by side (mapped tasks).
         plan.work / f"duckdb-{source}",
     )
-    # Resolved on the participants' row numbers (8 bytes a pair, where their IDs would be 64
-    # characters): each pair's participant, and the tie rule's "one participant", are the same.
-    resolved = resolve_probabilistic(
-        unlinked.lazy().select(pl.col(PROFILE_KEY).alias("record_id")),
-        pairs.lazy().rename({PROFILE_KEY: "record_id", "participant_uid": "participant_id"}),
-        options.threshold_match_probability,
-    ).collect().rename({"record_id": PROFILE_KEY})
-    del pairs
+    del training
+    # Resolved part by part (a part holds every pair of a range of profile keys), on the
+    # participants' row numbers (8 bytes a pair, where their IDs would be 64 characters): each
+    # pair's participant, and the tie rule's "one participant", are the same.
+    keys = unlinked.select(pl.col(PROFILE_KEY).alias("record_id"), scored.part_of(PROFILE_KEY).alias("_part"))
+    resolved_parts = []
+    for part, pairs in scored.parts_reweighted():
+        resolved_parts.append(
+            resolve_probabilistic(
+                keys.lazy().filter(pl.col("_part") == part).drop("_part"),
+                pairs.lazy().rename({PROFILE_KEY: "record_id", "participant_uid": "participant_id"}),
+                options.threshold_match_probability,
+            ).collect()
+        )
+        del pairs
+    resolved = pl.concat(resolved_parts).rename({"record_id": PROFILE_KEY})
+    del resolved_parts, keys
+    scored.discard()
     ids = persons.select(pl.col("uid").cast(pl.UInt64), pl.col("participant_id").alias("_id"))
     resolved = resolved.join(ids, left_on="participant_id", right_on="uid", how="left").with_columns(participant_id=pl.col("_id")).drop("_id")
     det = det.join(resolved.select(PROFILE_KEY), on=PROFILE_KEY, how="anti").with_columns(match_weight=pl.lit(None, dtype=pl.Float64))
