@@ -89,10 +89,14 @@ def count_repeats(
     kept = lf.select(hashes.alias("_h"))
     rows = lf.select(pl.len()).collect().item()
     buckets = max(1, -(-rows // per_bucket))
-    # Rows not kept have no hash and so no bucket: split_scratch leaves them out.
-    with tempfile.TemporaryDirectory(prefix="pprl-repeats-") as tmp:
-        parts = io.split_scratch(kept, pl.col("_h") % buckets, Path(tmp), window)
-        suspects = [_repeated(pl.read_parquet(file).get_column("_h").to_numpy()) for file in parts.values()]
+    if buckets == 1:
+        # One bucket's hashes fit in memory as they are: no scratch file.
+        suspects = [_repeated(kept.collect(engine="streaming").get_column("_h").drop_nulls().to_numpy())]
+    else:
+        # Rows not kept have no hash and so no bucket: split_scratch leaves them out.
+        with tempfile.TemporaryDirectory(prefix="pprl-repeats-") as tmp:
+            parts = io.split_scratch(kept, pl.col("_h") % buckets, Path(tmp), window)
+            suspects = [_repeated(pl.read_parquet(file).get_column("_h").to_numpy()) for file in parts.values()]
     total = Repeats(0, 0)
     # The suspects' rows are read again, in as few passes as keep each pass to about a bucket's worth.
     for group in _groups([s for s in suspects if s.size], per_bucket):
