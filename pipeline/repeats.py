@@ -34,9 +34,9 @@ import polars as pl
 
 from pipeline import io
 
-# Hashes per bucket: 32 MB of 64-bit hashes, sorted in a fraction of a second.
+# Hashes per bucket: 16 MB of 64-bit hashes, sorted in a fraction of a second.
 HASHES_PER_BUCKET = 2_097_152
-# Rows read at a time when hashing: the value columns of one window (64-character tokens: ~100 MB).
+# Rows read at a time when hashing: the value columns of one window (64-character tokens: ~25 MB).
 HASH_WINDOW_ROWS = 262_144
 # Any fixed seed: within one count, equal values always have equal hashes.
 _SEED = 20
