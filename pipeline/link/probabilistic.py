@@ -339,7 +339,9 @@ def link_probabilistic(
     scored, info = link_probabilistic_parts(
         source, all_profiles, unlinked, participants, known_participants, options, model_path, temp_dir, settings, training_rules
     )
-    return pl.concat([pairs for _, pairs in scored.parts_reweighted()], how="vertical"), info
+    pairs = pl.concat([pairs for _, pairs in scored.parts_reweighted()], how="vertical")
+    scored.discard()  # every pair is in memory now: the caller's temp_dir keeps no copy
+    return pairs, info
 
 
 @dataclass
