@@ -39,7 +39,8 @@ class TokenColumn:
     field: str
     canonical: pl.Expr
     # A set column (token spec v3's near-miss fragments): `canonical` gives a list of canonical
-    # values, and the column holds their tokens as a sorted list without repeats (List[String]).
+    # values, and the column holds their tokens as a sorted list without repeats (List[String]). A
+    # field's columns are all sets or all scalars: the two are tokenised apart (`_block_table`).
     is_set: bool = False
 
 
@@ -173,10 +174,13 @@ def _with_near_forms(lf: pl.LazyFrame) -> pl.LazyFrame:
     return lf
 
 
-def _with_canonical(lf: pl.LazyFrame) -> pl.LazyFrame:
-    return _with_near_forms(_with_base_forms(_with_name_forms(lf))).with_columns(
-        [c.canonical.alias(f"_c_{c.name}") for c in TOKEN_COLUMNS]
-    )
+def _with_canonical(lf: pl.LazyFrame, near: bool = True) -> pl.LazyFrame:
+    """`lf` with the canonical value behind each token column as `_c_<column>`; with `near=False`
+    the scalar columns only (the near-miss columns' values and salts are there to make them from)."""
+    lf = _with_base_forms(_with_name_forms(lf))
+    if near:
+        lf = _with_near_forms(lf)
+    return lf.with_columns([c.canonical.alias(f"_c_{c.name}") for c in TOKEN_COLUMNS if near or not c.is_set])
 
 
 def canonical_forms(lf: pl.LazyFrame) -> pl.LazyFrame:
@@ -203,18 +207,28 @@ def _quality_exprs() -> list[pl.Expr]:
     return [rows.sum().alias("rows")] + [rows.filter(cond).sum().alias(name) for name, cond in counted.items()]
 
 
-def _set_tokens(fragments: pl.Series, lookup: pl.DataFrame) -> pl.Series:
-    """Each row's list of canonical fragments as the sorted list of their distinct tokens (strings);
-    null where the row has no fragments."""
-    rows = fragments.to_frame("v").with_row_index("_i")
-    tokens = (
-        rows.explode("v")
-        .drop_nulls("v")
-        .join(lookup.with_columns(pl.col("t").cast(pl.String)), on="v", how="left")
-        .group_by("_i")
-        .agg(pl.col("t").unique().sort())
-    )
-    return rows.select("_i").join(tokens, on="_i", how="left", maintain_order="left").get_column("t")
+def _set_token_columns(kept: pl.DataFrame, key: LinkageKey, field: str, columns: list[TokenColumn]) -> dict[str, pl.Series]:
+    """The near-miss columns of the blocks `kept`: for each, every block's sorted list of distinct
+    tokens (strings), null where it has no fragments.
+
+    A name and its salt repeat over many blocks (a few tens of thousands of pairs for a million
+    blocks), so fragments, their tokens and each pair's sorted list are made once per distinct pair,
+    and a join takes the lists to the blocks."""
+    pairs, fragments = {}, {}
+    for c in columns:
+        value, salt, make = _NEAR_FORMS[f"_f_{c.name}"]
+        pairs[c.name] = kept.select(value.alias("v"), salt.alias("s"))
+        distinct = pairs[c.name].unique().drop_nulls()
+        made = pl.Series("f", [make(v, s) for v, s in distinct.iter_rows()], dtype=pl.List(pl.String))
+        fragments[c.name] = distinct.with_columns(made).with_row_index("_i")
+    every = pl.concat([f.get_column("f").explode() for f in fragments.values()]).drop_nulls().unique()
+    lookup = pl.DataFrame({"f": every, "t": tokenise_distinct(key, field, every)})
+    out = {}
+    for name, frame in fragments.items():
+        lists = frame.select("_i", "f").explode("f").drop_nulls("f").join(lookup, on="f").group_by("_i").agg(pl.col("t").unique().sort())
+        per_pair = frame.join(lists, on="_i", how="left").select("v", "s", "t")
+        out[name] = pairs[name].join(per_pair, on=["v", "s"], how="left", maintain_order="left").get_column("t").alias(name)
+    return out
 
 
 def _block_table(
@@ -234,7 +248,7 @@ def _block_table(
     ids = list(IDENTIFIER_COLUMNS)
     blocks = lf.group_by(ids).agg(pl.len().alias("_rows"), keep.any().alias("_keep")).collect()
     unusable = (_nhs.is_null() & pl.col("date_of_birth").is_null() & _postcode.is_null()).alias(UNUSABLE)
-    canon = _with_canonical(blocks.lazy()).with_columns(unusable).collect()
+    canon = _with_canonical(blocks.lazy(), near=False).with_columns(unusable).collect()
     counts = {k: int(v) for k, v in canon.select(_quality_exprs()).row(0, named=True).items()}
 
     kept_block = pl.col("_keep") & ~pl.col(UNUSABLE) if usable_only else pl.col("_keep")
@@ -243,17 +257,16 @@ def _block_table(
     table = kept.select(ids)
     for field in dict.fromkeys(c.field for c in TOKEN_COLUMNS):
         columns = [c for c in TOKEN_COLUMNS if c.field == field]
-        values = [kept.get_column(f"_c_{c.name}") for c in columns]
-        distinct = pl.concat([v.explode() if c.is_set else v for c, v in zip(columns, values, strict=True)]).drop_nulls().unique().alias("v")
+        if all(c.is_set for c in columns):
+            table = table.with_columns(**_set_token_columns(kept, key, field, columns))
+            continue
+        distinct = pl.concat([kept.get_column(f"_c_{c.name}") for c in columns]).drop_nulls().unique().alias("v")
         # Held as categoricals (a 4-byte code per block, each distinct token stored once) until the
         # rows are written: the join back to the rows then moves codes, not 64-character strings,
         # and the block table of a big extract takes a fraction of the memory.
         tokens = tokenise_distinct(key, field, distinct).cast(pl.Categorical(pl.Categories.random()))
         lookup = pl.DataFrame({"v": distinct, "t": tokens})
         for c in columns:
-            if c.is_set:
-                table = table.with_columns(_set_tokens(kept.get_column(f"_c_{c.name}"), lookup).alias(c.name))
-                continue
             token = kept.select(pl.col(f"_c_{c.name}").alias("v")).join(lookup, on="v", how="left", maintain_order="left")
             table = table.with_columns(token.get_column("t").alias(c.name))
     log.info(
