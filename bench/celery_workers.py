@@ -63,7 +63,6 @@ import platform
 import re
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -76,6 +75,7 @@ REPO = HERE.parent
 sys.path[:0] = [str(REPO), str(HERE), str(REPO / "tests" / "integration")]
 
 from airflow_stack import AirflowStack, Service, find_server_binaries  # noqa: E402
+from memory import TreeMemory, family  # noqa: E402
 from run import SIZES, cached_inputs, load_1m  # noqa: E402
 
 from pipeline.orchestration import PIPELINE_DAGS, PSEUDONYMISE_DAG  # noqa: E402
@@ -85,57 +85,11 @@ WORKER_COUNTS = (1, 2)
 # memory of one (the embedded run's peak at 1M is about 6 GB), on a machine other jobs share.
 BENCH_SIZES = ("small", "medium")
 RUN_TIMEOUT = {"small": 900, "medium": 3600}  # seconds for one DAG run
-SAMPLE_SECONDS = 0.5
 SETTLE_SECONDS = 30
-MB = 1024 * 1024
 
 
 # ---------------------------------------------------------------------------------------------
 # Measuring
-
-
-class TreeMemory(threading.Thread):
-    """Samples the PSS of each worker's process tree until stopped; keeps each worker's peak and the
-    peak of their sum (at one sampling time)."""
-
-    def __init__(self, workers: list[Service]):
-        super().__init__(daemon=True)
-        self.workers = workers
-        self.peak_mb = {worker.name: 0.0 for worker in workers}
-        self.peak_total_mb = 0.0
-        self._stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self._stopping.wait(SAMPLE_SECONDS):
-            total = 0.0
-            for worker in self.workers:
-                mb = tree_pss(worker.process.pid) / MB
-                self.peak_mb[worker.name] = max(self.peak_mb[worker.name], mb)
-                total += mb
-            self.peak_total_mb = max(self.peak_total_mb, total)
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self.join()
-
-
-def _family(pid: int) -> list[psutil.Process]:
-    """A process and all its descendants; none if it has ended."""
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def tree_pss(pid: int) -> int:
-    """Bytes of PSS of a process and all its descendants (read from smaps_rollup; a process that
-    ends while it is read counts as nothing)."""
-    total = 0
-    for proc in _family(pid):
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            total += proc.memory_full_info().pss
-    return total
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -145,7 +99,7 @@ def tree_cpu_seconds(pid: int) -> float:
     that ended in between included (their parent reaped them, so they count in its children's times).
     """
     total = 0.0
-    for proc in _family(pid):
+    for proc in family(pid):
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             times = proc.cpu_times()
             total += times.user + times.system + times.children_user + times.children_system
@@ -254,7 +208,7 @@ def measure(stack: AirflowStack, conf: dict, timeout: float) -> dict[str, Any]:
     """Trigger pprl_pseudonymise once and follow it through link and publish; what it took."""
     label = conf["release_label"]
     workers = [stack.worker(name) for name in stack.worker_names]
-    memory = TreeMemory(workers)
+    memory = TreeMemory({worker.name: worker.process.pid for worker in workers})
     cpu_start = {service.name: tree_cpu_seconds(service.process.pid) for service in stack.services}
     load_start = load_1m()
     memory.start()

@@ -144,16 +144,35 @@ def load_1m() -> float:
 
 
 def run_dags(conf: dict, airflow_home: Path) -> dict:
-    """The whole pipeline through the three DAGs on the embedded default; wall time and peak RSS."""
+    """The whole pipeline through the three DAGs on the embedded default; wall time, the peak RSS of
+    its largest process and the peak PSS of its whole process tree."""
+    from memory import TreeMemory
+
     code = "import json,sys; from pipeline.orchestration.embedded import run_embedded; run_embedded(json.loads(sys.argv[1]), sys.argv[2], progress=lambda s: None)"
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(conf), str(airflow_home)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"DAG run failed:\n{proc.stderr.read().decode()[-3000:]}")
-    # ru_maxrss of a child covers its own descendants that it waited for (the Airflow child process).
-    return {"seconds": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "load_1m_at_end": load_1m()}
+    # stderr to a file, not a pipe: a run of millions of people logs more than a pipe holds, and a
+    # full pipe would stop the run until it is read.
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(conf), str(airflow_home)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+        memory = TreeMemory({"dags": proc.pid})
+        memory.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            memory.stop()
+        wall = time.perf_counter() - t
+        if os.waitstatus_to_exitcode(status) != 0:
+            err.seek(0)
+            raise SystemExit(f"DAG run failed:\n{err.read().decode(errors='replace')[-3000:]}")
+    return {
+        "seconds": round(wall, 1),
+        # ru_maxrss of a waited-for child is the largest RSS of it and of the descendants it waited
+        # for (the token and validation workers), each on its own: not their sum.
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        # The sum over the run's processes at one moment, sampled (bench/memory.py): what the machine held.
+        "peak_tree_pss_mb": round(memory.peak_total_mb, 1),
+        "load_1m_at_end": load_1m(),
+    }
 
 
 def scaling_exponents(results_dir: Path, largest: int | None = None) -> dict[str, float]:
@@ -183,7 +202,9 @@ def scaling_exponents(results_dir: Path, largest: int | None = None) -> dict[str
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=list(SIZES), default="small")
-    ap.add_argument("--no-dags", action="store_true", help="skip the end-to-end run through the DAGs")
+    runs = ap.add_mutually_exclusive_group()
+    runs.add_argument("--no-dags", action="store_true", help="skip the end-to-end run through the DAGs")
+    runs.add_argument("--dags-only", action="store_true", help="skip the stage-by-stage runs: only the floors and the run through the DAGs")
     args = ap.parse_args()
 
     from pipeline.crypto.keys import new_key_file
@@ -211,14 +232,18 @@ def main() -> int:
         conf = {"raw_dir": str(raw), "work_dir": str(tmp / "work"), "release_label": f"bench-{args.size}", "key_file": str(tmp / "key.json"),
                 "publishing_key_file": str(tmp / "publishing.pem")}
         stages = []
-        print(f"\n{'stage':<26}{'seconds':>9}{'CPU s':>8}{'peak MB':>10}{'rows/s':>14}{'load':>7}")
-        for name in STAGES:
+        if not args.dags_only:
+            print(f"\n{'stage':<26}{'seconds':>9}{'CPU s':>8}{'peak MB':>10}{'rows/s':>14}{'load':>7}")
+        for name in () if args.dags_only else STAGES:
             r = run_stage(conf, name)
             r["rows_per_second"] = round(rows / r["seconds"]) if r["seconds"] > 0 else None
             stages.append(r)
             print(f"{name:<26}{r['seconds']:>9.2f}{r['cpu_seconds']:>8.1f}{r['peak_rss_mb']:>10.0f}{r['rows_per_second'] or 0:>14,}{r['load_1m_at_end']:>7.2f}")
-        total = sum(s["seconds"] for s in stages)
-        print(f"{'all stages':<26}{total:>9.2f}{sum(s['cpu_seconds'] for s in stages):>8.1f}{max(s['peak_rss_mb'] for s in stages):>10.0f}{round(rows / total):>14,}")
+        if stages:
+            total = sum(s["seconds"] for s in stages)
+            print(f"{'all stages':<26}{total:>9.2f}{sum(s['cpu_seconds'] for s in stages):>8.1f}{max(s['peak_rss_mb'] for s in stages):>10.0f}{round(rows / total):>14,}")
+        else:
+            print("(stage by stage: not run, --dags-only)")
         hmac_text = f"OpenSSL HMAC-SHA256 {hmac_rate:,.0f}/s on one core" if hmac_rate else "OpenSSL rate unavailable"
         print(f"{'floors':<26}Polars reads every input in {floor_read:.2f}s; {hmac_text}")
         results_dir = HERE / "results"
@@ -244,7 +269,8 @@ def main() -> int:
             conf["release_label"] = f"bench-{args.size}-dags"
             dags = run_dags(conf, tmp / "airflow")
             print(
-                f"\nend to end through the DAGs (embedded default): {dags['seconds']:.1f}s, peak {dags['peak_rss_mb']:.0f} MB, "
+                f"\nend to end through the DAGs (embedded default): {dags['seconds']:.1f}s, peak {dags['peak_rss_mb']:.0f} MB RSS "
+                f"(largest process), {dags['peak_tree_pss_mb']:.0f} MB PSS (all its processes together), "
                 f"load average {dags['load_1m_at_end']:.2f} at the end"
             )
             save(dags)

@@ -1,0 +1,62 @@
+"""The memory of process trees, sampled, for the benches: a stage or a DAG run is a process that
+starts others (the key holder's child, token and validation workers, Celery task processes), and
+what the machine must hold is their sum at one moment, which no single process's peak shows.
+
+PSS (proportional set size, from smaps_rollup) counts a page shared by forked processes once across
+them, where a sum of RSS would count it in each. A peak shorter than the sampling interval can be
+missed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import psutil
+
+SAMPLE_SECONDS = 0.5
+MB = 1024 * 1024
+
+
+def family(pid: int) -> list[psutil.Process]:
+    """A process and all its descendants; none if it has ended."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def tree_pss(pid: int) -> int:
+    """Bytes of PSS of a process and all its descendants (a process that ends while it is read
+    counts as nothing)."""
+    total = 0
+    for proc in family(pid):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            total += proc.memory_full_info().pss
+    return total
+
+
+class TreeMemory(threading.Thread):
+    """Samples the PSS of each named process tree every SAMPLE_SECONDS until stopped; keeps each
+    tree's peak (`peak_mb`, by name) and the peak of their sum at one sampling time (`peak_total_mb`)."""
+
+    def __init__(self, roots: dict[str, int]):
+        super().__init__(daemon=True)
+        self.roots = roots
+        self.peak_mb = {name: 0.0 for name in roots}
+        self.peak_total_mb = 0.0
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopping.wait(SAMPLE_SECONDS):
+            total = 0.0
+            for name, pid in self.roots.items():
+                mb = tree_pss(pid) / MB
+                self.peak_mb[name] = max(self.peak_mb[name], mb)
+                total += mb
+            self.peak_total_mb = max(self.peak_total_mb, total)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join()
