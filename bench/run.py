@@ -143,6 +143,11 @@ def load_1m() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+# The DAG run's memory is sampled this often: reading a big process's PSS costs the kernel about 65 ms
+# (bench/memory.py), which every half second would take 13% of a core from the run it measures.
+DAG_RUN_SAMPLE_SECONDS = 2.0
+
+
 def run_dags(conf: dict, airflow_home: Path) -> dict:
     """The whole pipeline through the three DAGs on the embedded default; wall time, the peak RSS of
     its largest process and the peak PSS of its whole process tree."""
@@ -154,7 +159,7 @@ def run_dags(conf: dict, airflow_home: Path) -> dict:
     # full pipe would stop the run until it is read.
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(conf), str(airflow_home)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
-        memory = TreeMemory({"dags": proc.pid})
+        memory = TreeMemory({"dags": proc.pid}, every=DAG_RUN_SAMPLE_SECONDS)
         memory.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
@@ -169,7 +174,8 @@ def run_dags(conf: dict, airflow_home: Path) -> dict:
         # ru_maxrss of a waited-for child is the largest RSS of it and of the descendants it waited
         # for (the token and validation workers), each on its own: not their sum.
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-        # The sum over the run's processes at one moment, sampled (bench/memory.py): what the machine held.
+        # The sum over the run's processes at one moment, sampled every DAG_RUN_SAMPLE_SECONDS
+        # (bench/memory.py): what the machine held.
         "peak_tree_pss_mb": round(memory.peak_total_mb, 1),
         "load_1m_at_end": load_1m(),
     }
