@@ -15,6 +15,7 @@ Generates (and caches) synthetic inputs of 10 thousand, 100 thousand, 1 million 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -34,8 +35,9 @@ sys.path.insert(0, str(REPO))
 # xlarge: an integrated care system of 3 million. The synthetic world's default register share (70%,
 # pipeline.synth.study.ARM_SHARE) would put 2.1 million people in the consent register, each needing
 # a distinct NHS number from the 999 test range, which holds 909,091. At 3 million the register is 25%
-# (750,000 people, about as many as at 1 million); the test range's remaining numbers go to 159,091 of
-# the others, and the rest carry no NHS number (recorded in truth/parameters.json).
+# (750,000 people, about as many as at 1 million); the test range's remaining 159,091 numbers go to the
+# others, shared by about 14 people each and never with a participant (recorded in truth/parameters.json;
+# pipeline.synth.identifiers.allocate_nhs_numbers says why shared rather than left out).
 SIZES = {"small": 10_000, "medium": 100_000, "large": 1_000_000, "xlarge": 3_000_000}
 REGISTER_SHARE = {"xlarge": 0.25}
 SEED = 2026
@@ -50,7 +52,10 @@ def cached_inputs(size: str) -> Path:
     generated a million people itself would give every stage a floor of about 2 GB."""
     out = HERE / ".cache" / size
     marker = out / ".complete"
-    if not marker.exists():
+    # The world is generated again when the generator's code has changed since: a cache of an older
+    # world would be benchmarked without anyone noticing.
+    made_by = f"generator {synth_fingerprint()}"
+    if not marker.exists() or made_by not in marker.read_text():
         shutil.rmtree(out, ignore_errors=True)
         t = time.perf_counter()
         code = (
@@ -59,8 +64,16 @@ def cached_inputs(size: str) -> Path:
         )
         share = str(REGISTER_SHARE.get(size, "default"))
         subprocess.run([sys.executable, "-c", code, str(out), str(SIZES[size]), str(SEED), PROFILE, share], cwd=REPO, check=True)
-        marker.write_text(f"generated in {time.perf_counter() - t:.1f}s\n")
+        marker.write_text(f"generated in {time.perf_counter() - t:.1f}s\n{made_by}\n")
     return out
+
+
+def synth_fingerprint() -> str:
+    """SHA-256 of the synthetic world generator's source files (pipeline/synth), in name order."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "pipeline" / "synth").rglob("*.py")):
+        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def service_use_rows(raw: Path) -> int:

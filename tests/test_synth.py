@@ -344,3 +344,27 @@ def test_a_register_larger_than_the_test_range_is_refused_naming_the_setting():
     pool = valid_test_numbers().shape[0]
     with pytest.raises(ValueError, match=r"register_share, --register-share"):
         allocate_nhs_numbers(np.random.default_rng(0), np.ones(pool + 1, dtype=bool))
+
+
+def test_beyond_the_test_range_people_outside_the_register_share_numbers_never_a_participants():
+    from pipeline.synth.identifiers import NO_NHS_NUMBER, allocate_nhs_numbers
+
+    pool = valid_test_numbers()
+    extra, register = 50_000, 300_000
+    priority = np.zeros(pool.shape[0] + extra, dtype=bool)
+    priority[np.random.default_rng(1).choice(priority.shape[0], register, replace=False)] = True
+    with pytest.warns(UserWarning, match="50000 people outside the study share an NHS number"):
+        numbers, short = allocate_nhs_numbers(np.random.default_rng(0), priority)
+    assert short == extra
+    assert NO_NHS_NUMBER not in numbers and np.isin(numbers, pool).all()
+    participants, others = numbers[priority], numbers[~priority]
+    assert np.unique(participants).shape[0] == register  # a participant's number is their own
+    assert not np.isin(others, participants).any()  # and nobody else's
+    assert np.unique(others).shape[0] == pool.shape[0] - register  # every other number is used, some twice
+
+    # With the whole range given to the register, the rest have nothing to share and go without.
+    everyone = np.zeros(pool.shape[0] + 10, dtype=bool)
+    everyone[: pool.shape[0]] = True
+    with pytest.warns(UserWarning, match="have no NHS number on any record"):
+        numbers, short = allocate_nhs_numbers(np.random.default_rng(0), everyone)
+    assert short == 10 and (numbers[~everyone] == NO_NHS_NUMBER).all()

@@ -181,7 +181,9 @@ def _generate(out_dir: Path, persons: int, seed: int, profile: Profile, mdt_effe
                 "mdts": [list(m) for m in study.MDTS],
             },
             "chunk_persons": CHUNK_PERSONS,
-            "persons_without_nhs_number": pop.nhs_shortfall,
+            # Beyond the 999 test range's 909,091 numbers, people outside the register share them
+            # (pipeline.synth.identifiers.allocate_nhs_numbers).
+            "persons_sharing_an_nhs_number": pop.nhs_shortfall,
             # Participant IDs of each register error (a declined duplicate as "original=duplicate").
             "register_errors": register_faults,
             "rows": rows,

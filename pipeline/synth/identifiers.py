@@ -3,8 +3,8 @@
 NHS numbers come only from the 999 000 0000 - 999 999 9999 test range that NHS England reserves
 for test data, and pass the Modulus 11 check (`pipeline.crypto.normalise.nhs_check_digit`). That
 range has 10^6 nine-digit stems of which 909,091 have a valid check digit, so it can number at
-most 909,091 people; above that, the people not in the study go without one (see
-`allocate_nhs_numbers`). Numbers are kept as int64 inside the generator and formatted only when a
+most 909,091 people; above that, people not in the study share numbers with others not in the study
+(see `allocate_nhs_numbers`). Numbers are kept as int64 inside the generator and formatted only when a
 file is written.
 """
 
@@ -49,11 +49,19 @@ def valid_test_numbers() -> np.ndarray:
 
 
 def allocate_nhs_numbers(rng: np.random.Generator, priority: np.ndarray) -> tuple[np.ndarray, int]:
-    """A distinct valid test-range NHS number for each person, in random order.
+    """A valid test-range NHS number for each person, in random order: distinct while the range lasts.
 
-    `priority` is True for people who must have one (everyone in the consent register). When there
-    are more people than valid test numbers, the shortfall falls on people without priority, who get
-    NO_NHS_NUMBER (-1); the count is returned and recorded in parameters.json.
+    `priority` is True for people who must have a number of their own (everyone in the consent
+    register). When there are more people than valid test numbers, the shortfall falls on people
+    without priority: each takes, at random, the number of someone else without priority, so a
+    participant's number is never shared. The count is returned and recorded in parameters.json.
+
+    Shared, not left out: in a real population nearly everyone's records carry an NHS number, and
+    the link stage sets aside before scoring every record whose number is no participant's
+    (pipeline.link.model.NHS_DO_NOT_CONTRADICT). People without one would all go to scoring
+    instead: at 3 million people with the range's 909,091 numbers, 2.1 million of them, about seven
+    times the probabilistic linkage of a real population of that size. Only if nobody without
+    priority has a number to share do the rest go without (NO_NHS_NUMBER, -1).
     """
     n = priority.shape[0]
     pool = valid_test_numbers()
@@ -70,9 +78,12 @@ def allocate_nhs_numbers(rng: np.random.Generator, priority: np.ndarray) -> tupl
     out[order[:take]] = chosen
     short = n - take
     if short:
+        others = out[order[int(priority.sum()) : take]]
+        if others.size:
+            out[order[take:]] = rng.choice(others, size=short, replace=True)
         warnings.warn(
             f"{n} people but only {take} valid NHS numbers in the 999 test range: {short} people outside the "
-            "study have no NHS number on any record",
+            + ("study share an NHS number with another person outside it" if others.size else "study have no NHS number on any record"),
             stacklevel=3,
         )
     return out, short

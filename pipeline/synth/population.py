@@ -49,7 +49,7 @@ class Population:
 
     persons: pl.DataFrame
     geography: Geography
-    nhs_shortfall: int  # people with no NHS number because the test range ran out (0 below 909,091)
+    nhs_shortfall: int  # people sharing an NHS number because the test range ran out (0 up to 909,091)
 
     def __len__(self) -> int:
         return self.persons.height
