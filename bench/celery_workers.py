@@ -74,7 +74,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(REPO), str(HERE), str(REPO / "tests" / "integration")]
 
-from airflow_stack import AirflowStack, Service, find_server_binaries  # noqa: E402
+from airflow_stack import AirflowStack, find_server_binaries  # noqa: E402
 from memory import TreeMemory, family  # noqa: E402
 from run import SIZES, cached_inputs, load_1m  # noqa: E402
 
