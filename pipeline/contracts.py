@@ -12,6 +12,8 @@ from the same objects elsewhere.
 
 from __future__ import annotations
 
+import hashlib
+
 from collections.abc import Mapping
 from string import Template
 from dataclasses import dataclass, field, replace
@@ -495,8 +497,7 @@ def scan_checked(
         violations += _schema_violations(f, contract, schema, allow_extra)
     if violations:
         raise ContractError(violations)
-    lf = pl.scan_parquet(files)
-    lf = lf.select([pl.col(c.name).cast(c.polars_type) for c in contract.columns])
+    lf = scan_as_contract(files, contract)
     try:
         violations = check_frame(lf, contract, str(path), read_all=read_all, window=CHECK_WINDOW_ROWS)
     except (pl.exceptions.PolarsError, OSError, pa.ArrowException):
@@ -505,6 +506,18 @@ def scan_checked(
     if violations:
         raise ContractError(violations)
     return lf
+
+
+def scan_as_contract(files: list[Path], contract: Contract) -> pl.LazyFrame:
+    """Parquet `files` (one extract, in parts or not), lazily, as the contract's columns and types.
+    Nothing is checked: `scan_checked` checks first."""
+    return pl.scan_parquet(files).select([pl.col(c.name).cast(c.polars_type) for c in contract.columns])
+
+
+def contract_sha256(contract: Contract) -> str:
+    """The SHA-256 of everything a contract says (bound to a study, its study values too): two
+    contracts with the same digest check a file by the same rules."""
+    return hashlib.sha256(repr(contract).encode("utf-8")).hexdigest()
 
 
 def study_contract(name: str, study: Any) -> Contract:

@@ -20,13 +20,13 @@ import pytest
 from pipeline import io, tasks
 from pipeline.contracts import load_contract
 from pipeline.crypto.keys import LinkageKey, key_id, new_key_file
-from pipeline.errors import KeyFileError, KeyMismatchError
+from pipeline.errors import ContractError, KeyFileError, KeyMismatchError
 from pipeline.pseudonymise import check_inputs, pseudonymise_source, run_consent_gate
 from pipeline.pseudonymise import identifiers
 from pipeline.pseudonymise.consent import REGISTER_ERRORS
 from pipeline.pseudonymise.records import QUARANTINE_REASON
 from pipeline.settings import SOURCES, RunConfig
-from pipeline.zones import blocks_path, payload_file, records_path, persons_file, scan_record_tokens, study_persons_file
+from pipeline.zones import blocks_path, inputs_file, payload_file, records_path, persons_file, scan_record_tokens, study_persons_file
 
 FIXED_KEY = b"pprl-v3 public TEST key #005227."  # the published test key of tests/vectors/tokens_v3.json
 TOKEN_COLUMNS = list(load_contract("token_blocks").column_names[1:])
@@ -406,6 +406,73 @@ def test_a_group_readable_key_file_stops_the_stage_before_anything_is_written(sy
     )
     assert not cfg.pseudonymised_dir.exists()
     assert base64.b64encode(FIXED_KEY).decode() not in str(err.value)
+
+
+# --- an input changed after the input check -------------------------------------------------------------
+
+
+def _checked_copy(synthetic, tmp_path: Path, label: str) -> RunConfig:
+    """The synthetic inputs copied to a run of their own, checked (check_inputs), consent gate done."""
+    base, _ = synthetic
+    shutil.copytree(base / "input" / "raw", tmp_path / "input" / "raw")
+    cfg = config(tmp_path, label, base / "key.json")
+    check_inputs(cfg)
+    return cfg
+
+
+def _changed_after_the_check(path: Path, manifest: Path) -> str:
+    return (
+        f"1 contract violation(s):\n  - {path}: rule 'unchanged since the input check' broken: its SHA-256 is not the one "
+        f"check_inputs recorded in {manifest}, so it was changed or replaced after it was checked; put back the file "
+        "that was checked, or run the pipeline again from check_inputs (a new run of the pseudonymise DAG)"
+    )
+
+
+def test_an_extract_replaced_after_the_input_check_is_refused_and_nothing_of_it_is_written(synthetic, tmp_path):
+    """The release's input manifest names the files the run read by their SHA-256, recorded when
+    check_inputs checked them. An extract swapped after the check, even for one that meets its
+    contract (the same extract less its first record), is refused by the stage that would read it."""
+    cfg = _checked_copy(synthetic, tmp_path, "swapped-extract")
+    key = LinkageKey(FIXED_KEY, key_id(FIXED_KEY))
+    run_consent_gate(cfg, key)
+    gp = cfg.raw / "gp_events.parquet"
+    io.write_frame(pl.read_parquet(gp).slice(1), load_contract("gp_events"), gp)
+    with pytest.raises(ContractError) as err:
+        pseudonymise_source(cfg, key, "gp_events")
+    assert str(err.value) == _changed_after_the_check(gp, inputs_file(cfg))
+    for path in (blocks_path(cfg.pseudonymised_dir, "gp_events"), records_path(cfg.pseudonymised_dir, "gp_events"), payload_file(cfg, "gp_events")):
+        assert not path.exists()
+    pseudonymise_source(cfg, key, "social_care")  # the files that were checked are still read
+
+
+def test_a_consent_register_swapped_after_the_input_check_is_refused(synthetic, tmp_path):
+    """A register put back as it was before people withdrew, after the check, would release them."""
+    cfg = _checked_copy(synthetic, tmp_path, "swapped-register")
+    register = cfg.raw / "consent_register.parquet"
+    before = pl.read_parquet(register).with_columns(withdrawal_date=pl.lit(None, dtype=pl.Date))
+    io.write_frame(before, load_contract("consent_register"), register)
+    with pytest.raises(ContractError) as err:
+        run_consent_gate(cfg, LinkageKey(FIXED_KEY, key_id(FIXED_KEY)))
+    assert str(err.value) == _changed_after_the_check(register, inputs_file(cfg))
+    assert not persons_file(cfg).exists()
+
+
+def test_an_input_is_checked_once_per_run_unless_the_input_check_did_not_record_it(synthetic, tmp_path, monkeypatch):
+    """check_inputs checks every row of every input; the stages after it read what it checked (same
+    SHA-256, same contract) without checking every row again. With no input manifest they check."""
+    from pipeline import contracts
+
+    cfg = _checked_copy(synthetic, tmp_path, "checked-once")
+    checked: list[str] = []
+    real = contracts.check_frame
+    monkeypatch.setattr(contracts, "check_frame", lambda lf, contract, path, **kw: checked.append(contract.name) or real(lf, contract, path, **kw))
+    key = LinkageKey(FIXED_KEY, key_id(FIXED_KEY))
+    run_consent_gate(cfg, key)
+    pseudonymise_source(cfg, key, "hospital_apc")
+    assert checked == []
+    (inputs_file(cfg)).unlink()
+    pseudonymise_source(cfg, key, "hospital_apc")
+    assert checked == ["hospital_apc"]
 
 
 # --- withdrawal between two releases -------------------------------------------------------------------

@@ -194,6 +194,12 @@ def scan_delivery(delivery: Delivery, contract: Contract, read_all: bool = False
     return canonical
 
 
+def scan_delivery_as_contract(delivery: Delivery, contract: Contract) -> pl.LazyFrame:
+    """A delivery's rows, lazily, with the contract's columns and types, through its mapping.
+    Nothing is checked: `scan_delivery` checks first."""
+    return to_canonical(scan_native(delivery.path, delivery.format), delivery.mapping, contract)
+
+
 def _in_provider_terms(v: Violation, mapping: Mapping) -> Violation:
     """A contract violation named by the provider's column, with the contract's beside it."""
     m = mapping.columns.get(v.column or "")

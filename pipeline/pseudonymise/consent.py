@@ -44,7 +44,7 @@ from pipeline.crypto.normalise import nhs_number_expr, postcode_expr
 from pipeline.crypto.tokens import KID_METADATA, study_ids, token_file_metadata
 from pipeline.errors import PipelineError
 from pipeline.pseudonymise.identifiers import NO_USABLE_IDENTIFIER, tokenise_identifiers
-from pipeline.pseudonymise.inputs import scan_input
+from pipeline.pseudonymise.inputs import scan_checked_input
 from pipeline.pseudonymise.row_rules import DATE_OF_BIRTH
 from pipeline.settings import RunConfig
 from pipeline.zones import consent_file, persons_file, quarantine_file, study_persons_file, survey_file
@@ -179,7 +179,7 @@ def _age_at(dob: pl.Expr, on: pl.Expr) -> pl.Expr:
 
 
 def _imd_lookup(cfg: RunConfig) -> pl.LazyFrame:
-    return scan_input(cfg, "postcode_imd").select(
+    return scan_checked_input(cfg, "postcode_imd").select(
         postcode_expr("postcode").alias("_pc"), ((pl.col("imd_decile") + 1) // 2).cast(pl.Int8).alias("imd_quintile")
     )
 
@@ -208,8 +208,8 @@ def _with_index_date(kept: pl.DataFrame, survey: pl.DataFrame, rules: dict[str, 
 def run_consent_gate(cfg: RunConfig, key: LinkageKey) -> Path:
     """Write the consented participants' tokens (persons_file) and study IDs with covariates
     (study_persons_file), their survey answers and the consent counts; return the tokens' path."""
-    register = scan_input(cfg, "consent_register").collect()
-    survey = scan_input(cfg, "survey").collect()
+    register = scan_checked_input(cfg, "consent_register").collect()
+    survey = scan_checked_input(cfg, "survey").collect()
     # Resolved once, here: every withdrawal received by this day is honoured by this run.
     run_date = resolve_run_date(cfg)
     kept, register_errors, counts = apply_consent_gate(register, cfg.extract, run_date)

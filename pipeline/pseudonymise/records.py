@@ -39,7 +39,7 @@ from pipeline.contracts import load_contract
 from pipeline.crypto.keys import LinkageKey
 from pipeline.crypto.tokens import record_token_key, token_file_metadata, tokenise_record_ids
 from pipeline.pseudonymise.identifiers import IDENTIFIER_COLUMNS, UNUSABLE, number_token_blocks, tokenise_blocks
-from pipeline.pseudonymise.inputs import scan_input
+from pipeline.pseudonymise.inputs import scan_checked_input
 from pipeline.progress import Progress
 from pipeline.pseudonymise.row_rules import quarantine_reason, rules_for
 from pipeline.zones import blocks_path, counts_file, payload_contract, payload_file, quarantine_file
@@ -82,7 +82,7 @@ def _pseudonymise_source(cfg: RunConfig, key: LinkageKey, source: str, progress:
         raise ValueError(f"unknown source {source!r}; sources are {SOURCES}")
     out = cfg.pseudonymised_dir
     # The first row rule (pipeline.pseudonymise.row_rules) each row breaks; DATE_OF_BIRTH applies to every source.
-    rows = scan_input(cfg, source).with_columns(quarantine_reason(rules_for(source), cfg.extract).alias(_RULE))
+    rows = scan_checked_input(cfg, source).with_columns(quarantine_reason(rules_for(source), cfg.extract).alias(_RULE))
     parts = max(1, math.ceil(rows.select(pl.len()).collect().item() / ROWS_PER_PART))
     # Parts by the date of birth: records with the same tokens have the same date of birth (the token
     # spec's canonical date is one-to-one), so each token block falls in exactly one part, and the
