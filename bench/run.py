@@ -166,12 +166,18 @@ def run_dags(conf: dict, airflow_home: Path) -> dict:
     its largest process and the peak PSS of its whole process tree."""
     from memory import TreeMemory
 
-    code = "import json,sys; from pipeline.orchestration.embedded import run_embedded; run_embedded(json.loads(sys.argv[1]), sys.argv[2], progress=lambda s: None)"
+    code = (
+        "import json,sys; from pipeline.orchestration.embedded import run_embedded;"
+        "r = run_embedded(json.loads(sys.argv[1]), sys.argv[2], progress=lambda s: None);"
+        "open(sys.argv[3], 'w').write(json.dumps(r['dags']))"
+    )
+    result_file = airflow_home.parent / "dag-run.json"
     t = time.perf_counter()
     # stderr to a file, not a pipe: a run of millions of people logs more than a pipe holds, and a
     # full pipe would stop the run until it is read.
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(conf), str(airflow_home)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+        args = [sys.executable, "-c", code, json.dumps(conf), str(airflow_home), str(result_file)]
+        proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
         memory = TreeMemory({"dags": proc.pid}, every=DAG_RUN_SAMPLE_SECONDS)
         memory.start()
         try:
@@ -191,7 +197,42 @@ def run_dags(conf: dict, airflow_home: Path) -> dict:
         # (bench/memory.py): what the machine held.
         "peak_tree_pss_mb": round(memory.peak_total_mb, 1),
         "load_1m_at_end": load_1m(),
+        "tasks": task_seconds(json.loads(result_file.read_text())),
     }
+
+
+def task_seconds(dags: dict) -> dict[str, float]:
+    """Seconds per task of a DAG run, as Airflow timed each task instance; a mapped task's instances
+    (one per source) are added up under the task's name, since the embedded run runs them one after
+    another. In the order the tasks ran."""
+    seconds: dict[str, float] = {}
+    for run in dags.values():
+        for task in run["tasks"]:
+            seconds[task["task_id"]] = round(seconds.get(task["task_id"], 0.0) + (task["seconds"] or 0.0), 1)
+    return seconds
+
+
+DAG_TASK = "dag: "  # a DAG run's task, beside the stages run one by one
+
+
+def _series_names(runs: list[dict]) -> list[str]:
+    """The stages, then the DAG run's tasks, then the DAG run as a whole, in the order first met."""
+    names: dict[str, None] = {}
+    for r in runs:
+        names.update((s["stage"], None) for s in r["stages"])
+    for r in runs:
+        names.update((DAG_TASK + t, None) for t in r.get("dags", {}).get("tasks", {}))
+    return [*names, "dags_end_to_end"]
+
+
+def _seconds(run: dict, name: str) -> float | None:
+    if name == "dags_end_to_end":
+        secs = run.get("dags", {}).get("seconds")
+    elif name.startswith(DAG_TASK):
+        secs = run.get("dags", {}).get("tasks", {}).get(name.removeprefix(DAG_TASK))
+    else:
+        secs = next((s["seconds"] for s in run["stages"] if s["stage"] == name), None)
+    return secs if secs and secs > 0 else None
 
 
 def scaling_exponents(results_dir: Path, largest: int | None = None) -> dict[str, float]:
@@ -205,16 +246,12 @@ def scaling_exponents(results_dir: Path, largest: int | None = None) -> dict[str
     if len({r["persons"] for r in runs}) < 2:
         return {}
     out = {}
-    for stage in [s["stage"] for s in runs[0]["stages"]] + ["dags_end_to_end"]:
-        pts = []
-        for r in runs:
-            secs = r.get("dags", {}).get("seconds") if stage == "dags_end_to_end" else next((s["seconds"] for s in r["stages"] if s["stage"] == stage), None)
-            if secs and secs > 0:
-                pts.append((math.log(r["persons"]), math.log(secs)))
+    for name in _series_names(runs):
+        pts = [(math.log(r["persons"]), math.log(secs)) for r in runs if (secs := _seconds(r, name))]
         if len(pts) >= 2:
             mx, my = sum(p[0] for p in pts) / len(pts), sum(p[1] for p in pts) / len(pts)
             sxx = sum((x - mx) ** 2 for x, _ in pts)
-            out[stage] = round(sum((x - mx) * (y - my) for x, y in pts) / sxx, 2) if sxx else float("nan")
+            out[name] = round(sum((x - mx) * (y - my) for x, y in pts) / sxx, 2) if sxx else float("nan")
     return out
 
 
@@ -292,15 +329,18 @@ def main() -> int:
                 f"(largest process), {dags['peak_tree_pss_mb']:.0f} MB PSS (all its processes together), "
                 f"load average {dags['load_1m_at_end']:.2f} at the end"
             )
+            print(f"\n{'task (mapped: all sources)':<28}{'seconds':>9}")
+            for task, secs in dags["tasks"].items():
+                print(f"{task:<28}{secs:>9.1f}")
             save(dags)
 
     exps, top = scaling_exponents(results_dir), scaling_exponents(results_dir, largest=2)
     if exps:
         # n log n from 100k to 1M people is b = 1.08; from 10k to 1M, 1.09 (on log-log axes).
         print("\nscaling exponent b (time ~ persons^b) over the sizes in bench/results/ (n log n: about 1.08):")
-        print(f"  {'stage':<26}{'all sizes':>10}{'two largest':>13}")
+        print(f"  {'stage':<34}{'all sizes':>10}{'two largest':>13}")
         for stage, b in exps.items():
-            print(f"  {stage:<26}{b:>10.2f}{top.get(stage, float('nan')):>13.2f}")
+            print(f"  {stage:<34}{b:>10.2f}{top.get(stage, float('nan')):>13.2f}")
     print(f"\nresults written to {results_dir / (args.size + '.json')}")
     return 0
 
