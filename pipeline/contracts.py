@@ -13,7 +13,6 @@ from the same objects elsewhere.
 from __future__ import annotations
 
 import hashlib
-
 from collections.abc import Mapping
 from string import Template
 from dataclasses import dataclass, field, replace
