@@ -457,6 +457,19 @@ def test_a_consent_register_swapped_after_the_input_check_is_refused(synthetic, 
     assert not persons_file(cfg).exists()
 
 
+def test_an_input_checked_against_other_rules_is_refused(synthetic, tmp_path):
+    """The manifest says which rules a file was checked against (the contract bound to the study). A
+    study changed after the check, or a manifest edited to claim other rules, stops the stage."""
+    cfg = _checked_copy(synthetic, tmp_path, "other-rules")
+    manifest = io.read_json(inputs_file(cfg))
+    manifest["contracts"]["hospital_ae"] = "0" * 64
+    io.write_json(manifest, inputs_file(cfg))
+    with pytest.raises(ContractError) as err:
+        pseudonymise_source(cfg, LinkageKey(FIXED_KEY, key_id(FIXED_KEY)), "hospital_ae")
+    assert [v.rule for v in err.value.violations] == ["checked against this run's study"]
+    assert not records_path(cfg.pseudonymised_dir, "hospital_ae").exists()
+
+
 def test_an_input_is_checked_once_per_run_unless_the_input_check_did_not_record_it(synthetic, tmp_path, monkeypatch):
     """check_inputs checks every row of every input; the stages after it read what it checked (same
     SHA-256, same contract) without checking every row again. With no input manifest they check."""

@@ -99,8 +99,8 @@ def scan_input(cfg: RunConfig, dataset: str, read_all: bool = False) -> pl.LazyF
 def scan_checked_input(cfg: RunConfig, dataset: str) -> pl.LazyFrame:
     """An input as `scan_input` gives it, for the stages after check_inputs: read without checking
     every row again when this run's input manifest (check_inputs) records this very file (same
-    SHA-256; for a delivery, the same mapping too) checked against the same contract. At 3 million
-    people the checks of the five extracts take about a minute, which check_inputs has spent already.
+    SHA-256; for a delivery, the same mapping too) checked against the same contract. At 1 million
+    people checking the five extracts again took 17 s, and hashing them takes 0.6 s.
 
     Raises ContractError when the file, or the study, has changed since the check: the release's
     input manifest would otherwise name a file the run never read. Checks every row (`scan_input`)
