@@ -470,6 +470,37 @@ def test_an_input_checked_against_other_rules_is_refused(synthetic, tmp_path):
     assert not records_path(cfg.pseudonymised_dir, "hospital_ae").exists()
 
 
+def test_a_delivery_whose_mapping_changed_after_the_input_check_is_refused(synthetic, tmp_path):
+    """A delivery is its provider's file read through a mapping. A team's own mapping edited after the
+    check (here its sex codes swapped, which still meets the contract) reads the unchanged file as
+    other rows than those checked: only the mapping's recorded hash can tell, and it does."""
+    from pipeline.deliveries.mapping import MAPPINGS_DIR
+    from pipeline.synth.native import write_native_layout
+
+    base, _ = synthetic
+    shutil.copytree(base / "input" / "raw", tmp_path / "input" / "raw")
+    deliveries = write_native_layout(tmp_path / "input")
+    ours = tmp_path / "input" / "our_hes_apc.yaml"
+    shutil.copy(MAPPINGS_DIR / "hes_apc.yaml", ours)
+    listing = deliveries.read_text()
+    assert listing.count("mapping: hes_apc\n") == 1
+    deliveries.write_text(listing.replace("mapping: hes_apc\n", f"mapping: {ours.name}\n"))
+    cfg = config(tmp_path, "changed-mapping", base / "key.json", deliveries_file=str(deliveries))
+    check_inputs(cfg)
+    text = ours.read_text()
+    assert 'hes_sex: {"1": M, "2": F,' in text
+    ours.write_text(text.replace('hes_sex: {"1": M, "2": F,', 'hes_sex: {"1": F, "2": M,'))
+    with pytest.raises(ContractError) as err:
+        pseudonymise_source(cfg, LinkageKey(FIXED_KEY, key_id(FIXED_KEY)), "hospital_apc")
+    (violation,) = err.value.violations
+    assert (violation.file, violation.rule) == (str(tmp_path / "input" / "raw" / "hes_apc.csv"), "unchanged since the input check")
+    assert violation.detail.startswith("its mapping is not the one check_inputs recorded")
+    assert not records_path(cfg.pseudonymised_dir, "hospital_apc").exists()
+    ours.write_text(text)  # the mapping that was checked, put back, is read again
+    pseudonymise_source(cfg, LinkageKey(FIXED_KEY, key_id(FIXED_KEY)), "hospital_apc")
+    assert records_path(cfg.pseudonymised_dir, "hospital_apc").exists()
+
+
 def test_an_input_is_checked_once_per_run_unless_the_input_check_did_not_record_it(synthetic, tmp_path, monkeypatch):
     """check_inputs checks every row of every input; the stages after it read what it checked (same
     SHA-256, same contract) without checking every row again. With no input manifest they check."""
