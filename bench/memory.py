@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 
 import psutil
 
@@ -40,7 +41,8 @@ def tree_pss(pid: int) -> int:
 
 class TreeMemory(threading.Thread):
     """Samples the PSS of each named process tree every `every` seconds until stopped; keeps each
-    tree's peak (`peak_mb`, by name) and the peak of their sum at one sampling time (`peak_total_mb`)."""
+    tree's peak (`peak_mb`, by name), the peak of their sum at one sampling time (`peak_total_mb`),
+    and every sample of that sum with its time (`samples`: Unix time, MB), for `peak_between`."""
 
     def __init__(self, roots: dict[str, int], every: float = SAMPLE_SECONDS):
         super().__init__(daemon=True)
@@ -48,6 +50,7 @@ class TreeMemory(threading.Thread):
         self.every = every
         self.peak_mb = {name: 0.0 for name in roots}
         self.peak_total_mb = 0.0
+        self.samples: list[tuple[float, float]] = []
         self._stopping = threading.Event()
 
     def run(self) -> None:
@@ -58,6 +61,13 @@ class TreeMemory(threading.Thread):
                 self.peak_mb[name] = max(self.peak_mb[name], mb)
                 total += mb
             self.peak_total_mb = max(self.peak_total_mb, total)
+            self.samples.append((time.time(), total))
+
+    def peak_between(self, start: float, end: float) -> float | None:
+        """The largest sampled sum from Unix time `start` to `end`; None when no sample fell in them
+        (a span shorter than the sampling interval)."""
+        inside = [mb for t, mb in self.samples if start <= t <= end]
+        return max(inside) if inside else None
 
     def stop(self) -> None:
         self._stopping.set()

@@ -15,6 +15,7 @@ Generates (and caches) synthetic inputs of 10 thousand, 100 thousand, 1 million 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import hashlib
 import json
 import math
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -198,6 +200,7 @@ def run_dags(conf: dict, airflow_home: Path) -> dict:
         "peak_tree_pss_mb": round(memory.peak_total_mb, 1),
         "load_1m_at_end": load_1m(),
         "tasks": task_seconds(json.loads(result_file.read_text())),
+        "task_peak_pss_mb": task_peaks(json.loads(result_file.read_text()), memory),
     }
 
 
@@ -210,6 +213,23 @@ def task_seconds(dags: dict) -> dict[str, float]:
         for task in run["tasks"]:
             seconds[task["task_id"]] = round(seconds.get(task["task_id"], 0.0) + (task["seconds"] or 0.0), 1)
     return seconds
+
+
+def task_peaks(dags: dict, memory: Any) -> dict[str, float | None]:
+    """The peak PSS of the run's processes together while each task ran (a mapped task's instances
+    together), from the run's memory samples (`memory.TreeMemory`): which task the run's peak is in.
+    None for a task that ran between two samples."""
+    peaks: dict[str, float | None] = {}
+    for run in dags.values():
+        for task in run["tasks"]:
+            name = task["task_id"]
+            peaks.setdefault(name, None)
+            if task.get("started") and task.get("ended"):
+                start, end = (dt.datetime.fromisoformat(task[k]).timestamp() for k in ("started", "ended"))
+                peak = memory.peak_between(start, end)
+                if peak is not None:
+                    peaks[name] = round(max(peaks[name] or 0.0, peak), 1)
+    return peaks
 
 
 DAG_TASK = "dag: "  # a DAG run's task, beside the stages run one by one
@@ -329,9 +349,10 @@ def main() -> int:
                 f"(largest process), {dags['peak_tree_pss_mb']:.0f} MB PSS (all its processes together), "
                 f"load average {dags['load_1m_at_end']:.2f} at the end"
             )
-            print(f"\n{'task (mapped: all sources)':<28}{'seconds':>9}")
+            print(f"\n{'task (mapped: all sources)':<28}{'seconds':>9}{'peak PSS MB':>13}")
             for task, secs in dags["tasks"].items():
-                print(f"{task:<28}{secs:>9.1f}")
+                peak = dags["task_peak_pss_mb"].get(task)
+                print(f"{task:<28}{secs:>9.1f}{'-' if peak is None else f'{peak:,.0f}':>13}")
             save(dags)
 
     exps, top = scaling_exponents(results_dir), scaling_exponents(results_dir, largest=2)

@@ -108,6 +108,9 @@ def summarise(run) -> dict[str, Any]:
                 "state": _state(ti.state),
                 "seconds": ti.duration,
                 "tries": ti.try_number,
+                # When it ran (UTC), so a bench can tell which task a memory sample fell in.
+                "started": ti.start_date.isoformat() if ti.start_date else None,
+                "ended": ti.end_date.isoformat() if ti.end_date else None,
             }
         )
     outputs: dict[str, Any] = {}
