@@ -267,7 +267,7 @@ def run_consent_gate(cfg: RunConfig, key: LinkageKey) -> Path:
 # Participants tokenised at once by the consent gate (`_tokenised_pieces`): the memory of the
 # tokenising (identifier blocks, canonical forms, tokens as strings) is a piece's, not the register's.
 # Each piece works out its distinct names' canonical forms and near-miss fragments in Python again,
-# so small pieces repeat that work: the 1M world's 573,000 kept participants took 32.0 CPU s in
+# so small pieces repeat that work: the 1M world's kept participants (about 570,000) took 32.0 CPU s in
 # pieces of 16,384, 27.2 s in pieces of 65,536 (20 MB more at the peak) and 26.6 s in pieces of
 # 131,072 (185 MB more), of a peak of 2.7 GB that is mostly the register read whole.
 CONSENT_PIECE_ROWS = 65_536
