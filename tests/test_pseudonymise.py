@@ -501,6 +501,39 @@ def test_a_delivery_whose_mapping_changed_after_the_input_check_is_refused(synth
     assert records_path(cfg.pseudonymised_dir, "hospital_apc").exists()
 
 
+def test_pseudonymising_in_parts_writes_no_identifier_to_the_pseudonymised_zone_even_for_a_moment(synthetic, tmp_path, monkeypatch):
+    """The pseudonymised zone is read by the link stage's workers, so no direct identifier may be
+    written there, not even a scratch file removed seconds later: a run killed in between would leave
+    it behind. Every Parquet file written under it while a source is tokenised in parts is looked at."""
+    import contextlib
+
+    import pyarrow.parquet as pq
+
+    from pipeline.pseudonymise import records
+
+    cfg = _checked_copy(synthetic, tmp_path, "parts-scratch")
+    zone = cfg.pseudonymised_dir.resolve()
+    real = io.atomic_path
+    written: dict[str, list[str]] = {}
+
+    @contextlib.contextmanager
+    def watched(final, *args, **kwargs):
+        with real(final, *args, **kwargs) as tmp:
+            yield tmp
+        final = Path(final).resolve()
+        if final.suffix == ".parquet" and final.is_relative_to(zone) and final.exists():
+            written[str(final.relative_to(zone))] = pq.read_schema(final).names
+
+    monkeypatch.setattr(io, "atomic_path", watched)
+    monkeypatch.setattr(records, "ROWS_PER_PART", 2_000)
+    rows = pl.scan_parquet(cfg.raw / "gp_events.parquet").select(pl.len()).collect().item()
+    assert rows > 2 * records.ROWS_PER_PART  # so the extract is tokenised in parts
+    pseudonymise_source(cfg, LinkageKey(FIXED_KEY, key_id(FIXED_KEY)), "gp_events")
+    assert any(".parts-gp_events" in name for name in written)  # the parts' files were seen
+    identifiers = set(load_contract("gp_events").column_names) & {"nhs_number", "given_name", "family_name", "date_of_birth", "postcode"}
+    assert {name: sorted(set(cols) & identifiers) for name, cols in written.items() if set(cols) & identifiers} == {}
+
+
 def test_an_input_is_checked_once_per_run_unless_the_input_check_did_not_record_it(synthetic, tmp_path, monkeypatch):
     """check_inputs checks every row of every input; the stages after it read what it checked (same
     SHA-256, same contract) without checking every row again. With no input manifest they check."""

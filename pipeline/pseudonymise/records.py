@@ -134,7 +134,7 @@ def _write_token_blocks(
         table, blocks, counts = tokenise_blocks(rows, key, keep=keep)
         io.sink_frame(blocks.lazy(), blocks_contract, blocks_path(out, source), _metadata(key, source))
         return table, counts
-    tables: list[Path] = []
+    tables: list[pl.DataFrame] = []
     totals: dict[str, int] = {}
     first_block = 0
     for part in range(parts):
@@ -142,14 +142,12 @@ def _write_token_blocks(
         io.sink_frame(blocks.lazy(), blocks_contract, folder / f"tokens-{part:04d}.parquet")
         first_block += blocks.height
         totals = {k: totals.get(k, 0) + v for k, v in counts.items()}
-        # Each part's identifier blocks wait on disk while the next part is tokenised: held in
-        # memory, they added up part by part (1M GP extract, 2 parts: peak 3,990 -> 3,861 MB).
-        tables.append(io.write_scratch(table, folder / f"identifier-blocks-{part:04d}.parquet"))
-        del blocks, table
+        tables.append(table)
+        del blocks
     files = [folder / f"tokens-{part:04d}.parquet" for part in range(parts)]
     io.sink_frame(pl.scan_parquet(files), blocks_contract, blocks_path(out, source), _metadata(key, source))
     # Each block is in one part only, so the parts' tables together are the source's blocks.
-    return pl.read_parquet(tables), totals
+    return pl.concat(tables), totals
 
 
 def _write_rows(cfg: RunConfig, rows: pl.LazyFrame, table: pl.DataFrame, key: LinkageKey, source: str) -> tuple[int, dict[str, int]]:
