@@ -190,6 +190,7 @@ def run_dags(conf: dict, airflow_home: Path) -> dict:
         if os.waitstatus_to_exitcode(status) != 0:
             err.seek(0)
             raise SystemExit(f"DAG run failed:\n{err.read().decode(errors='replace')[-3000:]}")
+    dags = json.loads(result_file.read_text())
     return {
         "seconds": round(wall, 1),
         # ru_maxrss of a waited-for child is the largest RSS of it and of the descendants it waited
@@ -199,8 +200,8 @@ def run_dags(conf: dict, airflow_home: Path) -> dict:
         # (bench/memory.py): what the machine held.
         "peak_tree_pss_mb": round(memory.peak_total_mb, 1),
         "load_1m_at_end": load_1m(),
-        "tasks": task_seconds(json.loads(result_file.read_text())),
-        "task_peak_pss_mb": task_peaks(json.loads(result_file.read_text()), memory),
+        "tasks": task_seconds(dags),
+        "task_peak_pss_mb": task_peaks(dags, memory),
     }
 
 

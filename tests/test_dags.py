@@ -8,6 +8,7 @@ A fresh process is also the only honest way to see which modules importing the D
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -315,6 +316,10 @@ def test_embedded_run_succeeds_and_returns_states_durations_and_release(toy, toy
     for run in result["dags"].values():
         assert run["state"] == "success" and run["seconds"] > 0
         assert all(task["state"] == "success" and task["seconds"] >= 0 for task in run["tasks"])
+        # When each task ran (the bench finds a task's memory peak by it): start, then end.
+        for task in run["tasks"]:
+            started, ended = (dt.datetime.fromisoformat(task[k]) for k in ("started", "ended"))
+            assert started.utcoffset() is not None and started <= ended
     assert result["release_path"] == str(toy["work"] / "toy1")
     first = result["dags"]["toy_first"]
     labels = [task["label"] for task in first["tasks"]]  # In the order they ran; mapped ones in any order.
