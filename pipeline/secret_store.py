@@ -17,6 +17,16 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+# The environment variables that hold the linkage key or say where it is: `PPRL_KEY` (the key itself,
+# refused by pipeline.crypto.keys), `PPRL_KEY_FILE` (a key file's path), and the forms in which
+# Airflow's environment-variable secrets backend serves the connection and the variable `pprl_key`.
+# Named here, in a module that holds no key, so that the code that starts processes without them
+# (validation and token workers, the embedded Airflow) need not import the key's module.
+KEY_ENVIRONMENT: tuple[str, ...] = ("PPRL_KEY", "PPRL_KEY_FILE", "AIRFLOW_CONN_PPRL_KEY", "AIRFLOW_VAR_PPRL_KEY")
+# Those of them whose value is the key itself, not a path to it: no process but the key holder's may
+# have them in its environment (pipeline.orchestration.key_holder seals them for its children).
+KEY_IN_ENVIRONMENT: tuple[str, ...] = tuple(name for name in KEY_ENVIRONMENT if name != "PPRL_KEY_FILE")
+
 
 def exposed_mode(st: os.stat_result) -> str | None:
     """The file's mode as octal text when group or others may read or write it (a key file must be

@@ -430,7 +430,8 @@ def test_pipeline_dags_run_in_order_with_one_conf(tmp_path, monkeypatch):
 def test_airflow_env_is_private(tmp_path):
     base = {
         "PATH": "/bin", "AIRFLOW_HOME": "/prod", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql://prod",
-        "AIRFLOW_CONFIG": "/prod/airflow.cfg", "AIRFLOW_VAR_PPRL_KEY": "from-secret-store",
+        "AIRFLOW_CONFIG": "/prod/airflow.cfg", "AIRFLOW_VAR_PPRL_KEY": "from-secret-store", "AIRFLOW_CONN_PPRL_KEY": "{}",
+        "AIRFLOW_CONN_PPRL_PUBLISHING_KEY": "signing",
     }
     env = airflow_env(tmp_path, DAGS_FOLDER, base)
     assert env["AIRFLOW_HOME"] == str(tmp_path.resolve())
@@ -438,4 +439,7 @@ def test_airflow_env_is_private(tmp_path):
     assert env["AIRFLOW__CORE__DAGS_FOLDER"] == str(DAGS_FOLDER)
     assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
     assert "AIRFLOW_CONFIG" not in env
-    assert env["AIRFLOW_VAR_PPRL_KEY"] == "from-secret-store"
+    # The linkage key is sealed for the key holder's children instead (tests/test_end_to_end.py);
+    # the publishing key's connection stays, for the publish task that runs in this process.
+    assert "AIRFLOW_VAR_PPRL_KEY" not in env and "AIRFLOW_CONN_PPRL_KEY" not in env
+    assert env["AIRFLOW_CONN_PPRL_PUBLISHING_KEY"] == "signing"

@@ -3,20 +3,27 @@ then the release checked against the generator's ground truth."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
+import os
+import threading
+import time
 from pathlib import Path
 
 import polars as pl
+import psutil
 import pytest
 from conftest import RETAIN, tokenised_truth
 
 from pipeline import io
 from pipeline.cohort.service_use import service_use
 from pipeline.contracts import check_file, load_contract
-from pipeline.crypto.keys import new_key_file
+from pipeline.crypto.keys import AIRFLOW_CONN_ID, KEY_ENVIRONMENT, new_key_file
 from pipeline.publish.signing import new_publishing_key_file
 from pipeline.crypto.tokens import study_ids
 from pipeline.cohort.outputs import RELEASE_TABLES
+from pipeline.orchestration.key_holder import SEALED_NAME
 from pipeline.publish import disclosure
 from pipeline.publish.privacy import check_release_privacy
 from pipeline.costs import scan_unit_costs
@@ -36,13 +43,87 @@ def run(tmp_path_factory):
     generate(base / "input", persons=1500, seed=11, profile="clean")
     key = new_key_file(base / "secrets" / "key.json")
     new_publishing_key_file(base / "secrets" / "publishing.pem")
+    # The linkage key comes from the secret store, as a platform injects it (an Airflow connection in
+    # the environment), not from a file: the run must keep it out of the Airflow process all the same.
     cfg = RunConfig.from_conf(
-        {"raw_dir": str(base / "input" / "raw"), "work_dir": str(base / "work"), "release_label": LABEL, "key_file": str(base / "secrets" / "key.json"),
+        {"raw_dir": str(base / "input" / "raw"), "work_dir": str(base / "work"), "release_label": LABEL,
          "publishing_key_file": str(base / "secrets" / "publishing.pem"), **RETAIN}
-    )
+    )  # fmt: skip
+    connection = {"conn_type": "generic", "password": (base / "secrets" / "key.json").read_text()}
     lines: list[str] = []
-    result = run_embedded(cfg.to_conf(), base / "airflow", progress=lines.append)
-    return {"cfg": cfg, "key": key, "truth": base / "input" / "truth", "raw": base / "input" / "raw", "result": result, "progress": lines, "base": base}
+    with pytest.MonkeyPatch.context() as env, KeyWatch(base64.b64encode(key.key)) as watch:
+        for name in KEY_ENVIRONMENT:
+            env.delenv(name, raising=False)
+        env.setenv(f"AIRFLOW_CONN_{AIRFLOW_CONN_ID.upper()}", json.dumps(connection))
+        result = run_embedded(cfg.to_conf(), base / "airflow", progress=lines.append)
+    return {"cfg": cfg, "key": key, "truth": base / "input" / "truth", "raw": base / "input" / "raw", "result": result,
+            "progress": lines, "base": base, "watch": watch}  # fmt: skip
+
+
+class KeyWatch(threading.Thread):
+    """Looks at every process under this one, every 20 ms while a run goes, for the linkage key.
+
+    For each process it keeps its role (the embedded Airflow process, a key holder's child, or another:
+    validation and token workers, DuckDB, Java), whether its environment (/proc/<pid>/environ, which
+    any process of the same user can read) names one of the key's variables or holds the key's text,
+    and, look by look, when it held the key holder's sealed environment open (a file descriptor whose
+    link names the memfd `pprl-key-holder`).
+    """
+
+    def __init__(self, key_text: bytes, interval: float = 0.02):
+        super().__init__(name="key watch", daemon=True)
+        self.key_text, self.interval = key_text, interval
+        self.stopping = threading.Event()
+        self.seen: dict[int, dict] = {}
+
+    def __enter__(self) -> KeyWatch:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        self.join(timeout=10)
+
+    def run(self) -> None:
+        me = psutil.Process()
+        while not self.stopping.wait(self.interval):
+            try:
+                children = me.children(recursive=True)
+            except psutil.Error:
+                continue
+            for child in children:
+                self._look(child.pid)
+
+    def _look(self, pid: int) -> None:
+        proc = Path(f"/proc/{pid}")
+        try:
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if pid not in self.seen:
+                environ = (proc / "environ").read_bytes()
+                self.seen[pid] = {
+                    "role": self._role(command),
+                    "command": command[:200],
+                    "variables": sorted(n for n in KEY_ENVIRONMENT if f"\0{n}=".encode() in b"\0" + environ),
+                    "key_in_environment": self.key_text in environ,
+                    "holds_sealed": [],
+                }
+            links = []
+            for fd in os.listdir(proc / "fd"):
+                try:
+                    links.append(os.readlink(proc / "fd" / fd))
+                except OSError:
+                    continue
+        except OSError:
+            return  # it ended while being looked at
+        self.seen[pid]["holds_sealed"].append((time.time(), any(SEALED_NAME in link for link in links)))
+
+    @staticmethod
+    def _role(command: str) -> str:
+        if "pipeline.orchestration.embedded_child" in command:
+            return "airflow"
+        if "pipeline.orchestration.key_holder" in command:
+            return "key holder"
+        return "other"
 
 
 def kept_participants(run) -> pl.DataFrame:
@@ -64,6 +145,34 @@ def test_the_release_is_published_with_every_file_following_its_contract(run):
     for name, entry in manifest["files"].items():
         assert io.sha256_file(release / name) == entry["sha256"]
     assert (release / "data_dictionary.md").read_text().count("| `") >= sum(len(load_contract(t).columns) for t in RELEASE_TABLES)
+
+
+def test_the_linkage_key_reaches_the_key_holders_children_and_no_other_process(run):
+    """The attack: a key given in the secret store's environment form (AIRFLOW_CONN_PPRL_KEY) used to be
+    inherited by the embedded Airflow process, which also links and publishes, and by every process it
+    starts (validation workers, DuckDB, Spark's JVM); any process of the same user could read it in
+    /proc/<pid>/environ. The runner now starts Airflow without it and hands it, sealed, to the key
+    holder's children only; the Airflow process passes the seal on unread and closes it once the last
+    DAG with a key holder's task has run."""
+    seen = list(run["watch"].seen.values())
+    roles = [p["role"] for p in seen]
+    assert roles.count("airflow") == 1 and roles.count("key holder") >= 2, roles  # the watch saw them
+    for process in seen:
+        assert process["variables"] == [] and not process["key_in_environment"], process["command"]
+    holders = [p for p in seen if any(held for _, held in p["holds_sealed"])]
+    assert {p["role"] for p in holders} <= {"airflow", "key holder"}, [p["command"] for p in holders]
+    # The Airflow process held the seal while the key holder's DAG ran, and let go of it before the DAGs
+    # that link and publish began (by the task times Airflow recorded).
+    airflow = next(p for p in seen if p["role"] == "airflow")
+    held = [when for when, holds in airflow["holds_sealed"] if holds]
+    spans = {dag_id: (min(dt.datetime.fromisoformat(t["started"]).timestamp() for t in dag["tasks"]),
+                      max(dt.datetime.fromisoformat(t["ended"]).timestamp() for t in dag["tasks"]))
+             for dag_id, dag in run["result"]["dags"].items()}  # fmt: skip
+    keyholders_dag, *later = list(spans)
+    assert any(spans[keyholders_dag][0] <= when <= spans[keyholders_dag][1] for when in held)
+    assert later and not [when for when in held for dag_id in later if spans[dag_id][0] <= when <= spans[dag_id][1]]
+    # And the key holder's tasks did get it: no key file is named anywhere, and the tokens are under it.
+    assert io.read_json(run["cfg"].release_dir / "manifest.json")["kid"] == run["key"].kid
 
 
 def test_progress_was_reported_stage_by_stage(run):

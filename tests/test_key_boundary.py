@@ -150,23 +150,24 @@ def test_keys_which_reports_the_refusal(monkeypatch, capsys):
 # --- the key's environment variables are named once -------------------------------------------------
 
 
-def test_the_key_variables_are_named_once_in_the_keys_module():
-    assert keys.KEY_ENVIRONMENT == ("PPRL_KEY", "PPRL_KEY_FILE", "AIRFLOW_CONN_PPRL_KEY", "AIRFLOW_VAR_PPRL_KEY")
+def test_the_key_variables_are_named_once_where_no_key_is_held():
+    """pipeline.secret_store names them (validation and the embedded runner must not import the keys
+    module); they are the keys module's own names, and every process starter uses that one tuple."""
+    from pipeline import secret_store
     from pipeline.crypto import hmac_pool
-
-    assert hmac_pool.KEY_ENVIRONMENT is keys.KEY_ENVIRONMENT
-
-
-def test_the_validation_workers_strip_the_same_variables():
-    """pipeline.validate must not import the keys module (see above), so it keeps its own copy."""
     from pipeline.validate import workers
 
-    assert workers.KEY_ENVIRONMENT == keys.KEY_ENVIRONMENT
+    assert keys.KEY_ENVIRONMENT == (keys.KEY_VARIABLE, keys.KEY_FILE_VARIABLE, f"AIRFLOW_CONN_{keys.AIRFLOW_CONN_ID.upper()}",
+                                    f"AIRFLOW_VAR_{keys.AIRFLOW_VARIABLE.upper()}")  # fmt: skip
+    assert keys.KEY_ENVIRONMENT == ("PPRL_KEY", "PPRL_KEY_FILE", "AIRFLOW_CONN_PPRL_KEY", "AIRFLOW_VAR_PPRL_KEY")
+    assert hmac_pool.KEY_ENVIRONMENT is workers.KEY_ENVIRONMENT is keys.KEY_ENVIRONMENT is secret_store.KEY_ENVIRONMENT
+    # Those that hold the key itself, sealed for the key holder's children: all but the file's path.
+    assert secret_store.KEY_IN_ENVIRONMENT == ("PPRL_KEY", "AIRFLOW_CONN_PPRL_KEY", "AIRFLOW_VAR_PPRL_KEY")
 
 
 def test_no_other_module_spells_out_the_key_variables():
     spelled = re.compile(r"""["'](PPRL_KEY|PPRL_KEY_FILE|AIRFLOW_CONN_PPRL_KEY|AIRFLOW_VAR_PPRL_KEY)["']""")
-    allowed = {Path("pipeline/crypto/keys.py"), Path("pipeline/validate/workers.py")}
+    allowed = {Path("pipeline/crypto/keys.py"), Path("pipeline/secret_store.py")}
     offenders = [
         f"{path.relative_to(REPO_DIR)}:{n}"
         for path in sorted((REPO_DIR / "pipeline").rglob("*.py"))

@@ -133,3 +133,53 @@ def test_an_unknown_mode_is_refused(monkeypatch):
 def test_the_embedded_default_always_uses_child_processes(tmp_path):
     base = {"PATH": "/bin", key_holder.KEY_HOLDER_PROCESS: key_holder.IN_PROCESS}
     assert airflow_env(tmp_path, DAGS_FOLDER, base)[key_holder.KEY_HOLDER_PROCESS] == key_holder.CHILD
+
+
+# --- a key given in the environment reaches the key holder's children sealed, and no other process ----
+# The whole run is watched in tests/test_end_to_end.py; here, the seal's parts.
+
+
+def test_the_seal_holds_the_variables_with_the_key_and_nothing_else():
+    environ = {"PATH": "/bin", "AIRFLOW_CONN_PPRL_KEY": '{"password": "k"}', "AIRFLOW_VAR_PPRL_KEY": "v",
+               "PPRL_KEY_FILE": "/secrets/key.json", "AIRFLOW_CONN_PPRL_PUBLISHING_KEY": "signing", "PPRL_KEY": ""}  # fmt: skip
+    with key_holder.sealed_key_environment(environ) as sealed:
+        fd = int(sealed[key_holder.SEALED_FD_VARIABLE])
+        assert list(sealed) == [key_holder.SEALED_FD_VARIABLE]
+        assert os.readlink(f"/proc/self/fd/{fd}").startswith(f"/memfd:{key_holder.SEALED_NAME}")
+        assert not os.get_inheritable(fd)  # only a process it is passed to by name gets it
+        # The key's own variables only: a file's path and the publishing key stay where they were.
+        assert json.loads(os.pread(fd, 1 << 16, 0)) == {"AIRFLOW_CONN_PPRL_KEY": '{"password": "k"}', "AIRFLOW_VAR_PPRL_KEY": "v"}
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed on leaving
+    with key_holder.sealed_key_environment({"PATH": "/bin", "PPRL_KEY_FILE": "/secrets/key.json"}) as sealed:
+        assert sealed == {}
+
+
+OPEN_SEAL = """
+import json, os, sys
+from pipeline.orchestration import key_holder
+key_holder._open_seal()
+fd = int(sys.argv[1])
+print(json.dumps({"conn": os.environ.get("AIRFLOW_CONN_PPRL_KEY"), "variable": key_holder.SEALED_FD_VARIABLE in os.environ,
+                  "open": os.path.exists(f"/proc/self/fd/{fd}")}))
+"""
+
+
+def test_a_child_given_the_seal_reads_it_into_its_environment_and_closes_it():
+    with key_holder.sealed_key_environment({"AIRFLOW_CONN_PPRL_KEY": "secret"}) as sealed:
+        fd = int(sealed[key_holder.SEALED_FD_VARIABLE])
+        env = {**_child_env(), **sealed}
+        done = subprocess.run([sys.executable, "-c", OPEN_SEAL, str(fd)], env=env, cwd=REPO_DIR, pass_fds=(fd,),
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == {"conn": "secret", "variable": False, "open": False}
+
+
+def test_the_embedded_runner_refuses_a_key_in_pprl_key_before_airflow_starts(tmp_path, monkeypatch):
+    from pipeline.orchestration.embedded import run_embedded
+
+    monkeypatch.setenv("PPRL_KEY", '{"key": "..."}')
+    conf = {"raw_dir": str(tmp_path / "raw"), "work_dir": str(tmp_path / "work"), "release_label": "r1"}
+    with pytest.raises(errors.KeyEnvironmentError, match="environment variable PPRL_KEY: "):
+        run_embedded(conf, tmp_path / "airflow", lambda _: None)
+    assert not (tmp_path / "airflow").exists()

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import KeyEnvironmentError, KeyFileError
-from pipeline.secret_store import airflow_connection, airflow_variable, create_secret_file, exposed_mode
+from pipeline.secret_store import KEY_ENVIRONMENT, airflow_connection, airflow_variable, create_secret_file, exposed_mode
 
 KEY_BYTES = 32
 _KID_MESSAGE = b"pprl key id"
@@ -45,17 +45,10 @@ AIRFLOW_VARIABLE = "pprl_key"
 KEY_VARIABLE = "PPRL_KEY"
 # A key file's path in the environment.
 KEY_FILE_VARIABLE = "PPRL_KEY_FILE"
-# Every environment variable that holds the key or says where it is, including the forms in which
-# Airflow's environment-variable secrets backend serves the connection and the variable. A child
-# process that does not load the key is started without all of them (pipeline.crypto.hmac_pool;
-# pipeline.validate.workers keeps a copy, checked equal by tests/test_key_boundary.py, because
-# validation must not import this module).
-KEY_ENVIRONMENT: tuple[str, ...] = (
-    KEY_VARIABLE,
-    KEY_FILE_VARIABLE,
-    f"AIRFLOW_CONN_{AIRFLOW_CONN_ID.upper()}",
-    f"AIRFLOW_VAR_{AIRFLOW_VARIABLE.upper()}",
-)
+# KEY_ENVIRONMENT, imported above: every environment variable that holds the key or says where it is,
+# these two and the forms in which Airflow's environment-variable secrets backend serves the connection
+# and the variable. pipeline.secret_store names them, for the code that starts processes without them
+# and must not import this module (tests/test_key_boundary.py checks they are these).
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,10 @@ and its config when first imported, so the DAGs run in a child process (`embedde
 with a private environment: SQLite metadata database, config and logs all inside `airflow_home`.
 This module never imports Airflow itself. Besides each task's end, it prints the progress long
 stages report every minute (pipeline.progress), read from a file beside the log.
+
+A linkage key given in the environment (`AIRFLOW_CONN_PPRL_KEY`, `AIRFLOW_VAR_PPRL_KEY`) is kept out
+of the Airflow process, which links and publishes too: it is sealed for the key holder's children
+(pipeline.orchestration.key_holder), the only processes that read it.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ from typing import Any
 from pipeline.errors import PipelineError
 from pipeline.orchestration import PIPELINE_DAGS
 from pipeline.orchestration.embedded_child import IMPORT_FAILED
-from pipeline.orchestration.key_holder import CHILD, KEY_HOLDER_PROCESS
+from pipeline.orchestration.key_holder import CHILD, KEY_HOLDER_PROCESS, sealed_key_environment
 from pipeline.progress import FILE_VARIABLE as PROGRESS_FILE_VARIABLE
+from pipeline.secret_store import KEY_IN_ENVIRONMENT
 from pipeline.settings import REPO_DIR, RunConfig
 
 DAGS_FOLDER = REPO_DIR / "dags"
@@ -64,6 +69,11 @@ def run_embedded(
     file to read; the DAGs after a failed one are not run. `dags_folder` and `dag_ids` default to the pipeline's own.
     """
     conf = RunConfig.from_conf(conf).to_conf()  # Bad settings fail here, before Airflow starts.
+    from pipeline.crypto.keys import refuse_key_in_environment
+
+    # So does a key in PPRL_KEY (KeyEnvironmentError), which the run would otherwise refuse only once
+    # the key holder first loaded it, after the input check.
+    refuse_key_in_environment()
     home = Path(airflow_home).expanduser().resolve()
     folder = Path(dags_folder or DAGS_FOLDER).expanduser().resolve()
     log_dir = home / "logs" / "embedded"
@@ -77,7 +87,7 @@ def run_embedded(
     fresh_database = not (home / "airflow.db").exists()
 
     started = time.monotonic()
-    with _exclusive(home), open(log_path, "wb") as log:
+    with _exclusive(home), open(log_path, "wb") as log, sealed_key_environment(os.environ) as sealed:
         progress(f"airflow: home {home}, log {log_path}")
         report = _Report(progress, log_path, fresh_database)
         tail = _ProgressTail(progress_path, progress)
@@ -87,7 +97,9 @@ def run_embedded(
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log,
-            env=env,
+            env={**env, **sealed},
+            # The key's variables, sealed: the Airflow process passes them on to the key holder's children unread.
+            pass_fds=[int(fd) for fd in sealed.values()],
             cwd=home,
             text=True,
             encoding="utf-8",
@@ -117,15 +129,17 @@ def airflow_env(airflow_home: Path, dags_folder: Path, base: Mapping[str, str] |
 
     Inherited Airflow settings (AIRFLOW__*, AIRFLOW_HOME, AIRFLOW_CONFIG) are dropped, so a shell set
     up for a production Airflow cannot point the embedded run at its database. Connections and
-    variables given as AIRFLOW_CONN_* / AIRFLOW_VAR_* are kept: that is how a key reaches a run.
-    The key holder's tasks always run in child processes of their own here (whatever the caller's
-    environment says), since dag.test() runs linkage and publishing in the same process after them.
+    variables given as AIRFLOW_CONN_* / AIRFLOW_VAR_* are kept (the publishing key among them), but
+    not those that hold the linkage key (`KEY_IN_ENVIRONMENT`): `run_embedded` seals them for the key
+    holder's children. The key holder's tasks always run in child processes of their own here
+    (whatever the caller's environment says), since dag.test() runs linkage and publishing in the
+    same process after them.
     """
     home = Path(airflow_home).resolve()
     env = {
         name: value
         for name, value in (os.environ if base is None else base).items()
-        if not name.startswith("AIRFLOW__") and name not in ("AIRFLOW_HOME", "AIRFLOW_CONFIG")
+        if not name.startswith("AIRFLOW__") and name not in ("AIRFLOW_HOME", "AIRFLOW_CONFIG", *KEY_IN_ENVIRONMENT)
     }
     pythonpath = [str(REPO_DIR)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
     env.update(

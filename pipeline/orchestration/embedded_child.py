@@ -19,6 +19,8 @@ import time
 import traceback
 from typing import Any, TextIO
 
+from pipeline.orchestration import key_holder
+
 # Error messages of these types are written for users and never carry a patient's value, so the
 # parent may show them; any other error is only named by type, with the details left in the log.
 USER_ERRORS = ("pipeline.errors.PipelineError",)
@@ -27,6 +29,7 @@ IMPORT_FAILED, DAG_FAILED = 2, 3
 
 
 def main() -> int:
+    key_holder.keep_sealed_environment_private()
     events = _claim_stdout()
     emit = _emitter(events)
     try:
@@ -65,7 +68,10 @@ def run(request: dict[str, Any], emit) -> int:
     emit("warmup", seconds=time.monotonic() - started)
 
     get_listener_manager().add_listener(progress_listener(emit))
-    for dag_id in request["dag_ids"]:
+    dag_ids = request["dag_ids"]
+    for position, dag_id in enumerate(dag_ids):
+        if not any(_has_key_holder_task(bag.get_dag(later)) for later in dag_ids[position:]):
+            key_holder.close_sealed_environment()  # the linkage key's seal, kept no longer than needed
         started = time.monotonic()
         emit("dag_start", dag_id=dag_id)
         dag_run = bag.get_dag(dag_id).test(run_conf=request["conf"])
@@ -74,6 +80,12 @@ def run(request: dict[str, Any], emit) -> int:
         if summary["state"] != "success":
             return DAG_FAILED
     return 0
+
+
+def _has_key_holder_task(dag) -> bool:
+    from pipeline.tasks import KEY_HOLDER_TASKS
+
+    return any(task_id in KEY_HOLDER_TASKS for task_id in dag.task_ids)
 
 
 def warm_up_task_api() -> None:

@@ -16,6 +16,16 @@ class with the same message, so the task log and the embedded runner's summary r
 had run in place. Any other failure is named by type only; its traceback is in the task log, where
 the child's stderr goes.
 
+A key given in the environment, as Airflow's environment-variable secrets backend takes it
+(`AIRFLOW_CONN_PPRL_KEY`, `AIRFLOW_VAR_PPRL_KEY`), must not be inherited by the caller either: every
+process of the same user can read a process's environment in /proc/<pid>/environ, and every process
+the caller starts (validation workers, DuckDB, Spark's JVM) would inherit it. So the embedded runner
+starts Airflow without those variables and seals them instead (`sealed_key_environment`): an
+anonymous in-memory file (memfd) whose descriptor the Airflow process holds without reading and
+passes to each key holder's child alone; the child reads it, closes it, and puts the variables in its
+own environment, where the key's loader looks. The Airflow process closes its descriptor once no DAG
+left to run has a key holder's task (`close_sealed_environment`).
+
 `KEY_HOLDER_PROCESS` set to `in-process` runs the task in the caller instead. The Celery key holder
 worker does (docker-compose.yml): Airflow runs each of its tasks in a task process of its own, on a
 worker that runs nothing else, so the worker is the boundary there, and the task can still ask the
@@ -25,20 +35,29 @@ outside the task runner cannot). The tests' stage runner does too, to watch ever
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import traceback
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pipeline import errors
+from pipeline.secret_store import KEY_IN_ENVIRONMENT
 
 KEY_HOLDER_PROCESS = "PPRL_KEY_HOLDER_PROCESS"
 CHILD, IN_PROCESS = "child", "in-process"
 CHILD_MODULE = "pipeline.orchestration.key_holder"
+# The number of the file descriptor holding the sealed key variables, in the environment of the
+# processes that pass it on (the embedded Airflow process) or read it (a key holder's child).
+SEALED_FD_VARIABLE = "PPRL_KEY_HOLDER_SEALED_FD"
+# The memfd's name, as /proc/<pid>/fd shows it; it names no key.
+SEALED_NAME = "pprl-key-holder"
 
 
 def mode() -> str:
@@ -52,15 +71,74 @@ def mode() -> str:
     return value
 
 
+@contextlib.contextmanager
+def sealed_key_environment(environ: Mapping[str, str]) -> Iterator[dict[str, str]]:
+    """Seal the key's variables set in `environ` (`KEY_IN_ENVIRONMENT`) for the key holder's children.
+
+    Yields what to add to the environment of the process that will start them: `SEALED_FD_VARIABLE`
+    naming a file descriptor to pass on (`pass_fds`), or nothing when no key variable is set. The
+    caller starts that process without the variables themselves (`embedded.airflow_env` drops them).
+    The descriptor is closed here on leaving; the process it was passed to holds its own.
+    """
+    sealed = {name: environ[name] for name in KEY_IN_ENVIRONMENT if environ.get(name)}
+    if not sealed:
+        yield {}
+        return
+    if hasattr(os, "memfd_create"):  # Linux: in memory only, never on a disk
+        fd = os.memfd_create(SEALED_NAME, os.MFD_CLOEXEC)
+    else:  # an unlinked 0600 temporary file, as private as a key file
+        fd = os.dup(tempfile.TemporaryFile().fileno())
+    try:
+        os.write(fd, json.dumps(sealed).encode())
+        yield {SEALED_FD_VARIABLE: str(fd)}
+    finally:
+        os.close(fd)
+
+
+def _sealed_fd() -> int | None:
+    """The sealed key variables' descriptor this process was given, if any."""
+    value = os.environ.get(SEALED_FD_VARIABLE, "")
+    return int(value) if value.isdigit() else None
+
+
+def keep_sealed_environment_private() -> None:
+    """Called first thing by a process given the seal to pass on: no process it starts inherits the
+    descriptor unless it is passed on by name (`run_in_key_holder`)."""
+    if (fd := _sealed_fd()) is not None:
+        os.set_inheritable(fd, False)
+
+
+def close_sealed_environment() -> None:
+    """Let go of the sealed key variables: no task left to run in this process needs them."""
+    if (fd := _sealed_fd()) is not None:
+        del os.environ[SEALED_FD_VARIABLE]
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _open_seal() -> None:
+    """In a key holder's child: read the sealed key variables into this environment and close the seal."""
+    if (fd := _sealed_fd()) is None:
+        return
+    try:
+        sealed = json.loads(os.pread(fd, os.fstat(fd).st_size, 0))
+    finally:
+        close_sealed_environment()
+    os.environ.update(sealed)
+
+
 def run_in_key_holder(task: str, conf: dict[str, Any], *args: str) -> str:
     """Run `pipeline.tasks.<task>(conf, *args)` in a fresh child interpreter; return its output path."""
     request = json.dumps({"task": task, "conf": conf, "args": list(args)})
+    sealed = _sealed_fd()
     child = subprocess.Popen(
         [sys.executable, "-m", CHILD_MODULE],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         # Inherited: the child's logs and any traceback land in the task's own log.
         stderr=None,
+        # The sealed key variables, to this child alone.
+        pass_fds=() if sealed is None else (sealed,),
         text=True,
         encoding="utf-8",
     )
@@ -122,6 +200,7 @@ def main() -> int:
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     try:
+        _open_seal()
         request = json.load(sys.stdin)
         os.environ[KEY_HOLDER_PROCESS] = IN_PROCESS  # the child runs the task itself, never a grandchild
         from pipeline import tasks

@@ -33,15 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from pipeline.secret_store import KEY_ENVIRONMENT  # the variables a worker is started without
+
 if TYPE_CHECKING:
     from pipeline.progress import Progress
 
 WORKER_MODULE = "pipeline.validate.workers"
 _LENGTH = struct.Struct("<Q")
-# Environment variables that hold the linkage key or say where it is: a copy of
-# pipeline.crypto.keys.KEY_ENVIRONMENT (validation must not import the keys module; a test checks
-# that the two agree). A validation worker is started without them.
-KEY_ENVIRONMENT: tuple[str, ...] = ("PPRL_KEY", "PPRL_KEY_FILE", "AIRFLOW_CONN_PPRL_KEY", "AIRFLOW_VAR_PPRL_KEY")
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 # A worker spends several seconds importing GX before its first batch: below this many rows in a
 # zone, this process alone finishes sooner. Raised from 2 million when the pattern, range and
