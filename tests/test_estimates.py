@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline.cohort.estimates import did_rate_ratio, mean_difference, person_outcomes, rate_ratio
+from pipeline.cohort.estimates import cluster_groups, did_rate_ratio, mean_difference, person_outcomes, rate_ratio
 
 #               set:  1    1    2    2    3    3    3    4    4
 MDT = np.array([1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0])
@@ -37,6 +37,38 @@ def test_did_rate_ratio_is_the_ratio_of_the_arms_post_to_pre_ratios():
     # MDT: post 3 / pre 8. Comparators (weighted): post 1 + 2 + 0.5*2 + 0.5*2 + 1 = 6, pre 1 + 1 + 0.5*2 + 0 + 1 = 4.
     b, se = did_rate_ratio(pre, post, MDT, WEIGHT, SETS)
     assert np.exp(b) == pytest.approx((3 / 8) / (6 / 4)) and se > 0
+
+
+def _crv1(x: np.ndarray, w: np.ndarray, e: np.ndarray, clusters: np.ndarray) -> np.ndarray:
+    """The CRV1 cluster-robust covariance of weighted least squares, written out: bread (X'WX)^-1,
+    meat the sum over clusters of each cluster's summed score x w e, outer-multiplied, times
+    G/(G-1) x (N-1)/(N-K)."""
+    bread = np.linalg.inv(x.T @ (x * w[:, None]))
+    scores = x * (w * e)[:, None]
+    labels = np.unique(clusters, axis=0)
+    meat = sum(np.outer(s, s) for s in (scores[(clusters == g).reshape(len(x), -1).all(axis=1)].sum(axis=0) for g in labels))
+    n, k, g = len(x), x.shape[1], len(labels)
+    return g / (g - 1) * (n - 1) / (n - k) * bread @ meat @ bread
+
+
+def test_with_replacement_the_error_is_clustered_by_set_and_participant_both():
+    """A comparator who serves sets 1 and 4 (matching with replacement) ties them together: the error
+    is the two-way one of Cameron, Gelbach & Miller, V(set) + V(participant) - V(set x participant),
+    worked out here without statsmodels. Without replacement it stays clustered by set alone."""
+    people = np.array(["m1", "c1", "m2", "c2", "m3", "c3", "c4", "m4", "c1"])  # c1 in sets 1 and 4
+    x = np.column_stack([np.ones(len(Y)), MDT])
+    beta = np.linalg.solve(x.T @ (x * WEIGHT[:, None]), x.T @ (WEIGHT * Y))
+    e = Y - x @ beta
+    person = np.unique(people, return_inverse=True)[1]
+    pairs = np.column_stack([SETS, person])
+    two_way = _crv1(x, WEIGHT, e, SETS) + _crv1(x, WEIGHT, e, person) - _crv1(x, WEIGHT, e, pairs)
+    b, se = mean_difference(Y, MDT, WEIGHT, cluster_groups(SETS, people))
+    assert b == pytest.approx(beta[1]) and se == pytest.approx(np.sqrt(two_way[1, 1]), rel=1e-9)
+    assert se != pytest.approx(np.sqrt(_crv1(x, WEIGHT, e, SETS)[1, 1]), rel=1e-3)  # not the one-way error
+    # Everyone in one set: one-way, by set, as before.
+    alone = np.array([f"p{i}" for i in range(len(Y))])
+    assert cluster_groups(SETS, alone) is SETS
+    assert mean_difference(Y, MDT, WEIGHT, cluster_groups(SETS, alone))[1] == pytest.approx(np.sqrt(_crv1(x, WEIGHT, e, SETS)[1, 1]), rel=1e-9)
 
 
 def test_person_outcomes_sum_post_index_units_and_take_the_eq5d_change():

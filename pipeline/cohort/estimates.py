@@ -4,7 +4,7 @@ For each sample (pipeline.cohort.samples) and each outcome in the study's post-i
 in the Pioneer study):
 - `mean_difference`: the matching-weighted mean of the MDT arm minus that of the comparators, from a
   weighted least-squares regression of the outcome on arm (MatchIt's recommended `lm(y ~ treat,
-  weights = weights)`), standard errors clustered by matched set;
+  weights = weights)`), standard errors clustered by matched set (see `cluster_groups`);
 - `rate_ratio` (counts, bed days, hours and cost; not the EQ-5D change, which can be negative): the
   exponentiated arm coefficient of a Poisson GLM (log link) of the outcome on arm and the sample's
   propensity covariates ("matching then regression", Ho, Imai, King & Stuart 2007), with the matching
@@ -16,6 +16,9 @@ in the Pioneer study):
   estimated by its conditional likelihood (a weighted binomial logit of the post-period share of each
   participant's admissions on arm; participants with no admission carry no information), matching
   weights, clustered by matched set.
+Standard errors are clustered by matched set; after matching with replacement, where a comparator
+serves several sets and those sets are therefore not independent, by matched set and participant
+both (two-way, Cameron, Gelbach & Miller 2011), as docs/economists.md advises.
 95% intervals are normal (Wald) intervals, on the log scale for ratios. Everything is fitted with
 statsmodels. Each estimate says how many MDT participants and comparators it rests on; with fewer
 than MIN_GROUP_SIZE in an arm the estimate is not made (null) and the counts are released under the
@@ -108,8 +111,30 @@ def _row(sample: str, outcome: str, estimator: str, n_mdt: int, n_comp: int, fit
     return {**row, "estimate": float(b), "std_error": float(se), "ci_low": float(low), "ci_high": float(high), "p_value": p}
 
 
+def cluster_groups(sets: np.ndarray, participants: np.ndarray) -> np.ndarray:
+    """What the standard errors are clustered by, for matched rows with these sets and participants.
+
+    The matched set, one-way, when everyone is in one set (matching without replacement); when someone
+    is in several (with replacement), the set and the participant, two-way: a comparator who serves
+    several sets ties their outcomes together, and one-way clustering by set would take those sets
+    for independent and give too small an error. Without replacement each participant's one row lies
+    inside one set, so two-way would give the one-way answer anyway; it is kept one-way there so those
+    figures stay exactly what they were.
+
+    >>> cluster_groups(np.array([1, 1, 2, 2]), np.array(["a", "b", "c", "d"])).shape
+    (4,)
+    >>> cluster_groups(np.array([1, 1, 2, 2]), np.array(["a", "b", "c", "b"])).tolist()
+    [[1, 0], [1, 1], [2, 2], [2, 1]]
+    """
+    _, person = np.unique(participants, return_inverse=True)
+    if person.max(initial=-1) + 1 == len(participants):
+        return sets
+    return np.column_stack([sets, person])
+
+
 def _clustered(model: Any, groups: np.ndarray) -> tuple[float, float] | None:
-    """The arm coefficient (column 1) and its standard error clustered by matched set."""
+    """The arm coefficient (column 1) and its standard error clustered by `groups` (`cluster_groups`:
+    one column, one-way; two, two-way)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -178,7 +203,7 @@ def estimate_effects(
             enough = n_mdt >= min_group and n_comp >= min_group
             y = d.get_column(outcome).cast(pl.Float64).fill_null(0.0).to_numpy()
             w = d.get_column("weight").to_numpy()
-            groups = d.get_column("matched_set").to_numpy()
+            groups = cluster_groups(d.get_column("matched_set").to_numpy(), ids.to_numpy())
             rows.append(_row(m.name, outcome, "mean_difference", n_mdt, n_comp, mean_difference(y, mdt, w, groups) if enough else None, False))
             if outcome != EQ5D_OUTCOME:
                 adjust = d.select(pl.col("^_c.*$")).to_numpy()
