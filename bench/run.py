@@ -202,6 +202,7 @@ def run_dags(conf: dict, airflow_home: Path) -> dict:
         "load_1m_at_end": load_1m(),
         "tasks": task_seconds(dags),
         "task_peak_pss_mb": task_peaks(dags, memory),
+        "instance_peak_pss_mb": instance_peaks(dags, memory),
     }
 
 
@@ -221,15 +222,23 @@ def task_peaks(dags: dict, memory: Any) -> dict[str, float | None]:
     together), from the run's memory samples (`memory.TreeMemory`): which task the run's peak is in.
     None for a task that ran between two samples."""
     peaks: dict[str, float | None] = {}
+    for label, peak in instance_peaks(dags, memory).items():
+        name = label.split("[")[0]
+        peaks[name] = peak if peaks.get(name) is None else max(peaks[name], peak or 0.0)
+    return peaks
+
+
+def instance_peaks(dags: dict, memory: Any) -> dict[str, float | None]:
+    """The same for each task instance, by its label (`pseudonymise_source[gp_events]` for a mapped
+    one): which source's instance holds a mapped task's peak."""
+    peaks: dict[str, float | None] = {}
     for run in dags.values():
         for task in run["tasks"]:
-            name = task["task_id"]
-            peaks.setdefault(name, None)
+            peak = None
             if task.get("started") and task.get("ended"):
                 start, end = (dt.datetime.fromisoformat(task[k]).timestamp() for k in ("started", "ended"))
                 peak = memory.peak_between(start, end)
-                if peak is not None:
-                    peaks[name] = round(max(peaks[name] or 0.0, peak), 1)
+            peaks[task["label"]] = None if peak is None else round(peak, 1)
     return peaks
 
 
@@ -350,10 +359,14 @@ def main() -> int:
                 f"(largest process), {dags['peak_tree_pss_mb']:.0f} MB PSS (all its processes together), "
                 f"load average {dags['load_1m_at_end']:.2f} at the end"
             )
-            print(f"\n{'task (mapped: all sources)':<28}{'seconds':>9}{'peak PSS MB':>13}")
+            print(f"\n{'task (mapped: all sources)':<28}{'seconds':>9}{'peak PSS MB':>13}  in")
+            instances = dags["instance_peak_pss_mb"]
             for task, secs in dags["tasks"].items():
                 peak = dags["task_peak_pss_mb"].get(task)
-                print(f"{task:<28}{secs:>9.1f}{'-' if peak is None else f'{peak:,.0f}':>13}")
+                # A mapped task's peak: which source's instance it was in.
+                held = [label for label, p in instances.items() if label.startswith(f"{task}[") and p is not None and p == peak]
+                where = held[0][len(task) + 1 : -1] if held else ""
+                print(f"{task:<28}{secs:>9.1f}{'-' if peak is None else f'{peak:,.0f}':>13}  {where}")
             save(dags)
 
     exps, top = scaling_exponents(results_dir), scaling_exponents(results_dir, largest=2)
