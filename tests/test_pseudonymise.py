@@ -24,6 +24,7 @@ from pipeline.errors import ContractError, KeyFileError, KeyMismatchError
 from pipeline.pseudonymise import check_inputs, pseudonymise_source, run_consent_gate
 from pipeline.pseudonymise import identifiers
 from pipeline.pseudonymise.consent import REGISTER_ERRORS
+from pipeline.pseudonymise.inputs import scan_checked_input
 from pipeline.pseudonymise.records import QUARANTINE_REASON
 from pipeline.settings import SOURCES, RunConfig
 from pipeline.zones import blocks_path, inputs_file, payload_file, records_path, persons_file, scan_record_tokens, study_persons_file
@@ -313,12 +314,16 @@ def test_every_token_file_records_the_kid_it_was_made_under(synthetic):
     assert io.read_json(cfg.pseudonymised_dir / "consent.json")["kid"] == kid
 
 
-def test_a_big_extract_done_in_parts_gives_the_same_tokens_and_counts(synthetic, monkeypatch):
+@pytest.mark.parametrize(("limit", "size"), [("ROWS_PER_PART", 1000), ("BLOCKS_PER_PART", 400)])
+def test_a_big_extract_done_in_parts_gives_the_same_tokens_and_counts(limit, size, synthetic, monkeypatch):
+    """Parts by rows (a long extract) or by identifier blocks (one with few rows per person, such as
+    admissions, whose blocks are what fill memory)."""
     from pipeline.pseudonymise import records
 
     base, cfg = synthetic
-    monkeypatch.setattr(records, "ROWS_PER_PART", 1000)
-    parts = config(base, "in-parts", base / "key.json")
+    monkeypatch.setattr(records, limit, size)
+    parts = config(base, f"in-parts-{limit.lower()}", base / "key.json")
+    assert records._parts(scan_checked_input(parts, "gp_events")) > 3
     pseudonymise_source(parts, LinkageKey(FIXED_KEY, key_id(FIXED_KEY)), "gp_events")
     for c in (cfg, parts):
         for path in (blocks_path, records_path):

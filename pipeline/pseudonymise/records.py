@@ -17,11 +17,13 @@ payload and the quarantine from that one pass (`pipeline.io.sink_frames`), so no
 tokenised twice and no identifier is normalised row by row.
 
 Memory follows the number of distinct identifier blocks: their canonical forms while they are
-tokenised (about 1 kB each), then their 19 tokens as categorical codes (pipeline.pseudonymise.
-identifiers), and in the second pass each block's identifiers and number. An extract of more than
-`ROWS_PER_PART` rows is tokenised in parts by a hash of the date of birth, so every identifier block
-and every token block falls in exactly one part and is still tokenised only once. Parts cost a pass
-over the extract each, so they are kept few: a 30 million-row GP extract (a million people) takes two.
+tokenised, their 19 tokens, and the sort that numbers the token blocks, about 2.2 kB a block at the
+peak (pipeline.pseudonymise.identifiers), and in the second pass each block's identifiers and number.
+An extract of more than `ROWS_PER_PART` rows, or with more than `BLOCKS_PER_PART` identifier blocks
+(counted approximately in the pass that counts the rows), is tokenised in parts by a hash of the date
+of birth, so every identifier block and every token block falls in exactly one part and is still
+tokenised only once. Parts cost a pass over the extract each, and each part works out its names'
+forms again, so they are kept few: a 30 million-row GP extract (a million people) takes two.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ log = logging.getLogger(__name__)
 
 QUARANTINE_REASON = "no usable identifier (no valid NHS number, date of birth or postcode)"
 ROWS_PER_PART = 16_000_000
+# A part's identifier blocks, at about 2.2 kB each at the peak: about 3.3 GB. Set from the 3 million
+# person world, where a part of 3.0 million blocks (hospital_apc's 6.6 million rows) peaked at 7.5 GB.
+BLOCKS_PER_PART = 1_500_000
 
 
 def with_record_tokens(lf: pl.LazyFrame, key: LinkageKey, source: str) -> pl.LazyFrame:
@@ -83,7 +88,7 @@ def _pseudonymise_source(cfg: RunConfig, key: LinkageKey, source: str, progress:
     out = cfg.pseudonymised_dir
     # The first row rule (pipeline.pseudonymise.row_rules) each row breaks; DATE_OF_BIRTH applies to every source.
     rows = scan_checked_input(cfg, source).with_columns(quarantine_reason(rules_for(source), cfg.extract).alias(_RULE))
-    parts = max(1, math.ceil(rows.select(pl.len()).collect().item() / ROWS_PER_PART))
+    parts = _parts(rows)
     # Parts by the date of birth: records with the same tokens have the same date of birth (the token
     # spec's canonical date is one-to-one), so each token block falls in exactly one part, and the
     # parts' blocks, numbered one after another, are still the source's distinct blocks.
@@ -108,6 +113,17 @@ def _pseudonymise_source(cfg: RunConfig, key: LinkageKey, source: str, progress:
     io.write_json({"source": source, "kid": key.kid, "counts": counts}, counts_file(cfg, source))
     log.info("pseudonymised %s: %d rows, %d quarantined", source, counts["rows"], n_quarantined)
     return out
+
+
+def _parts(rows: pl.LazyFrame) -> int:
+    """How many parts to tokenise `rows` in: enough for at most ROWS_PER_PART rows and about
+    BLOCKS_PER_PART identifier blocks each (HyperLogLog's count of distinct identifier blocks, within a
+    few percent, in one streaming pass; the same extract always gives the same count)."""
+    counted = rows.select(
+        pl.len().alias("rows"), pl.struct(list(IDENTIFIER_COLUMNS)).hash(seed=0).approx_n_unique().alias("blocks")
+    ).collect(engine="streaming")
+    n_rows, n_blocks = counted.row(0)
+    return max(1, math.ceil(n_rows / ROWS_PER_PART), math.ceil(n_blocks / BLOCKS_PER_PART))
 
 
 def write_token_files(tokens: pl.DataFrame, out: Path, source: str, metadata: dict[str, str]) -> None:
