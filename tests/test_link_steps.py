@@ -64,3 +64,22 @@ def test_a_step_without_a_started_work_folder_says_where_to_rerun_from(reference
     with pytest.raises(PipelineError, match=f"{STATE} is missing.*rerun the link from prepare_link"):
         run[step]()
     assert not plan.link_map.exists()
+
+
+def test_blocks_with_the_same_key_tokens_but_another_token_different_are_refused():
+    """A profile is the blocks that share the key tokens; every token made from them must agree. Two
+    blocks that do not (a file made under another token spec, or a profile key clash) are refused, and
+    blocks that do are one profile, whichever of them stands for it."""
+    from pipeline.link.profiles import build_profiles
+    from pipeline.zones import TOKEN_BLOCK
+
+    blocks = pl.DataFrame({TOKEN_BLOCK: [0, 1, 2], "tok_nhs": ["a", "a", "b"], "tok_dob": ["d", "d", "e"],
+                           "tok_surname_near": [["x", "y"], ["x", "y"], None]})  # fmt: skip
+    records = pl.DataFrame({TOKEN_BLOCK: [0, 1, 1, 2]})
+    columns = ["tok_nhs", "tok_dob", "tok_surname_near"]
+    profiles, by_block = build_profiles(records.lazy(), blocks.lazy(), columns, ["tok_nhs"], where="t.parquet")
+    assert profiles.height == 2 and profiles.get_column(PROFILE_KEY).is_sorted()
+    assert by_block.get_column(PROFILE_KEY).to_list()[0] == by_block.get_column(PROFILE_KEY).to_list()[1]
+    for changed in ({"tok_dob": ["d", "other", "e"]}, {"tok_surname_near": [["x", "y"], ["x"], None]}):
+        with pytest.raises(PipelineError, match=r"t\.parquet: records with the same key tokens \(tok_nhs\) differ in a token"):
+            build_profiles(records.lazy(), blocks.with_columns(**{k: pl.Series(v) for k, v in changed.items()}).lazy(), columns, ["tok_nhs"], where="t.parquet")

@@ -61,7 +61,8 @@ def build_profiles(
     are only checked here (every record names a block of the file), in one streaming pass over
     their block numbers; the link stage maps records to profiles window by window through the blocks.
     """
-    coded = blocks.select(TOKEN_BLOCK, *token_codes(columns)).with_columns(profile_key(key_columns)).collect()
+    # Streamed: the 64-character tokens are read a morsel at a time and only their 8-byte codes kept.
+    coded = blocks.select(TOKEN_BLOCK, *token_codes(columns)).with_columns(profile_key(key_columns)).collect(engine="streaming")
     orphans = (
         records.select(TOKEN_BLOCK)
         .join(coded.lazy().select(TOKEN_BLOCK), on=TOKEN_BLOCK, how="anti")
@@ -74,12 +75,20 @@ def build_profiles(
             f"{where}: {orphans} record(s) name a token block that is not in the token file; the two files "
             "are from different runs: re-pseudonymise the source"
         )
-    # Unique over every code column (exact), so a clash shows as a repeated profile key.
-    profiles = coded.drop(TOKEN_BLOCK).unique()
-    if profiles.get_column(PROFILE_KEY).n_unique() != profiles.height:
+    # Every block of a profile must carry the same codes (the key's tokens decide the rest), else the
+    # key clashed or the file was not made by this token spec. Compared by a hash of the whole row per
+    # profile key, two 8-byte columns, rather than by a unique over every code column (list columns
+    # among them), which at ten million blocks held as much again as the blocks themselves.
+    whole_row = pl.struct(pl.exclude(TOKEN_BLOCK, PROFILE_KEY)).hash().alias("_row")
+    clashes = coded.select(PROFILE_KEY, whole_row).group_by(PROFILE_KEY).agg(pl.col("_row").n_unique() > 1).get_column("_row").sum()
+    if clashes:
         raise PipelineError(
             f"{where}: records with the same key tokens ({', '.join(key_columns)}) differ in a token made "
             "from them, or two profiles' keys clash (about a one-in-a-million event at five million "
             "profiles); check the file was pseudonymised with this pipeline's token spec and rerun"
         )
-    return profiles.select(PROFILE_KEY, *columns).sort(PROFILE_KEY), coded.select(TOKEN_BLOCK, PROFILE_KEY)
+    # So any one block of a profile stands for it: one row a profile, in profile key order, gathered
+    # once (a unique, then a sort, would copy every column twice).
+    one_each = coded.select(PROFILE_KEY, pl.int_range(pl.len()).alias("_i")).unique(subset=PROFILE_KEY, keep="any").sort(PROFILE_KEY)
+    profiles = coded.select(PROFILE_KEY, *columns)[one_each.get_column("_i")]
+    return profiles, coded.select(TOKEN_BLOCK, PROFILE_KEY)
