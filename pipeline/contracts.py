@@ -349,6 +349,7 @@ def _value_rule_detail(rule: str, n: int) -> str:
 # of 131,072 rows, 13.5 s and 522 MB in windows of 524,288, and 12.3 s and 599 MB in these.
 CHECK_WINDOW_ROWS = 1_048_576
 
+
 def check_frame(
     lf: pl.LazyFrame, contract: Contract, path: str, read_all: bool = False, window: int | None = None
 ) -> list[Violation]:

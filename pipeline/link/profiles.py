@@ -61,8 +61,7 @@ def build_profiles(
     are only checked here (every record names a block of the file), in one streaming pass over
     their block numbers; the link stage maps records to profiles window by window through the blocks.
     """
-    # Streamed: the 64-character tokens are read a morsel at a time and only their 8-byte codes kept.
-    coded = blocks.select(TOKEN_BLOCK, *token_codes(columns)).with_columns(profile_key(key_columns)).collect(engine="streaming")
+    coded = blocks.select(TOKEN_BLOCK, *token_codes(columns)).with_columns(profile_key(key_columns)).collect()
     orphans = (
         records.select(TOKEN_BLOCK)
         .join(coded.lazy().select(TOKEN_BLOCK), on=TOKEN_BLOCK, how="anti")
