@@ -32,7 +32,7 @@ from pathlib import Path
 
 from pipeline.crypto.keys import AIRFLOW_CONN_ID, AIRFLOW_VARIABLE, KEY_FILE_VARIABLE, KEY_VARIABLE
 from pipeline.errors import PreflightError, Violation
-from pipeline.secret_store import exposed_mode
+from pipeline.secret_store import PUBLISHING_KEY_IN_ENVIRONMENT, exposed_mode
 from pipeline.settings import LABEL_PATTERN, RunConfig, setting
 
 
@@ -124,7 +124,6 @@ def _work_problems(cfg: RunConfig) -> list[Violation]:
 # secrets backend (pipeline.crypto.keys.KEY_ENVIRONMENT, pipeline.publish.signing). Spelt out here
 # because importing the signing module would load `cryptography` on the fast path.
 PUBLISHING_KEY_FILE_VARIABLE = "PPRL_PUBLISHING_KEY_FILE"
-PUBLISHING_KEY_IN_AIRFLOW = ("AIRFLOW_CONN_PPRL_PUBLISHING_KEY", "AIRFLOW_VAR_PPRL_PUBLISHING_KEY")
 LINKAGE_KEY_IN_AIRFLOW = (f"AIRFLOW_CONN_{AIRFLOW_CONN_ID.upper()}", f"AIRFLOW_VAR_{AIRFLOW_VARIABLE.upper()}")
 
 
@@ -153,7 +152,7 @@ def _publishing_key_problems(cfg: RunConfig, secret_store: bool) -> list[Violati
     if os.environ.get(PUBLISHING_KEY_FILE_VARIABLE):
         how = f"the environment variable {PUBLISHING_KEY_FILE_VARIABLE}"
         return _key_file_problems(Path(os.environ[PUBLISHING_KEY_FILE_VARIABLE]), how, make_one)
-    if secret_store or any(os.environ.get(v) for v in PUBLISHING_KEY_IN_AIRFLOW):
+    if secret_store or any(os.environ.get(v) for v in PUBLISHING_KEY_IN_ENVIRONMENT):
         return []
     return [Violation("publishing key", None, "key given",
                       f"no publishing key file named and none in Airflow's secret store, so the release could not be "

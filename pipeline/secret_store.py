@@ -9,9 +9,13 @@ tried.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import stat
+import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,62 @@ KEY_ENVIRONMENT: tuple[str, ...] = ("PPRL_KEY", "PPRL_KEY_FILE", "AIRFLOW_CONN_P
 # Those of them whose value is the key itself, not a path to it: no process but the key holder's may
 # have them in its environment (pipeline.orchestration.key_holder seals them for its children).
 KEY_IN_ENVIRONMENT: tuple[str, ...] = tuple(name for name in KEY_ENVIRONMENT if name != "PPRL_KEY_FILE")
+# The forms in which Airflow's environment-variable secrets backend serves the publishing key (the
+# connection and the variable `pprl_publishing_key`): the key itself. Only the process that signs may
+# hold it, and only while it signs (pipeline.orchestration.key_holder seals them; `unsealed_publishing_key`).
+PUBLISHING_KEY_IN_ENVIRONMENT: tuple[str, ...] = ("AIRFLOW_CONN_PPRL_PUBLISHING_KEY", "AIRFLOW_VAR_PPRL_PUBLISHING_KEY")
+# The memfd holding them, as /proc/<pid>/fd shows it (it names no key), and the variable giving its
+# descriptor's number to the process that signs.
+PUBLISHING_SEALED_NAME = "pprl-publishing-key"
+PUBLISHING_SEALED_FD_VARIABLE = "PPRL_PUBLISHING_KEY_SEALED_FD"
+
+
+def seal(values: Mapping[str, str], name: str) -> int:
+    """A new file descriptor, close-on-exec, of an anonymous in-memory file (memfd) named `name` that
+    holds `values` as JSON; the caller closes it. Where there is no memfd (not Linux), an unlinked
+    temporary file, as private as a 0600 key file."""
+    if hasattr(os, "memfd_create"):  # Linux: in memory only, never on a disk
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    else:
+        with tempfile.TemporaryFile() as tmp:
+            fd = os.dup(tmp.fileno())
+    os.write(fd, json.dumps(dict(values)).encode())
+    return fd
+
+
+def read_seal(fd: int) -> dict[str, str]:
+    """What `seal` put in the file behind `fd` (left open)."""
+    return json.loads(os.pread(fd, os.fstat(fd).st_size, 0))
+
+
+def _publishing_seal() -> int | None:
+    """The descriptor of the sealed publishing key this process was given, if it is the seal: a number
+    inherited by a process that was not given the descriptor itself names some other file."""
+    value = os.environ.get(PUBLISHING_SEALED_FD_VARIABLE, "")
+    if not value.isdigit():
+        return None
+    with contextlib.suppress(OSError):
+        if PUBLISHING_SEALED_NAME in os.readlink(f"/proc/self/fd/{value}"):
+            return int(value)
+    return None
+
+
+@contextlib.contextmanager
+def unsealed_publishing_key() -> Iterator[None]:
+    """In the process that signs (the embedded Airflow process, whose publish task signs in place): the
+    publishing key's variables from its seal in this environment, where Airflow's secrets backend
+    looks, for the block only. Nothing happens without a seal. The seal stays open for a retry."""
+    fd = _publishing_seal()
+    if fd is None:
+        yield
+        return
+    added = {name: value for name, value in read_seal(fd).items() if name not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def exposed_mode(st: os.stat_result) -> str | None:

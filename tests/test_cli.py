@@ -171,7 +171,7 @@ def test_describe_prints_each_tables_purpose_rows_samples_caveats_and_starter_sc
         if figures["matched_mdt"] is not None:
             assert f"MDT matched {figures['matched_mdt']}," in matches_block.split(f"    {sample}: ", 1)[1].splitlines()[0]
     assert "starter script, Python (Polars):" in out and "starter script, R (arrow, dplyr):" in out
-    assert f'read_parquet(file.path(release, "cohort.parquet"))' in out
+    assert 'read_parquet(file.path(release, "cohort.parquet"))' in out
 
 
 def test_the_python_starter_script_runs_on_the_release(reference) -> None:

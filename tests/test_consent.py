@@ -10,7 +10,6 @@ the run must not let any of those people into `linked/` or the release.
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 import polars as pl
 import pytest

@@ -14,7 +14,7 @@ from conftest import RELIABILITY_LABEL, release_bytes
 
 from pipeline.contracts import check_file, load_contract
 from pipeline.deliveries.delivery import load_deliveries, scan_delivery
-from pipeline.deliveries.mapping import MAPPINGS_DIR, load_mapping, to_native
+from pipeline.deliveries.mapping import MAPPINGS_DIR, load_mapping
 from pipeline.errors import ContractError
 from pipeline.settings import SOURCES
 

@@ -20,6 +20,7 @@ from pipeline import io
 from pipeline.cohort.service_use import service_use
 from pipeline.contracts import check_file, load_contract
 from pipeline.crypto.keys import AIRFLOW_CONN_ID, KEY_ENVIRONMENT, new_key_file
+from pipeline.publish.signing import AIRFLOW_CONN_ID as PUBLISHING_CONN_ID
 from pipeline.publish.signing import new_publishing_key_file
 from pipeline.crypto.tokens import study_ids
 from pipeline.cohort.outputs import RELEASE_TABLES
@@ -27,6 +28,7 @@ from pipeline.orchestration.key_holder import SEALED_NAME
 from pipeline.publish import disclosure
 from pipeline.publish.privacy import check_release_privacy
 from pipeline.costs import scan_unit_costs
+from pipeline.secret_store import PUBLISHING_KEY_IN_ENVIRONMENT, PUBLISHING_SEALED_NAME
 from pipeline.settings import SOURCES, RunConfig
 from pipeline.zones import study_persons_file
 
@@ -42,26 +44,30 @@ def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e")
     generate(base / "input", persons=1500, seed=11, profile="clean")
     key = new_key_file(base / "secrets" / "key.json")
-    new_publishing_key_file(base / "secrets" / "publishing.pem")
-    # The linkage key comes from the secret store, as a platform injects it (an Airflow connection in
-    # the environment), not from a file: the run must keep it out of the Airflow process all the same.
+    publishing = new_publishing_key_file(base / "secrets" / "publishing.pem")
+    # Both keys come from the secret store, as a platform injects them (Airflow connections in the
+    # environment), not from files: the run must keep each out of every process that does not need it.
     cfg = RunConfig.from_conf(
-        {"raw_dir": str(base / "input" / "raw"), "work_dir": str(base / "work"), "release_label": LABEL,
-         "publishing_key_file": str(base / "secrets" / "publishing.pem"), **RETAIN}
+        {"raw_dir": str(base / "input" / "raw"), "work_dir": str(base / "work"), "release_label": LABEL, **RETAIN}
     )  # fmt: skip
     connection = {"conn_type": "generic", "password": (base / "secrets" / "key.json").read_text()}
+    publishing_pem = (base / "secrets" / "publishing.pem").read_text()
+    publishing_connection = {"conn_type": "generic", "password": publishing_pem}
     lines: list[str] = []
-    with pytest.MonkeyPatch.context() as env, KeyWatch(base64.b64encode(key.key)) as watch:
-        for name in KEY_ENVIRONMENT:
+    watch = KeyWatch(base64.b64encode(key.key), publishing_pem.splitlines()[1].encode())
+    with pytest.MonkeyPatch.context() as env, watch:
+        for name in (*KEY_ENVIRONMENT, *PUBLISHING_KEY_IN_ENVIRONMENT, "PPRL_PUBLISHING_KEY_FILE"):
             env.delenv(name, raising=False)
         env.setenv(f"AIRFLOW_CONN_{AIRFLOW_CONN_ID.upper()}", json.dumps(connection))
+        env.setenv(f"AIRFLOW_CONN_{PUBLISHING_CONN_ID.upper()}", json.dumps(publishing_connection))
         result = run_embedded(cfg.to_conf(), base / "airflow", progress=lines.append)
     return {"cfg": cfg, "key": key, "truth": base / "input" / "truth", "raw": base / "input" / "raw", "result": result,
-            "progress": lines, "base": base, "watch": watch}  # fmt: skip
+            "progress": lines, "base": base, "watch": watch, "publishing": publishing}  # fmt: skip
 
 
 class KeyWatch(threading.Thread):
-    """Looks at every process under this one, every 20 ms while a run goes, for the linkage key.
+    """Looks at every process under this one, every 20 ms while a run goes, for the linkage key and
+    the publishing key.
 
     For each process it keeps its role (the embedded Airflow process, a key holder's child, or another:
     validation and token workers, DuckDB, Java), whether its environment (/proc/<pid>/environ, which
@@ -70,9 +76,9 @@ class KeyWatch(threading.Thread):
     link names the memfd `pprl-key-holder`).
     """
 
-    def __init__(self, key_text: bytes, interval: float = 0.02):
+    def __init__(self, key_text: bytes, publishing_text: bytes, interval: float = 0.02):
         super().__init__(name="key watch", daemon=True)
-        self.key_text, self.interval = key_text, interval
+        self.key_text, self.publishing_text, self.interval = key_text, publishing_text, interval
         self.stopping = threading.Event()
         self.seen: dict[int, dict] = {}
 
@@ -105,7 +111,10 @@ class KeyWatch(threading.Thread):
                     "command": command[:200],
                     "variables": sorted(n for n in KEY_ENVIRONMENT if f"\0{n}=".encode() in b"\0" + environ),
                     "key_in_environment": self.key_text in environ,
+                    "publishing_variables": sorted(n for n in PUBLISHING_KEY_IN_ENVIRONMENT if f"\0{n}=".encode() in b"\0" + environ),
+                    "publishing_key_in_environment": self.publishing_text in environ,
                     "holds_sealed": [],
+                    "holds_publishing_seal": False,
                 }
             links = []
             for fd in os.listdir(proc / "fd"):
@@ -116,6 +125,7 @@ class KeyWatch(threading.Thread):
         except OSError:
             return  # it ended while being looked at
         self.seen[pid]["holds_sealed"].append((time.time(), any(SEALED_NAME in link for link in links)))
+        self.seen[pid]["holds_publishing_seal"] |= any(PUBLISHING_SEALED_NAME in link for link in links)
 
     @staticmethod
     def _role(command: str) -> str:
@@ -173,6 +183,24 @@ def test_the_linkage_key_reaches_the_key_holders_children_and_no_other_process(r
     assert later and not [when for when in held for dag_id in later if spans[dag_id][0] <= when <= spans[dag_id][1]]
     # And the key holder's tasks did get it: no key file is named anywhere, and the tokens are under it.
     assert io.read_json(run["cfg"].release_dir / "manifest.json")["kid"] == run["key"].kid
+
+
+def test_the_publishing_key_reaches_no_process_but_the_one_that_signs(run):
+    """The attack: a publishing key given in the secret store's environment form
+    (AIRFLOW_CONN_PPRL_PUBLISHING_KEY) was kept in the embedded Airflow process's environment, so every
+    process it started inherited it: the key holder's children, validation and token workers, Spark's
+    JVM. Any of them, or anything that read its /proc/<pid>/environ, could sign a forged release that
+    an auditor would accept. The runner now starts Airflow without it and seals it; only the Airflow
+    process, where the publish task signs, holds the seal, and it reads it only while it signs."""
+    seen = list(run["watch"].seen.values())
+    assert [p["role"] for p in seen].count("airflow") == 1
+    for process in seen:
+        assert process["publishing_variables"] == [] and not process["publishing_key_in_environment"], process["command"]
+    holders = [p["role"] for p in seen if p["holds_publishing_seal"]]
+    assert holders == ["airflow"], holders
+    # The release was signed all the same, with the key from the connection.
+    manifest = io.read_json(run["cfg"].release_dir / "manifest.json")
+    assert manifest["signing"]["fingerprint"] == run["publishing"].fingerprint
 
 
 def test_progress_was_reported_stage_by_stage(run):

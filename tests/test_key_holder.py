@@ -22,6 +22,7 @@ from test_key_boundary import KEY_MODULES
 from pipeline import errors
 from pipeline.orchestration import key_holder
 from pipeline.orchestration.embedded import DAGS_FOLDER, airflow_env
+from pipeline.secret_store import PUBLISHING_SEALED_FD_VARIABLE, PUBLISHING_SEALED_NAME, unsealed_publishing_key
 from pipeline.settings import SOURCES
 
 REPO_DIR = Path(__file__).resolve().parents[1]
@@ -139,20 +140,39 @@ def test_the_embedded_default_always_uses_child_processes(tmp_path):
 # The whole run is watched in tests/test_end_to_end.py; here, the seal's parts.
 
 
-def test_the_seal_holds_the_variables_with_the_key_and_nothing_else():
+def test_each_seal_holds_its_own_keys_variables_and_nothing_else():
     environ = {"PATH": "/bin", "AIRFLOW_CONN_PPRL_KEY": '{"password": "k"}', "AIRFLOW_VAR_PPRL_KEY": "v",
-               "PPRL_KEY_FILE": "/secrets/key.json", "AIRFLOW_CONN_PPRL_PUBLISHING_KEY": "signing", "PPRL_KEY": ""}  # fmt: skip
+               "PPRL_KEY_FILE": "/secrets/key.json", "AIRFLOW_CONN_PPRL_PUBLISHING_KEY": "signing",
+               "PPRL_PUBLISHING_KEY_FILE": "/secrets/publishing.pem", "PPRL_KEY": ""}  # fmt: skip
     with key_holder.sealed_key_environment(environ) as sealed:
-        fd = int(sealed[key_holder.SEALED_FD_VARIABLE])
-        assert list(sealed) == [key_holder.SEALED_FD_VARIABLE]
+        assert list(sealed) == [key_holder.SEALED_FD_VARIABLE, PUBLISHING_SEALED_FD_VARIABLE]
+        fd, publishing_fd = int(sealed[key_holder.SEALED_FD_VARIABLE]), int(sealed[PUBLISHING_SEALED_FD_VARIABLE])
         assert os.readlink(f"/proc/self/fd/{fd}").startswith(f"/memfd:{key_holder.SEALED_NAME}")
-        assert not os.get_inheritable(fd)  # only a process it is passed to by name gets it
-        # The key's own variables only: a file's path and the publishing key stay where they were.
+        assert os.readlink(f"/proc/self/fd/{publishing_fd}").startswith(f"/memfd:{PUBLISHING_SEALED_NAME}")
+        assert not os.get_inheritable(fd) and not os.get_inheritable(publishing_fd)  # only a process given it by name
+        # Each key's own variables only: the files' paths stay where they were.
         assert json.loads(os.pread(fd, 1 << 16, 0)) == {"AIRFLOW_CONN_PPRL_KEY": '{"password": "k"}', "AIRFLOW_VAR_PPRL_KEY": "v"}
-    with pytest.raises(OSError):
-        os.fstat(fd)  # closed on leaving
+        assert json.loads(os.pread(publishing_fd, 1 << 16, 0)) == {"AIRFLOW_CONN_PPRL_PUBLISHING_KEY": "signing"}
+    for closed in (fd, publishing_fd):
+        with pytest.raises(OSError):
+            os.fstat(closed)  # closed on leaving
     with key_holder.sealed_key_environment({"PATH": "/bin", "PPRL_KEY_FILE": "/secrets/key.json"}) as sealed:
         assert sealed == {}
+
+
+def test_the_publishing_key_is_in_the_environment_only_while_it_is_looked_up(monkeypatch):
+    with key_holder.sealed_key_environment({"AIRFLOW_VAR_PPRL_PUBLISHING_KEY": "pem text"}) as sealed:
+        monkeypatch.setenv(PUBLISHING_SEALED_FD_VARIABLE, sealed[PUBLISHING_SEALED_FD_VARIABLE])
+        with unsealed_publishing_key():
+            assert os.environ["AIRFLOW_VAR_PPRL_PUBLISHING_KEY"] == "pem text"
+        assert "AIRFLOW_VAR_PPRL_PUBLISHING_KEY" not in os.environ
+        with unsealed_publishing_key():  # the seal stays open: a retried publish signs too
+            assert os.environ["AIRFLOW_VAR_PPRL_PUBLISHING_KEY"] == "pem text"
+    # A descriptor number that names another file (inherited by a process not given the seal) is no seal.
+    with open(os.devnull) as other:
+        monkeypatch.setenv(PUBLISHING_SEALED_FD_VARIABLE, str(other.fileno()))
+        with unsealed_publishing_key():
+            assert "AIRFLOW_VAR_PPRL_PUBLISHING_KEY" not in os.environ
 
 
 OPEN_SEAL = """

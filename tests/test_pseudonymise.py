@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import importlib.util
-import json
 import os
 import shutil
 from pathlib import Path

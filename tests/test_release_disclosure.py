@@ -21,7 +21,6 @@ import csv
 import json
 import re
 import shutil
-from pathlib import Path
 from typing import Any
 
 import polars as pl

@@ -38,7 +38,7 @@ from pipeline.orchestration import PIPELINE_DAGS
 from pipeline.orchestration.embedded_child import IMPORT_FAILED
 from pipeline.orchestration.key_holder import CHILD, KEY_HOLDER_PROCESS, sealed_key_environment
 from pipeline.progress import FILE_VARIABLE as PROGRESS_FILE_VARIABLE
-from pipeline.secret_store import KEY_IN_ENVIRONMENT
+from pipeline.secret_store import KEY_IN_ENVIRONMENT, PUBLISHING_KEY_IN_ENVIRONMENT
 from pipeline.settings import REPO_DIR, RunConfig
 
 DAGS_FOLDER = REPO_DIR / "dags"
@@ -98,7 +98,8 @@ def run_embedded(
             stdout=subprocess.PIPE,
             stderr=log,
             env={**env, **sealed},
-            # The key's variables, sealed: the Airflow process passes them on to the key holder's children unread.
+            # The keys' variables, sealed: the Airflow process passes the linkage key's on to the key
+            # holder's children unread, and reads the publishing key's only while it signs.
             pass_fds=[int(fd) for fd in sealed.values()],
             cwd=home,
             text=True,
@@ -129,9 +130,10 @@ def airflow_env(airflow_home: Path, dags_folder: Path, base: Mapping[str, str] |
 
     Inherited Airflow settings (AIRFLOW__*, AIRFLOW_HOME, AIRFLOW_CONFIG) are dropped, so a shell set
     up for a production Airflow cannot point the embedded run at its database. Connections and
-    variables given as AIRFLOW_CONN_* / AIRFLOW_VAR_* are kept (the publishing key among them), but
-    not those that hold the linkage key (`KEY_IN_ENVIRONMENT`): `run_embedded` seals them for the key
-    holder's children. The key holder's tasks always run in child processes of their own here
+    variables given as AIRFLOW_CONN_* / AIRFLOW_VAR_* are kept, but not those that hold a key
+    (`KEY_IN_ENVIRONMENT`, `PUBLISHING_KEY_IN_ENVIRONMENT`): `run_embedded` seals the linkage key's for
+    the key holder's children and the publishing key's for the publish task, which signs in the
+    Airflow process itself. The key holder's tasks always run in child processes of their own here
     (whatever the caller's environment says), since dag.test() runs linkage and publishing in the
     same process after them.
     """
@@ -139,7 +141,8 @@ def airflow_env(airflow_home: Path, dags_folder: Path, base: Mapping[str, str] |
     env = {
         name: value
         for name, value in (os.environ if base is None else base).items()
-        if not name.startswith("AIRFLOW__") and name not in ("AIRFLOW_HOME", "AIRFLOW_CONFIG", *KEY_IN_ENVIRONMENT)
+        if not name.startswith("AIRFLOW__")
+        and name not in ("AIRFLOW_HOME", "AIRFLOW_CONFIG", *KEY_IN_ENVIRONMENT, *PUBLISHING_KEY_IN_ENVIRONMENT)
     }
     pythonpath = [str(REPO_DIR)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
     env.update(

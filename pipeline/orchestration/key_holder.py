@@ -24,7 +24,11 @@ starts Airflow without those variables and seals them instead (`sealed_key_envir
 anonymous in-memory file (memfd) whose descriptor the Airflow process holds without reading and
 passes to each key holder's child alone; the child reads it, closes it, and puts the variables in its
 own environment, where the key's loader looks. The Airflow process closes its descriptor once no DAG
-left to run has a key holder's task (`close_sealed_environment`).
+left to run has a key holder's task (`close_sealed_environment`). The publishing key given the same way
+(`AIRFLOW_CONN_PPRL_PUBLISHING_KEY`, `AIRFLOW_VAR_PPRL_PUBLISHING_KEY`) is sealed beside it, in a
+memfd the Airflow process keeps to itself (never passed on): its publish task signs in place and
+puts the key's variable in its environment only while it looks the key up
+(`pipeline.secret_store.unsealed_publishing_key`).
 
 `KEY_HOLDER_PROCESS` set to `in-process` runs the task in the caller instead. The Celery key holder
 worker does (docker-compose.yml): Airflow runs each of its tasks in a task process of its own, on a
@@ -42,13 +46,19 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import traceback
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pipeline import errors
-from pipeline.secret_store import KEY_IN_ENVIRONMENT
+from pipeline.secret_store import (
+    KEY_IN_ENVIRONMENT,
+    PUBLISHING_KEY_IN_ENVIRONMENT,
+    PUBLISHING_SEALED_FD_VARIABLE,
+    PUBLISHING_SEALED_NAME,
+    read_seal,
+    seal,
+)
 
 KEY_HOLDER_PROCESS = "PPRL_KEY_HOLDER_PROCESS"
 CHILD, IN_PROCESS = "child", "in-process"
@@ -73,26 +83,29 @@ def mode() -> str:
 
 @contextlib.contextmanager
 def sealed_key_environment(environ: Mapping[str, str]) -> Iterator[dict[str, str]]:
-    """Seal the key's variables set in `environ` (`KEY_IN_ENVIRONMENT`) for the key holder's children.
+    """Seal the keys' variables set in `environ`: the linkage key's (`KEY_IN_ENVIRONMENT`) for the key
+    holder's children, the publishing key's (`PUBLISHING_KEY_IN_ENVIRONMENT`) for the process itself,
+    whose publish task signs.
 
-    Yields what to add to the environment of the process that will start them: `SEALED_FD_VARIABLE`
-    naming a file descriptor to pass on (`pass_fds`), or nothing when no key variable is set. The
-    caller starts that process without the variables themselves (`embedded.airflow_env` drops them).
-    The descriptor is closed here on leaving; the process it was passed to holds its own.
+    Yields what to add to the environment of the process that will hold them: `SEALED_FD_VARIABLE`
+    and `PUBLISHING_SEALED_FD_VARIABLE` naming file descriptors to pass it (`pass_fds`), each only
+    when one of its variables is set. The caller starts that process without the variables themselves
+    (`embedded.airflow_env` drops them). The descriptors are closed here on leaving; the process they
+    were passed to holds its own.
     """
-    sealed = {name: environ[name] for name in KEY_IN_ENVIRONMENT if environ.get(name)}
-    if not sealed:
-        yield {}
-        return
-    if hasattr(os, "memfd_create"):  # Linux: in memory only, never on a disk
-        fd = os.memfd_create(SEALED_NAME, os.MFD_CLOEXEC)
-    else:  # an unlinked 0600 temporary file, as private as a key file
-        fd = os.dup(tempfile.TemporaryFile().fileno())
+    seals = {
+        SEALED_FD_VARIABLE: (SEALED_NAME, {name: environ[name] for name in KEY_IN_ENVIRONMENT if environ.get(name)}),
+        PUBLISHING_SEALED_FD_VARIABLE: (PUBLISHING_SEALED_NAME, {name: environ[name] for name in PUBLISHING_KEY_IN_ENVIRONMENT if environ.get(name)}),
+    }
+    fds: dict[str, int] = {}
     try:
-        os.write(fd, json.dumps(sealed).encode())
-        yield {SEALED_FD_VARIABLE: str(fd)}
+        for variable, (name, values) in seals.items():
+            if values:
+                fds[variable] = seal(values, name)
+        yield {variable: str(fd) for variable, fd in fds.items()}
     finally:
-        os.close(fd)
+        for fd in fds.values():
+            os.close(fd)
 
 
 def _sealed_fd() -> int | None:
@@ -102,10 +115,12 @@ def _sealed_fd() -> int | None:
 
 
 def keep_sealed_environment_private() -> None:
-    """Called first thing by a process given the seal to pass on: no process it starts inherits the
-    descriptor unless it is passed on by name (`run_in_key_holder`)."""
-    if (fd := _sealed_fd()) is not None:
-        os.set_inheritable(fd, False)
+    """Called first thing by a process given the seals: no process it starts inherits a descriptor
+    unless it is passed on by name (the linkage key's, by `run_in_key_holder`; the publishing key's,
+    never)."""
+    for value in (os.environ.get(SEALED_FD_VARIABLE, ""), os.environ.get(PUBLISHING_SEALED_FD_VARIABLE, "")):
+        if value.isdigit():
+            os.set_inheritable(int(value), False)
 
 
 def close_sealed_environment() -> None:
@@ -121,7 +136,7 @@ def _open_seal() -> None:
     if (fd := _sealed_fd()) is None:
         return
     try:
-        sealed = json.loads(os.pread(fd, os.fstat(fd).st_size, 0))
+        sealed = read_seal(fd)
     finally:
         close_sealed_environment()
     os.environ.update(sealed)
@@ -137,8 +152,9 @@ def run_in_key_holder(task: str, conf: dict[str, Any], *args: str) -> str:
         stdout=subprocess.PIPE,
         # Inherited: the child's logs and any traceback land in the task's own log.
         stderr=None,
-        # The sealed key variables, to this child alone.
+        # The sealed key variables, to this child alone; not the publishing key's descriptor's number.
         pass_fds=() if sealed is None else (sealed,),
+        env={name: value for name, value in os.environ.items() if name != PUBLISHING_SEALED_FD_VARIABLE},
         text=True,
         encoding="utf-8",
     )

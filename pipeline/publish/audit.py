@@ -35,7 +35,6 @@ from pipeline.publish import release_log, signing
 from pipeline.publish.disclosure import control_count
 from pipeline.publish.privacy import assess_release_privacy
 from pipeline.publish.signing import MANIFEST, TrustedKey, show_fingerprint, trusted_key
-from pipeline.publish.provenance import PER_RUN_FILES
 
 NO_TRUSTED_KEY = (
     "no trusted publishing key was given, so nothing shows who signed this release (anyone who altered it could "

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import re
-import statistics
 from pathlib import Path
 from typing import Any
 

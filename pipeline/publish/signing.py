@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pipeline import io
 from pipeline.errors import PublishingKeyError, SignatureError
 from pipeline.publish.provenance import PER_RUN_FILES
-from pipeline.secret_store import airflow_connection, airflow_variable, create_secret_file, exposed_mode
+from pipeline.secret_store import airflow_connection, airflow_variable, create_secret_file, exposed_mode, unsealed_publishing_key
 
 
 ALGORITHM = "Ed25519"
@@ -196,7 +196,15 @@ def key_file_fingerprint(path: Path) -> str:
 
 
 def _airflow_secret() -> tuple[str, str] | None:
-    """(PEM text, where) from the Airflow connection or variable, or None outside Airflow or when unset."""
+    """(PEM text, where) from the Airflow connection or variable, or None outside Airflow or when unset.
+
+    The embedded runner keeps the key's environment variables out of the Airflow process's environment
+    and seals them (pipeline.orchestration.key_holder); they are put back only for this lookup."""
+    with unsealed_publishing_key():
+        return _airflow_lookup()
+
+
+def _airflow_lookup() -> tuple[str, str] | None:
     conn = airflow_connection(AIRFLOW_CONN_ID)
     if conn is not None:
         if conn.password:
