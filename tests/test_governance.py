@@ -30,6 +30,7 @@ from pipeline.publish.privacy import (
 )
 from pipeline.publish.release import publish_release, stage_release, validate_release
 from pipeline.settings import RunConfig
+from pipeline.zones import records_path
 
 LABEL = "gov-1"
 NHS_NUMBER = "9990000018"  # test range, passes Modulus 11: must never appear in a message
@@ -167,6 +168,20 @@ def test_a_study_id_that_is_a_near_miss_token_is_refused(cfg, published) -> None
     message = refused(cfg, published)
     assert "persons.parquet, column tok_surname_near: rule 'study IDs are not tokens' broken: 1 study ID(s)" in message
     assert token not in message
+
+
+def test_a_study_id_that_is_a_record_token_or_a_block_number_is_refused(cfg, published) -> None:
+    # Each token column is read only for study IDs of its shape (its contract's pattern; digits for a
+    # block number): these have the shapes of the record tokens and of the token blocks' numbers.
+    record = pl.read_parquet(records_path(cfg.pseudonymised_dir, "gp_events"), columns=["record_id"]).get_column("record_id")[0]
+    stage_release(cfg)
+    ids = pl.int_range(pl.len())
+    swapped = pl.when(ids == 0).then(pl.lit(record)).when(ids == 1).then(pl.lit("0")).otherwise(pl.col("study_id"))
+    tamper(cfg, "cohort", lambda df: df.with_columns(swapped.alias("study_id")))
+    message = refused(cfg, published)
+    assert "gp_events.parquet, column record_id: rule 'study IDs are not tokens' broken: 1 study ID(s)" in message
+    assert "gp_events.parquet, column token_block: rule 'study IDs are not tokens' broken: 1 study ID(s)" in message
+    assert record not in message
 
 
 def test_a_failed_critical_expectation_is_refused(cfg, published) -> None:
