@@ -372,10 +372,10 @@ def _check_not_tokens(release_dir: Path, token_files: list[tuple[str, Path]], re
                 ids.append(pl.scan_parquet(path).select(pl.col(c.name).cast(pl.String).alias("id")))
     if not ids:
         return
-    # The study IDs are few (one per participant); the token files hold millions of blocks. So each
-    # token file is read once, every token column looked up in the set of study IDs as it streams by.
-    # Streamed: the key columns of every table are many rows (the panel has one a person-month), their
-    # distinct values one a participant.
+    # The study IDs are few (one per participant); the token files hold millions of blocks. So the
+    # study IDs are gathered once (streamed: the key columns of every table are many rows, the panel
+    # has one a person-month, their distinct values one a participant), and each token column that
+    # could hold one of them is streamed past that set.
     all_ids = pl.concat(ids).unique().collect(engine="streaming").get_column("id")
     for contract_name, path in token_files:
         names = pl.scan_parquet(path).collect_schema().names()
