@@ -536,6 +536,8 @@ class AirflowStack:
             AIRFLOW__API__SECRET_KEY=secrets.token_urlsafe(32),
             AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_urlsafe(48),
             AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK="False",
+            # As docker-compose.yml: a task's slot is freed about a second after it ends, not five.
+            AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL="1",
             # Celery names its processes with setproctitle, which by default writes the title over the
             # process's environment block; then /proc/<pid>/environ no longer shows what a worker was
             # started with, and the test that reads it (for keys that must not be there) would see nothing.
