@@ -73,7 +73,8 @@ class KeyWatch(threading.Thread):
     validation and token workers, DuckDB, Java), whether its environment (/proc/<pid>/environ, which
     any process of the same user can read) names one of the key's variables or holds the key's text,
     and, look by look, when it held the key holder's sealed environment open (a file descriptor whose
-    link names the memfd `pprl-key-holder`).
+    link names the memfd `pprl-key-holder`); the same for the publishing key's variables, its PEM text
+    and whether the process ever held its seal (`pprl-publishing-key`).
     """
 
     def __init__(self, key_text: bytes, publishing_text: bytes, interval: float = 0.02):
