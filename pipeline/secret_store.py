@@ -60,9 +60,15 @@ def read_seal(fd: int) -> dict[str, str]:
 
 def _publishing_seal() -> int | None:
     """The descriptor of the sealed publishing key this process was given, if it is the seal: a number
-    inherited by a process that was not given the descriptor itself names some other file."""
+    inherited by a process that was not given the descriptor itself names some other file. Where there
+    is no /proc (not Linux, so no memfd and no name to check), an open descriptor is taken for it."""
     value = os.environ.get(PUBLISHING_SEALED_FD_VARIABLE, "")
     if not value.isdigit():
+        return None
+    if not os.path.isdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            os.fstat(int(value))
+            return int(value)
         return None
     with contextlib.suppress(OSError):
         if PUBLISHING_SEALED_NAME in os.readlink(f"/proc/self/fd/{value}"):

@@ -22,6 +22,7 @@ from test_key_boundary import KEY_MODULES
 from pipeline import errors
 from pipeline.orchestration import key_holder
 from pipeline.orchestration.embedded import DAGS_FOLDER, airflow_env
+from pipeline import secret_store
 from pipeline.secret_store import PUBLISHING_SEALED_FD_VARIABLE, PUBLISHING_SEALED_NAME, unsealed_publishing_key
 from pipeline.settings import SOURCES
 
@@ -168,6 +169,10 @@ def test_the_publishing_key_is_in_the_environment_only_while_it_is_looked_up(mon
         assert "AIRFLOW_VAR_PPRL_PUBLISHING_KEY" not in os.environ
         with unsealed_publishing_key():  # the seal stays open: a retried publish signs too
             assert os.environ["AIRFLOW_VAR_PPRL_PUBLISHING_KEY"] == "pem text"
+        with monkeypatch.context() as no_proc:  # no /proc (not Linux): an open descriptor is the seal
+            no_proc.setattr(secret_store.os.path, "isdir", lambda path: False)
+            with unsealed_publishing_key():
+                assert os.environ["AIRFLOW_VAR_PPRL_PUBLISHING_KEY"] == "pem text"
     # A descriptor number that names another file (inherited by a process not given the seal) is no seal.
     with open(os.devnull) as other:
         monkeypatch.setenv(PUBLISHING_SEALED_FD_VARIABLE, str(other.fileno()))
