@@ -69,12 +69,14 @@ class KeyWatch(threading.Thread):
     """Looks at every process under this one, every 20 ms while a run goes, for the linkage key and
     the publishing key.
 
-    For each process it keeps its role (the embedded Airflow process, a key holder's child, or another:
-    validation and token workers, DuckDB, Java), whether its environment (/proc/<pid>/environ, which
-    any process of the same user can read) names one of the key's variables or holds the key's text,
-    and, look by look, when it held the key holder's sealed environment open (a file descriptor whose
-    link names the memfd `pprl-key-holder`); the same for the publishing key's variables, its PEM text
-    and whether the process ever held its seal (`pprl-publishing-key`).
+    Look by look, for each process: its role (the embedded Airflow process, a key holder's child, or
+    another: validation and token workers, DuckDB, Java), taken afresh each time, because a child
+    between fork and exec still shows its parent's command line and descriptors; and whether it held
+    the key holder's sealed environment open (a file descriptor whose link names the memfd
+    `pprl-key-holder`) or the publishing key's (`pprl-publishing-key`). Once per command line: whether
+    its environment (/proc/<pid>/environ, which any process of the same user can read) names one of a
+    key's variables or holds a key's text. `direct` marks the process this one started (the Airflow
+    process of `run_embedded`).
     """
 
     def __init__(self, key_text: bytes, publishing_text: bytes, interval: float = 0.02):
@@ -95,28 +97,26 @@ class KeyWatch(threading.Thread):
         me = psutil.Process()
         while not self.stopping.wait(self.interval):
             try:
+                direct = {child.pid for child in me.children()}
                 children = me.children(recursive=True)
             except psutil.Error:
                 continue
             for child in children:
-                self._look(child.pid)
+                self._look(child.pid, child.pid in direct)
 
-    def _look(self, pid: int) -> None:
+    def _look(self, pid: int, direct: bool) -> None:
         proc = Path(f"/proc/{pid}")
         try:
             command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if pid not in self.seen:
-                environ = (proc / "environ").read_bytes()
-                self.seen[pid] = {
-                    "role": self._role(command),
-                    "command": command[:200],
-                    "variables": sorted(n for n in KEY_ENVIRONMENT if f"\0{n}=".encode() in b"\0" + environ),
-                    "key_in_environment": self.key_text in environ,
-                    "publishing_variables": sorted(n for n in PUBLISHING_KEY_IN_ENVIRONMENT if f"\0{n}=".encode() in b"\0" + environ),
-                    "publishing_key_in_environment": self.publishing_text in environ,
-                    "holds_sealed": [],
-                    "holds_publishing_seal": False,
-                }
+            seen = self.seen.setdefault(pid, {"direct": direct, "commands": [], "variables": [], "key_in_environment": False,
+                                              "publishing_variables": [], "publishing_key_in_environment": False, "looks": []})  # fmt: skip
+            if command not in seen["commands"]:
+                environ = b"\0" + (proc / "environ").read_bytes()
+                seen["commands"].append(command)
+                seen["variables"] += [n for n in KEY_ENVIRONMENT if f"\0{n}=".encode() in environ]
+                seen["key_in_environment"] |= self.key_text in environ
+                seen["publishing_variables"] += [n for n in PUBLISHING_KEY_IN_ENVIRONMENT if f"\0{n}=".encode() in environ]
+                seen["publishing_key_in_environment"] |= self.publishing_text in environ
             links = []
             for fd in os.listdir(proc / "fd"):
                 try:
@@ -125,8 +125,9 @@ class KeyWatch(threading.Thread):
                     continue
         except OSError:
             return  # it ended while being looked at
-        self.seen[pid]["holds_sealed"].append((time.time(), any(SEALED_NAME in link for link in links)))
-        self.seen[pid]["holds_publishing_seal"] |= any(PUBLISHING_SEALED_NAME in link for link in links)
+        seen["role"] = self._role(command)
+        seen["looks"].append({"at": time.time(), "role": seen["role"], "sealed": any(SEALED_NAME in link for link in links),
+                              "publishing_sealed": any(PUBLISHING_SEALED_NAME in link for link in links)})  # fmt: skip
 
     @staticmethod
     def _role(command: str) -> str:
@@ -165,17 +166,18 @@ def test_the_linkage_key_reaches_the_key_holders_children_and_no_other_process(r
     /proc/<pid>/environ. The runner now starts Airflow without it and hands it, sealed, to the key
     holder's children only; the Airflow process passes the seal on unread and closes it once the last
     DAG with a key holder's task has run."""
-    seen = list(run["watch"].seen.values())
-    roles = [p["role"] for p in seen]
-    assert roles.count("airflow") == 1 and roles.count("key holder") >= 2, roles  # the watch saw them
+    seen = [p for p in run["watch"].seen.values() if p["looks"]]
+    airflow = [p for p in seen if p["direct"] and p["role"] == "airflow"]
+    assert len(airflow) == 1 and [p["role"] for p in seen].count("key holder") >= 2, [p["commands"] for p in seen]  # the watch saw them
     for process in seen:
-        assert process["variables"] == [] and not process["key_in_environment"], process["command"]
-    holders = [p for p in seen if any(held for _, held in p["holds_sealed"])]
-    assert {p["role"] for p in holders} <= {"airflow", "key holder"}, [p["command"] for p in holders]
+        assert process["variables"] == [] and not process["key_in_environment"], process["commands"]
+    # Only the Airflow process (or a child of it not yet past exec, which is still its program) and the
+    # key holder's children held the seal.
+    held_by = {look["role"] for p in seen for look in p["looks"] if look["sealed"]}
+    assert held_by <= {"airflow", "key holder"}, held_by
     # The Airflow process held the seal while the key holder's DAG ran, and let go of it before the DAGs
     # that link and publish began (by the task times Airflow recorded).
-    airflow = next(p for p in seen if p["role"] == "airflow")
-    held = [when for when, holds in airflow["holds_sealed"] if holds]
+    held = [look["at"] for look in airflow[0]["looks"] if look["sealed"]]
     spans = {dag_id: (min(dt.datetime.fromisoformat(t["started"]).timestamp() for t in dag["tasks"]),
                       max(dt.datetime.fromisoformat(t["ended"]).timestamp() for t in dag["tasks"]))
              for dag_id, dag in run["result"]["dags"].items()}  # fmt: skip
@@ -193,12 +195,14 @@ def test_the_publishing_key_reaches_no_process_but_the_one_that_signs(run):
     JVM. Any of them, or anything that read its /proc/<pid>/environ, could sign a forged release that
     an auditor would accept. The runner now starts Airflow without it and seals it; only the Airflow
     process, where the publish task signs, holds the seal, and it reads it only while it signs."""
-    seen = list(run["watch"].seen.values())
-    assert [p["role"] for p in seen].count("airflow") == 1
+    seen = [p for p in run["watch"].seen.values() if p["looks"]]
+    airflow = [p for p in seen if p["direct"] and p["role"] == "airflow"]
+    assert len(airflow) == 1
     for process in seen:
-        assert process["publishing_variables"] == [] and not process["publishing_key_in_environment"], process["command"]
-    holders = [p["role"] for p in seen if p["holds_publishing_seal"]]
-    assert holders == ["airflow"], holders
+        assert process["publishing_variables"] == [] and not process["publishing_key_in_environment"], process["commands"]
+    # Held by the Airflow process (or a child of it not yet past exec, which is still its program) only.
+    assert {look["role"] for p in seen for look in p["looks"] if look["publishing_sealed"]} == {"airflow"}
+    assert any(look["publishing_sealed"] for look in airflow[0]["looks"])
     # The release was signed all the same, with the key from the connection.
     manifest = io.read_json(run["cfg"].release_dir / "manifest.json")
     assert manifest["signing"]["fingerprint"] == run["publishing"].fingerprint
