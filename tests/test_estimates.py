@@ -107,3 +107,13 @@ def test_a_fit_is_freed_when_its_estimate_is_returned():
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def test_participants_are_numbered_as_numpy_numbers_its_unique_values():
+    """cluster_groups numbers participants with Polars; the numbers, and so every clustered error, are
+    those numpy's unique(return_inverse=True) gave before."""
+    rng = np.random.default_rng(3)
+    ids = np.array([f"S{v:x}" for v in rng.integers(0, 400, 1_000)])
+    sets = np.arange(1_000) // 3
+    assert np.array_equal(cluster_groups(sets, pl.Series(ids))[:, 1], np.unique(ids, return_inverse=True)[1])
+    assert np.array_equal(cluster_groups(sets, ids), cluster_groups(sets, pl.Series(ids)))

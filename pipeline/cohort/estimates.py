@@ -111,7 +111,7 @@ def _row(sample: str, outcome: str, estimator: str, n_mdt: int, n_comp: int, fit
     return {**row, "estimate": float(b), "std_error": float(se), "ci_low": float(low), "ci_high": float(high), "p_value": p}
 
 
-def cluster_groups(sets: np.ndarray, participants: np.ndarray) -> np.ndarray:
+def cluster_groups(sets: np.ndarray, participants: pl.Series | np.ndarray) -> np.ndarray:
     """What the standard errors are clustered by, for matched rows with these sets and participants.
 
     The matched set, one-way, when everyone is in one set (matching without replacement); when someone
@@ -126,8 +126,11 @@ def cluster_groups(sets: np.ndarray, participants: np.ndarray) -> np.ndarray:
     >>> cluster_groups(np.array([1, 1, 2, 2]), np.array(["a", "b", "c", "b"])).tolist()
     [[1, 0], [1, 1], [2, 2], [2, 1]]
     """
-    _, person = np.unique(participants, return_inverse=True)
-    if person.max(initial=-1) + 1 == len(participants):
+    # Each participant's place among the distinct IDs in sorted order, as numpy's
+    # `unique(return_inverse=True)` numbers them; Polars' dense rank gives the same numbers several
+    # times faster than numpy's sort of Python strings (20 of the cohort stage's 205 s at 1M people).
+    person = (pl.Series(participants).rank("dense") - 1).cast(pl.Int64).to_numpy()
+    if person.max(initial=-1) + 1 == len(person):
         return sets
     return np.column_stack([sets, person])
 
@@ -203,7 +206,7 @@ def estimate_effects(
             enough = n_mdt >= min_group and n_comp >= min_group
             y = d.get_column(outcome).cast(pl.Float64).fill_null(0.0).to_numpy()
             w = d.get_column("weight").to_numpy()
-            groups = cluster_groups(d.get_column("matched_set").to_numpy(), ids.to_numpy())
+            groups = cluster_groups(d.get_column("matched_set").to_numpy(), ids)
             rows.append(_row(m.name, outcome, "mean_difference", n_mdt, n_comp, mean_difference(y, mdt, w, groups) if enough else None, False))
             if outcome != EQ5D_OUTCOME:
                 adjust = d.select(pl.col("^_c.*$")).to_numpy()
