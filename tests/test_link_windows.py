@@ -52,3 +52,13 @@ def test_a_payload_out_of_step_with_the_record_blocks_is_refused(plan, damage):
     with pytest.raises(PipelineError, match="do not hold the same records in the same order") as err:
         list(stage._windows(plan, "gp_events", facts=True))
     assert "payload" in str(err.value) and "records" in str(err.value)
+
+
+@pytest.mark.parametrize("keys", [[3, 0, 2, 1], [0, 1, 5, 2], [1, 2, 3, 4], []], ids=["numbered", "gap", "from_one", "empty"])
+def test_a_window_finds_its_rows_by_number_as_a_join_would(keys):
+    """numbered_lookup gathers by position where the keys are 0..n-1 and joins otherwise; either way
+    each window row gets what the left join gives it, nulls and unknown keys included, in its order."""
+    table = pl.DataFrame({"k": keys, "v": [f"v{k}" for k in keys], "w": [float(k) for k in keys]}, schema={"k": pl.Int64, "v": pl.String, "w": pl.Float64})
+    window = pl.DataFrame({"k": [2, None, 0, 9, 3, 2, -1, 1, 4, 5]}, schema={"k": pl.Int64})
+    expected = window.join(table, on="k", how="left", maintain_order="left")
+    assert stage.numbered_lookup(table, "k")(window).equals(expected)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -351,7 +351,7 @@ def _write_link_map(plan: LinkPlan, kid: str, persons: pl.DataFrame) -> Tallies:
     contract = load_contract("link_map")
     schema = contract.arrow_schema()
     schema = schema.with_metadata({**(schema.metadata or {}), b"pprl_kid": kid.encode()})
-    ids = persons.select(pl.col("uid").cast(pl.UInt32).alias(PARTICIPANT), "participant_id")
+    participant_ids = numbered_lookup(persons.select(pl.col("uid").cast(pl.UInt32).alias(PARTICIPANT), "participant_id"), PARTICIPANT)
     uids = persons.select("participant_id", pl.col("uid").cast(pl.UInt32).alias(PARTICIPANT))
     facts = all(plan.payloads.get(s) and plan.payloads[s].exists() for s in plan.sources)
     categories: list[pl.DataFrame] = []
@@ -368,11 +368,12 @@ def _write_link_map(plan: LinkPlan, kid: str, persons: pl.DataFrame) -> Tallies:
             )
             if facts:
                 by_block = by_block.join(_identifiers_present(plan.blocks[source]), on=TOKEN_BLOCK, how="left")
-            del result
+            block_results = numbered_lookup(by_block, TOKEN_BLOCK)
+            del result, by_block
             source_categories, source_linked = [], []
             for window in _windows(plan, source, facts):
-                rows = window.join(by_block, on=TOKEN_BLOCK, how="left", maintain_order="left").with_columns(source=pl.lit(source))
-                link = rows.join(ids, on=PARTICIPANT, how="left", maintain_order="left")
+                rows = block_results(window).with_columns(source=pl.lit(source))
+                link = participant_ids(rows)
                 writer.write_table(to_arrow(link, contract).replace_schema_metadata(schema.metadata), row_group_size=WINDOW)
                 c, p = tally(rows.lazy(), facts)
                 source_categories.append(c.collect())
@@ -384,6 +385,35 @@ def _write_link_map(plan: LinkPlan, kid: str, persons: pl.DataFrame) -> Tallies:
 
 
 Tallies = tuple[pl.DataFrame, pl.DataFrame]
+
+
+def numbered_lookup(table: pl.DataFrame, key: str) -> Callable[[pl.DataFrame], pl.DataFrame]:
+    """A function that left-joins a window of rows to `table` (one row per `key` value) on `key`,
+    keeping the window's order.
+
+    Token blocks and participants are numbered 0 to n - 1 (pipeline.pseudonymise numbers the blocks,
+    prepare_link the participants), so where the table's keys are exactly those numbers, row k of
+    the table sorted by key is key k's, and the join is a gather by position: the same rows, without
+    a hash table of the whole table built again for each window (at 1 million people, 2.5 million
+    GP blocks 32 times over: a quarter of the link map's time). A key outside 0..n-1 finds nothing,
+    as in the join. Any other table is joined.
+
+    >>> blocks = pl.DataFrame({"b": [1, 0], "p": ["y", "x"]})
+    >>> numbered_lookup(blocks, "b")(pl.DataFrame({"b": [0, None, 1, 7]})).rows()
+    [(0, 'x'), (None, None), (1, 'y'), (7, None)]
+    """
+    n = table.height
+    keys = table.get_column(key)
+    if n == 0 or not (keys.min() == 0 and keys.max() == n - 1 and keys.n_unique() == n):
+        return lambda window: window.join(table, on=key, how="left", maintain_order="left")
+    values = table.sort(key).drop(key)
+
+    def join(window: pl.DataFrame) -> pl.DataFrame:
+        at = window.get_column(key)
+        at = pl.select(pl.when(at.is_between(0, n - 1)).then(at)).to_series()
+        return pl.concat([window, values.select(pl.all().gather(at))], how="horizontal")
+
+    return join
 
 
 def _identifiers_present(blocks: Path) -> pl.DataFrame:
