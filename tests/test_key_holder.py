@@ -19,10 +19,9 @@ from conftest import RELIABILITY_LABEL, file_hashes
 
 from test_key_boundary import KEY_MODULES
 
-from pipeline import errors
+from pipeline import errors, secret_store
 from pipeline.orchestration import key_holder
 from pipeline.orchestration.embedded import DAGS_FOLDER, airflow_env
-from pipeline import secret_store
 from pipeline.secret_store import PUBLISHING_SEALED_FD_VARIABLE, PUBLISHING_SEALED_NAME, unsealed_publishing_key
 from pipeline.settings import SOURCES
 

@@ -394,8 +394,8 @@ def numbered_lookup(table: pl.DataFrame, key: str) -> Callable[[pl.DataFrame], p
     Token blocks and participants are numbered 0 to n - 1 (pipeline.pseudonymise numbers the blocks,
     prepare_link the participants), so where the table's keys are exactly those numbers, row k of
     the table sorted by key is key k's, and the join is a gather by position: the same rows, without
-    a hash table of the whole table built again for each window (at 1 million people, 2.5 million
-    GP blocks 32 times over: a quarter of the link map's time). A key outside 0..n-1 finds nothing,
+    a join against the whole table for each window (at 1 million people, 2.5 million GP blocks 32
+    times over: a quarter of the link map's time). A key outside 0..n-1 finds nothing,
     as in the join. Any other table is joined.
 
     >>> blocks = pl.DataFrame({"b": [1, 0], "p": ["y", "x"]})
