@@ -402,6 +402,27 @@ def test_rerun_overwrites_and_leaves_no_gx_project(tmp_path: Path, monkeypatch: 
     assert sorted(p.name for p in (tmp_path / "reports").rglob("*.json")) == ["raw.json"]
 
 
+def test_data_docs_templates_are_compiled_once_per_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GX gives every view of every site a Jinja environment of its own; a second site in the same
+    process compiles none of the templates again."""
+    import jinja2
+
+    compiled: list[str] = []
+    compile_template = jinja2.Environment.compile
+
+    def counting(self, source, name=None, *args, **kwargs):
+        compiled.append(name)
+        return compile_template(self, source, name, *args, **kwargs)
+
+    monkeypatch.setattr(jinja2.Environment, "compile", counting)
+    apc = write(apc_rows(), "hospital_apc", tmp_path / "in" / "hospital_apc.parquet")
+    validate_files("raw", {"hospital_apc": [apc]}, tmp_path / "first", "run-1", parameters=WINDOW)
+    compiled.clear()  # (none when an earlier test in this process built a site)
+    validate_files("raw", {"hospital_apc": [apc]}, tmp_path / "second", "run-1", parameters=WINDOW)
+    assert compiled == []
+    assert (tmp_path / "second" / "data_docs" / "raw" / "index.html").is_file()
+
+
 def test_zones_share_a_reports_folder(tmp_path: Path) -> None:
     apc = write(apc_rows(), "hospital_apc", tmp_path / "in" / "hospital_apc.parquet")
     persons = write(clean_frame("study_persons"), "study_persons", tmp_path / "in" / "study_persons.parquet")

@@ -34,6 +34,7 @@ from great_expectations.data_context.types.resource_identifiers import (  # noqa
 from great_expectations.expectations.expectation_configuration import ExpectationConfiguration  # noqa: E402
 from great_expectations.execution_engine import pandas_execution_engine as _pandas_engine  # noqa: E402
 from great_expectations.render.renderer.renderer import Renderer  # noqa: E402
+from great_expectations.render.view import DefaultJinjaIndexPageView, DefaultJinjaPageView  # noqa: E402
 from great_expectations.validator.v1_validator import Validator  # noqa: E402
 
 # GX fingerprints every pandas batch below this many bytes with an MD5 over all its values: a full
@@ -43,6 +44,8 @@ _pandas_engine.HASH_THRESHOLD = 0
 
 __all__ = [
     "DataContextConfig",
+    "DefaultJinjaIndexPageView",
+    "DefaultJinjaPageView",
     "ExpectationConfiguration",
     "ExpectationSuiteIdentifier",
     "ExpectationSuiteValidationResult",

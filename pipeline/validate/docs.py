@@ -22,9 +22,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jinja2
+
 from pipeline import io
 from pipeline.validate._gx import (
     DataContextConfig,
+    DefaultJinjaIndexPageView,
+    DefaultJinjaPageView,
     ExpectationSuiteIdentifier,
     InMemoryStoreBackendDefaults,
     ProgressBarsConfig,
@@ -36,6 +40,50 @@ from pipeline.validate.outcomes import FileOutcome
 
 SITE_NAME = "pipeline_validation"
 STATIC_INDEX_ID = "pipeline-static-results"
+
+
+class _CompiledTemplates(jinja2.BytecodeCache):
+    """Data Docs' Jinja templates compiled once per process, not once per page view.
+
+    GX gives each view of a site (the index and three sections) a Jinja environment of its own, and
+    a site is built anew for every zone, so each template was parsed and compiled about four times
+    per zone (for 300 people, 0.6 s of validate_pseudonymised's 4.4 s). Jinja keeps the code with a
+    checksum of the template's source and compiles again when the source differs.
+    """
+
+    def __init__(self) -> None:
+        self._code: dict[str, bytes] = {}
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        code = self._code.get(bucket.key)
+        if code is not None:
+            bucket.bytecode_from_string(code)
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        self._code[bucket.key] = bucket.bytecode_to_string()
+
+
+_TEMPLATES = _CompiledTemplates()
+
+
+class PageView(DefaultJinjaPageView):
+    """GX's page view, its templates from the process's compiled ones."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.env.bytecode_cache = _TEMPLATES
+
+
+class IndexPageView(DefaultJinjaIndexPageView):
+    """GX's index page view, its templates from the process's compiled ones."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.env.bytecode_cache = _TEMPLATES
+
+
+def _view(cls: type) -> dict[str, str]:
+    return {"module_name": __name__, "class_name": cls.__name__}
 
 
 def ephemeral_context(site_dir: Path) -> Any:
@@ -50,7 +98,10 @@ def ephemeral_context(site_dir: Path) -> Any:
                 "class_name": "SiteBuilder",
                 "show_how_to_buttons": False,
                 "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(site_dir)},
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder", "view": _view(IndexPageView)},
+                "site_section_builders": {
+                    section: {"view": _view(PageView)} for section in ("expectations", "validations", "profiling")
+                },
             }
         },
     )
