@@ -177,7 +177,11 @@ def train_model(
                 backend.sql(with_nhs_rule(rule)), estimate_without_term_frequencies=True, max_pairs=options.em_max_pairs
             )
             seconds[f"train_em{i}"] = round(time.perf_counter() - t, 1)
-        return floor_m(backend.model(linker.misc.save_model_to_json(), settings), options.m_floor)
+        model = backend.model(linker.misc.save_model_to_json(), settings)
+        # Splink names each linker with a fresh random ID and saves it with the model; without it the
+        # model file is the same on every run of the same inputs (Splink names a loaded model anew).
+        model.pop("linker_uid", None)
+        return floor_m(model, options.m_floor)
 
 
 # Scored pairs per range part, about this many (each part is sorted, reweighted and resolved in
