@@ -23,9 +23,9 @@ os.environ[KEY_HOLDER_PROCESS] = IN_PROCESS
 # so that no worker starts one of them while the other has nothing left to do. The rest follow in
 # their usual order.
 SLOWEST_FIRST = (
-    "integration/test_celery_deployment.py",  # 280 s: Postgres, Redis and Airflow's services
-    "test_crash_safety.py",  # 240 s
+    "integration/test_celery_deployment.py",  # 225 s: Postgres, Redis and Airflow's services
     "test_end_to_end.py",  # 150 s
+    "test_crash_safety.py",  # 130 s
     "test_privacy_zones.py",  # 120 s
     "test_dags.py",  # 85 s
     "test_key_holder.py",  # 70 s
