@@ -334,6 +334,34 @@ def test_love_plot_is_the_same_bytes_every_time(tmp_path: Path):
     assert a == b and a[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize("over_in", ["all", "site=north", None])
+def test_the_love_plots_legend_names_every_marker_any_panel_draws(tmp_path: Path, monkeypatch, over_in):
+    """The legend is on the first panel; the red triangle (after matching, above the threshold) must
+    be in it whenever any panel draws one, not only when the first panel does."""
+    import matplotlib.pyplot as plt
+
+    balance = pl.DataFrame(
+        {
+            "sample": ["all", "all", "site=north", "site=north"],
+            "covariate": ["age_at_index", "n_ltc", "age_at_index", "n_ltc"],
+            "covariate_type": ["continuous"] * 4,
+            "smd_before": [0.4, -0.3, 0.5, 0.2],
+            "smd_after": [0.3 if over_in == "all" else 0.02, 0.05, -0.3 if over_in == "site=north" else 0.01, 0.0],
+            "variance_ratio_before": [1.1, 1.2, 1.0, 1.0],
+            "variance_ratio_after": [1.0, 1.0, 1.0, 1.0],
+        }
+    )
+    drawn = []
+    monkeypatch.setattr(plt, "close", drawn.append)
+    draw_love_plot(balance, covariate_names(), tmp_path / "plot.png")
+    (figure,) = drawn
+    legend = figure.axes[0].get_legend()
+    labels = [t.get_text() for t in legend.get_texts()]
+    monkeypatch.undo()
+    plt.close(figure)
+    assert labels == ["before", "after"] + ([] if over_in is None else ["after, above 0.1"])
+
+
 def test_love_plot_orders_covariates_by_unadjusted_smd_of_the_first_sample():
     from pipeline.cohort.love_plot import covariate_order
 

@@ -75,6 +75,7 @@ def draw_love_plot(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
     facts = facts or {}
@@ -87,19 +88,21 @@ def draw_love_plot(
         gridspec_kw={"hspace": 0.3, "wspace": 0.12},
     )  # fmt: skip
     top = max(2 * threshold, float(balance.select(pl.max_horizontal(pl.col("smd_before").abs(), pl.col("smd_after").abs()).max()).item() or 0))
+    any_over = False
     for k, sample in enumerate(samples):
         rows = balance.filter(pl.col("sample") == sample)
         ys = [y[c] for c in rows.get_column("covariate").to_list()]
         before, after = _values(rows, "smd_before"), _values(rows, "smd_after")
         over = [a > threshold for a in after]
+        any_over |= any(over)
         ax = axes[0][k]
         ax.axvline(threshold, color="grey", linestyle="--", linewidth=0.8)
-        ax.scatter(before, ys, facecolors="none", edgecolors="#b2182b", s=22, label="before")
+        ax.scatter(before, ys, facecolors="none", edgecolors="#b2182b", s=22)
         ax.scatter([a for a, o in zip(after, over, strict=True) if not o], [v for v, o in zip(ys, over, strict=True) if not o],
-                   color="#2166ac", s=22, label="after")  # fmt: skip
+                   color="#2166ac", s=22)  # fmt: skip
         if any(over):
             ax.scatter([a for a, o in zip(after, over, strict=True) if o], [v for v, o in zip(ys, over, strict=True) if o],
-                       color="#d7301f", marker="^", s=46, label=f"after, above {threshold:g}")  # fmt: skip
+                       color="#d7301f", marker="^", s=46)  # fmt: skip
         fact = facts.get(sample)
         unbalanced = fact is not None and not fact["balanced"]
         ax.set_title(_title(sample, fact), fontsize=8.5, color="#b2182b" if unbalanced else "black", fontweight="bold" if unbalanced else "normal")
@@ -112,8 +115,8 @@ def draw_love_plot(
         bx = axes[1][k]
         bx.axvspan(*VARIANCE_RATIO_BAND, color="#f0f0f0", zorder=0)
         bx.axvline(1.0, color="grey", linestyle="--", linewidth=0.8)
-        bx.scatter(_values(vr, "variance_ratio_before", False), vys, facecolors="none", edgecolors="#b2182b", s=22, label="before")
-        bx.scatter(_values(vr, "variance_ratio_after", False), vys, color="#2166ac", s=22, label="after")
+        bx.scatter(_values(vr, "variance_ratio_before", False), vys, facecolors="none", edgecolors="#b2182b", s=22)
+        bx.scatter(_values(vr, "variance_ratio_after", False), vys, color="#2166ac", s=22)
         bx.set_xscale("log")
         bx.set_xlim(0.25, 4)
         bx.xaxis.set_major_locator(FixedLocator(VR_TICKS))
@@ -126,7 +129,16 @@ def draw_love_plot(
         row[0].set_yticks(range(len(names)), list(reversed(names)))
         for ax in row[1:]:
             ax.yaxis.set_major_locator(NullLocator())
-    axes[0][0].legend(fontsize=7.5, loc="lower right")
+    # One legend, on the first panel, for the markers of every panel: the triangle may be drawn
+    # only in another sample's panel. (A scatter's s is its marker's area in points squared, a
+    # line's markersize its width in points.)
+    marks = [
+        Line2D([], [], linestyle="none", marker="o", markersize=4.7, markerfacecolor="none", markeredgecolor="#b2182b", label="before"),
+        Line2D([], [], linestyle="none", marker="o", markersize=4.7, color="#2166ac", label="after"),
+    ]
+    if any_over:
+        marks.append(Line2D([], [], linestyle="none", marker="^", markersize=6.8, color="#d7301f", label=f"after, above {threshold:g}"))
+    axes[0][0].legend(handles=marks, fontsize=7.5, loc="lower right")
     axes[0][n // 2].set_xlabel(f"absolute standardised mean difference (threshold {threshold:g})", fontsize=9)
     axes[1][n // 2].set_xlabel("variance ratio, MDT / comparators (continuous covariates; 0.5-2 shaded)", fontsize=9)
     fig.suptitle("Covariate balance before and after matching, by sample (ordered by the whole study's unadjusted |SMD|)", fontsize=11)
