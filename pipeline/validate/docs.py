@@ -66,20 +66,20 @@ class _CompiledTemplates(jinja2.BytecodeCache):
 _TEMPLATES = _CompiledTemplates()
 
 
-class PageView(DefaultJinjaPageView):
-    """GX's page view, its templates from the process's compiled ones."""
+class _FromCompiledTemplates:
+    """A GX view whose Jinja environment takes its templates from the process's compiled ones."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.env.bytecode_cache = _TEMPLATES
 
 
-class IndexPageView(DefaultJinjaIndexPageView):
-    """GX's index page view, its templates from the process's compiled ones."""
+class PageView(_FromCompiledTemplates, DefaultJinjaPageView):
+    """GX's page view (the expectations, validations and profiling sections)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.env.bytecode_cache = _TEMPLATES
+
+class IndexPageView(_FromCompiledTemplates, DefaultJinjaIndexPageView):
+    """GX's index page view."""
 
 
 def _view(cls: type) -> dict[str, str]:
