@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from string import Template
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
+from string import Template
 from typing import Any, Literal
 
 import polars as pl
@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from pipeline.errors import ContractError, UnknownDatasetError, Violation
+from pipeline.repeats import count_repeats
 
 SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 
@@ -385,8 +386,6 @@ def check_frame(
 def _windowed_counts(lf: pl.LazyFrame, rules: list[tuple[Column, str, pl.Expr]], exprs: list[pl.Expr], window: int) -> tuple[int, ...]:
     """`lf.select(exprs)`'s counts: the rules but uniqueness summed over row windows of `lf` (each
     window decoded once), uniqueness over the whole of `lf` by pipeline.repeats."""
-    from pipeline.repeats import count_repeats  # here: pipeline.repeats spills through pipeline.io, which imports this module
-
     rows = lf.select(pl.len()).collect().item()
     unique = {i for i, (_, rule, _) in enumerate(rules) if rule == "unique"}
     summed = [e for i, e in enumerate(exprs) if i not in unique]
