@@ -204,6 +204,13 @@ def write_engine_scratch(relation: Any, path: Path) -> Path:
     return Path(path)
 
 
+# How split_scratch writes: lz4, and neither dictionaries nor statistics, which a scratch file read
+# back whole never uses. Each window adds a small row group to every part, and building a dictionary
+# and statistics for each took a third of the write: 4 million GP rows into 16 parts, 4.1 -> 2.8 s,
+# reading them back 0.19 -> 0.29 s, files 113 -> 149 MB.
+SPLIT_SCRATCH_OPTIONS: dict[str, Any] = {"compression": "lz4", "use_dictionary": False, "write_statistics": False}
+
+
 def split_scratch(lf: pl.LazyFrame, part_of: pl.Expr, folder: Path, window: int) -> dict[int, Path]:
     """The rows of `lf` written to one scratch file per part (`part_of`: the part of each row, an
     integer; a row whose part is null is left out), `window` rows read at a time, each part's rows
@@ -218,7 +225,7 @@ def split_scratch(lf: pl.LazyFrame, part_of: pl.Expr, folder: Path, window: int)
             for (k,), piece in frame.partition_by("_part", as_dict=True, include_key=False).items():
                 table = piece.to_arrow()
                 if k not in writers:
-                    writers[k] = pq.ParquetWriter(folder / f"part-{k:06d}.parquet", table.schema, compression="lz4")
+                    writers[k] = pq.ParquetWriter(folder / f"part-{k:06d}.parquet", table.schema, **SPLIT_SCRATCH_OPTIONS)
                 writers[k].write_table(table)
             del frame
     finally:
