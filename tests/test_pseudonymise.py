@@ -26,7 +26,7 @@ from pipeline.pseudonymise.consent import REGISTER_ERRORS
 from pipeline.pseudonymise.inputs import scan_checked_input
 from pipeline.pseudonymise.records import QUARANTINE_REASON
 from pipeline.settings import SOURCES, RunConfig
-from pipeline.zones import blocks_path, inputs_file, payload_file, records_path, persons_file, scan_record_tokens, study_persons_file
+from pipeline.zones import blocks_path, inputs_file, payload_file, quarantine_file, records_path, persons_file, scan_record_tokens, study_persons_file
 
 FIXED_KEY = b"pprl-v3 public TEST key #005227."  # the published test key of tests/vectors/tokens_v3.json
 TOKEN_COLUMNS = list(load_contract("token_blocks").column_names[1:])
@@ -339,6 +339,27 @@ def test_a_big_extract_done_in_parts_gives_the_same_tokens_and_counts(limit, siz
     for folder in ("tokens", "records"):
         assert [p.name for p in (parts.pseudonymised_dir / folder).iterdir()] == ["gp_events.parquet"]
     assert not list(parts.pseudonymised_dir.glob(".parts-*"))
+
+
+def test_records_find_their_own_block_even_when_blocks_share_a_join_key(synthetic, monkeypatch):
+    """Records take their block by a 64-bit hash of their identifiers. A key of three values makes
+    blocks share it for certain: the records are then joined on the identifiers themselves, and the
+    record blocks, payload and quarantine are the same bytes as with the real key."""
+    from pipeline.pseudonymise import records
+
+    base, cfg = synthetic
+    weak = config(base, "weak-block-key", base / "key.json")
+    monkeypatch.setattr(records, "_block_key", lambda: (pl.struct(list(IDENTIFIERS)).hash(seed=0) % 3).alias(records._KEY))
+    joined_on_identifiers = []
+    real_join = pl.LazyFrame.join
+    monkeypatch.setattr(pl.LazyFrame, "join", lambda self, other, *a, **kw: joined_on_identifiers.append(kw.get("on")) or real_join(self, other, *a, **kw))
+    for source in ("gp_events", "hospital_apc"):
+        pseudonymise_source(weak, LinkageKey(FIXED_KEY, key_id(FIXED_KEY)), source)
+        for written in (lambda c: records_path(c.pseudonymised_dir, source), lambda c: payload_file(c, source), lambda c: quarantine_file(c, source)):
+            mine, real = written(weak), written(cfg)
+            assert mine != real and mine.exists() == real.exists(), real.name
+            assert not real.exists() or io.sha256_file(mine) == io.sha256_file(real), real.name
+    assert list(IDENTIFIERS) in joined_on_identifiers
 
 
 def test_linking_tokens_made_under_a_different_kid_is_refused(synthetic, tmp_path):
