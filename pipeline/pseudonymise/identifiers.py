@@ -332,9 +332,9 @@ def tokenise_blocks(
     `keep` holds on one of its rows and it has a usable identifier.
 
     Tokens are written once per token block, not once per row: a source's rows then take a block
-    number each, by a join on the identifier columns, and 50 million rows need a few million rows of
-    tokens (schemas/token_blocks.yaml, schemas/record_blocks.yaml). Blocks are numbered from
-    `first_block` (`number_token_blocks`).
+    number each, by a join on their identifiers (`pipeline.pseudonymise.records.with_blocks`), and
+    50 million rows need a few million rows of tokens (schemas/token_blocks.yaml,
+    schemas/record_blocks.yaml). Blocks are numbered from `first_block` (`number_token_blocks`).
     """
     table, not_kept, counts = _block_table(lf, key, keep, usable_only=True)
     numbered, blocks = number_token_blocks(table, first_block)
