@@ -3,6 +3,7 @@ an independent implementation, property tests of every canonical form, the fast 
 where keys come from."""
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -10,9 +11,11 @@ import importlib.util
 import json
 import re
 import os
+import signal
 import subprocess
 import string
 import sys
+import threading
 from pathlib import Path
 
 import polars as pl
@@ -356,6 +359,39 @@ def test_a_dead_worker_fails_the_call_and_the_next_call_starts_fresh_workers(mon
     assert hmac_pool._pool is None
     assert hmac_pool.hex_hmac(b"k" * 32, values, workers=2).to_list() == hmac_pool.hex_hmac(b"k" * 32, values, workers=0).to_list()
     hmac_pool._discard_pool()
+
+
+def test_a_worker_that_stops_answering_fails_the_call_instead_of_hanging(monkeypatch):
+    """A stuck worker (stopped with SIGSTOP, as a profiler or the kernel can stop a process) makes the
+    call fail with an error within the reply timeout, and the next call starts fresh workers."""
+    monkeypatch.setattr(hmac_pool, "PARALLEL_MIN_VALUES", 10)
+    monkeypatch.setattr(hmac_pool, "CHUNK_VALUES", 5)
+    monkeypatch.setattr(hmac_pool, "REPLY_TIMEOUT_S", 0.5)
+    values = pl.Series("v", [str(i) for i in range(50)])
+    hmac_pool._discard_pool()
+    stuck = hmac_pool._shared_pool(2).workers[0].proc
+    os.kill(stuck.pid, signal.SIGSTOP)
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            hmac_pool.hex_hmac(b"k" * 32, values, workers=2)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    try:
+        # In a thread, so that a call that waits for ever fails this test instead of hanging the suite.
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
+        caller.join(timeout=30)
+        assert not caller.is_alive(), "the call still waits for the stopped worker"
+        assert len(outcome) == 1 and isinstance(outcome[0], TimeoutError) and "sent no reply for 0 s" in str(outcome[0])
+        assert hmac_pool._pool is None and stuck.wait(timeout=10) == -signal.SIGKILL
+        assert hmac_pool.hex_hmac(b"k" * 32, values, workers=2).to_list() == hmac_pool.hex_hmac(b"k" * 32, values, workers=0).to_list()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stuck.pid, signal.SIGKILL)
+        hmac_pool._discard_pool()
 
 
 @pytest.mark.parametrize("values,message", [([None, "a"], "must not be null"), (["a\nb"], "line feed")])

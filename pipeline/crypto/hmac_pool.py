@@ -17,6 +17,8 @@ re-import the parent's `__main__` (the Airflow CLI, say) in every worker. A work
 key of one field at a time, never the linkage key: it is started without the environment variables
 that can carry the key, and holds nothing after its reply.
 
+A worker that sends nothing for `REPLY_TIMEOUT_S` is killed and the call fails (TimeoutError).
+
 `PPRL_TOKEN_WORKERS` sets the number of workers; 0 keeps all the work in this process. The default
 is one per CPU this process may run on (none on a one-CPU machine).
 """
@@ -27,6 +29,7 @@ import atexit
 import contextlib
 import fcntl
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -46,6 +49,10 @@ PARALLEL_MIN_VALUES = 16_384
 CHUNK_VALUES = 131_072
 WORKER_MODULE = "pipeline.crypto.hmac_batch"
 PIPE_BYTES = 1 << 20
+# A worker answers a chunk in well under a second. One that has sent nothing for this long is stuck
+# (stopped, or its reply lost: seen once under a profiler that pauses processes to sample them), and
+# the call fails with an error the run can be retried after, instead of waiting for ever.
+REPLY_TIMEOUT_S = 300.0
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -83,12 +90,33 @@ class _Worker:
         self.proc.stdin.write(REQUEST.pack(key, count, len(joined)))
         self.proc.stdin.write(joined)
         self.proc.stdin.flush()
-        reply = self.proc.stdout.read(count * HEX_DIGEST)
+        reply = self._read(count * HEX_DIGEST)
         if len(reply) != count * HEX_DIGEST:
             raise RuntimeError(
                 f"token worker {self.proc.pid} stopped (exit code {self.proc.poll()}); the run can be retried"
             )
         return reply
+
+    def _read(self, n: int) -> bytes:
+        """`n` bytes of the worker's reply (fewer if it closed its end). A worker that sends nothing
+        for REPLY_TIMEOUT_S is killed and TimeoutError raised. Read from the pipe itself, never
+        through `proc.stdout`'s buffer."""
+        fd = self.proc.stdout.fileno()
+        parts: list[bytes] = []
+        got = 0
+        while got < n:
+            ready, _, _ = select.select([fd], [], [], REPLY_TIMEOUT_S)
+            if not ready:
+                self.proc.kill()
+                raise TimeoutError(
+                    f"token worker {self.proc.pid} sent no reply for {REPLY_TIMEOUT_S:.0f} s and was stopped; the run can be retried"
+                )
+            data = os.read(fd, min(n - got, PIPE_BYTES))
+            if not data:
+                break
+            parts.append(data)
+            got += len(data)
+        return b"".join(parts)
 
     def close(self) -> None:
         try:
