@@ -109,7 +109,7 @@ def count_repeats(
 def _spill(kept: pl.LazyFrame, rows: int, buckets: int, folder: Path, window: int) -> list[Path]:
     """Append each row's hash (`kept`'s column `_h`; a row not kept has none and is left out) to
     the file of its bucket, `hash % buckets`, `window` rows read at a time; return the files, one a
-    bucket. Memory: one window's hashes."""
+    bucket. Memory: one window of values and their hashes."""
     paths = [folder / f"bucket-{b:06d}.u64" for b in range(buckets)]
     with contextlib.ExitStack() as stack:
         files = [stack.enter_context(open(path, "wb")) for path in paths]
