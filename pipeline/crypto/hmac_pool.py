@@ -40,7 +40,9 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.crypto.hmac_batch import HEX_DIGEST, REQUEST, SEPARATOR, HmacSha256
-from pipeline.crypto.keys import KEY_ENVIRONMENT  # the variables a worker is started without
+# KEY_ENVIRONMENT: the variables a worker is started without.
+from pipeline.crypto.keys import KEY_ENVIRONMENT
+from pipeline.machine import usable_cpus
 
 # A pipe round trip costs about what hashing a few hundred values does.
 PARALLEL_MIN_VALUES = 16_384
@@ -61,10 +63,7 @@ def worker_count() -> int:
     configured = os.environ.get("PPRL_TOKEN_WORKERS")
     if configured is not None and configured.strip():
         return max(0, int(configured))
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     return cpus if cpus > 1 else 0
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from pipeline.machine import usable_cpus
 from pipeline.secret_store import KEY_ENVIRONMENT  # the variables a worker is started without
 
 if TYPE_CHECKING:
@@ -71,11 +72,7 @@ def worker_count(jobs: list[BatchJob]) -> int:
     if configured is not None and configured.strip():
         wanted = max(0, int(configured))
     else:
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            cpus = os.cpu_count() or 1
-        wanted = cpus - 1 if sum(job.rows for job in jobs) >= PARALLEL_MIN_ROWS else 0
+        wanted = usable_cpus() - 1 if sum(job.rows for job in jobs) >= PARALLEL_MIN_ROWS else 0
     return min(wanted, len(jobs) - 1)
 
 
