@@ -253,21 +253,25 @@ def _sink_schema(contract: Contract) -> pa.Schema:
     return pa.schema(fields, metadata=schema.metadata)
 
 
-def side_by_side(frames: Sequence[pl.LazyFrame], key: str, window: int, misaligned: Callable[[], Exception]) -> Iterator[list[pl.DataFrame]]:
+def side_by_side(
+    frames: Sequence[pl.LazyFrame], key: str | None, window: int, misaligned: Callable[[], Exception]
+) -> Iterator[list[pl.DataFrame]]:
     """Windows of `window` rows of frames that hold the same rows in the same order (files written
     from one pass, such as a source's record blocks and payload), read together: one list of
     frames per window, in order. Memory follows the window, and no join on `key` is needed; a
     `key` that differs between the frames in any row, or a different number of rows, raises
-    `misaligned()`. Slice plain scans (or their projections), not filtered ones: each window is
-    read by its row offset."""
+    `misaligned()`. With `key` None the caller has checked the order another way (a digest of the
+    file that was checked: see pipeline.zones) and only the numbers of rows are compared. Slice
+    plain scans (or their projections), not filtered ones: each window is read by its row offset."""
     sizes = {frame.select(pl.len()).collect().item() for frame in frames}
     if len(sizes) != 1:
         raise misaligned()
     for start in range(0, sizes.pop(), window):
         parts = [frame.slice(start, window).collect() for frame in frames]
-        first = parts[0].get_column(key)
-        if not all(part.get_column(key).equals(first) for part in parts[1:]):
-            raise misaligned()
+        if key is not None:
+            first = parts[0].get_column(key)
+            if not all(part.get_column(key).equals(first) for part in parts[1:]):
+                raise misaligned()
         yield parts
 
 

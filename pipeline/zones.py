@@ -31,7 +31,11 @@ readers that want it (tests, benchmarks, checks against the token spec's referen
 Row order is part of the layout: a source's record blocks, its payload and its rows of the link map
 hold the same records in the same order (the delivered extract's), so later stages read them side
 by side, window by window (pipeline.io.side_by_side), instead of joining tens of millions of rows on
-64-character record IDs. The link map holds the sources one after another in name order.
+64-character record IDs. The link map holds the sources one after another in name order. The link
+stage checks a source's record blocks and payload against each other record ID by record ID, and
+records the SHA-256 of each payload file it checked in the link map's metadata
+(`PAYLOAD_DIGESTS_METADATA`): the cohort then knows a payload file is the one the link map was
+written in step with by its digest, without reading its record IDs again.
 """
 
 from __future__ import annotations
@@ -57,6 +61,9 @@ Zone = Literal["pseudonymised", "linked"]
 # Zones whose label folders hold working files only, removed once the label is published.
 WORKING_ZONES: tuple[Zone, ...] = ("pseudonymised", "linked")
 TOKEN_BLOCK = "token_block"
+# Link map Parquet metadata: JSON {source: SHA-256 of its payload file}, the payload files whose order
+# the link map's rows follow (pipeline.link.stage writes it; pipeline.cohort.events checks it).
+PAYLOAD_DIGESTS_METADATA = "pprl_payload_sha256"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ What the stage reads, writes and runs with is decided first, from the run's sett
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -51,7 +52,7 @@ from pipeline.link.profiles import PROFILE_KEY, build_profiles, token_codes
 from pipeline.link.quality import IDENTIFIER_TOKENS, PARTICIPANT, add_tallies, record_facts, tally
 from pipeline.progress import Progress
 from pipeline.settings import SOURCES, RunConfig
-from pipeline.zones import TOKEN_BLOCK
+from pipeline.zones import PAYLOAD_DIGESTS_METADATA, TOKEN_BLOCK
 
 log = logging.getLogger(__name__)
 
@@ -349,11 +350,17 @@ def _write_link_map(plan: LinkPlan, kid: str, persons: pl.DataFrame) -> Tallies:
     WINDOW rows at a time, and are tallied as they are written, so memory follows the window and the
     number of profiles, never the number of records."""
     contract = load_contract("link_map")
+    facts = all(plan.payloads.get(s) and plan.payloads[s].exists() for s in plan.sources)
+    metadata = {b"pprl_kid": kid.encode()}
+    if facts:
+        # Each payload is checked against its record blocks record ID by record ID below
+        # (`_windows`); its digest lets the cohort know the file again without reading them.
+        digests = {s: io.sha256_file(plan.payloads[s]) for s in plan.link_map_order}
+        metadata[PAYLOAD_DIGESTS_METADATA.encode()] = json.dumps(digests, sort_keys=True).encode()
     schema = contract.arrow_schema()
-    schema = schema.with_metadata({**(schema.metadata or {}), b"pprl_kid": kid.encode()})
+    schema = schema.with_metadata({**(schema.metadata or {}), **metadata})
     participant_ids = numbered_lookup(persons.select(pl.col("uid").cast(pl.UInt32).alias(PARTICIPANT), "participant_id"), PARTICIPANT)
     uids = persons.select("participant_id", pl.col("uid").cast(pl.UInt32).alias(PARTICIPANT))
-    facts = all(plan.payloads.get(s) and plan.payloads[s].exists() for s in plan.sources)
     categories: list[pl.DataFrame] = []
     linked: list[pl.DataFrame] = []
     with io.parquet_writer(plan.link_map, schema) as writer:
