@@ -656,6 +656,80 @@ def test_rules_counted_with_polars_give_what_gx_gives(tmp_path: Path, values: st
         assert values.endswith("broken") <= (got.result["unexpected_count"] > 0)
 
 
+# A link map's columns, broken: present and missing values, and the row conditions its business rules use.
+NULL_RULE_FRAME = {
+    "participant_id": (pa.large_string(), ["p1", None, "p2", None, "p3", None]),
+    "rank": (pa.large_string(), ["1", None, None, "P", "5", None]),
+    "conflict": (pa.bool_(), [False, True, None, True, False, False]),
+    "n": (pa.int64(), [1, 2, None, 2, 3, 1]),
+}
+NULL_RULE_CONDITIONS = [
+    None,
+    {"type": "nullity", "column": {"name": "participant_id"}, "is_null": False},
+    {"type": "nullity", "column": {"name": "participant_id"}, "is_null": True},
+    {"type": "comparison", "column": {"name": "conflict"}, "operator": "==", "parameter": True},
+    {"type": "comparison", "column": {"name": "rank"}, "operator": "==", "parameter": "P"},
+    {"type": "comparison", "column": {"name": "rank"}, "operator": "IN", "parameter": ["1", "5"]},
+    {"type": "comparison", "column": {"name": "n"}, "operator": "==", "parameter": 2},
+    {"type": "comparison", "column": {"name": "n"}, "operator": "==", "parameter": 7},  # no row kept
+]
+
+
+@pytest.mark.parametrize("rows", [6, 0], ids=["rows", "empty"])
+@pytest.mark.parametrize("mostly", [None, 0.5])
+def test_missing_value_rules_counted_with_polars_give_what_gx_gives(tmp_path: Path, mostly: float | None, rows: int) -> None:
+    """`expect_column_values_to_(not_)be_null`, with or without a row condition (a link map's rank is
+    present exactly where it has a participant), counted with Polars, give GX's own result, whole or
+    added up over windows of rows."""
+    import pandas as pd
+
+    from pipeline.validate import docs
+    from pipeline.validate._gx import Validator, gx
+    from pipeline.validate.privacy import RESULT_FORMAT
+    from pipeline.validate.vectorised import Counts, count, counted_columns, counted_here, result_of
+
+    table = pa.table({name: pa.array(values[:rows], kind) for name, (kind, values) in NULL_RULE_FRAME.items()})
+    frame = table.to_pandas(types_mapper=pd.ArrowDtype)
+    context = docs.ephemeral_context(tmp_path / "docs")
+    batch_definition = context.data_sources.add_pandas("p").add_dataframe_asset("a").add_batch_definition_whole_dataframe("a")
+    extra = {} if mostly is None else {"mostly": mostly}
+    for rule in (gx.expectations.ExpectColumnValuesToNotBeNull, gx.expectations.ExpectColumnValuesToBeNull):
+        for column in ("rank", "n"):
+            for condition in NULL_RULE_CONDITIONS:
+                where = {} if condition is None else {"row_condition": condition}
+                expectation = rule(column=column, meta={"rule": "r"}, **where, **extra)
+                assert counted_here(expectation, frame), (rule, condition)
+                validator = Validator(batch_definition=batch_definition, batch_parameters={"dataframe": frame}, result_format=dict(RESULT_FORMAT))
+                (expected,) = validator.validate_expectation_suite(gx.ExpectationSuite(name="s", expectations=[expectation])).results
+                columns = list(dict.fromkeys(counted_columns(expectation)))
+                windows = sum((count(expectation, frame[columns].iloc[i : i + 2], None) for i in range(0, rows, 2)), Counts(0, 0, 0))
+                for counts in (count(expectation, frame[columns], None), windows):
+                    got = result_of(expectation, counts, None, expected.expectation_config.kwargs["batch_id"])
+                    assert json.dumps(got.to_json_dict(), sort_keys=True, default=str) == json.dumps(expected.to_json_dict(), sort_keys=True, default=str), (rule, column, condition)
+
+
+def test_row_conditions_polars_cannot_filter_alike_stay_with_gx() -> None:
+    import pandas as pd
+
+    from pipeline.validate._gx import gx
+    from pipeline.validate.vectorised import counted_here
+
+    frame = pa.table({"r": pa.array(["1"], pa.string()), "n": pa.array([1], pa.int64()), "d": pa.array([dt.date(2022, 1, 1)])})
+    frame = frame.to_pandas(types_mapper=pd.ArrowDtype)
+    not_null = gx.expectations.ExpectColumnValuesToNotBeNull
+
+    def compare(column: str, operator: str, parameter: Any) -> dict[str, Any]:
+        return {"type": "comparison", "column": {"name": column}, "operator": operator, "parameter": parameter}
+
+    assert counted_here(not_null(column="r", row_condition=compare("n", "==", 1)), frame)
+    assert not counted_here(not_null(column="r", row_condition=compare("n", "==", "1")), frame)  # text against a number
+    assert not counted_here(not_null(column="r", row_condition=compare("n", "==", True)), frame)  # true/false against a number
+    assert not counted_here(not_null(column="r", row_condition=compare("n", ">", 0)), frame)  # an operator not counted here
+    assert not counted_here(not_null(column="r", row_condition=compare("d", "==", "2022-01-01")), frame)  # a date
+    assert not counted_here(not_null(column="r", row_condition=compare("gone", "==", 1)), frame)  # a missing column
+    assert not counted_here(not_null(column="gone"), frame)  # GX says it cannot evaluate
+
+
 def test_rules_polars_cannot_count_alike_stay_with_gx() -> None:
     import pandas as pd
 

@@ -10,8 +10,9 @@ row conditions included), each group is validated on `frame[those columns]`, and
 are put back together, in the suite's order, as one GX suite result. Every expectation is still
 evaluated by GX on every row of the batch; only the columns it never reads are left out of its frame.
 Expectations about the columns alone (their names, number and types, `SCHEMA_ONLY_TYPES`) are
-evaluated together on the batch's columns with no row; other table-level expectations see the whole frame. Pattern and range rules
-are counted with Polars instead, into the result GX gives them (pipeline.validate.vectorised).
+evaluated together on the batch's columns with no row; other table-level expectations see the whole frame. Pattern, range,
+uniqueness and missing-value rules are counted with Polars instead, into the result GX gives them
+(pipeline.validate.vectorised).
 
 Each group's columns are read from the file for it (pipeline.validate.batches.ParquetBatch), so a
 batch is never in memory whole: a token file's batch is 19 columns of 64-character tokens.
@@ -27,7 +28,7 @@ import pandas as pd
 
 from pipeline.validate._gx import ExpectationSuiteValidationResult, Validator, gx
 from pipeline.validate.batches import Batch
-from pipeline.validate.vectorised import Counts, count, result_of, row_local, split_counted
+from pipeline.validate.vectorised import Counts, count, counted_columns, result_of, row_local, split_counted
 from pipeline.validate.suites import expectation_columns
 
 
@@ -79,15 +80,16 @@ def validate_batch(
     schema = batch.schema()
     order = {id(e): i for i, e in enumerate(suite.expectations)}
     by_gx, counted = split_counted(list(suite.expectations), schema, parameters)
-    # Counted rules by the column they read; each is counted on the first frame that has its column.
-    waiting: dict[str, list[Any]] = {}
+    # Counted rules by the columns they read (a row condition's too); each is counted on the first
+    # frame that has them.
+    waiting: dict[tuple[str, ...], list[Any]] = {}
     for e in counted:
-        waiting.setdefault(e.configuration.kwargs["column"], []).append(e)
+        waiting.setdefault(counted_columns(e), []).append(e)
     counts: dict[int, Counts] = {}
 
     def count_on(part: pd.DataFrame) -> None:
-        for column in [c for c in waiting if c in part.columns]:
-            for e in waiting.pop(column):
+        for columns in [c for c in waiting if set(c) <= set(part.columns)]:
+            for e in waiting.pop(columns):
                 counts[id(e)] = count(e, part, parameters)
 
     results: list[tuple[int, Any]] = []
@@ -114,18 +116,18 @@ def validate_batch(
             meta = group_result.meta  # the whole frame's batch, when a group had it
         results += [(order[id(e)], r) for e, r in zip(expectations, group_result.results, strict=True)]
         del validator, part
-    # Columns no GX expectation read: a pattern or range is counted a window of rows at a time, and
-    # the windows' counts added up; uniqueness needs the batch's whole column.
-    for column, expectations in list(waiting.items()):
-        if all(row_local(e) for e in expectations):
-            totals = {id(e): Counts(0, 0, 0) for e in expectations}
-            for window in batch.windows([column]):
-                for e in expectations:
-                    totals[id(e)] += count(e, window, parameters)
-            counts.update(totals)
-            del waiting[column]
-        else:
-            count_on(batch.frame([column]))
+    # Columns no GX expectation read: patterns, ranges and missing-value rules are counted together
+    # over one read of their columns, a window of rows at a time, and the windows' counts added up;
+    # uniqueness needs the batch's whole column.
+    local = [e for key in [k for k, es in waiting.items() if all(row_local(e) for e in es)] for e in waiting.pop(key)]
+    if local:
+        totals = {id(e): Counts(0, 0, 0) for e in local}
+        for window in batch.windows(list(dict.fromkeys(c for e in local for c in counted_columns(e)))):
+            for e in local:
+                totals[id(e)] += count(e, window, parameters)
+        counts.update(totals)
+    for columns in list(waiting):
+        count_on(batch.frame(list(dict.fromkeys(columns))))
     # GX names the batch in each result's expectation; the counted rules' results name it alike.
     batch_id = next((r.expectation_config.kwargs.get("batch_id") for _, r in results if r.expectation_config is not None), None)
     results += [(order[id(e)], result_of(e, counts[id(e)], parameters, batch_id)) for e in counted]
