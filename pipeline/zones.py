@@ -32,10 +32,10 @@ Row order is part of the layout: a source's record blocks, its payload and its r
 hold the same records in the same order (the delivered extract's), so later stages read them side
 by side, window by window (pipeline.io.side_by_side), instead of joining tens of millions of rows on
 64-character record IDs. The link map holds the sources one after another in name order. The link
-stage checks a source's record blocks and payload against each other record ID by record ID, and
-records the SHA-256 of each payload file it checked in the link map's metadata
-(`PAYLOAD_DIGESTS_METADATA`): the cohort then knows a payload file is the one the link map was
-written in step with by its digest, without reading its record IDs again.
+stage checks a source's record blocks and payload against each other record ID by record ID, then
+records the SHA-256 of the link map it wrote and of each payload file it checked
+(`link_map_digests_file`): the cohort knows both files are the ones written in step, unchanged
+since, by their digests, without reading their record IDs again.
 """
 
 from __future__ import annotations
@@ -61,9 +61,6 @@ Zone = Literal["pseudonymised", "linked"]
 # Zones whose label folders hold working files only, removed once the label is published.
 WORKING_ZONES: tuple[Zone, ...] = ("pseudonymised", "linked")
 TOKEN_BLOCK = "token_block"
-# Link map Parquet metadata: JSON {source: SHA-256 of its payload file}, the payload files whose order
-# the link map's rows follow (pipeline.link.stage writes it; pipeline.cohort.events checks it).
-PAYLOAD_DIGESTS_METADATA = "pprl_payload_sha256"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -147,6 +144,9 @@ ZONE_FILES: dict[str, ZoneFile] = {
     "link_map": ZoneFile("linked", "link_map.parquet", "link_map", "link"),
     "linkage_quality": ZoneFile("linked", "linkage_quality.parquet", "linkage_quality", "link", validated=False),
     "linkage_summary": ZoneFile("linked", "linkage_summary.json", None, "link"),
+    # {"link_map": its SHA-256, "payloads": {source: SHA-256}}: the payload files whose order the link
+    # map's rows follow (pipeline.link.stage writes it; pipeline.cohort.events checks it).
+    "link_map_digests": ZoneFile("linked", "link_map_digests.json", None, "link"),
     "splink_model": ZoneFile("linked", "splink_model_{source}.json", None, "link"),
     # The tables build_cohort hands to stage_release (pipeline.cohort.outputs names them), its
     # summary, and its artefacts folder.
@@ -201,6 +201,10 @@ def records_path(pseudonymised_dir: Path, source: str) -> Path:
 
 def link_map_file(cfg: RunConfig) -> Path:
     return ZONE_FILES["link_map"].path(cfg)
+
+
+def link_map_digests_file(cfg: RunConfig) -> Path:
+    return ZONE_FILES["link_map_digests"].path(cfg)
 
 
 def linkage_quality_file(cfg: RunConfig) -> Path:

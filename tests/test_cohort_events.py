@@ -1,12 +1,11 @@
 """The cohort reads each source's payload beside its rows of the link map by row offset
-(pipeline.cohort.events.linked_events), trusting that the payload file is the one the link map was
-written in step with. A payload changed after linking (re-pseudonymised, reordered, or with events
-moved between records) read out of step would give one person's events to another; it must be
-refused, naming both files, before anything is written."""
+(pipeline.cohort.events.linked_events), trusting that the two are the files the link stage wrote in
+step. A payload changed after linking (re-pseudonymised, reordered, or with events moved between
+records), or a link map whose rows were reordered, read out of step would give one person's events
+to another; it must be refused, naming the files, before anything is written."""
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import polars as pl
@@ -17,7 +16,7 @@ from pipeline import io
 from pipeline.cohort.events import linked_events
 from pipeline.errors import PipelineError
 from pipeline.settings import SOURCES, RunConfig
-from pipeline.zones import PAYLOAD_DIGESTS_METADATA, link_map_file, payload_file
+from pipeline.zones import link_map_digests_file, link_map_file, payload_file
 
 SOURCE = "hospital_ae"
 
@@ -36,9 +35,9 @@ def _rewrite_payload(cfg: RunConfig, change) -> None:
     io.write_table(change(pl.from_arrow(table)).to_arrow().replace_schema_metadata(table.schema.metadata), path)
 
 
-def test_the_link_map_names_the_payload_it_was_written_from(linked):
-    digests = json.loads(io.parquet_metadata(link_map_file(linked))[PAYLOAD_DIGESTS_METADATA])
-    assert digests == {s: io.sha256_file(payload_file(linked, s)) for s in SOURCES}
+def test_the_link_stage_records_the_files_it_wrote_in_step(linked):
+    recorded = io.read_json(link_map_digests_file(linked))
+    assert recorded == {"link_map": io.sha256_file(link_map_file(linked)), "payloads": {s: io.sha256_file(payload_file(linked, s)) for s in SOURCES}}
     events = linked_events(linked, linked.linked_dir / "events")
     assert set(events) == set(SOURCES)
     assert events[SOURCE].select(pl.len()).collect().item() > 0
@@ -65,11 +64,24 @@ def test_a_payload_changed_after_linking_is_refused_before_anything_is_written(l
     assert not work.exists()
 
 
-def test_a_link_map_that_names_no_payload_is_refused(linked):
-    """A link map written before the link stage recorded the payloads' digests (or with them removed)."""
+def test_a_link_map_with_its_rows_reordered_is_refused(linked):
+    """Two of a source's link map rows swapped whole (record ID and participant together), the file
+    otherwise as written, its metadata kept: each row still says truly which participant a record
+    links to, but read beside the payload by position the two records' events would change hands."""
     path = link_map_file(linked)
     table = pq.read_table(path)
-    kept = {k: v for k, v in table.schema.metadata.items() if k.decode() != PAYLOAD_DIGESTS_METADATA}
-    io.write_table(table.replace_schema_metadata(kept), path)
-    with pytest.raises(PipelineError, match="was not written from"):
+    rows = pl.from_arrow(table).with_row_index("_i")
+    first = rows.filter(pl.col("source") == SOURCE).get_column("_i").head(2).to_list()
+    order = pl.Series(list(range(rows.height))).scatter(first, first[::-1])
+    io.write_table(rows.drop("_i")[order].to_arrow().replace_schema_metadata(table.schema.metadata), path)
+    work = linked.linked_dir / "events"
+    with pytest.raises(PipelineError, match=r"is not the link map the link stage wrote .*rerun the pprl_link DAG"):
+        linked_events(linked, work)
+    assert not work.exists()
+
+
+def test_a_link_map_without_recorded_digests_is_refused(linked):
+    """A label linked by earlier code (or with the record removed)."""
+    link_map_digests_file(linked).unlink()
+    with pytest.raises(PipelineError, match="is not the link map the link stage wrote"):
         linked_events(linked, linked.linked_dir / "events")

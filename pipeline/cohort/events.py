@@ -24,7 +24,6 @@ clinic or consultation identifier in the payload, would tell the two apart.)
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from pipeline import io
 from pipeline.contracts import load_contract
 from pipeline.errors import PipelineError
 from pipeline.settings import SOURCES, RunConfig
-from pipeline.zones import PAYLOAD_DIGESTS_METADATA, link_map_file, payload_file
+from pipeline.zones import link_map_digests_file, link_map_file, payload_file
 
 
 def payload_columns(source: str) -> list[str]:
@@ -58,9 +57,9 @@ def linked_events(cfg: RunConfig, work: Path, participants: pl.LazyFrame | None 
 
     The link map holds each source's records in the order of its payload file (pipeline.link.stage
     writes them so), so the two are read side by side, WINDOW rows at a time (pipeline.io.side_by_side),
-    instead of joined on 64-character record IDs: memory follows the window. That the payload file
-    is the one the link map follows is known by its SHA-256, which the link stage recorded in the
-    link map (pipeline.zones.PAYLOAD_DIGESTS_METADATA), so neither file's record IDs are read here
+    instead of joined on 64-character record IDs: memory follows the window. That the two are the
+    files the link stage wrote in step, unchanged since, is known by their SHA-256, which it
+    recorded (pipeline.zones.link_map_digests_file), so neither file's record IDs are read here
     (1M people: reading them took 6 of this step's 19 seconds, and writing them again 4 more). The
     caller removes `work`.
     """
@@ -89,13 +88,19 @@ def linked_events(cfg: RunConfig, work: Path, participants: pl.LazyFrame | None 
 
 
 def _check_payloads(cfg: RunConfig) -> None:
-    """Refuse, before anything is read or written, a payload file that is not the one the link map
-    follows: its SHA-256 is not the one the link stage recorded (pipeline.zones.PAYLOAD_DIGESTS_METADATA),
-    or the link map was written before the link stage recorded them."""
-    recorded = io.parquet_metadata(link_map_file(cfg)).get(PAYLOAD_DIGESTS_METADATA)
-    digests = json.loads(recorded) if recorded else {}
+    """Refuse, before anything is read or written, a link map or payload file that is not the one
+    the link stage wrote or read: its SHA-256 is not the one it recorded
+    (pipeline.zones.link_map_digests_file), or there is no record (a link map of earlier code)."""
+    path = link_map_digests_file(cfg)
+    recorded = io.read_json(path) if path.exists() else {}
+    if recorded.get("link_map") != io.sha256_file(link_map_file(cfg)):
+        raise PipelineError(
+            f"{link_map_file(cfg)} is not the link map the link stage wrote (rule: its SHA-256 must be the one in "
+            f"{path}); it was changed, or written by an earlier version: rerun the pprl_link DAG for this label"
+        )
+    payloads = recorded.get("payloads", {})
     for source in sorted(SOURCES):
-        if digests.get(source) != io.sha256_file(payload_file(cfg, source)):
+        if payloads.get(source) != io.sha256_file(payload_file(cfg, source)):
             raise _misaligned(cfg, source)()
 
 

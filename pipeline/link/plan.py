@@ -24,6 +24,7 @@ from pipeline.settings import SOURCES, LinkageOptions
 from pipeline.zones import (
     LINK_SCRATCH,
     blocks_path,
+    link_map_digests_file,
     link_map_file,
     linkage_quality_file,
     linkage_summary_file,
@@ -68,6 +69,7 @@ class LinkPlan:
     models: dict[str, Path]  # per source: where its Splink model is saved
     work: Path  # scratch folder, removed when the stage ends
     link_map: Path
+    digests: Path  # the link map's and the payloads' SHA-256 (pipeline.zones.link_map_digests_file)
     quality: Path
     summary: Path
     deterministic_columns: tuple[str, ...]
@@ -121,6 +123,7 @@ def plan_link(cfg: RunConfig, options: ProbabilisticOptions | None = None) -> Li
         models={s: splink_model_file(cfg, s) for s in SOURCES},
         work=cfg.linked_dir / LINK_SCRATCH,
         link_map=link_map_file(cfg),
+        digests=link_map_digests_file(cfg),
         quality=linkage_quality_file(cfg),
         summary=linkage_summary_file(cfg),
         deterministic_columns=DETERMINISTIC_COLUMNS,

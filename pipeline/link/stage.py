@@ -20,7 +20,6 @@ What the stage reads, writes and runs with is decided first, from the run's sett
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -52,7 +51,7 @@ from pipeline.link.profiles import PROFILE_KEY, build_profiles, token_codes
 from pipeline.link.quality import IDENTIFIER_TOKENS, PARTICIPANT, add_tallies, record_facts, tally
 from pipeline.progress import Progress
 from pipeline.settings import SOURCES, RunConfig
-from pipeline.zones import PAYLOAD_DIGESTS_METADATA, TOKEN_BLOCK
+from pipeline.zones import TOKEN_BLOCK
 
 log = logging.getLogger(__name__)
 
@@ -351,14 +350,11 @@ def _write_link_map(plan: LinkPlan, kid: str, persons: pl.DataFrame) -> Tallies:
     number of profiles, never the number of records."""
     contract = load_contract("link_map")
     facts = all(plan.payloads.get(s) and plan.payloads[s].exists() for s in plan.sources)
-    metadata = {b"pprl_kid": kid.encode()}
-    if facts:
-        # Each payload is checked against its record blocks record ID by record ID below
-        # (`_windows`); its digest lets the cohort know the file again without reading them.
-        digests = {s: io.sha256_file(plan.payloads[s]) for s in plan.link_map_order}
-        metadata[PAYLOAD_DIGESTS_METADATA.encode()] = json.dumps(digests, sort_keys=True).encode()
+    # Each payload is checked against its record blocks record ID by record ID below (`_windows`);
+    # its digest, and the link map's, let the cohort know both files again without reading them.
+    payloads = {s: io.sha256_file(plan.payloads[s]) for s in plan.link_map_order} if facts else {}
     schema = contract.arrow_schema()
-    schema = schema.with_metadata({**(schema.metadata or {}), **metadata})
+    schema = schema.with_metadata({**(schema.metadata or {}), b"pprl_kid": kid.encode()})
     participant_ids = numbered_lookup(persons.select(pl.col("uid").cast(pl.UInt32).alias(PARTICIPANT), "participant_id"), PARTICIPANT)
     uids = persons.select("participant_id", pl.col("uid").cast(pl.UInt32).alias(PARTICIPANT))
     categories: list[pl.DataFrame] = []
@@ -388,6 +384,10 @@ def _write_link_map(plan: LinkPlan, kid: str, persons: pl.DataFrame) -> Tallies:
                 del rows, link
             categories.append(add_tallies(source_categories))
             linked.append(add_tallies(source_linked))
+    if facts:
+        io.write_json({"link_map": io.sha256_file(plan.link_map), "payloads": payloads}, plan.digests)
+    else:
+        plan.digests.unlink(missing_ok=True)  # a rerun must not leave digests of another link map
     return add_tallies(categories), add_tallies(linked)
 
 
