@@ -46,6 +46,44 @@ SEED = 2026
 PROFILE = "realistic"
 
 
+# Free disk a size needs, in GB. RUN_DISK_GB: one pass of the pipeline (the work folder's zones, the
+# link stage's spilled scored pairs, the release), measured with `df` every 10 seconds through `make
+# bench SIZE=<size> BENCH_ARGS=--dags-only` on 8 December 2026 (@@MEASURED@@), rounded up
+# by about a quarter. A bench without --dags-only makes two passes, the stages' and the DAGs', each
+# under its own release label in the same work folder. WORLD_DISK_GB: the cached synthetic world.
+RUN_DISK_GB = {"small": 0.5, "medium": 2.0, "large": 14.0, "xlarge": 40.0}
+WORLD_DISK_GB = {"small": 0.1, "medium": 0.2, "large": 1.0, "xlarge": 2.0}
+
+
+class NotEnoughDisk(SystemExit):
+    """A bench that would run out of disk part way (at 3M, after half an hour), refused before it starts."""
+
+
+def check_free_disk(size: str, passes: int, world_cached: bool, work_root: Path | None = None, cache_root: Path | None = None) -> None:
+    """Refuse a bench of `size` that would not fit on disk: its work folder goes under the system's
+    temporary folder (TMPDIR), its world under bench/.cache (when not cached yet)."""
+    work_root = Path(tempfile.gettempdir()) if work_root is None else work_root
+    cache_root = HERE / ".cache" if cache_root is None else cache_root
+    cache_root.mkdir(parents=True, exist_ok=True)
+    needs = {work_root: RUN_DISK_GB[size] * passes}
+    if not world_cached:
+        needs[cache_root] = WORLD_DISK_GB[size]
+    by_device: dict[int, tuple[list[Path], float]] = {}
+    for folder, gb in needs.items():
+        folders, total = by_device.get(folder.stat().st_dev, ([], 0.0))
+        by_device[folder.stat().st_dev] = ([*folders, folder], total + gb)
+    for folders, gb in by_device.values():
+        free = shutil.disk_usage(folders[0]).free / 1e9
+        if free < gb:
+            where = " and ".join(str(f) for f in folders)
+            raise NotEnoughDisk(
+                f"bench --size {size}: needs about {gb:.0f} GB of free disk under {where}, and {free:.1f} GB are free "
+                f"({passes} pass{'es' if passes > 1 else ''} of the pipeline{'' if world_cached else ', and the synthetic world to generate'}). "
+                "Free some space, or put the work folder on a larger disk with TMPDIR=<folder> before `make bench`"
+                + ("; BENCH_ARGS=--dags-only makes one pass instead of two." if passes > 1 else ".")
+            )
+
+
 def cached_inputs(size: str) -> Path:
     """Synthetic inputs for a size, generated once and reused (same seed, same bytes).
 
@@ -53,11 +91,7 @@ def cached_inputs(size: str) -> Path:
     (wait4's ru_maxrss) counts what it shared with this process when forked, so a parent that had
     generated a million people itself would give every stage a floor of about 2 GB."""
     out = HERE / ".cache" / size
-    marker = out / ".complete"
-    # The world is generated again when the generator's code has changed since: a cache of an older
-    # world would be benchmarked without anyone noticing.
-    made_by = f"generator {synth_fingerprint()}"
-    if not marker.exists() or made_by not in marker.read_text():
+    if not world_cached(size):
         shutil.rmtree(out, ignore_errors=True)
         t = time.perf_counter()
         code = (
@@ -66,8 +100,16 @@ def cached_inputs(size: str) -> Path:
         )
         share = str(REGISTER_SHARE.get(size, "default"))
         subprocess.run([sys.executable, "-c", code, str(out), str(SIZES[size]), str(SEED), PROFILE, share], cwd=REPO, check=True)
-        marker.write_text(f"generated in {time.perf_counter() - t:.1f}s\n{made_by}\n")
+        (out / ".complete").write_text(f"generated in {time.perf_counter() - t:.1f}s\ngenerator {synth_fingerprint()}\n")
     return out
+
+
+def world_cached(size: str) -> bool:
+    """Whether bench/.cache holds the world of `size` made by today's generator. The world is generated
+    again when the generator's code has changed since: a cache of an older world would be benchmarked
+    without anyone noticing."""
+    marker = HERE / ".cache" / size / ".complete"
+    return marker.exists() and f"generator {synth_fingerprint()}" in marker.read_text()
 
 
 def synth_fingerprint() -> str:
@@ -298,6 +340,7 @@ def main() -> int:
     from pipeline.tasks import STAGES
 
     persons = SIZES[args.size]
+    check_free_disk(args.size, passes=1 if (args.dags_only or args.no_dags) else 2, world_cached=world_cached(args.size))
     t = time.perf_counter()
     base = cached_inputs(args.size)
     raw = base / "raw"
