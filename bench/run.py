@@ -47,9 +47,9 @@ PROFILE = "realistic"
 
 
 # Free disk a size needs, in GB. RUN_DISK_GB: one pass of the pipeline (the work folder's zones, the
-# link stage's spilled scored pairs, the release), measured with `df` every 10 seconds through `make
-# bench SIZE=<size> BENCH_ARGS=--dags-only` on 8 December 2026 (@@MEASURED@@), rounded up
-# by about a quarter. A bench without --dags-only makes two passes, the stages' and the DAGs', each
+# link stage's spilled scored pairs, the release), from `df` every 10 seconds through `make bench
+# SIZE=<size> BENCH_ARGS=--dags-only` on 8 December 2026 (at most 1 GB at 100k, 10 GB at 1M, 31 GB
+# at 3M), with some room. A bench without --dags-only makes two passes, the stages' and the DAGs', each
 # under its own release label in the same work folder. WORLD_DISK_GB: the cached synthetic world.
 RUN_DISK_GB = {"small": 0.5, "medium": 2.0, "large": 14.0, "xlarge": 40.0}
 WORLD_DISK_GB = {"small": 0.1, "medium": 0.2, "large": 1.0, "xlarge": 2.0}
