@@ -77,7 +77,7 @@ def check_free_disk(size: str, passes: int, world_cached: bool, work_root: Path 
         if free < gb:
             where = " and ".join(str(f) for f in folders)
             raise NotEnoughDisk(
-                f"bench --size {size}: needs about {gb:.0f} GB of free disk under {where}, and {free:.1f} GB are free "
+                f"make bench SIZE={size} (bench/run.py --size {size}): needs about {gb:.0f} GB of free disk under {where}, and {free:.1f} GB are free "
                 f"({passes} pass{'es' if passes > 1 else ''} of the pipeline{'' if world_cached else ', and the synthetic world to generate'}). "
                 "Free some space, or put the work folder on a larger disk with TMPDIR=<folder> before `make bench`"
                 + ("; BENCH_ARGS=--dags-only makes one pass instead of two." if passes > 1 else ".")
