@@ -714,7 +714,9 @@ def test_row_conditions_polars_cannot_filter_alike_stay_with_gx() -> None:
     from pipeline.validate._gx import gx
     from pipeline.validate.vectorised import counted_here
 
-    frame = pa.table({"r": pa.array(["1"], pa.string()), "n": pa.array([1], pa.int64()), "d": pa.array([dt.date(2022, 1, 1)])})
+    frame = pa.table(
+        {"r": pa.array(["1"], pa.string()), "n": pa.array([1], pa.int64()), "d": pa.array([dt.date(2022, 1, 1)]), "s": pa.array([1], pa.uint8())}
+    )
     frame = frame.to_pandas(types_mapper=pd.ArrowDtype)
     not_null = gx.expectations.ExpectColumnValuesToNotBeNull
 
@@ -727,6 +729,10 @@ def test_row_conditions_polars_cannot_filter_alike_stay_with_gx() -> None:
     assert not counted_here(not_null(column="r", row_condition=compare("n", ">", 0)), frame)  # an operator not counted here
     assert not counted_here(not_null(column="r", row_condition=compare("d", "==", "2022-01-01")), frame)  # a date
     assert not counted_here(not_null(column="r", row_condition=compare("gone", "==", 1)), frame)  # a missing column
+    # A value the column's type cannot hold: Polars could not even make it a value of that type.
+    assert counted_here(not_null(column="r", row_condition=compare("s", "IN", [0, 255])), frame)
+    assert not counted_here(not_null(column="r", row_condition=compare("s", "==", 256)), frame)
+    assert not counted_here(not_null(column="r", row_condition=compare("s", "IN", [1, -1])), frame)
     assert not counted_here(not_null(column="gone"), frame)  # GX says it cannot evaluate
 
 

@@ -127,7 +127,8 @@ def validate_batch(
                 totals[id(e)] += count(e, window, parameters)
         counts.update(totals)
     for columns in list(waiting):
-        count_on(batch.frame(list(dict.fromkeys(columns))))
+        if columns in waiting:  # not counted already on an earlier, wider frame
+            count_on(batch.frame(list(dict.fromkeys(columns))))
     # GX names the batch in each result's expectation; the counted rules' results name it alike.
     batch_id = next((r.expectation_config.kwargs.get("batch_id") for _, r in results if r.expectation_config is not None), None)
     results += [(order[id(e)], result_of(e, counts[id(e)], parameters, batch_id)) for e in counted]

@@ -48,6 +48,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import polars as pl
 import pyarrow as pa
@@ -132,7 +133,12 @@ def _condition_counted(condition: Any, frame: pd.DataFrame) -> bool:
         return all(isinstance(v, str) for v in values)
     if pa.types.is_boolean(arrow_type):
         return all(isinstance(v, bool) for v in values)
-    return pa.types.is_integer(arrow_type) and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+    if not pa.types.is_integer(arrow_type):
+        return False
+    # A value the column's type cannot hold matches no row for GX; Polars could not make it a value of
+    # that type, so such a condition stays with GX.
+    limits = np.iinfo(arrow_type.to_pandas_dtype())
+    return all(isinstance(v, int) and not isinstance(v, bool) and limits.min <= v <= limits.max for v in values)
 
 
 def _condition_mask(condition: dict[str, Any], frame: pd.DataFrame) -> pl.Series:
