@@ -44,11 +44,20 @@ def test_windows_carry_each_record_with_its_own_payload(plan):
     assert whole.get_column("month").to_list() == [f"2024-{1 + i:02d}" for i in range(N)]
 
 
-@pytest.mark.parametrize("damage", ["reordered", "shorter"])
+# Besides order and length: a payload whose record_id is not a token, or repeats another row's, is
+# refused here too, in the last window as in the first, so the link stage does not lean on the
+# payload's own validation having run.
+DAMAGE = {
+    "reordered": lambda p: p.reverse(),
+    "shorter": lambda p: p.head(N - 1),
+    "not_a_token": lambda p: p.with_columns(pl.when(pl.int_range(pl.len()) == N - 1).then(pl.lit("GP-0000123")).otherwise("record_id").alias("record_id")),
+    "repeated": lambda p: p.with_columns(pl.when(pl.int_range(pl.len()) == 4).then(pl.col("record_id").shift(1)).otherwise("record_id").alias("record_id")),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
 def test_a_payload_out_of_step_with_the_record_blocks_is_refused(plan, damage):
-    payload = pl.read_parquet(plan.payloads["gp_events"])
-    payload = payload.reverse() if damage == "reordered" else payload.head(N - 1)
-    payload.write_parquet(plan.payloads["gp_events"])
+    DAMAGE[damage](pl.read_parquet(plan.payloads["gp_events"])).write_parquet(plan.payloads["gp_events"])
     with pytest.raises(PipelineError, match="do not hold the same records in the same order") as err:
         list(stage._windows(plan, "gp_events", facts=True))
     assert "payload" in str(err.value) and "records" in str(err.value)
