@@ -241,6 +241,8 @@ def run_dags(conf: dict, airflow_home: Path) -> dict:
         # The sum over the run's processes at one moment, sampled every DAG_RUN_SAMPLE_SECONDS
         # (bench/memory.py): what the machine held.
         "peak_tree_pss_mb": round(memory.peak_total_mb, 1),
+        # What the sampling itself took from the run it measured (bench/memory.py).
+        "memory_sampler_cpu_seconds": round(memory.cpu_seconds, 1),
         "load_1m_at_end": load_1m(),
         "tasks": task_seconds(dags),
         "task_peak_pss_mb": task_peaks(dags, memory),
@@ -400,7 +402,7 @@ def main() -> int:
             print(
                 f"\nend to end through the DAGs (embedded default): {dags['seconds']:.1f}s, peak {dags['peak_rss_mb']:.0f} MB RSS "
                 f"(largest process), {dags['peak_tree_pss_mb']:.0f} MB PSS (all its processes together), "
-                f"load average {dags['load_1m_at_end']:.2f} at the end"
+                f"load average {dags['load_1m_at_end']:.2f} at the end; sampling the memory took {dags['memory_sampler_cpu_seconds']:.1f} CPU s"
             )
             print(f"\n{'task (mapped: all sources)':<28}{'seconds':>9}{'peak PSS MB':>13}  in")
             instances = dags["instance_peak_pss_mb"]
