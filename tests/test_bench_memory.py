@@ -4,12 +4,15 @@ process's RSS has moved, so it does not take a twentieth of the CPU of the run i
 from __future__ import annotations
 
 import importlib.util
-import os
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
+# A process that says it is ready, then, each time it reads a line, holds 200 MB more (touched, so resident), then says so.
+GROWS = "import sys\nheld = []\nprint('ready', flush=True)\nfor _ in sys.stdin:\n    held.append(bytearray(200 << 20))\n    held[-1][::4096] = b'x' * len(held[-1][::4096])\n    print('grown', flush=True)\n"
 
 
 def _bench_memory():
@@ -24,14 +27,20 @@ def test_pss_is_read_again_only_when_rss_moves(monkeypatch):
     reads = []
     real = psutil.Process.memory_full_info
     monkeypatch.setattr(psutil.Process, "memory_full_info", lambda self: reads.append(self.pid) or real(self))
-    cache: dict = {}
-    first = memory.tree_pss(os.getpid(), cache)
-    assert reads == [os.getpid()] and first > 0
-    assert memory.tree_pss(os.getpid(), cache) == first  # RSS has not moved by 2%: the PSS read stands
-    assert reads == [os.getpid()]
-    grown = bytearray(max(64 << 20, int(psutil.Process().memory_info().rss * 0.1)))  # RSS up by over 2%
-    grown[:: 4096] = b"x" * len(grown[:: 4096])  # touched, so resident
-    after = memory.tree_pss(os.getpid(), cache)
-    assert reads == [os.getpid(), os.getpid()] and after > first
-    assert memory.tree_pss(os.getpid()) > 0 and len(reads) == 3  # without a cache, always read
-    del grown
+    child = subprocess.Popen([sys.executable, "-c", GROWS], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "ready\n"
+        cache: dict = {}
+        first = memory.tree_pss(child.pid, cache)
+        assert reads == [child.pid] and first > 0
+        assert memory.tree_pss(child.pid, cache) == first  # its RSS has not moved by 2%: the PSS read stands
+        assert reads == [child.pid]
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "grown\n"
+        grown = memory.tree_pss(child.pid, cache)
+        assert reads == [child.pid] * 2 and grown > first + (150 << 20)
+        assert memory.tree_pss(child.pid) > 0 and reads == [child.pid] * 3  # without a cache: read every time
+    finally:
+        child.kill()
+        child.wait()
