@@ -11,8 +11,17 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
-# A process that says it is ready, then, each time it reads a line, holds 200 MB more (touched, so resident), then says so.
-GROWS = "import sys\nheld = []\nprint('ready', flush=True)\nfor _ in sys.stdin:\n    held.append(bytearray(200 << 20))\n    held[-1][::4096] = b'x' * len(held[-1][::4096])\n    print('grown', flush=True)\n"
+# A process that says it is ready, then, each time it reads a line, holds 200 MB more (every page
+# touched, so resident) and says so.
+GROWS = """
+import sys
+held = []
+print("ready", flush=True)
+for _ in sys.stdin:
+    held.append(bytearray(200 << 20))
+    held[-1][::4096] = b"x" * len(held[-1][::4096])
+    print("grown", flush=True)
+"""
 
 
 def _bench_memory():
