@@ -70,8 +70,9 @@ def check_free_disk(size: str, passes: int, world_cached: bool, work_root: Path 
         needs[cache_root] = WORLD_DISK_GB[size]
     by_device: dict[int, tuple[list[Path], float]] = {}
     for folder, gb in needs.items():
-        folders, total = by_device.get(folder.stat().st_dev, ([], 0.0))
-        by_device[folder.stat().st_dev] = ([*folders, folder], total + gb)
+        device = folder.stat().st_dev
+        folders, total = by_device.get(device, ([], 0.0))
+        by_device[device] = ([*folders, folder], total + gb)
     for folders, gb in by_device.values():
         free = shutil.disk_usage(folders[0]).free / 1e9
         if free < gb:
